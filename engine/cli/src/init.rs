@@ -1,0 +1,57 @@
+//! `meshgov init`: scaffolds a policy repository from the example media
+//! mesh, which the project's own CI checks and tests, so a new repository
+//! always starts green.
+
+use crate::Failure;
+use std::path::Path;
+
+macro_rules! example {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../../../policies/", $path)))),*]
+    };
+}
+
+/// Every file of the example repository, by relative path.
+const FILES: &[(&str, &str)] = example!(
+    "mesh.toml",
+    "access/schema.cedarschema",
+    "access/mesh.cedar",
+    "access/users.cedar",
+    "access/playback.cedar",
+    "access/artists.cedar",
+    "anonymization/personal-data.toml",
+    "privacy/playback.toml",
+    "standards/schema.toml",
+    "plugins/README.md",
+    "tests/access.toml",
+    "tests/anonymization.toml",
+    "products/user-profiles.yaml",
+    "products/play-events.yaml",
+    "products/artist-payments.yaml",
+);
+
+pub fn run(dir: &Path) -> Result<(), Failure> {
+    let io = |p: &Path, e: std::io::Error| Failure::usage(format!("`{}`: {e}", p.display()));
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
+        if entries.next().is_some() {
+            return Err(Failure::usage(format!(
+                "`{}` already exists and is not empty; choose a new directory",
+                dir.display()
+            )));
+        }
+    }
+    for (rel, text) in FILES {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+    }
+    println!(
+        "created a policy repository in `{}` ({} files)\nnext: meshgov check {0} && meshgov test {0}",
+        dir.display(),
+        FILES.len()
+    );
+    Ok(())
+}

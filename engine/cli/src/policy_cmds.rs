@@ -1,0 +1,78 @@
+//! `check` and `test`: the guild's CI commands.
+
+use crate::Failure;
+use meshgov_core::{Checked, SourceSet};
+use std::path::Path;
+
+/// Reads and checks a repository, printing every diagnostic.
+pub fn load_checked(dir: &Path) -> Result<(SourceSet, Checked), Failure> {
+    let src = SourceSet::read_dir(dir).map_err(|e| Failure::usage(e.to_string()))?;
+    let checked = meshgov_core::check(&src);
+    for d in &checked.diagnostics {
+        println!("{d}");
+    }
+    Ok((src, checked))
+}
+
+fn file_count(src: &SourceSet) -> usize {
+    usize::from(src.mesh.is_some())
+        + usize::from(src.schema.is_some())
+        + src.access.len()
+        + src.anonymization.len()
+        + src.privacy.len()
+        + src.standards.len()
+        + src.plugins.len()
+        + src.tests.len()
+        + src.products.len()
+}
+
+pub fn check(dir: &Path) -> Result<(), Failure> {
+    let (src, checked) = load_checked(dir)?;
+    let errors = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == meshgov_core::Severity::Error)
+        .count();
+    let warnings = checked.diagnostics.len() - errors;
+    let summary = format!(
+        "checked {} files in `{}`: {errors} errors, {warnings} warnings",
+        file_count(&src),
+        dir.display()
+    );
+    if errors > 0 {
+        return Err(Failure::violations(summary));
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+pub fn test(dir: &Path, junit: Option<&Path>) -> Result<(), Failure> {
+    let (_, checked) = load_checked(dir)?;
+    let Some(policies) = &checked.policies else {
+        return Err(Failure::violations(
+            "the policies do not check; fix the errors above before testing",
+        ));
+    };
+    let results = meshgov_core::testing::run(policies, &checked.products, &checked.tests);
+    let mut failed = 0;
+    for r in &results {
+        if r.passed() {
+            println!("ok   {}: {}", r.file, r.name);
+        } else {
+            failed += 1;
+            println!("FAIL {}: {}", r.file, r.name);
+            for f in &r.failures {
+                println!("     {}", f.replace('\n', "\n     "));
+            }
+        }
+    }
+    if let Some(path) = junit {
+        std::fs::write(path, meshgov_core::testing::junit(&results))
+            .map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))?;
+    }
+    println!("{} passed, {failed} failed", results.len() - failed);
+    if failed > 0 {
+        return Err(Failure::violations(""));
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Read plans: everything a sidecar must know to serve one read, computed
+//! once per request. Cedar is asked `read` once and `reveal` once per
+//! classified field; applying the plan to each record is a separate,
+//! allocation-light step that does no policy lookups.
+
+use crate::access::{self, AccessDecision, Principal, ProductEntities};
+use crate::anonymization::{AnonRule, RowFilterRule};
+use crate::descriptor::ProductInfo;
+use crate::policies::Policies;
+
+/// A product compiled against a bundle: its resolved fields and Cedar
+/// entities. Built once per bundle load, shared by every request.
+#[derive(Debug, Clone)]
+pub struct ProductView {
+    pub info: ProductInfo,
+    entities: ProductEntities,
+}
+
+impl ProductView {
+    pub fn new(info: ProductInfo) -> ProductView {
+        let entities = ProductEntities::build(&info);
+        ProductView { info, entities }
+    }
+}
+
+/// How one field leaves the sidecar.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Treatment {
+    /// Not sensitive enough to need anonymization.
+    Clear,
+    /// Sensitive, but Cedar permits `reveal` for this consumer and purpose.
+    Revealed { policies: Vec<String> },
+    /// Anonymized by a rule.
+    Anonymized(AnonRule),
+    /// Sensitive with no applicable rule, or unclassified: nulled (fail closed).
+    Withheld { reason: &'static str },
+}
+
+impl Treatment {
+    /// A short label for audit events, test expectations and `diff`.
+    pub fn label(&self) -> String {
+        match self {
+            Treatment::Clear => "clear".into(),
+            Treatment::Revealed { .. } => "revealed".into(),
+            Treatment::Anonymized(r) => match (r.transform.as_str(), &r.to, &r.plugin) {
+                ("generalize", Some(to), _) => format!("generalize:{to}"),
+                ("plugin", _, Some(p)) => format!("plugin:{p}"),
+                ("redact", _, _) if r.drop == Some(true) => "drop".into(),
+                (t, _, _) => t.to_string(),
+            },
+            Treatment::Withheld { .. } => "withheld".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldPlan {
+    pub name: String,
+    pub classification: Option<String>,
+    pub treatment: Treatment,
+}
+
+/// The answer to "may this consumer read this port, and how".
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadPlan {
+    pub decision: AccessDecision,
+    /// The port's declared fields in order; empty when denied.
+    pub fields: Vec<FieldPlan>,
+    /// Row filters that apply to this consumer; all must hold for a record.
+    pub row_filters: Vec<RowFilterRule>,
+}
+
+/// Why a plan could not be made at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no such port `{0}`")]
+    UnknownPort(String),
+    #[error("no such field `{0}`")]
+    UnknownField(String),
+    #[error("the request could not be expressed to the policy engine: {0}")]
+    Request(String),
+}
+
+/// Who asks, why, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    pub principal: &'a Principal,
+    pub purpose: &'a str,
+    pub now_unix: i64,
+}
+
+fn deny(reason: String) -> AccessDecision {
+    AccessDecision {
+        allowed: false,
+        policies: vec![],
+        errors: vec![reason],
+    }
+}
+
+impl Policies {
+    /// Decides one action on a port (or, for `reveal`, on one of its fields).
+    pub fn decide(
+        &self,
+        view: &ProductView,
+        action: &str,
+        port: &str,
+        field: Option<&str>,
+        who: Asker<'_>,
+    ) -> Result<AccessDecision, PlanError> {
+        let port_info = view
+            .info
+            .port(port)
+            .ok_or_else(|| PlanError::UnknownPort(port.to_string()))?;
+        if !self.mesh.has_purpose(who.purpose) {
+            return Ok(deny(format!("unknown purpose `{}`", who.purpose)));
+        }
+        let (puid, entities) = view
+            .entities
+            .with_principal(who.principal)
+            .ok_or_else(|| PlanError::Request("invalid principal".into()))?;
+        let ctx = access::context(who.purpose, who.now_unix)
+            .ok_or_else(|| PlanError::Request("invalid context".into()))?;
+        let resource = match field {
+            Some(f) => {
+                if !port_info.fields.iter().any(|x| x.name == f) {
+                    return Err(PlanError::UnknownField(f.to_string()));
+                }
+                access::field_uid(&view.info, port_info, f)
+            }
+            None => access::port_uid(&view.info, port_info),
+        }
+        .ok_or_else(|| PlanError::Request("invalid resource".into()))?;
+        Ok(self
+            .access
+            .decide(action, &puid, &resource, &ctx, &entities))
+    }
+
+    /// Computes the read plan for one request.
+    pub fn plan_read(
+        &self,
+        view: &ProductView,
+        port: &str,
+        who: Asker<'_>,
+    ) -> Result<ReadPlan, PlanError> {
+        let port_info = view
+            .info
+            .port(port)
+            .ok_or_else(|| PlanError::UnknownPort(port.to_string()))?;
+        let denied = |decision| ReadPlan {
+            decision,
+            fields: vec![],
+            row_filters: vec![],
+        };
+        if !self.mesh.has_purpose(who.purpose) {
+            return Ok(denied(deny(format!("unknown purpose `{}`", who.purpose))));
+        }
+        let (puid, entities) = view
+            .entities
+            .with_principal(who.principal)
+            .ok_or_else(|| PlanError::Request("invalid principal".into()))?;
+        let ctx = access::context(who.purpose, who.now_unix)
+            .ok_or_else(|| PlanError::Request("invalid context".into()))?;
+        let port_uid = access::port_uid(&view.info, port_info)
+            .ok_or_else(|| PlanError::Request("invalid port".into()))?;
+        let decision = self
+            .access
+            .decide("read", &puid, &port_uid, &ctx, &entities);
+        if !decision.allowed {
+            return Ok(denied(decision));
+        }
+        let mut fields = Vec::with_capacity(port_info.fields.len());
+        for f in &port_info.fields {
+            let treatment = if !f.level.needs_anonymization() {
+                Treatment::Clear
+            } else {
+                let revealed = access::field_uid(&view.info, port_info, &f.name)
+                    .map(|fuid| self.access.decide("reveal", &puid, &fuid, &ctx, &entities))
+                    .filter(|d| d.allowed);
+                match (revealed, &f.classification) {
+                    (Some(d), _) => Treatment::Revealed {
+                        policies: d.policies,
+                    },
+                    (None, None) => Treatment::Withheld {
+                        reason: "unclassified",
+                    },
+                    (None, Some(c)) => match self.anonymization_rule(c, &view.info) {
+                        Some(rule) => Treatment::Anonymized(rule.clone()),
+                        None => Treatment::Withheld {
+                            reason: "no anonymization rule",
+                        },
+                    },
+                }
+            };
+            fields.push(FieldPlan {
+                name: f.name.clone(),
+                classification: f.classification.clone(),
+                treatment,
+            });
+        }
+        let row_filters = self
+            .row_filters
+            .iter()
+            .filter(|r| {
+                crate::scope::applies(&r.domains, &r.products, &view.info.domain, &view.info.id)
+                    && crate::scope::port_matches(&r.ports, port)
+                    && (r.groups.is_empty()
+                        || r.groups.iter().any(|g| who.principal.groups.contains(g)))
+                    && (r.purposes.is_empty() || r.purposes.iter().any(|p| p == who.purpose))
+            })
+            .cloned()
+            .collect();
+        Ok(ReadPlan {
+            decision,
+            fields,
+            row_filters,
+        })
+    }
+}
