@@ -436,3 +436,363 @@ pub fn inspect(envelope_bytes: &[u8]) -> Result<Inspection, VerifyError> {
         digest: payload::sha256_digest(&env.payload),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, sign};
+    use crate::key::SigningKey;
+    use crate::payload::BundleMeta;
+    use ring::rand::SystemRandom;
+
+    const CREATED: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+    const EXPIRES: i64 = CREATED + 86_400;
+    const NOW: i64 = CREATED + 60;
+
+    fn key() -> SigningKey {
+        let pem = SigningKey::generate_pkcs8_pem(&SystemRandom::new()).unwrap();
+        SigningKey::from_pkcs8_pem(&pem).unwrap()
+    }
+
+    fn payload(product: Option<&str>) -> BundlePayload {
+        BundlePayload::new(
+            BundleMeta {
+                mesh: "acme".into(),
+                revision: 3,
+                created_at_unix: CREATED,
+                expires_at_unix: EXPIRES,
+                source_commit: Some("9f1c2e7".into()),
+                product: product.map(Into::into),
+            },
+            BTreeMap::from([
+                ("policies.cedar".to_owned(), "permit(principal, action, resource);".to_owned()),
+                ("rules.json".to_owned(), "{\"mask\":[\"email\"]}".to_owned()),
+            ]),
+        )
+        .unwrap()
+    }
+
+    fn envelope(p: &BundlePayload, keys: &[&SigningKey]) -> Envelope {
+        sign(&p.to_canonical_bytes(), keys).unwrap()
+    }
+
+    fn trust(keys: &[&SigningKey]) -> TrustStore {
+        TrustStore::from_keys(keys.iter().map(|k| k.public_key())).unwrap()
+    }
+
+    fn expect() -> Expect<'static> {
+        Expect {
+            mesh: Some("acme"),
+            product: Some("orders"),
+            ..Expect::default()
+        }
+    }
+
+    fn check(env: &Envelope, trust: &TrustStore, now: i64) -> Result<VerifiedBundle, VerifyError> {
+        verify(&env.to_json_bytes(), trust, now, &expect())
+    }
+
+    #[test]
+    fn accepts_a_good_bundle() {
+        let k = key();
+        let p = payload(Some("orders"));
+        let bytes = p.to_canonical_bytes();
+        let b = check(&envelope(&p, &[&k]), &trust(&[&k]), NOW).unwrap();
+        assert_eq!(b.manifest(), &p.manifest);
+        assert_eq!(b.components(), &p.components);
+        assert_eq!(b.signed_by(), k.keyid());
+        assert_eq!(b.digest(), payload::sha256_digest(&bytes));
+        assert!(b.digest().starts_with("sha256:") && b.digest().len() == 7 + 64);
+    }
+
+    #[test]
+    fn refuses_an_untrusted_key() {
+        let (signer, trusted) = (key(), key());
+        let err = check(&envelope(&payload(None), &[&signer]), &trust(&[&trusted]), NOW)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::UntrustedKey {
+                keyids: vec![signer.keyid()]
+            }
+        );
+        assert_eq!(err.code(), "untrusted_key");
+        let err = check(&envelope(&payload(None), &[&signer]), &TrustStore::new(), NOW)
+            .unwrap_err();
+        assert_eq!(err.code(), "untrusted_key");
+    }
+
+    #[test]
+    fn refuses_an_unsigned_bundle() {
+        let mut env = envelope(&payload(None), &[&key()]);
+        env.signatures.clear();
+        let err = check(&env, &trust(&[&key()]), NOW).unwrap_err();
+        assert_eq!(err, VerifyError::UntrustedKey { keyids: vec![] });
+        assert!(err.to_string().contains("signed by no key at all"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_flipped_signature_byte() {
+        let k = key();
+        let mut env = envelope(&payload(None), &[&k]);
+        if let Some(b) = env.signatures.first_mut().and_then(|s| s.sig.get_mut(10)) {
+            *b ^= 0x01;
+        }
+        let err = check(&env, &trust(&[&k]), NOW).unwrap_err();
+        assert_eq!(err, VerifyError::BadSignature { keyids: vec![k.keyid()] });
+        assert_eq!(err.code(), "bad_signature");
+    }
+
+    #[test]
+    fn refuses_a_tampered_payload() {
+        let k = key();
+        let mut env = envelope(&payload(None), &[&k]);
+        // "revision":3 -> "revision":4, still valid canonical JSON.
+        let at = env.payload.windows(11).position(|w| w == b"\"revision\":").unwrap();
+        env.payload[at + 11] = b'4';
+        let err = check(&env, &trust(&[&k]), NOW).unwrap_err();
+        assert_eq!(err.code(), "bad_signature");
+    }
+
+    #[test]
+    fn refuses_a_payload_whose_digests_disagree() {
+        let k = key();
+        let t = trust(&[&k]);
+
+        let mut p = payload(None);
+        p.components.insert("rules.json".into(), "{}".into());
+        let err = check(&envelope(&p, &[&k]), &t, NOW).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::DigestMismatch {
+                component: "rules.json".into()
+            }
+        );
+        assert_eq!(err.code(), "digest_mismatch");
+
+        let mut p = payload(None);
+        p.components.remove("policies.cedar");
+        let err = check(&envelope(&p, &[&k]), &t, NOW).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::MissingComponent {
+                component: "policies.cedar".into()
+            }
+        );
+
+        let mut p = payload(None);
+        p.components.insert("zz.wasm".into(), "AGFzbQ==".into());
+        let err = check(&envelope(&p, &[&k]), &t, NOW).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::UnlistedComponent {
+                component: "zz.wasm".into()
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_an_unknown_payload_type() {
+        let k = key();
+        let mut env = envelope(&payload(None), &[&k]);
+        env.payload_type = "application/vnd.in-toto+json".into();
+        let err = check(&env, &trust(&[&k]), NOW).unwrap_err();
+        assert_eq!(err.code(), "unknown_payload_type");
+        assert!(err.to_string().contains("`application/vnd.in-toto+json`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_an_unknown_format() {
+        let k = key();
+        let t = trust(&[&k]);
+        let mut p = payload(None);
+        p.manifest.format = 2;
+        let err = check(&envelope(&p, &[&k]), &t, NOW).unwrap_err();
+        assert_eq!(err, VerifyError::UnsupportedFormat { found: "2".into() });
+
+        // A newer format with a different shape is still reported as such.
+        let v2 = br#"{"manifest":{"format":2,"mesh":"acme","layers":[]},"components":{}}"#;
+        let err = check(&sign(v2, &[&k]).unwrap(), &t, NOW).unwrap_err();
+        assert_eq!(err, VerifyError::UnsupportedFormat { found: "2".into() });
+    }
+
+    #[test]
+    fn refuses_malformed_input() {
+        let k = key();
+        let t = trust(&[&k]);
+        for bad in [&b""[..], b"{", b"null", b"\xff\xfe", b"{\"payloadType\":1}"] {
+            let err = verify(bad, &t, NOW, &expect()).unwrap_err();
+            assert_eq!(err.code(), "malformed", "{err}");
+        }
+
+        // Signed, but not canonical: pretty-printed.
+        let p = payload(None);
+        let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(
+            &p.to_canonical_bytes(),
+        ).unwrap())
+        .unwrap();
+        let err = check(&sign(&pretty, &[&k]).unwrap(), &t, NOW).unwrap_err();
+        assert!(err.to_string().contains("canonical"), "{err}");
+
+        // Signed, but a field is missing.
+        let err = check(&sign(b"{\"manifest\":{\"format\":1}}", &[&k]).unwrap(), &t, NOW)
+            .unwrap_err();
+        assert_eq!(err.code(), "malformed");
+
+        // Signed, canonical, but a time is not in the one accepted form.
+        let mut p = payload(None);
+        p.manifest.expires_at = "2026-01-02T00:00:00+00:00".into();
+        let err = check(&envelope(&p, &[&k]), &t, NOW).unwrap_err();
+        assert!(err.to_string().contains("`expires_at`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_an_expired_bundle() {
+        let k = key();
+        let env = envelope(&payload(None), &[&k]);
+        let t = trust(&[&k]);
+        assert!(check(&env, &t, EXPIRES - 1).is_ok());
+        let err = check(&env, &t, EXPIRES).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::Expired {
+                expires_at: "2026-01-02T00:00:00Z".into()
+            }
+        );
+        assert_eq!(err.code(), "expired");
+    }
+
+    #[test]
+    fn refuses_a_bundle_from_the_future_beyond_skew() {
+        let k = key();
+        let env = envelope(&payload(None), &[&k]);
+        let t = trust(&[&k]);
+        assert!(check(&env, &t, CREATED - MAX_CLOCK_SKEW_SECS).is_ok());
+        let err = check(&env, &t, CREATED - MAX_CLOCK_SKEW_SECS - 1).unwrap_err();
+        assert_eq!(err.code(), "not_yet_valid");
+    }
+
+    #[test]
+    fn refuses_another_mesh() {
+        let k = key();
+        let env = envelope(&payload(None), &[&k]).to_json_bytes();
+        let expect = Expect {
+            mesh: Some("globex"),
+            ..Expect::default()
+        };
+        let err = verify(&env, &trust(&[&k]), NOW, &expect).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::WrongMesh {
+                expected: "globex".into(),
+                found: "acme".into()
+            }
+        );
+    }
+
+    #[test]
+    fn product_slices_are_checked() {
+        let k = key();
+        let t = trust(&[&k]);
+        let err = check(&envelope(&payload(Some("billing")), &[&k]), &t, NOW).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::WrongProduct {
+                expected: "orders".into(),
+                found: "billing".into()
+            }
+        );
+        assert_eq!(err.code(), "wrong_product");
+        // A whole-mesh bundle serves any product.
+        assert!(check(&envelope(&payload(None), &[&k]), &t, NOW).is_ok());
+        // A verifier that guards no product accepts any slice.
+        let env = envelope(&payload(Some("billing")), &[&k]).to_json_bytes();
+        assert!(verify(&env, &t, NOW, &Expect::default()).is_ok());
+    }
+
+    #[test]
+    fn ignores_extra_signatures_by_unknown_keys() {
+        let (trusted, stranger) = (key(), key());
+        let t = trust(&[&trusted]);
+        for keys in [[&stranger, &trusted], [&trusted, &stranger]] {
+            let b = check(&envelope(&payload(None), &keys), &t, NOW).unwrap();
+            assert_eq!(b.signed_by(), trusted.keyid());
+        }
+    }
+
+    #[test]
+    fn one_good_trusted_signature_is_enough() {
+        let (a, b) = (key(), key());
+        let mut env = envelope(&payload(None), &[&a, &b]);
+        if let Some(byte) = env.signatures.first_mut().and_then(|s| s.sig.get_mut(0)) {
+            *byte ^= 0x80;
+        }
+        let v = check(&env, &trust(&[&a, &b]), NOW).unwrap();
+        assert_eq!(v.signed_by(), b.keyid());
+    }
+
+    #[test]
+    fn rotation_trusts_old_and_new_keys() {
+        let (old, new) = (key(), key());
+        let t = trust(&[&old, &new]);
+        for k in [&old, &new] {
+            let b = check(&envelope(&payload(None), &[k]), &t, NOW).unwrap();
+            assert_eq!(b.signed_by(), k.keyid());
+        }
+    }
+
+    #[test]
+    fn refuses_oversized_envelopes_before_parsing() {
+        let expect = Expect {
+            max_envelope_bytes: 4,
+            ..Expect::default()
+        };
+        let err = verify(b"{ } ", &TrustStore::new(), NOW, &expect);
+        assert_eq!(err.unwrap_err().code(), "malformed");
+        let err = verify(b"{    }", &TrustStore::new(), NOW, &expect).unwrap_err();
+        assert_eq!(err, VerifyError::TooLarge { size: 6, limit: 4 });
+    }
+
+    #[test]
+    fn inspect_shows_what_verify_refuses() {
+        let p = payload(Some("orders"));
+        let env = envelope(&p, &[&key()]);
+        let bytes = env.to_json_bytes();
+        assert_eq!(
+            verify(&bytes, &TrustStore::new(), NOW, &expect()).unwrap_err().code(),
+            "untrusted_key"
+        );
+        let seen = inspect(&bytes).unwrap();
+        assert_eq!(seen.manifest, p.manifest);
+        assert_eq!(seen.keyids, vec![env.signatures[0].keyid.clone()]);
+        assert_eq!(seen.digest, payload::sha256_digest(&p.to_canonical_bytes()));
+        assert_eq!(inspect(b"nope").unwrap_err().code(), "malformed");
+    }
+
+    #[test]
+    fn messages_are_lowercase_and_codes_distinct() {
+        let s = || "x".to_owned();
+        let all = [
+            VerifyError::TooLarge { size: 2, limit: 1 },
+            malformed("x"),
+            VerifyError::UnknownPayloadType { found: s() },
+            VerifyError::UntrustedKey { keyids: vec![s()] },
+            VerifyError::BadSignature { keyids: vec![s()] },
+            VerifyError::UnsupportedFormat { found: s() },
+            VerifyError::DigestMismatch { component: s() },
+            VerifyError::MissingComponent { component: s() },
+            VerifyError::UnlistedComponent { component: s() },
+            VerifyError::WrongMesh { expected: s(), found: s() },
+            VerifyError::WrongProduct { expected: s(), found: s() },
+            VerifyError::Expired { expires_at: s() },
+            VerifyError::NotYetValid { created_at: s() },
+        ];
+        let codes: std::collections::BTreeSet<_> = all.iter().map(VerifyError::code).collect();
+        assert_eq!(codes.len(), all.len());
+        for e in &all {
+            let msg = e.to_string();
+            assert!(msg.starts_with(|c: char| c.is_ascii_lowercase()), "{msg}");
+            assert!(!msg.contains("::"), "{msg}");
+        }
+    }
+}
