@@ -1,6 +1,13 @@
 //! Verify cost for a bundle the size of a 1,000-policy mesh (~1 MB of
 //! components): what a sidecar pays on every push and on every restart.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
@@ -34,7 +41,9 @@ fn bundle() -> (Vec<u8>, TrustStore) {
         product: None,
     };
     let payload = BundlePayload::new(meta, components).unwrap();
-    let envelope = sign(&payload.to_canonical_bytes(), &[&key]).unwrap().to_json_bytes();
+    let envelope = sign(&payload.to_canonical_bytes(), &[&key])
+        .unwrap()
+        .to_json_bytes();
     let trust = TrustStore::from_keys([key.public_key()]).unwrap();
     (envelope, trust)
 }

@@ -35,7 +35,12 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
         if escape.is_empty() {
             out.extend_from_slice(b"\\u00");
             out.push(HEX_DIGITS.get(usize::from(b >> 4)).copied().unwrap_or(b'0'));
-            out.push(HEX_DIGITS.get(usize::from(b & 0xf)).copied().unwrap_or(b'0'));
+            out.push(
+                HEX_DIGITS
+                    .get(usize::from(b & 0xf))
+                    .copied()
+                    .unwrap_or(b'0'),
+            );
         } else {
             out.extend_from_slice(escape);
         }

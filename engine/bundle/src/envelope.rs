@@ -142,7 +142,10 @@ struct WireEnvelope {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a signature object with `keyid` and `sig`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a signature object with `keyid` and `sig`"
+)]
 struct WireSignature {
     keyid: String,
     sig: String,
@@ -162,9 +165,15 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope, String> {
         .into_iter()
         .map(|s| {
             let sig = BASE64.decode(&s.sig).map_err(|_| {
-                format!("signature `sig` of key `{}` is not standard base64", s.keyid)
+                format!(
+                    "signature `sig` of key `{}` is not standard base64",
+                    s.keyid
+                )
             })?;
-            Ok(Signature { keyid: s.keyid, sig })
+            Ok(Signature {
+                keyid: s.keyid,
+                sig,
+            })
         })
         .collect::<Result<_, String>>()?;
     Ok(Envelope {

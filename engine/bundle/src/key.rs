@@ -185,8 +185,8 @@ impl SigningKey {
         let der = pem_decode(pem)?;
         let pair =
             Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|_| KeyError::NotEd25519)?;
-        let raw = <[u8; 32]>::try_from(pair.public_key().as_ref())
-            .map_err(|_| KeyError::NotEd25519)?;
+        let raw =
+            <[u8; 32]>::try_from(pair.public_key().as_ref()).map_err(|_| KeyError::NotEd25519)?;
         Ok(Self {
             pair,
             public: PublicKey { raw },
@@ -263,9 +263,11 @@ fn pem_decode(pem: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let mut body = Zeroizing::new(String::new());
     for line in lines {
         if line == end {
-            let der = BASE64.decode(body.as_bytes()).map_err(|_| KeyError::BadPem {
-                reason: "its body is not valid base64".to_owned(),
-            })?;
+            let der = BASE64
+                .decode(body.as_bytes())
+                .map_err(|_| KeyError::BadPem {
+                    reason: "its body is not valid base64".to_owned(),
+                })?;
             return Ok(Zeroizing::new(der));
         }
         body.push_str(line);
@@ -408,7 +410,9 @@ pub fn write_private_key_file(path: &Path, pem: &str) -> Result<(), KeyFileError
         .mode(0o600)
         .open(path)
         .map_err(io_err)?;
-    let written = file.write_all(pem.as_bytes()).and_then(|()| file.sync_all());
+    let written = file
+        .write_all(pem.as_bytes())
+        .and_then(|()| file.sync_all());
     if let Err(source) = written {
         drop(file);
         // The write error is the one worth reporting; a failed cleanup
@@ -465,13 +469,15 @@ mod tests {
         assert_eq!(err, KeyError::NotPkcs8Pem { found: None });
         let err = SigningKey::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap_err();
         assert!(matches!(err, KeyError::BadPem { .. }), "{err}");
-        let err =
-            SigningKey::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----")
-                .unwrap_err();
+        let err = SigningKey::from_pkcs8_pem(
+            "-----BEGIN PRIVATE KEY-----\n!!\n-----END PRIVATE KEY-----",
+        )
+        .unwrap_err();
         assert!(matches!(err, KeyError::BadPem { .. }), "{err}");
-        let err =
-            SigningKey::from_pkcs8_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
-                .unwrap_err();
+        let err = SigningKey::from_pkcs8_pem(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+        )
+        .unwrap_err();
         assert_eq!(err, KeyError::NotEd25519);
     }
 
@@ -483,7 +489,10 @@ mod tests {
         assert_eq!(format!("  {text}\n").parse::<PublicKey>().unwrap(), key);
 
         let err = "rsa:AAAA".parse::<PublicKey>().unwrap_err();
-        assert_eq!(err.to_string(), "public key `rsa:AAAA` must start with `ed25519:`");
+        assert_eq!(
+            err.to_string(),
+            "public key `rsa:AAAA` must start with `ed25519:`"
+        );
         let err = "ed25519:not base64!".parse::<PublicKey>().unwrap_err();
         assert!(matches!(err, KeyError::BadBase64 { .. }), "{err}");
         let err = "ed25519:AAAA".parse::<PublicKey>().unwrap_err();

@@ -189,7 +189,9 @@ fn format_timestamp(unix: i64) -> Result<String, BuildError> {
 /// Reads a manifest timestamp back to unix seconds. Only the exact form this
 /// crate writes is accepted, so one instant has one spelling in signed bytes.
 pub(crate) fn parse_timestamp(text: &str) -> Option<i64> {
-    let t = time::PrimitiveDateTime::parse(text, TIMESTAMP).ok()?.assume_utc();
+    let t = time::PrimitiveDateTime::parse(text, TIMESTAMP)
+        .ok()?
+        .assume_utc();
     let canonical = t.format(TIMESTAMP).ok()?;
     (canonical == text).then_some(t.unix_timestamp())
 }
@@ -232,8 +234,14 @@ mod tests {
         let bytes = p.to_canonical_bytes();
         assert_eq!(bytes, p.clone().to_canonical_bytes());
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with(r#"{"manifest":{"format":1,"mesh":"acme","revision":7,"#), "{text}");
-        assert!(text.ends_with(r#""components":{"a":"é","b":"line\n\"two\""}}"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"manifest":{"format":1,"mesh":"acme","revision":7,"#),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(r#""components":{"a":"é","b":"line\n\"two\""}}"#),
+            "{text}"
+        );
         let back: BundlePayload = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, p);
     }
@@ -243,7 +251,10 @@ mod tests {
         let mut m = meta();
         m.expires_at_unix = m.created_at_unix;
         let err = BundlePayload::new(m, BTreeMap::new()).unwrap_err();
-        assert!(matches!(err, BuildError::ExpiresBeforeCreated { .. }), "{err}");
+        assert!(
+            matches!(err, BuildError::ExpiresBeforeCreated { .. }),
+            "{err}"
+        );
         let mut m = meta();
         m.created_at_unix = -1;
         let err = BundlePayload::new(m, BTreeMap::new()).unwrap_err();

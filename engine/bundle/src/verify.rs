@@ -82,7 +82,9 @@ pub enum VerifyError {
         keyids: Vec<String>,
     },
     /// The payload's format version is not one this verifier reads.
-    #[error("bundle format `{found}` is not supported (this verifier reads format `{FORMAT_VERSION}`); upgrade the sidecar or build with an older engine")]
+    #[error(
+        "bundle format `{found}` is not supported (this verifier reads format `{FORMAT_VERSION}`); upgrade the sidecar or build with an older engine"
+    )]
     UnsupportedFormat {
         /// The payload's format version, as written.
         found: String,
@@ -114,7 +116,9 @@ pub enum VerifyError {
         found: String,
     },
     /// The bundle was sliced for another product.
-    #[error("bundle is sliced for product `{found}`, expected product `{expected}` or a whole-mesh bundle")]
+    #[error(
+        "bundle is sliced for product `{found}`, expected product `{expected}` or a whole-mesh bundle"
+    )]
     WrongProduct {
         /// The verifier's product.
         expected: String,
@@ -128,7 +132,9 @@ pub enum VerifyError {
         expires_at: String,
     },
     /// The bundle claims to be created in the future, beyond clock skew.
-    #[error("bundle is created at `{created_at}`, more than {MAX_CLOCK_SKEW_SECS} seconds in the future; check the engine's and the sidecar's clocks")]
+    #[error(
+        "bundle is created at `{created_at}`, more than {MAX_CLOCK_SKEW_SECS} seconds in the future; check the engine's and the sidecar's clocks"
+    )]
     NotYetValid {
         /// The manifest's creation time.
         created_at: String,
@@ -465,7 +471,10 @@ mod tests {
                 product: product.map(Into::into),
             },
             BTreeMap::from([
-                ("policies.cedar".to_owned(), "permit(principal, action, resource);".to_owned()),
+                (
+                    "policies.cedar".to_owned(),
+                    "permit(principal, action, resource);".to_owned(),
+                ),
                 ("rules.json".to_owned(), "{\"mask\":[\"email\"]}".to_owned()),
             ]),
         )
@@ -508,8 +517,12 @@ mod tests {
     #[test]
     fn refuses_an_untrusted_key() {
         let (signer, trusted) = (key(), key());
-        let err = check(&envelope(&payload(None), &[&signer]), &trust(&[&trusted]), NOW)
-            .unwrap_err();
+        let err = check(
+            &envelope(&payload(None), &[&signer]),
+            &trust(&[&trusted]),
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             VerifyError::UntrustedKey {
@@ -517,8 +530,12 @@ mod tests {
             }
         );
         assert_eq!(err.code(), "untrusted_key");
-        let err = check(&envelope(&payload(None), &[&signer]), &TrustStore::new(), NOW)
-            .unwrap_err();
+        let err = check(
+            &envelope(&payload(None), &[&signer]),
+            &TrustStore::new(),
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(err.code(), "untrusted_key");
     }
 
@@ -539,7 +556,12 @@ mod tests {
             *b ^= 0x01;
         }
         let err = check(&env, &trust(&[&k]), NOW).unwrap_err();
-        assert_eq!(err, VerifyError::BadSignature { keyids: vec![k.keyid()] });
+        assert_eq!(
+            err,
+            VerifyError::BadSignature {
+                keyids: vec![k.keyid()]
+            }
+        );
         assert_eq!(err.code(), "bad_signature");
     }
 
@@ -548,7 +570,11 @@ mod tests {
         let k = key();
         let mut env = envelope(&payload(None), &[&k]);
         // "revision":3 -> "revision":4, still valid canonical JSON.
-        let at = env.payload.windows(11).position(|w| w == b"\"revision\":").unwrap();
+        let at = env
+            .payload
+            .windows(11)
+            .position(|w| w == b"\"revision\":")
+            .unwrap();
         env.payload[at + 11] = b'4';
         let err = check(&env, &trust(&[&k]), NOW).unwrap_err();
         assert_eq!(err.code(), "bad_signature");
@@ -598,7 +624,10 @@ mod tests {
         env.payload_type = "application/vnd.in-toto+json".into();
         let err = check(&env, &trust(&[&k]), NOW).unwrap_err();
         assert_eq!(err.code(), "unknown_payload_type");
-        assert!(err.to_string().contains("`application/vnd.in-toto+json`"), "{err}");
+        assert!(
+            err.to_string().contains("`application/vnd.in-toto+json`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -627,16 +656,20 @@ mod tests {
 
         // Signed, but not canonical: pretty-printed.
         let p = payload(None);
-        let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<serde_json::Value>(
-            &p.to_canonical_bytes(),
-        ).unwrap())
+        let pretty = serde_json::to_vec_pretty(
+            &serde_json::from_slice::<serde_json::Value>(&p.to_canonical_bytes()).unwrap(),
+        )
         .unwrap();
         let err = check(&sign(&pretty, &[&k]).unwrap(), &t, NOW).unwrap_err();
         assert!(err.to_string().contains("canonical"), "{err}");
 
         // Signed, but a field is missing.
-        let err = check(&sign(b"{\"manifest\":{\"format\":1}}", &[&k]).unwrap(), &t, NOW)
-            .unwrap_err();
+        let err = check(
+            &sign(b"{\"manifest\":{\"format\":1}}", &[&k]).unwrap(),
+            &t,
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(err.code(), "malformed");
 
         // Signed, canonical, but a time is not in the one accepted form.
@@ -759,7 +792,9 @@ mod tests {
         let env = envelope(&p, &[&key()]);
         let bytes = env.to_json_bytes();
         assert_eq!(
-            verify(&bytes, &TrustStore::new(), NOW, &expect()).unwrap_err().code(),
+            verify(&bytes, &TrustStore::new(), NOW, &expect())
+                .unwrap_err()
+                .code(),
             "untrusted_key"
         );
         let seen = inspect(&bytes).unwrap();
@@ -782,8 +817,14 @@ mod tests {
             VerifyError::DigestMismatch { component: s() },
             VerifyError::MissingComponent { component: s() },
             VerifyError::UnlistedComponent { component: s() },
-            VerifyError::WrongMesh { expected: s(), found: s() },
-            VerifyError::WrongProduct { expected: s(), found: s() },
+            VerifyError::WrongMesh {
+                expected: s(),
+                found: s(),
+            },
+            VerifyError::WrongProduct {
+                expected: s(),
+                found: s(),
+            },
             VerifyError::Expired { expires_at: s() },
             VerifyError::NotYetValid { created_at: s() },
         ];
