@@ -10,11 +10,18 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 
 use crate::canonical;
+use crate::excerpt;
 use crate::key::SigningKey;
 
 /// The DSSE `payloadType` of a meshgov bundle. The version is part of the
 /// type so a different envelope content is a different type altogether.
 pub const PAYLOAD_TYPE: &str = "application/vnd.meshgov.bundle+json;version=1";
+
+/// The most signatures an envelope may carry.
+///
+/// A rotation needs two; the cap keeps a hostile envelope from making the
+/// verifier list (and quote) an unbounded number of key ids.
+pub const MAX_SIGNATURES: usize = 16;
 
 /// Why signing failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,6 +30,12 @@ pub enum SignError {
     /// No key was given; an unsigned bundle would be refused by every sidecar.
     #[error("no signing key given; a bundle needs at least one signature")]
     NoSigningKey,
+    /// More keys than an envelope may carry signatures for.
+    #[error("{count} signing keys given; an envelope carries at most {MAX_SIGNATURES} signatures")]
+    TooManyKeys {
+        /// How many keys were given.
+        count: usize,
+    },
 }
 
 /// One signature in an envelope.
@@ -96,6 +109,9 @@ pub fn sign(payload: &[u8], keys: &[&SigningKey]) -> Result<Envelope, SignError>
     if keys.is_empty() {
         return Err(SignError::NoSigningKey);
     }
+    if keys.len() > MAX_SIGNATURES {
+        return Err(SignError::TooManyKeys { count: keys.len() });
+    }
     let pae = pae(PAYLOAD_TYPE, payload);
     let signatures = keys
         .iter()
@@ -157,6 +173,12 @@ struct WireSignature {
 pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope, String> {
     let wire: WireEnvelope =
         serde_json::from_slice(bytes).map_err(|e| format!("envelope is not valid JSON: {e}"))?;
+    if wire.signatures.len() > MAX_SIGNATURES {
+        return Err(format!(
+            "envelope has {} signatures, more than the {MAX_SIGNATURES} allowed",
+            wire.signatures.len()
+        ));
+    }
     let payload = BASE64
         .decode(&wire.payload)
         .map_err(|_| "envelope `payload` is not standard base64".to_owned())?;
@@ -167,7 +189,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope, String> {
             let sig = BASE64.decode(&s.sig).map_err(|_| {
                 format!(
                     "signature `sig` of key `{}` is not standard base64",
-                    s.keyid
+                    excerpt::head(&s.keyid, 80)
                 )
             })?;
             Ok(Signature {

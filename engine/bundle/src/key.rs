@@ -81,11 +81,7 @@ fn found_label(found: &Option<String>) -> String {
 
 /// Shortens user text quoted in an error so a pasted blob cannot flood logs.
 fn quote(text: &str) -> String {
-    const MAX: usize = 80;
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
-        None => text.to_owned(),
-    }
+    crate::excerpt::head(text, 80)
 }
 
 /// A short, stable name for a public key: the first 16 hex digits of the

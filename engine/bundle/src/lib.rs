@@ -2,11 +2,12 @@
 
 mod canonical;
 mod envelope;
+mod excerpt;
 mod key;
 mod payload;
 mod verify;
 
-pub use envelope::{Envelope, PAYLOAD_TYPE, SignError, Signature, sign};
+pub use envelope::{Envelope, MAX_SIGNATURES, PAYLOAD_TYPE, SignError, Signature, sign};
 #[cfg(unix)]
 pub use key::write_private_key_file;
 pub use key::{

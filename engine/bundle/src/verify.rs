@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::envelope::{self, PAYLOAD_TYPE};
+use crate::excerpt;
 use crate::key::TrustStore;
 use crate::payload::{self, BundlePayload, FORMAT_VERSION, Manifest};
 
@@ -171,9 +172,10 @@ impl VerifyError {
     }
 }
 
-fn malformed(reason: impl Into<String>) -> VerifyError {
+/// Parser messages can echo input (a whole string value), so they are cut.
+fn malformed(reason: impl AsRef<str>) -> VerifyError {
     VerifyError::Malformed {
-        reason: reason.into(),
+        reason: excerpt::ends(reason.as_ref(), 240),
     }
 }
 
@@ -271,7 +273,7 @@ pub fn verify(
     let env = envelope::parse(envelope_bytes).map_err(malformed)?;
     if env.payload_type != PAYLOAD_TYPE {
         return Err(VerifyError::UnknownPayloadType {
-            found: env.payload_type,
+            found: excerpt::head(&env.payload_type, 80),
         });
     }
 
@@ -282,6 +284,11 @@ pub fn verify(
         let Some(key) = trust.get(&s.keyid) else {
             continue;
         };
+        // Each check hashes the whole payload: one try per key, so repeating
+        // a trusted key id cannot multiply the work.
+        if failed.contains(&s.keyid) {
+            continue;
+        }
         if key.verifies(&pae, &s.sig) {
             signed_by = Some(s.keyid.clone());
             break;
@@ -290,7 +297,11 @@ pub fn verify(
     }
     let Some(signed_by) = signed_by else {
         if failed.is_empty() {
-            let keyids = env.signatures.into_iter().map(|s| s.keyid).collect();
+            let keyids = env
+                .signatures
+                .iter()
+                .map(|s| excerpt::head(&s.keyid, 80))
+                .collect();
             return Err(VerifyError::UntrustedKey { keyids });
         }
         return Err(VerifyError::BadSignature { keyids: failed });
@@ -432,13 +443,17 @@ pub fn inspect(envelope_bytes: &[u8]) -> Result<Inspection, VerifyError> {
     let env = envelope::parse(envelope_bytes).map_err(malformed)?;
     if env.payload_type != PAYLOAD_TYPE {
         return Err(VerifyError::UnknownPayloadType {
-            found: env.payload_type,
+            found: excerpt::head(&env.payload_type, 80),
         });
     }
     let payload = parse_payload(&env.payload)?;
     Ok(Inspection {
         manifest: payload.manifest,
-        keyids: env.signatures.into_iter().map(|s| s.keyid).collect(),
+        keyids: env
+            .signatures
+            .iter()
+            .map(|s| excerpt::head(&s.keyid, 80))
+            .collect(),
         digest: payload::sha256_digest(&env.payload),
     })
 }
@@ -446,7 +461,7 @@ pub fn inspect(envelope_bytes: &[u8]) -> Result<Inspection, VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Envelope, sign};
+    use crate::envelope::{Envelope, MAX_SIGNATURES, sign};
     use crate::key::SigningKey;
     use crate::payload::BundleMeta;
     use ring::rand::SystemRandom;
@@ -772,6 +787,53 @@ mod tests {
             let b = check(&envelope(&payload(None), &[k]), &t, NOW).unwrap();
             assert_eq!(b.signed_by(), k.keyid());
         }
+    }
+
+    #[test]
+    fn hostile_envelopes_cost_little_and_quote_little() {
+        let k = key();
+        let t = trust(&[&k]);
+
+        // A trusted key id repeated with bad signatures is tried once.
+        let mut env = envelope(&payload(None), &[&k]);
+        let mut bad = env.signatures[0].clone();
+        bad.sig[0] ^= 1;
+        env.signatures = vec![bad; MAX_SIGNATURES];
+        let err = check(&env, &t, NOW).unwrap_err();
+        assert_eq!(
+            err,
+            VerifyError::BadSignature {
+                keyids: vec![k.keyid()]
+            }
+        );
+
+        // More signatures than allowed is malformed.
+        env.signatures.push(env.signatures[0].clone());
+        let err = check(&env, &t, NOW).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the 16 allowed"),
+            "{err}"
+        );
+
+        // Huge untrusted input is cut in messages.
+        let mut env = envelope(&payload(None), &[&k]);
+        env.signatures[0].keyid = "k".repeat(100_000);
+        let err = check(&env, &t, NOW).unwrap_err();
+        assert_eq!(err.code(), "untrusted_key");
+        assert!(err.to_string().len() < 400, "{err}");
+        env.payload_type = "t".repeat(100_000);
+        assert!(check(&env, &t, NOW).unwrap_err().to_string().len() < 400);
+        let json = format!(
+            r#"{{"payloadType":"x","payload":"","signatures":"{}"}}"#,
+            "s".repeat(100_000)
+        );
+        let err = verify(json.as_bytes(), &t, NOW, &expect()).unwrap_err();
+        assert_eq!(err.code(), "malformed");
+        assert!(err.to_string().len() < 400, "{err}");
+        assert!(
+            err.to_string().ends_with("at line 1 column 100047"),
+            "{err}"
+        );
     }
 
     #[test]
