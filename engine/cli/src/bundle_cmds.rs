@@ -1,0 +1,237 @@
+//! `keygen`, `build` and `bundle inspect`: signing keys and signed bundles.
+
+use crate::Failure;
+use crate::policy_cmds::load_checked;
+use meshgov_bundle::{BundleMeta, BundlePayload, Expect, SigningKey, TrustStore};
+use meshgov_core::descriptor::ProductInfo;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+fn io(path: &Path, e: impl std::fmt::Display) -> Failure {
+    Failure::usage(format!("`{}`: {e}", path.display()))
+}
+
+/// The public key file that goes with a private key file.
+pub fn public_path(private: &Path) -> PathBuf {
+    let mut p = private.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+pub fn keygen(out: &Path, force: bool) -> Result<(), Failure> {
+    let pub_path = public_path(out);
+    if !force {
+        for p in [out, pub_path.as_path()] {
+            if p.exists() {
+                return Err(Failure::usage(format!(
+                    "`{}` already exists; pass --force to replace it",
+                    p.display()
+                )));
+            }
+        }
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let pem = SigningKey::generate_pkcs8_pem(&rng).map_err(|e| Failure::usage(e.to_string()))?;
+    let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| Failure::usage(e.to_string()))?;
+    if force && out.exists() {
+        std::fs::remove_file(out).map_err(|e| io(out, e))?;
+    }
+    meshgov_bundle::write_private_key_file(out, &pem).map_err(|e| Failure::usage(e.to_string()))?;
+    let public = key.public_key();
+    std::fs::write(&pub_path, format!("{public}\n")).map_err(|e| io(&pub_path, e))?;
+    println!("private key: {} (mode 0600, PKCS#8 PEM)", out.display());
+    println!("public key:  {} ({public})", pub_path.display());
+    println!("key id:      {}", public.keyid());
+    Ok(())
+}
+
+pub struct BuildArgs<'a> {
+    pub dir: &'a Path,
+    pub key: &'a Path,
+    pub out: &'a Path,
+    pub product: Option<&'a str>,
+    pub revision: Option<u64>,
+    pub created_at: Option<&'a str>,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The commit the repository is at, marked `+dirty` when files under it
+/// differ from that commit, so an audit never mistakes local edits for it.
+fn source_commit(dir: &Path) -> Option<String> {
+    let commit = git(dir, &["rev-parse", "HEAD"])?;
+    let dirty = git(dir, &["status", "--porcelain", "--", "."]).is_some_and(|s| !s.is_empty());
+    Some(if dirty {
+        format!("{commit}+dirty")
+    } else {
+        commit
+    })
+}
+
+fn build_time(created_at: Option<&str>) -> Result<i64, Failure> {
+    if let Some(t) = created_at {
+        return OffsetDateTime::parse(t, &Rfc3339)
+            .map(|t| t.unix_timestamp())
+            .map_err(|_| {
+                Failure::usage(format!("--created-at `{t}` is not an RFC 3339 timestamp"))
+            });
+    }
+    if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+        return epoch.trim().parse().map_err(|_| {
+            Failure::usage(format!(
+                "SOURCE_DATE_EPOCH `{epoch}` is not a number of seconds"
+            ))
+        });
+    }
+    Ok(OffsetDateTime::now_utc().unix_timestamp())
+}
+
+pub fn build(a: BuildArgs<'_>) -> Result<(), Failure> {
+    let key =
+        meshgov_bundle::read_signing_key_file(a.key).map_err(|e| Failure::usage(e.to_string()))?;
+    let (_, checked) = load_checked(a.dir)?;
+    let Some(policies) = checked.policies else {
+        return Err(Failure::violations(
+            "the policies do not check; fix the errors above before building",
+        ));
+    };
+    let policies = match a.product {
+        None => policies,
+        Some(id) => {
+            let (_, d) = checked
+                .products
+                .iter()
+                .find(|(_, d)| d.product_id() == id)
+                .ok_or_else(|| {
+                    let known: Vec<String> = checked
+                        .products
+                        .iter()
+                        .map(|(_, d)| d.product_id())
+                        .collect();
+                    Failure::usage(format!(
+                        "unknown product `{id}`; the repository describes: {}",
+                        known.join(", ")
+                    ))
+                })?;
+            let info = ProductInfo::resolve(d, &policies.mesh).map_err(Failure::violations)?;
+            policies.slice(&info)
+        }
+    };
+    let created = build_time(a.created_at)?;
+    let ttl = i64::try_from(policies.mesh.bundle.ttl_seconds).unwrap_or(i64::MAX);
+    let revision = match a.revision {
+        Some(r) => r,
+        None => git(a.dir, &["rev-list", "--count", "HEAD"])
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| u64::try_from(created).unwrap_or(0)),
+    };
+    let meta = BundleMeta {
+        mesh: policies.mesh.id.clone(),
+        revision,
+        created_at_unix: created,
+        expires_at_unix: created.saturating_add(ttl),
+        source_commit: source_commit(a.dir),
+        product: policies.product.clone(),
+    };
+    let payload = BundlePayload::new(meta, policies.components())
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let envelope = meshgov_bundle::sign(&payload.to_canonical_bytes(), &[&key])
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let bytes = envelope.to_json_bytes();
+    let tmp = a.out.with_extension("tmp");
+    std::fs::write(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, a.out).map_err(|e| io(a.out, e))?;
+    let m = &payload.manifest;
+    println!(
+        "built {} revision {} for {} ({} components, {} bytes), signed by {}, expires {}",
+        a.out.display(),
+        m.revision,
+        m.product.as_deref().unwrap_or("the whole mesh"),
+        m.components.len(),
+        bytes.len(),
+        key.keyid(),
+        m.expires_at
+    );
+    Ok(())
+}
+
+pub fn inspect(file: &Path, trust: &[PathBuf], json: bool) -> Result<(), Failure> {
+    let bytes = std::fs::read(file).map_err(|e| io(file, e))?;
+    let ins = meshgov_bundle::inspect(&bytes)
+        .map_err(|e| Failure::violations(format!("`{}`: refused: {e}", file.display())))?;
+    let mut store = TrustStore::new();
+    for t in trust {
+        let k =
+            meshgov_bundle::read_public_key_file(t).map_err(|e| Failure::usage(e.to_string()))?;
+        store.insert(k).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let verdict = (!trust.is_empty())
+        .then(|| meshgov_bundle::verify(&bytes, &store, now, &Expect::default()));
+    let m = &ins.manifest;
+    if json {
+        let v = serde_json::json!({
+            "manifest": m,
+            "keyids": ins.keyids,
+            "digest": ins.digest,
+            "verdict": match &verdict {
+                None => serde_json::json!({"verified": false, "reason": "no --trust key given"}),
+                Some(Ok(v)) => serde_json::json!({"verified": true, "signed_by": v.signed_by()}),
+                Some(Err(e)) => serde_json::json!({"verified": false, "code": e.code(), "reason": e.to_string()}),
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("bundle:     {}", file.display());
+        println!("mesh:       {}", m.mesh);
+        println!("revision:   {}", m.revision);
+        println!(
+            "product:    {}",
+            m.product.as_deref().unwrap_or("(whole mesh)")
+        );
+        println!("created_at: {}", m.created_at);
+        println!("expires_at: {}", m.expires_at);
+        println!(
+            "commit:     {}",
+            m.source_commit
+                .as_deref()
+                .unwrap_or("(not a git repository)")
+        );
+        println!("digest:     {}", ins.digest);
+        println!("signed by:  {}", ins.keyids.join(", "));
+        println!("components:");
+        for (name, digest) in &m.components {
+            println!("  {digest}  {name}");
+        }
+        match &verdict {
+            None => println!("verdict:    not verified (pass --trust KEY.pub)"),
+            Some(Ok(v)) => println!(
+                "verdict:    verified, signed by trusted key {}",
+                v.signed_by()
+            ),
+            Some(Err(e)) => println!("verdict:    REFUSED [{}]: {e}", e.code()),
+        }
+    }
+    match verdict {
+        Some(Err(e)) => Err(Failure::violations(format!(
+            "`{}`: refused: {e}",
+            file.display()
+        ))),
+        _ => Ok(()),
+    }
+}
