@@ -70,6 +70,10 @@ fn bench_plan(c: &mut Criterion) {
     g.bench_function("sliced", |b| {
         b.iter(|| black_box(sliced.plan_read(&view, "profiles", who).unwrap()))
     });
+    let cache = meshgov_core::plan::PlanCache::new(&sliced, 10_000);
+    g.bench_function("sliced_cached", |b| {
+        b.iter(|| black_box(cache.plan_read(&sliced, &view, "profiles", who).unwrap()))
+    });
     g.bench_function("unsliced_1000", |b| {
         b.iter(|| black_box(whole.plan_read(&view, "profiles", who).unwrap()))
     });

@@ -267,6 +267,13 @@ impl Access {
         &self.schema_text
     }
 
+    /// True when some policy may read the request time, so decisions for
+    /// the same consumer and purpose can change from one second to the next.
+    /// Conservative: any mention of `time` counts.
+    pub fn time_dependent(&self) -> bool {
+        self.texts.iter().any(|(_, text)| text.contains("time"))
+    }
+
     /// `(id, text)` of every policy, sorted by id.
     pub fn texts(&self) -> &[(String, String)] {
         &self.texts

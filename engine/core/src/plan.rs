@@ -216,3 +216,167 @@ impl Policies {
         })
     }
 }
+
+/// Read plans remembered per consumer, purpose and port, for one bundle.
+///
+/// A plan depends only on the bundle, the product, the consumer (id, groups,
+/// attributes), the purpose and the port, plus the request time when a
+/// policy reads it. Consumers repeat the same reads, so a sidecar keeps one
+/// cache per loaded bundle and drops it with the bundle. When any policy
+/// mentions the time, nothing is cached.
+#[derive(Debug)]
+pub struct PlanCache {
+    enabled: bool,
+    capacity: usize,
+    plans: std::sync::Mutex<std::collections::HashMap<PlanKey, std::sync::Arc<ReadPlan>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PlanKey {
+    principal: String,
+    groups: Vec<String>,
+    attrs: String,
+    purpose: String,
+    port: String,
+}
+
+impl PlanCache {
+    /// A cache for `policies`, holding at most `capacity` plans.
+    pub fn new(policies: &Policies, capacity: usize) -> PlanCache {
+        PlanCache {
+            enabled: capacity > 0 && !policies.access.time_dependent(),
+            capacity,
+            plans: Default::default(),
+        }
+    }
+
+    /// The plan for this request, computed at most once per key.
+    pub fn plan_read(
+        &self,
+        policies: &Policies,
+        view: &ProductView,
+        port: &str,
+        who: Asker<'_>,
+    ) -> Result<std::sync::Arc<ReadPlan>, PlanError> {
+        if !self.enabled {
+            return policies.plan_read(view, port, who).map(std::sync::Arc::new);
+        }
+        let mut groups = who.principal.groups.clone();
+        groups.sort();
+        let key = PlanKey {
+            principal: who.principal.id.clone(),
+            groups,
+            attrs: serde_json::to_string(&who.principal.attrs).unwrap_or_default(),
+            purpose: who.purpose.to_string(),
+            port: port.to_string(),
+        };
+        if let Some(plan) = self.plans.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(plan);
+        }
+        let plan = std::sync::Arc::new(policies.plan_read(view, port, who)?);
+        if let Ok(mut m) = self.plans.lock() {
+            // A full cache starts over rather than tracking recency: cheap,
+            // and a working set larger than the cache only costs recomputing.
+            if m.len() >= self.capacity {
+                m.clear();
+            }
+            m.insert(key, std::sync::Arc::clone(&plan));
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::Descriptor;
+    use std::path::Path;
+
+    fn example() -> (Policies, ProductView) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+        let src = crate::SourceSet::read_dir(&root).unwrap();
+        let checked = crate::check(&src);
+        let policies = checked.policies.unwrap();
+        let text = std::fs::read_to_string(root.join("products/user-profiles.yaml")).unwrap();
+        let d = Descriptor::parse("p.yaml", &text).unwrap();
+        let info = ProductInfo::resolve(&d, &policies.mesh).unwrap();
+        (policies, ProductView::new(info))
+    }
+
+    #[test]
+    fn cached_plans_equal_fresh_ones_and_are_keyed_by_consumer_and_purpose() {
+        let (policies, view) = example();
+        let cache = PlanCache::new(&policies, 8);
+        assert!(cache.enabled);
+        let fraud = Principal {
+            id: "f".into(),
+            groups: vec!["fraud".into()],
+            ..Default::default()
+        };
+        let marketing = Principal {
+            id: "m".into(),
+            groups: vec!["marketing".into()],
+            ..Default::default()
+        };
+        for (p, purpose) in [
+            (&fraud, "fraud-investigation"),
+            (&marketing, "campaign-analytics"),
+            (&fraud, "campaign-analytics"),
+        ] {
+            let who = Asker {
+                principal: p,
+                purpose,
+                now_unix: 0,
+            };
+            let fresh = policies.plan_read(&view, "profiles", who).unwrap();
+            assert_eq!(
+                *cache.plan_read(&policies, &view, "profiles", who).unwrap(),
+                fresh
+            );
+            assert_eq!(
+                *cache.plan_read(&policies, &view, "profiles", who).unwrap(),
+                fresh
+            );
+        }
+        let who = |p| Asker {
+            principal: p,
+            purpose: "fraud-investigation",
+            now_unix: 0,
+        };
+        let email = |plan: &ReadPlan| {
+            plan.fields
+                .iter()
+                .find(|f| f.name == "email")
+                .unwrap()
+                .treatment
+                .label()
+        };
+        assert_eq!(
+            email(
+                &cache
+                    .plan_read(&policies, &view, "profiles", who(&fraud))
+                    .unwrap()
+            ),
+            "revealed"
+        );
+        assert!(
+            !cache
+                .plan_read(&policies, &view, "profiles", who(&marketing))
+                .unwrap()
+                .decision
+                .allowed
+        );
+    }
+
+    #[test]
+    fn policies_that_read_the_time_disable_the_cache() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+        let mut src = crate::SourceSet::read_dir(&root).unwrap();
+        src.access.push(crate::source::SourceFile::new(
+            "access/hours.cedar",
+            "@id(\"night\")\nforbid (principal, action, resource) when { context.time < 0 };\n",
+        ));
+        let policies = crate::check(&src).policies.unwrap();
+        assert!(!PlanCache::new(&policies, 8).enabled);
+    }
+}

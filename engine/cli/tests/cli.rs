@@ -1,0 +1,258 @@
+//! The CLI as a user runs it: the real binary, real files, real signatures.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn meshgov(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshgov"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+}
+
+#[test]
+fn init_check_test_keygen_build_inspect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let o = meshgov(&["init", "repo"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = meshgov(&["check", "repo"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("0 errors"));
+    let o = meshgov(&["test", "repo", "--junit", "report.xml"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains(" passed, 0 failed"), "{}", text(&o));
+    let junit = std::fs::read_to_string(d.join("report.xml")).unwrap();
+    assert!(junit.starts_with("<?xml") && junit.contains("failures=\"0\""));
+
+    let o = meshgov(&["keygen", "--out", "keys/guild"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.join("keys/guild"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let public = std::fs::read_to_string(d.join("keys/guild.pub")).unwrap();
+    assert!(
+        public.starts_with("ed25519:") && public.trim().len() == 52,
+        "{public}"
+    );
+    // Keys are never silently overwritten.
+    assert_eq!(code(&meshgov(&["keygen", "--out", "keys/guild"], d)), 2);
+
+    let build = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            "repo",
+            "--key",
+            "keys/guild",
+            "--out",
+            out,
+            "--created-at",
+            "2030-01-01T00:00:00Z",
+            "--revision",
+            "7",
+        ];
+        args.extend_from_slice(extra);
+        let o = meshgov(&args, d);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        std::fs::read(d.join(out)).unwrap()
+    };
+    let a = build("a.json", &[]);
+    let b = build("b.json", &[]);
+    assert_eq!(a, b, "the same inputs must give byte-identical bundles");
+    let sliced = build("s.json", &["--product", "users/user-profiles"]);
+    assert!(sliced.len() < a.len());
+
+    let o = meshgov(
+        &[
+            "bundle",
+            "inspect",
+            "s.json",
+            "--trust",
+            "keys/guild.pub",
+            "--json",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["verdict"]["verified"], true);
+    assert_eq!(v["manifest"]["product"], "users/user-profiles");
+    assert_eq!(v["manifest"]["revision"], 7);
+    assert_eq!(v["manifest"]["mesh"], "media-mesh");
+    assert_eq!(v["manifest"]["created_at"], "2030-01-01T00:00:00Z");
+    assert_eq!(v["manifest"]["expires_at"], "2030-01-02T00:00:00Z");
+}
+
+#[test]
+fn refused_bundles_exit_1_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    assert_eq!(code(&meshgov(&["keygen", "--out", "guild"], d)), 0);
+    assert_eq!(code(&meshgov(&["keygen", "--out", "other"], d)), 0);
+    let policies = example();
+    let o = meshgov(
+        &[
+            "build",
+            policies.to_str().unwrap(),
+            "--key",
+            "guild",
+            "--out",
+            "b.json",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+
+    let o = meshgov(&["bundle", "inspect", "b.json", "--trust", "other.pub"], d);
+    assert_eq!(code(&o), 1);
+    assert!(text(&o).contains("REFUSED [untrusted_key]"), "{}", text(&o));
+
+    // Rotation: trusting both keys accepts it.
+    let o = meshgov(
+        &[
+            "bundle",
+            "inspect",
+            "b.json",
+            "--trust",
+            "other.pub",
+            "--trust",
+            "guild.pub",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+
+    // A tampered payload no longer matches its signature.
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("b.json")).unwrap()).unwrap();
+    let payload = env["payload"].as_str().unwrap().to_string();
+    let flipped = if payload.starts_with('e') {
+        payload.replacen('e', "f", 1)
+    } else {
+        format!("e{}", &payload[1..])
+    };
+    env["payload"] = flipped.into();
+    std::fs::write(d.join("t.json"), serde_json::to_vec(&env).unwrap()).unwrap();
+    let o = meshgov(&["bundle", "inspect", "t.json", "--trust", "guild.pub"], d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+
+    // An expired bundle.
+    let o = meshgov(
+        &[
+            "build",
+            policies.to_str().unwrap(),
+            "--key",
+            "guild",
+            "--out",
+            "old.json",
+            "--created-at",
+            "2001-01-01T00:00:00Z",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0);
+    let o = meshgov(
+        &["bundle", "inspect", "old.json", "--trust", "guild.pub"],
+        d,
+    );
+    assert_eq!(code(&o), 1);
+    assert!(text(&o).contains("[expired]"), "{}", text(&o));
+
+    // Truncated and garbage files.
+    let full = std::fs::read(d.join("b.json")).unwrap();
+    std::fs::write(d.join("cut.json"), &full[..full.len() / 2]).unwrap();
+    let o = meshgov(
+        &["bundle", "inspect", "cut.json", "--trust", "guild.pub"],
+        d,
+    );
+    assert_eq!(code(&o), 1);
+    assert!(text(&o).contains("malformed"), "{}", text(&o));
+    assert!(!text(&o).contains("panicked"));
+}
+
+#[test]
+fn usage_and_io_errors_exit_2_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let o = meshgov(&["check", "nowhere"], d);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("no `mesh.toml`"), "{}", text(&o));
+    std::fs::write(d.join("not-a-key"), "hello").unwrap();
+    let o = meshgov(
+        &["build", example().to_str().unwrap(), "--key", "not-a-key"],
+        d,
+    );
+    assert_eq!(code(&o), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).lines().count(),
+        1,
+        "{}",
+        text(&o)
+    );
+    let o = meshgov(
+        &["build", example().to_str().unwrap(), "--key", "missing"],
+        d,
+    );
+    assert_eq!(code(&o), 2);
+    let o = meshgov(&["init", "."], Path::new(env!("CARGO_MANIFEST_DIR")));
+    assert_eq!(code(&o), 2, "init refuses a non-empty directory");
+}
+
+#[test]
+fn a_broken_repository_exits_1_listing_every_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    assert_eq!(code(&meshgov(&["init", "repo"], d)), 0);
+    let anon = d.join("repo/anonymization/personal-data.toml");
+    let s = std::fs::read_to_string(&anon).unwrap();
+    std::fs::write(&anon, s.replace("\"pii.email\"", "\"pii.emial\"")).unwrap();
+    std::fs::write(
+        d.join("repo/access/bad.cedar"),
+        "@id(\"x\")\npermit (principal action, resource);\n",
+    )
+    .unwrap();
+    let o = meshgov(&["check", "repo"], d);
+    assert_eq!(code(&o), 1);
+    let out = text(&o);
+    assert!(
+        out.contains("access/bad.cedar:2:19: error[ACCESS-PARSE]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("anonymization/personal-data.toml:15:1: error[UNKNOWN-CLASSIFICATION]"),
+        "{out}"
+    );
+    assert!(out.contains("2 errors"), "{out}");
+    // Nothing is built from a repository that does not check.
+    assert_eq!(code(&meshgov(&["keygen", "--out", "k"], d)), 0);
+    let o = meshgov(&["build", "repo", "--key", "k", "--out", "b.json"], d);
+    assert_eq!(code(&o), 1);
+    assert!(!d.join("b.json").exists());
+}
