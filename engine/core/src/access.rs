@@ -226,11 +226,9 @@ impl Access {
                         list.iter().any(|a| a.id().unescaped() == *action)
                     }
                 };
-                if applies {
-                    if let Some(s) = by_action.get_mut(i) {
-                        // INVARIANT: ids are unique in `set`, so adding cannot clash.
-                        let _ = s.add(p.clone());
-                    }
+                if applies && let Some(s) = by_action.get_mut(i) {
+                    // INVARIANT: ids are unique in `set`, so adding cannot clash.
+                    let _ = s.add(p.clone());
                 }
             }
         }
@@ -247,7 +245,7 @@ impl Access {
         schema_text: &str,
         policies: &[(String, String)],
     ) -> Result<Access, AccessLoadError> {
-        Schema::from_cedarschema_str(schema_text)
+        let _schema_warnings = Schema::from_cedarschema_str(schema_text)
             .map_err(|e| AccessLoadError::Schema(e.to_string()))?;
         let mut set = PolicySet::new();
         for (id, text) in policies {

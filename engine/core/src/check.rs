@@ -142,15 +142,15 @@ pub fn check(src: &SourceSet) -> Checked {
         for (i, r) in doc.rules.iter().enumerate() {
             let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
             ids.claim(&r.id, &f.path, at("id"), &mut diags);
-            if let Some(mesh) = &mesh {
-                if mesh.classification(&r.classification).is_none() {
-                    diags.push(unknown_classification(
-                        &f.path,
-                        at("classification"),
-                        &r.classification,
-                        mesh,
-                    ));
-                }
+            if let Some(mesh) = &mesh
+                && mesh.classification(&r.classification).is_none()
+            {
+                diags.push(unknown_classification(
+                    &f.path,
+                    at("classification"),
+                    &r.classification,
+                    mesh,
+                ));
             }
             let err = |k: &str, rule: &'static str, msg: String, hint: &str| {
                 Diagnostic::error(&f.path, at(k), rule, msg, hint)
@@ -321,19 +321,19 @@ pub fn check(src: &SourceSet) -> Checked {
                 query_cap,
                 "the mesh's `max_epsilon_per_query`, and never above the rule's own budget",
             );
-            if let Some(p) = r.product_epsilon_budget {
-                if !(p.is_finite() && p > 0.0) {
-                    diags.push(Diagnostic::error(
-                        &f.path,
-                        at("product_epsilon_budget"),
-                        "PRIV-EPSILON",
-                        format!(
-                            "rule `{}`: `product_epsilon_budget` must be positive, found {p}",
-                            r.id
-                        ),
-                        "set a positive product-wide budget",
-                    ));
-                }
+            if let Some(p) = r.product_epsilon_budget
+                && !(p.is_finite() && p > 0.0)
+            {
+                diags.push(Diagnostic::error(
+                    &f.path,
+                    at("product_epsilon_budget"),
+                    "PRIV-EPSILON",
+                    format!(
+                        "rule `{}`: `product_epsilon_budget` must be positive, found {p}",
+                        r.id
+                    ),
+                    "set a positive product-wide budget",
+                ));
             }
             if !(r.delta_budget.is_finite()
                 && r.delta_budget >= 0.0

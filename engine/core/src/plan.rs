@@ -31,7 +31,7 @@ pub enum Treatment {
     /// Sensitive, but Cedar permits `reveal` for this consumer and purpose.
     Revealed { policies: Vec<String> },
     /// Anonymized by a rule.
-    Anonymized(AnonRule),
+    Anonymized(Box<AnonRule>),
     /// Sensitive with no applicable rule, or unclassified: nulled (fail closed).
     Withheld { reason: &'static str },
 }
@@ -184,7 +184,7 @@ impl Policies {
                         reason: "unclassified",
                     },
                     (None, Some(c)) => match self.anonymization_rule(c, &view.info) {
-                        Some(rule) => Treatment::Anonymized(rule.clone()),
+                        Some(rule) => Treatment::Anonymized(Box::new(rule.clone())),
                         None => Treatment::Withheld {
                             reason: "no anonymization rule",
                         },
