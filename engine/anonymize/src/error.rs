@@ -95,6 +95,15 @@ pub enum RecordError {
         /// The plan's name for the field.
         field: String,
     },
+    /// A field the plan reads nests arrays or objects more deeply than
+    /// common JSON readers accept.
+    #[error("record field `{field}` nests deeper than {max} levels")]
+    TooDeep {
+        /// The plan's name for the field.
+        field: String,
+        /// The deepest nesting accepted, counting the record as level 1.
+        max: usize,
+    },
     /// A field the plan reads holds a string with an unpaired UTF-16
     /// surrogate escape (such as `\ud800`), which strict JSON readers reject.
     #[error("record field `{field}` holds an invalid unicode escape")]

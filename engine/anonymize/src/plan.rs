@@ -19,6 +19,7 @@ use crate::escape::{escapes_are_scalar, push_escaped};
 use crate::filter::{CompiledClause, RowPredicate};
 use crate::output::{Cell, CellSink, JsonSink};
 use crate::transform::Transform;
+use crate::value::{MAX_DEPTH, nests_within};
 
 /// One output field: which input key it comes from, and how it is shown.
 #[derive(Debug, Clone)]
@@ -361,6 +362,13 @@ impl<'de> Visitor<'de> for RecordVisitor<'_, '_, 'de> {
                     field: self.plan.slot_name(slot),
                 });
                 return Err(de::Error::custom("invalid escape"));
+            }
+            if matches!(bytes.first(), Some(b'[' | b'{')) && !nests_within(bytes, MAX_DEPTH - 1) {
+                *self.refusal = Some(RecordError::TooDeep {
+                    field: self.plan.slot_name(slot),
+                    max: MAX_DEPTH,
+                });
+                return Err(de::Error::custom("too deep"));
             }
             *cell = Some(value);
         }

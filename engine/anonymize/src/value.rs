@@ -98,6 +98,45 @@ pub(crate) fn classify(raw: &RawValue) -> RawKind<'_> {
     }
 }
 
+/// How deeply a value the plan reads may nest, counting the record itself
+/// as the first level. serde_json (like many readers) refuses input nested
+/// 128 levels deep, so a cleared value nested deeper than this would make
+/// our output unreadable downstream.
+pub(crate) const MAX_DEPTH: usize = 127;
+
+/// Whether an array or object nests at most `limit` levels deep.
+// INVARIANT: `raw` is valid JSON, so brackets outside strings balance and
+// every `\` inside a string starts an escape.
+pub(crate) fn nests_within(raw: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in raw {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// A JSON number, kept exact where it fits an integer type.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Num {
@@ -272,6 +311,15 @@ mod tests {
         assert_eq!(Num::parse("-0.5").unwrap().floor(), Some(-1));
         assert_eq!(Num::parse("39.99").unwrap().floor(), Some(39));
         assert_eq!(Num::parse("1e200").unwrap().floor(), None);
+    }
+
+    #[test]
+    fn measures_nesting_outside_strings() {
+        assert!(nests_within(b"[[1]]", 2));
+        assert!(!nests_within(b"[[1]]", 1));
+        assert!(nests_within(br#"{"a":"[[[[\"[["}"#, 1));
+        assert!(nests_within(br#"["\\",[]]"#, 2));
+        assert!(!nests_within(br#"["\\",[[]]]"#, 2));
     }
 
     #[test]
