@@ -165,7 +165,8 @@ fn duplicate_keys_the_plan_ignores_are_harmless() {
 #[test]
 fn malformed_records_are_refused_without_quoting_them() {
     let p = plan(vec![clear("a")]);
-    let cases: &[(&[u8], fn(&RecordError) -> bool)] = &[
+    type Expectation = fn(&RecordError) -> bool;
+    let cases: &[(&[u8], Expectation)] = &[
         (b"", |e| *e == RecordError::Empty),
         (b"  \r", |e| *e == RecordError::Empty),
         (b"\"SECRET\"", |e| *e == RecordError::NotAnObject),
