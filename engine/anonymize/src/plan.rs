@@ -85,31 +85,42 @@ const LINEAR_SCAN_MAX: usize = 16;
 
 #[derive(Debug)]
 enum KeyIndex {
-    Linear(Vec<(Box<str>, usize)>),
+    /// In slot order, which is plan order for output fields.
+    Linear(Vec<Box<str>>),
     Hashed(HashMap<Box<str>, usize>),
 }
 
 impl KeyIndex {
     fn new(names: &[Box<str>]) -> Self {
-        let pairs = names
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(slot, name)| (name, slot));
         if names.len() <= LINEAR_SCAN_MAX {
-            KeyIndex::Linear(pairs.collect())
+            KeyIndex::Linear(names.to_vec())
         } else {
-            KeyIndex::Hashed(pairs.collect())
+            KeyIndex::Hashed(
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, name)| (name.clone(), slot))
+                    .collect(),
+            )
         }
     }
 
+    /// The slot of `key`. The linear scan starts at `hint` and wraps
+    /// around: records usually list fields in the order of the product's
+    /// schema, which is usually the plan's order, so the key after the one
+    /// found at slot `s` is most often at slot `s + 1`.
     #[inline]
-    fn slot(&self, key: &str) -> Option<usize> {
+    fn slot(&self, key: &str, hint: usize) -> Option<usize> {
         match self {
-            KeyIndex::Linear(pairs) => pairs
-                .iter()
-                .find(|(name, _)| name.as_bytes() == key.as_bytes())
-                .map(|&(_, slot)| slot),
+            KeyIndex::Linear(names) => {
+                let matches = |name: &Box<str>| name.as_bytes() == key.as_bytes();
+                let (before, after) = names.split_at(hint.min(names.len()));
+                after
+                    .iter()
+                    .position(matches)
+                    .map(|at| at + before.len())
+                    .or_else(|| before.iter().position(matches))
+            }
             KeyIndex::Hashed(map) => map.get(key).copied(),
         }
     }
@@ -341,11 +352,16 @@ impl<'de> Visitor<'de> for RecordVisitor<'_, '_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(slot) = map.next_key_seed(KeySeed(&self.plan.keys))? {
+        let mut hint = 0;
+        while let Some(slot) = map.next_key_seed(KeySeed {
+            keys: &self.plan.keys,
+            hint,
+        })? {
             let Some(slot) = slot else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
+            hint = slot + 1;
             let value: &'de RawValue = map.next_value()?;
             let Some(cell) = self.slots.get_mut(slot) else {
                 continue;
@@ -378,7 +394,11 @@ impl<'de> Visitor<'de> for RecordVisitor<'_, '_, 'de> {
 
 /// Looks an object key up in the plan without allocating: serde_json hands
 /// us the key borrowed from the line, or unescaped into its scratch buffer.
-struct KeySeed<'p>(&'p KeyIndex);
+struct KeySeed<'p> {
+    keys: &'p KeyIndex,
+    /// Where to start looking; see [`KeyIndex::slot`].
+    hint: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Option<usize>;
@@ -399,6 +419,6 @@ impl Visitor<'_> for KeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.slot(key))
+        Ok(self.keys.slot(key, self.hint))
     }
 }
