@@ -113,13 +113,12 @@ impl KeyIndex {
     fn slot(&self, key: &str, hint: usize) -> Option<usize> {
         match self {
             KeyIndex::Linear(names) => {
-                let matches = |name: &Box<str>| name.as_bytes() == key.as_bytes();
                 let (before, after) = names.split_at(hint.min(names.len()));
                 after
                     .iter()
-                    .position(matches)
+                    .position(|name| **name == *key)
                     .map(|at| at + before.len())
-                    .or_else(|| before.iter().position(matches))
+                    .or_else(|| before.iter().position(|name| **name == *key))
             }
             KeyIndex::Hashed(map) => map.get(key).copied(),
         }
