@@ -104,6 +104,13 @@ pub enum RecordError {
         /// The deepest nesting accepted, counting the record as level 1.
         max: usize,
     },
+    /// A field the plan reads holds a number too large for a 64-bit float
+    /// (such as `1e400`), which strict JSON readers reject.
+    #[error("record field `{field}` holds a number out of range")]
+    NumberOutOfRange {
+        /// The plan's name for the field.
+        field: String,
+    },
     /// A field the plan reads holds a string with an unpaired UTF-16
     /// surrogate escape (such as `\ud800`), which strict JSON readers reject.
     #[error("record field `{field}` holds an invalid unicode escape")]

@@ -15,11 +15,11 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::error::{PlanError, RecordError};
-use crate::escape::{escapes_are_scalar, push_escaped};
+use crate::escape::push_escaped;
 use crate::filter::{CompiledClause, RowPredicate};
 use crate::output::{Cell, CellSink, JsonSink};
 use crate::transform::Transform;
-use crate::value::{MAX_DEPTH, nests_within};
+use crate::value::{MAX_DEPTH, Unreadable, check_readable};
 
 /// One output field: which input key it comes from, and how it is shown.
 #[derive(Debug, Clone)]
@@ -371,19 +371,17 @@ impl<'de> Visitor<'de> for RecordVisitor<'_, '_, 'de> {
                 });
                 return Err(de::Error::custom("duplicate field"));
             }
-            let bytes = value.get().as_bytes();
-            if bytes.contains(&b'\\') && !escapes_are_scalar(bytes) {
-                *self.refusal = Some(RecordError::InvalidEscape {
-                    field: self.plan.slot_name(slot),
+            if let Err(unreadable) = check_readable(value) {
+                let field = self.plan.slot_name(slot);
+                *self.refusal = Some(match unreadable {
+                    Unreadable::Escape => RecordError::InvalidEscape { field },
+                    Unreadable::Depth => RecordError::TooDeep {
+                        field,
+                        max: MAX_DEPTH,
+                    },
+                    Unreadable::Number => RecordError::NumberOutOfRange { field },
                 });
-                return Err(de::Error::custom("invalid escape"));
-            }
-            if matches!(bytes.first(), Some(b'[' | b'{')) && !nests_within(bytes, MAX_DEPTH - 1) {
-                *self.refusal = Some(RecordError::TooDeep {
-                    field: self.plan.slot_name(slot),
-                    max: MAX_DEPTH,
-                });
-                return Err(de::Error::custom("too deep"));
+                return Err(de::Error::custom("unreadable value"));
             }
             *cell = Some(value);
         }
@@ -419,5 +417,45 @@ impl Visitor<'_> for KeySeed<'_> {
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
         Ok(self.keys.slot(key, self.hint))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_lookup_finds_every_key_from_any_hint() {
+        let names: Vec<Box<str>> = ["a", "bb", "c", "user_id"].map(Into::into).to_vec();
+        let index = KeyIndex::new(&names);
+        for hint in 0..6 {
+            for (slot, name) in names.iter().enumerate() {
+                assert_eq!(index.slot(name, hint), Some(slot), "hint {hint}");
+            }
+            assert_eq!(index.slot("user_i", hint), None);
+            assert_eq!(index.slot("", hint), None);
+        }
+    }
+
+    #[test]
+    fn plans_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<RecordPlan>();
+    }
+
+    #[test]
+    fn debug_output_holds_no_key_material() {
+        let secret = [0xABu8; 32];
+        let plan = RecordPlan::new(
+            vec![FieldRule::new(
+                "id",
+                Transform::hmac_sha256(&secret, "p").unwrap(),
+            )],
+            RowPredicate::keep_all(),
+        )
+        .unwrap();
+        let debug = format!("{plan:?}").to_lowercase();
+        assert!(debug.contains("sha256"), "{debug}");
+        assert!(!debug.contains("171") && !debug.contains("abab"), "{debug}");
     }
 }

@@ -9,6 +9,8 @@ use std::cmp::Ordering;
 
 use serde_json::value::RawValue;
 
+use crate::escape::escapes_are_scalar;
+
 /// What a raw JSON value is, with its text where a transform may need it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum RawKind<'a> {
@@ -104,14 +106,72 @@ pub(crate) fn classify(raw: &RawValue) -> RawKind<'_> {
 /// our output unreadable downstream.
 pub(crate) const MAX_DEPTH: usize = 127;
 
-/// Whether an array or object nests at most `limit` levels deep.
-// INVARIANT: `raw` is valid JSON, so brackets outside strings balance and
-// every `\` inside a string starts an escape.
-pub(crate) fn nests_within(raw: &[u8], limit: usize) -> bool {
+/// Why a value that is valid JSON grammar would still be refused by strict
+/// readers such as serde_json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unreadable {
+    /// A `\u` escape of an unpaired UTF-16 surrogate.
+    Escape,
+    /// Nested deeper than [`MAX_DEPTH`] (with the record as level 1).
+    Depth,
+    /// A number beyond `f64`'s range, such as `1e400`.
+    Number,
+}
+
+/// Checks a value the plan reads, so that whatever we copy from it into the
+/// output can be read back by strict JSON readers.
+///
+/// Costs a byte scan of strings with escapes and of arrays and objects;
+/// plain strings, short numbers and literals are checked in O(1).
+// INVARIANT: `raw` is valid JSON grammar (serde_json has scanned it), so
+// brackets outside strings balance and every `\` in a string starts an
+// escape.
+pub(crate) fn check_readable(raw: &RawValue) -> Result<(), Unreadable> {
+    let text = raw.get();
+    let bytes = text.as_bytes();
+    match bytes.first() {
+        Some(b'"') => check_escapes(bytes),
+        Some(b'[' | b'{') => {
+            check_escapes(bytes)?;
+            check_compound(bytes)
+        }
+        Some(b'-' | b'0'..=b'9') => check_number(bytes),
+        _ => Ok(()),
+    }
+}
+
+fn check_escapes(bytes: &[u8]) -> Result<(), Unreadable> {
+    if bytes.contains(&b'\\') && !escapes_are_scalar(bytes) {
+        Err(Unreadable::Escape)
+    } else {
+        Ok(())
+    }
+}
+
+fn check_number(number: &[u8]) -> Result<(), Unreadable> {
+    // Only an exponent or more than ~309 digits can leave f64's range.
+    let may_overflow = number.len() > 300 || number.iter().any(|&b| b == b'e' || b == b'E');
+    let in_range = || {
+        std::str::from_utf8(number)
+            .ok()
+            .and_then(Num::parse)
+            .is_some()
+    };
+    if may_overflow && !in_range() {
+        Err(Unreadable::Number)
+    } else {
+        Ok(())
+    }
+}
+
+/// Depth and numbers inside an array or object.
+fn check_compound(raw: &[u8]) -> Result<(), Unreadable> {
+    let limit = MAX_DEPTH - 1;
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
-    for &b in raw {
+    let mut number_start: Option<usize> = None;
+    for (i, &b) in raw.iter().enumerate() {
         if in_string {
             if escaped {
                 escaped = false;
@@ -123,18 +183,32 @@ pub(crate) fn nests_within(raw: &[u8], limit: usize) -> bool {
             continue;
         }
         match b {
+            b'-' | b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' => {
+                // `e` also occurs in `true`/`false`, but those never start
+                // with a number character, so they never open a token here.
+                if number_start.is_none() && matches!(b, b'-' | b'0'..=b'9') {
+                    number_start = Some(i);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(start) = number_start.take() {
+            check_number(raw.get(start..i).unwrap_or_default())?;
+        }
+        match b {
             b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
-                    return false;
+                    return Err(Unreadable::Depth);
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    true
+    Ok(())
 }
 
 /// A JSON number, kept exact where it fits an integer type.
@@ -313,13 +387,41 @@ mod tests {
         assert_eq!(Num::parse("1e200").unwrap().floor(), None);
     }
 
+    fn readable(json: &str) -> Result<(), Unreadable> {
+        check_readable(&raw(json))
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
     #[test]
-    fn measures_nesting_outside_strings() {
-        assert!(nests_within(b"[[1]]", 2));
-        assert!(!nests_within(b"[[1]]", 1));
-        assert!(nests_within(br#"{"a":"[[[[\"[["}"#, 1));
-        assert!(nests_within(br#"["\\",[]]"#, 2));
-        assert!(!nests_within(br#"["\\",[[]]]"#, 2));
+    fn nesting_is_measured_outside_strings() {
+        assert_eq!(readable(&nested(MAX_DEPTH - 1)), Ok(()));
+        assert_eq!(readable(&nested(MAX_DEPTH)), Err(Unreadable::Depth));
+        let quoted = format!(r#"{{"a":"{}"}}"#, "[".repeat(500));
+        assert_eq!(readable(&quoted), Ok(()));
+        let after_escape = format!(r#"["\\\"{}",1]"#, "[".repeat(500));
+        assert_eq!(readable(&after_escape), Ok(()));
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_found_anywhere() {
+        assert_eq!(readable("1e400"), Err(Unreadable::Number));
+        assert_eq!(readable("-1E+309"), Err(Unreadable::Number));
+        assert_eq!(readable(&"9".repeat(400)), Err(Unreadable::Number));
+        assert_eq!(readable("[1,2e999]"), Err(Unreadable::Number));
+        assert_eq!(readable(r#"{"a":{"b":-1e400}}"#), Err(Unreadable::Number));
+        assert_eq!(readable(r#"[true,false,null,1e5,"1e999"]"#), Ok(()));
+        assert_eq!(readable("1e-400"), Ok(()));
+        assert_eq!(readable("[1.7976931348623157e308]"), Ok(()));
+    }
+
+    #[test]
+    fn unpaired_surrogates_are_found_in_strings_and_compounds() {
+        assert_eq!(readable(r#""\ud800""#), Err(Unreadable::Escape));
+        assert_eq!(readable(r#"{"k":["\udfff"]}"#), Err(Unreadable::Escape));
+        assert_eq!(readable(r#""\ud83c\udfb5""#), Ok(()));
     }
 
     #[test]

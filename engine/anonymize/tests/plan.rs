@@ -250,6 +250,31 @@ fn unpaired_surrogates_are_refused_in_fields_the_plan_reads() {
 }
 
 #[test]
+fn numbers_beyond_f64_are_refused_in_fields_the_plan_reads() {
+    let p = plan(vec![clear("a")]);
+    for huge in ["1e400", "-1E+309", &"9".repeat(400)] {
+        assert_eq!(
+            refusal(&p, format!("{{\"a\":{huge}}}").as_bytes()),
+            RecordError::NumberOutOfRange { field: "a".into() },
+            "{huge}"
+        );
+    }
+    assert_eq!(
+        refusal(&p, br#"{"a":{"n":[1,2e999]}}"#),
+        RecordError::NumberOutOfRange { field: "a".into() }
+    );
+    // Small, long and underflowing numbers are fine and copied as written.
+    assert_eq!(emit(&p, r#"{"a":1e-400}"#), "{\"a\":1e-400}\n");
+    assert_eq!(emit(&p, r#"{"a":1.7e308}"#), "{\"a\":1.7e308}\n");
+    let long = "1".repeat(100);
+    assert_eq!(
+        emit(&p, &format!("{{\"a\":{long}}}")),
+        format!("{{\"a\":{long}}}\n")
+    );
+    assert_eq!(emit(&p, r#"{"b":1e400,"a":2}"#), "{\"a\":2}\n");
+}
+
+#[test]
 fn realistic_plan_end_to_end() {
     let p = plan(vec![
         FieldRule::new(
