@@ -233,11 +233,11 @@ fn run_case(
                 (Ok(i), Ok(e)) => (i, e),
                 (Err(e), _) | (_, Err(e)) => return vec![e],
             };
-            match crate::records::apply_to_values(
-                plan,
-                &crate::records::KeyRing::from_test_keys(keys),
-                &input,
-            ) {
+            let keys = match crate::records::KeyRing::from_test_keys(keys) {
+                Ok(k) => k,
+                Err(e) => return vec![format!("[keys]: {e}")],
+            };
+            match crate::records::apply_to_values(plan, &keys, &input) {
                 Err(e) => failures.push(e),
                 Ok(got) => {
                     if got != expected {
