@@ -7,6 +7,7 @@
 //! with code 64 (`EX_USAGE`).
 //!
 //! ```toml
+//! mesh = "media-mesh"
 //! descriptor = "products/user-profiles.yaml"
 //! bundle_file = "state/bundle.dsse.json"   # loaded at start (optional)
 //! state_dir = "state"
@@ -152,6 +153,8 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// The mesh id; bundles for another mesh are refused.
+    pub mesh: String,
     pub descriptor: PathBuf,
     pub bundle_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
@@ -170,6 +173,7 @@ pub struct Config {
 
 /// Every scalar key the file may hold, and so every env override.
 const SCALAR_KEYS: &[&str] = &[
+    "mesh",
     "descriptor",
     "bundle_file",
     "state_dir",
@@ -405,7 +409,14 @@ impl Config {
             ));
         }
 
+        if v.str("bundle_file")?.is_some() && trusted_bundle_keys.is_empty() {
+            return Err(err(
+                "trusted_bundle_keys",
+                "a `bundle_file` is set but no governance key is trusted to sign it",
+            ));
+        }
         Ok(Config {
+            mesh: v.required("mesh")?,
             descriptor: path(v.required("descriptor")?),
             bundle_file: v.str("bundle_file")?.map(path),
             state_dir: v.str("state_dir")?.map(path),
@@ -492,6 +503,7 @@ mod tests {
     use super::*;
 
     const BASE: &str = r#"
+mesh = "m"
 descriptor = "p.yaml"
 [listen]
 data = "127.0.0.1:0"

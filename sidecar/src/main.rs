@@ -1,7 +1,6 @@
 //! `meshgov-sidecar --config sidecar.toml`
 
 use meshgov_sidecar::config::{self, Config, EXIT_BAD_CONFIG};
-use meshgov_sidecar::state::{ActiveBundle, verify_bundle};
 use meshgov_sidecar::{App, clock, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,7 +44,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(f) = &cfg.bundle_file {
-        load_bundle_file(&app, &cfg, f);
+        load_bundle_file(&app, f);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -70,23 +69,9 @@ fn main() -> ExitCode {
 
 /// Loads the start-up bundle; on failure the sidecar serves nothing (503)
 /// and says why on `/readyz` and in the log.
-fn load_bundle_file(app: &App, cfg: &Config, path: &std::path::Path) {
-    let now = clock::now_unix();
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(path = %path.display(), "cannot read the bundle file: {e}; serving nothing");
-            return;
-        }
-    };
-    let product = app.descriptor.product_id();
-    let loaded = verify_bundle(&bytes, &cfg.trusted_bundle_keys, ("", &product), now)
-        .and_then(|(policies, meta)| ActiveBundle::new(policies, &app.descriptor, meta, now));
-    match loaded {
-        Ok(b) => {
-            tracing::info!(revision = b.meta.revision, digest = %b.meta.digest, "bundle loaded");
-            app.bundle.install(b);
-        }
+fn load_bundle_file(app: &App, path: &std::path::Path) {
+    match app.load_bundle_file(path, clock::now_unix()) {
+        Ok(rev) => tracing::info!(revision = rev, "bundle loaded"),
         Err(e) => tracing::error!(path = %path.display(), "{e}; serving nothing until a valid bundle arrives"),
     }
 }

@@ -19,7 +19,7 @@ use crate::config::{Config, ConfigError, Limits};
 use crate::error::ApiError;
 use crate::request::{self, Format, Route, RouteError};
 use crate::shape::{RecordShaper, ScopeKeys};
-use crate::state::BundleSlot;
+use crate::state::{ActiveBundle, BundleError, BundleSlot, verify_bundle};
 use crate::upstream::{Item, Upstream, Window, record_time};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -41,6 +41,10 @@ pub struct Stats {
 /// Everything a request needs, shared by all connections.
 pub struct App {
     pub bundle: BundleSlot,
+    /// The mesh this sidecar belongs to.
+    pub mesh: String,
+    /// Governance keys trusted to sign bundles.
+    pub trust: meshgov_bundle::TrustStore,
     pub descriptor: Descriptor,
     /// The descriptor as plain JSON, for discovery.
     pub descriptor_doc: serde_json::Value,
@@ -82,8 +86,19 @@ impl App {
             }
             scope_keys.insert(scope.clone(), k.to_vec());
         }
+        let mut keys = Vec::new();
+        for (i, k) in c.trusted_bundle_keys.iter().enumerate() {
+            keys.push(
+                k.parse::<meshgov_bundle::PublicKey>()
+                    .map_err(|e| bad(&format!("trusted_bundle_keys[{i}]"), e.to_string()))?,
+            );
+        }
+        let trust = meshgov_bundle::TrustStore::from_keys(keys)
+            .map_err(|e| bad("trusted_bundle_keys", e.to_string()))?;
         Ok(App {
             bundle: BundleSlot::default(),
+            mesh: c.mesh.clone(),
+            trust,
             descriptor,
             descriptor_doc,
             auth: Authenticator::new(&c.auth)?,
@@ -92,6 +107,27 @@ impl App {
             limits: c.limits.clone(),
             stats: Stats::default(),
         })
+    }
+}
+
+impl App {
+    /// Verifies a signed bundle and swaps it in. On failure the previous
+    /// bundle (if any) stays in force: a bad update never replaces a good one.
+    pub fn load_bundle(&self, envelope: &[u8], now_unix: i64) -> Result<u64, BundleError> {
+        let product = self.descriptor.product_id();
+        let (policies, meta) = verify_bundle(envelope, &self.trust, &self.mesh, &product, now_unix)?;
+        let b = ActiveBundle::new(policies, &self.descriptor, meta, now_unix)?;
+        let revision = b.meta.revision;
+        // SEAM: control port — rollback refusal and persistence to the state dir.
+        self.bundle.install(b);
+        Ok(revision)
+    }
+
+    /// Reads and loads a bundle file.
+    pub fn load_bundle_file(&self, path: &std::path::Path, now_unix: i64) -> Result<u64, BundleError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| BundleError::Rejected(format!("cannot read `{}`: {e}", path.display())))?;
+        self.load_bundle(&bytes, now_unix)
     }
 }
 

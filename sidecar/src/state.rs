@@ -122,19 +122,40 @@ impl BundleSlot {
     }
 }
 
-/// Verifies a signed bundle envelope and returns its policies and manifest.
-///
-/// STUB: the DSSE verifier (`meshgov-bundle`) is not on main yet. Until it
-/// lands this refuses every envelope, so a sidecar configured with a
-/// `bundle_file` starts not ready (fail closed) rather than enforcing an
-/// unverified bundle.
+/// Verifies a signed bundle envelope (DSSE, Ed25519; see `meshgov-bundle`)
+/// for this sidecar's mesh and product at `now_unix`, and compiles its
+/// components. Any failure is a refusal; nothing unverified is returned.
 pub fn verify_bundle(
-    _envelope: &[u8],
-    _trusted_keys: &[String],
-    _mesh_and_product: (&str, &str),
-    _now_unix: i64,
+    envelope: &[u8],
+    trust: &meshgov_bundle::TrustStore,
+    mesh: &str,
+    product: &str,
+    now_unix: i64,
 ) -> Result<(Policies, BundleMeta), BundleError> {
-    Err(BundleError::Rejected(
-        "bundle verification is not built into this sidecar yet".into(),
+    let expect = meshgov_bundle::Expect {
+        mesh: Some(mesh),
+        product: Some(product),
+        ..meshgov_bundle::Expect::default()
+    };
+    let verified = meshgov_bundle::verify(envelope, trust, now_unix, &expect).map_err(|e| {
+        BundleError::Rejected(format!("{} ({})", e, e.code()))
+    })?;
+    let digest = verified.digest().to_string();
+    let (manifest, components) = verified.into_parts();
+    let policies = Policies::from_components(&components, manifest.product.clone())
+        .map_err(|e| BundleError::Rejected(format!("{e} (components)")))?;
+    let unix = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(time::OffsetDateTime::unix_timestamp)
+            .map_err(|_| BundleError::Rejected(format!("manifest time `{s}` is not RFC 3339")))
+    };
+    Ok((
+        policies,
+        BundleMeta {
+            revision: manifest.revision,
+            digest,
+            created_at_unix: unix(&manifest.created_at)?,
+            expires_at_unix: unix(&manifest.expires_at)?,
+        },
     ))
 }

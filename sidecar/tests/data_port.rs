@@ -293,15 +293,23 @@ async fn no_bundle_or_an_expired_one_fails_closed() {
     assert_eq!(get(none.addr, "/healthz", &[]).await.status, 200);
     none.stop().await;
 
-    let expired = start(&keys, Options { expires_in: -5, ..Options::default() }).await;
-    write_upstream(expired.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
-    let r = get_as(expired.addr, RECORDS, &t).await;
+    // An expired bundle is refused at load (by the verifier) ...
+    let stale = start(&keys, Options { expires_in: -5, ..Options::default() }).await;
+    assert_eq!(get_as(stale.addr, RECORDS, &t).await.status, 503);
+    stale.stop().await;
+    // ... and one that expires while loaded stops being served at once,
+    // judged by the clock at request time.
+    let expiring = start(&keys, Options { expires_in: 2, ..Options::default() }).await;
+    write_upstream(expiring.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
+    assert_eq!(get_as(expiring.addr, RECORDS, &t).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = get_as(expiring.addr, RECORDS, &t).await;
     assert_eq!(r.status, 503);
     assert!(r.json()["reason"].as_str().unwrap().contains("expired"));
-    let ready = get(expired.addr, "/readyz", &[]).await;
+    let ready = get(expiring.addr, "/readyz", &[]).await;
     assert_eq!(ready.status, 503);
     assert!(ready.json()["reason"].as_str().unwrap().contains("revision 7 expired"));
-    expired.stop().await;
+    expiring.stop().await;
 
     let fine = profiles(&keys).await;
     let ready = get(fine.addr, "/readyz", &[]).await;
@@ -381,10 +389,9 @@ async fn a_bundle_swap_does_not_disturb_requests_and_shutdown_drains() {
     let keys = Keys::generate();
     let s = profiles(&keys).await;
     let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
-    // Swap in revision 8 and see it honoured by the next request.
-    let policies = policies_for(&s.app.descriptor);
-    let meta = meshgov_sidecar::state::BundleMeta { revision: 8, digest: "sha256:eight".into(), created_at_unix: now(), expires_at_unix: now() + 60 };
-    s.app.bundle.install(meshgov_sidecar::state::ActiveBundle::new(policies, &s.app.descriptor, meta, now()).unwrap());
+    // Swap in a signed revision 8 and see it honoured by the next request.
+    let eight = signed_bundle(&s.gov, &s.app.descriptor, 8, 600);
+    assert_eq!(s.app.load_bundle(&eight, now()).unwrap(), 8);
     let r = get_as(s.addr, RECORDS, &t).await;
     assert_eq!(r.header("x-meshgov-bundle-revision"), Some("8"));
     // A request in flight when shutdown starts still completes.
@@ -396,4 +403,37 @@ async fn a_bundle_swap_does_not_disturb_requests_and_shutdown_drains() {
     assert_eq!(r.status, 200);
     assert_eq!(r.lines().len(), 3);
     assert!(std::net::TcpStream::connect(addr).is_err(), "still accepting after shutdown");
+}
+
+#[tokio::test]
+async fn bad_bundles_never_replace_the_good_one() {
+    let keys = Keys::generate();
+    let s = profiles(&keys).await;
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let good = signed_bundle(&s.gov, &s.app.descriptor, 9, 600);
+    // Tampered payload: one byte of the base64 payload changed.
+    let mut env: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let p = env["payload"].as_str().unwrap().to_string();
+    let flipped = format!("{}{}", if p.starts_with('A') { "B" } else { "A" }, &p[1..]);
+    env["payload"] = json!(flipped);
+    let tampered = serde_json::to_vec(&env).unwrap();
+    assert!(s.app.load_bundle(&tampered, now()).is_err());
+    // Signed by a key nobody trusts.
+    let rogue = signed_bundle(&governance_key(), &s.app.descriptor, 10, 600);
+    let e = s.app.load_bundle(&rogue, now()).unwrap_err();
+    assert!(e.to_string().contains("untrusted_key"), "{e}");
+    // Sliced for another product.
+    let plays = meshgov_core::descriptor::Descriptor::parse(
+        "p",
+        &std::fs::read_to_string(repo().join("policies/products/play-events.yaml")).unwrap(),
+    )
+    .unwrap();
+    let other = signed_bundle(&s.gov, &plays, 11, 600);
+    assert!(s.app.load_bundle(&other, now()).unwrap_err().to_string().contains("wrong_product"));
+    assert!(s.app.load_bundle(b"{not json", now()).is_err());
+    // Revision 7 is still in force and serving.
+    let r = get_as(s.addr, RECORDS, &t).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-meshgov-bundle-revision"), Some("7"));
+    s.stop().await;
 }

@@ -441,7 +441,8 @@ fn push_miette(
 /// bundle and product so a request only adds the consumer.
 #[derive(Debug, Clone)]
 pub struct ProductEntities {
-    entities: Vec<Entity>,
+    /// The product's entities with their transitive closure computed once.
+    base: Entities,
 }
 
 pub fn port_uid(product: &ProductInfo, port: &PortInfo) -> Option<EntityUid> {
@@ -514,7 +515,11 @@ impl ProductEntities {
                 }
             }
         }
-        ProductEntities { entities }
+        // INVARIANT: every parent named above is itself in `entities` and the
+        // hierarchy is acyclic (domain > product > port > field), so this
+        // cannot fail; an empty store would only deny every request.
+        let base = Entities::from_entities(entities, None).unwrap_or_else(|_| Entities::empty());
+        ProductEntities { base }
     }
 
     /// The entity store for one request: these plus the consumer and groups.
@@ -532,17 +537,11 @@ impl ProductEntities {
             }
         }
         let consumer = Entity::new(puid.clone(), attrs, groups.clone()).ok()?;
-        let all = self
-            .entities
-            .iter()
-            .cloned()
-            .chain(
-                groups
-                    .into_iter()
-                    .map(|g| Entity::new_no_attrs(g, HashSet::new())),
-            )
+        let added = groups
+            .into_iter()
+            .map(|g| Entity::new_no_attrs(g, HashSet::new()))
             .chain(std::iter::once(consumer));
-        let entities = Entities::from_entities(all, None).ok()?;
+        let entities = self.base.clone().add_entities(added, None).ok()?;
         Some((puid, entities))
     }
 }

@@ -403,7 +403,14 @@ pub fn check(src: &SourceSet) -> Checked {
                         Step::Index(j),
                     ]);
                     if !mesh.has_purpose(&pb.purpose) {
-                        diags.push(unknown_purpose(&f.path, pos, &pb.purpose, mesh));
+                        let at = loc.at(&[
+                            Step::Key("rules"),
+                            Step::Index(i),
+                            Step::Key("purpose_budgets"),
+                            Step::Index(j),
+                            Step::Key("purpose"),
+                        ]);
+                        diags.push(unknown_purpose(&f.path, at, &pb.purpose, mesh));
                     }
                     if !(pb.epsilon_budget.is_finite()
                         && pb.epsilon_budget > 0.0

@@ -7,7 +7,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use meshgov_core::descriptor::ProductInfo;
 use meshgov_core::{SourceSet, check};
 use meshgov_sidecar::config::Strings;
-use meshgov_sidecar::state::{ActiveBundle, BundleMeta};
 use meshgov_sidecar::{App, Config, clock, server};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
@@ -94,10 +93,40 @@ pub fn policies_for(descriptor: &meshgov_core::descriptor::Descriptor) -> meshgo
     all.slice(&info)
 }
 
+/// The governance key that signs bundles in tests, generated per run.
+pub fn governance_key() -> meshgov_bundle::SigningKey {
+    let pem = meshgov_bundle::SigningKey::generate_pkcs8_pem(&SystemRandom::new()).unwrap();
+    meshgov_bundle::SigningKey::from_pkcs8_pem(&pem).unwrap()
+}
+
+/// A real signed bundle of the example mesh, sliced for `descriptor`.
+pub fn signed_bundle(
+    key: &meshgov_bundle::SigningKey,
+    descriptor: &meshgov_core::descriptor::Descriptor,
+    revision: u64,
+    expires_in: i64,
+) -> Vec<u8> {
+    let policies = policies_for(descriptor);
+    let payload = meshgov_bundle::BundlePayload::new(
+        meshgov_bundle::BundleMeta {
+            mesh: "media-mesh".into(),
+            revision,
+            created_at_unix: now() - 60,
+            expires_at_unix: now() + expires_in,
+            source_commit: Some("test".into()),
+            product: policies.product.clone(),
+        },
+        policies.components(),
+    )
+    .unwrap();
+    meshgov_bundle::sign(&payload.to_canonical_bytes(), &[key]).unwrap().to_json_bytes()
+}
+
 pub struct Sidecar {
     pub addr: SocketAddr,
     pub app: Arc<App>,
     pub dir: tempfile::TempDir,
+    pub gov: meshgov_bundle::SigningKey,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -150,8 +179,11 @@ pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
         .clone()
         .unwrap_or_else(|| format!("path = {:?}", dir.path().join("data").display().to_string()));
     let (ex, ey) = (&keys.ec_public[1..33], &keys.ec_public[33..65]);
+    let gov = governance_key();
     let cfg = format!(
         r#"
+mesh = "media-mesh"
+trusted_bundle_keys = ["{gov_pub}"]
 descriptor = {descriptor:?}
 [listen]
 data = "127.0.0.1:0"
@@ -181,18 +213,16 @@ user-identity = "user-identity.key"
         ecy = b64u(ey),
         rsa = keys.rsa_public_pem,
         extra = opts.extra_config,
+        gov_pub = gov.public_key(),
     );
     let cfg = Config::from_toml(&cfg, dir.path(), &BTreeMap::<String, String>::new() as &dyn Strings).unwrap();
     let app = App::from_config(&cfg).unwrap();
     if opts.install_bundle {
-        let policies = policies_for(&app.descriptor);
-        let meta = BundleMeta {
-            revision: 7,
-            digest: "sha256:test".into(),
-            created_at_unix: now() - 60,
-            expires_at_unix: now() + opts.expires_in,
-        };
-        app.bundle.install(ActiveBundle::new(policies, &app.descriptor, meta, now()).unwrap());
+        let envelope = signed_bundle(&gov, &app.descriptor, 7, opts.expires_in);
+        std::fs::write(dir.path().join("bundle.dsse.json"), &envelope).unwrap();
+        if let Err(e) = app.load_bundle_file(&dir.path().join("bundle.dsse.json"), now()) {
+            assert!(opts.expires_in <= 0, "a fresh signed bundle must load: {e}");
+        }
     }
     let app = Arc::new(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -205,6 +235,7 @@ user-identity = "user-identity.key"
         addr,
         app,
         dir,
+        gov,
         stop: Some(tx),
         task: Some(task),
     }
