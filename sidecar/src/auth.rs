@@ -79,7 +79,8 @@ fn load_key(k: &KeyConfig) -> Result<(Algorithm, DecodingKey), String> {
     let key = match &k.source {
         KeySource::Pem(p) => pem_of(p.as_bytes()).map_err(|e| format!("bad PEM: {e}"))?,
         KeySource::PemFile(f) => {
-            let text = std::fs::read(f).map_err(|e| format!("cannot read `{}`: {e}", f.display()))?;
+            let text =
+                std::fs::read(f).map_err(|e| format!("cannot read `{}`: {e}", f.display()))?;
             pem_of(&text).map_err(|e| format!("bad PEM in `{}`: {e}", f.display()))?
         }
         KeySource::Components(c) => {
@@ -183,7 +184,9 @@ impl Authenticator {
             v.validate_exp = true;
             v.validate_nbf = true;
             v.leeway = self.leeway;
-            match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &k.key, &v) {
+            match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                token, &k.key, &v,
+            ) {
                 Ok(data) => return self.identity(data.claims),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;

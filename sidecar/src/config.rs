@@ -220,8 +220,12 @@ impl Values {
     }
 
     fn required(&self, key: &str) -> Result<String, ConfigError> {
-        self.str(key)?
-            .ok_or_else(|| err(key, format!("missing; set it in the file or in `{}`", env_name(key))))
+        self.str(key)?.ok_or_else(|| {
+            err(
+                key,
+                format!("missing; set it in the file or in `{}`", env_name(key)),
+            )
+        })
     }
 
     fn u64(&self, key: &str, default: u64) -> Result<u64, ConfigError> {
@@ -241,8 +245,12 @@ impl Values {
     fn addr(&self, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
         self.str(key)?
             .map(|s| {
-                s.parse::<SocketAddr>()
-                    .map_err(|_| err(key, format!("expected `host:port` with an IP host, got `{s}`")))
+                s.parse::<SocketAddr>().map_err(|_| {
+                    err(
+                        key,
+                        format!("expected `host:port` with an IP host, got `{s}`"),
+                    )
+                })
             })
             .transpose()
     }
@@ -345,7 +353,9 @@ impl Config {
         let auth = AuthConfig {
             issuer: v.required("auth.issuer")?,
             audience: v.required("auth.audience")?,
-            groups_claim: v.str("auth.groups_claim")?.unwrap_or_else(|| "groups".into()),
+            groups_claim: v
+                .str("auth.groups_claim")?
+                .unwrap_or_else(|| "groups".into()),
             purpose_claim: v
                 .str("auth.purpose_claim")?
                 .unwrap_or_else(|| "purpose".into()),
@@ -444,9 +454,7 @@ fn parse_keys(value: Option<&toml::Value>, base: &Path) -> Result<Vec<KeyConfig>
     let mut out = Vec::new();
     for (i, k) in arr.iter().enumerate() {
         let at = format!("auth.keys[{i}]");
-        let t = k
-            .as_table()
-            .ok_or_else(|| err(&at, "expected a table"))?;
+        let t = k.as_table().ok_or_else(|| err(&at, "expected a table"))?;
         let s = |name: &str| -> Result<Option<String>, ConfigError> {
             match t.get(name) {
                 None => Ok(None),
@@ -537,7 +545,10 @@ x = "abc"
         let c = Config::from_toml(
             BASE,
             Path::new("/"),
-            &env(&[("MESHGOV_SIDECAR_AUTH_ISSUER", "other"), ("MESHGOV_SIDECAR_LIMITS_MAX_LIMIT", "5")]),
+            &env(&[
+                ("MESHGOV_SIDECAR_AUTH_ISSUER", "other"),
+                ("MESHGOV_SIDECAR_LIMITS_MAX_LIMIT", "5"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.auth.issuer, "other");
@@ -556,8 +567,12 @@ x = "abc"
         let e = Config::from_toml(&BASE.replace("EdDSA", "HS256"), Path::new("/"), &env(&[]))
             .unwrap_err();
         assert_eq!(e.key, "auth.keys[0].alg");
-        let e = Config::from_toml(&format!("{BASE}\n[limits]\nmax_limt = 3\n"), Path::new("/"), &env(&[]))
-            .unwrap_err();
+        let e = Config::from_toml(
+            &format!("{BASE}\n[limits]\nmax_limt = 3\n"),
+            Path::new("/"),
+            &env(&[]),
+        )
+        .unwrap_err();
         assert_eq!(e.key, "limits.max_limt");
         let e = Config::from_toml(
             BASE,

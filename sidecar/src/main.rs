@@ -46,7 +46,10 @@ fn main() -> ExitCode {
     if let Some(f) = &cfg.bundle_file {
         load_bundle_file(&app, f);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshgov-sidecar: cannot start the runtime: {e}");
@@ -57,7 +60,10 @@ fn main() -> ExitCode {
         let listener = match tokio::net::TcpListener::bind(cfg.listen_data).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("meshgov-sidecar: cannot listen on `{}` (listen.data): {e}", cfg.listen_data);
+                eprintln!(
+                    "meshgov-sidecar: cannot listen on `{}` (listen.data): {e}",
+                    cfg.listen_data
+                );
                 return ExitCode::from(70);
             }
         };
@@ -72,14 +78,18 @@ fn main() -> ExitCode {
 fn load_bundle_file(app: &App, path: &std::path::Path) {
     match app.load_bundle_file(path, clock::now_unix()) {
         Ok(rev) => tracing::info!(revision = rev, "bundle loaded"),
-        Err(e) => tracing::error!(path = %path.display(), "{e}; serving nothing until a valid bundle arrives"),
+        Err(e) => {
+            tracing::error!(path = %path.display(), "{e}; serving nothing until a valid bundle arrives")
+        }
     }
 }
 
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {

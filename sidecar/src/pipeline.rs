@@ -67,16 +67,25 @@ impl App {
             key: key.into(),
             reason,
         };
-        let text = std::fs::read_to_string(&c.descriptor)
-            .map_err(|e| bad("descriptor", format!("cannot read `{}`: {e}", c.descriptor.display())))?;
+        let text = std::fs::read_to_string(&c.descriptor).map_err(|e| {
+            bad(
+                "descriptor",
+                format!("cannot read `{}`: {e}", c.descriptor.display()),
+            )
+        })?;
         let path = c.descriptor.display().to_string();
-        let descriptor = Descriptor::parse(&path, &text).map_err(|d| bad("descriptor", d.to_string()))?;
+        let descriptor =
+            Descriptor::parse(&path, &text).map_err(|d| bad("descriptor", d.to_string()))?;
         let descriptor_doc: serde_json::Value =
             serde_saphyr::from_str(&text).map_err(|e| bad("descriptor", e.to_string()))?;
         let mut scope_keys = ScopeKeys::new();
         for (scope, file) in &c.pseudonym_keys {
-            let k = std::fs::read(file)
-                .map_err(|e| bad(&format!("pseudonym_keys.{scope}"), format!("cannot read `{}`: {e}", file.display())))?;
+            let k = std::fs::read(file).map_err(|e| {
+                bad(
+                    &format!("pseudonym_keys.{scope}"),
+                    format!("cannot read `{}`: {e}", file.display()),
+                )
+            })?;
             let k = trim_ascii(&k);
             if k.len() < 16 {
                 return Err(bad(
@@ -115,7 +124,8 @@ impl App {
     /// bundle (if any) stays in force: a bad update never replaces a good one.
     pub fn load_bundle(&self, envelope: &[u8], now_unix: i64) -> Result<u64, BundleError> {
         let product = self.descriptor.product_id();
-        let (policies, meta) = verify_bundle(envelope, &self.trust, &self.mesh, &product, now_unix)?;
+        let (policies, meta) =
+            verify_bundle(envelope, &self.trust, &self.mesh, &product, now_unix)?;
         let b = ActiveBundle::new(policies, &self.descriptor, meta, now_unix)?;
         let revision = b.meta.revision;
         // SEAM: control port — rollback refusal and persistence to the state dir.
@@ -124,7 +134,11 @@ impl App {
     }
 
     /// Reads and loads a bundle file.
-    pub fn load_bundle_file(&self, path: &std::path::Path, now_unix: i64) -> Result<u64, BundleError> {
+    pub fn load_bundle_file(
+        &self,
+        path: &std::path::Path,
+        now_unix: i64,
+    ) -> Result<u64, BundleError> {
         let bytes = std::fs::read(path)
             .map_err(|e| BundleError::Rejected(format!("cannot read `{}`: {e}", path.display())))?;
         self.load_bundle(&bytes, now_unix)
@@ -132,18 +146,28 @@ impl App {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     b.get(start..end).unwrap_or_default()
 }
 
 /// A request id: the caller's `x-request-id` if it is short and plain,
 /// else a fresh random one.
 fn request_id<B>(req: &Request<B>) -> String {
-    if let Some(v) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(v) = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
         && !v.is_empty()
         && v.len() <= 64
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     {
         return v.to_string();
     }
@@ -152,7 +176,12 @@ fn request_id<B>(req: &Request<B>) -> String {
     hex::encode(b)
 }
 
-fn respond(status: StatusCode, content_type: &'static str, rid: &str, body: Body) -> Response<Body> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    rid: &str,
+    body: Body,
+) -> Response<Body> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -187,18 +216,28 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
         Err(RouteError::MethodNotAllowed) => {
             return error(
                 &rid,
-                &ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this method is not allowed here"),
+                &ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this method is not allowed here",
+                ),
             );
         }
         Err(RouteError::BadPort(_)) => {
             return error(
                 &rid,
-                &ApiError::bad_request("port names are ASCII letters, digits, `-` and `_`, at most 64 long"),
+                &ApiError::bad_request(
+                    "port names are ASCII letters, digits, `-` and `_`, at most 64 long",
+                ),
             );
         }
     };
     let result = match route {
-        Route::Healthz => Ok(json(StatusCode::OK, &rid, &serde_json::json!({"status": "ok"}))),
+        Route::Healthz => Ok(json(
+            StatusCode::OK,
+            &rid,
+            &serde_json::json!({"status": "ok"}),
+        )),
         Route::Readyz => Ok(readyz(app, &rid)),
         Route::Discovery => Ok(discovery(app, &rid)),
         Route::Records { port } => records(app, &req, &port, &rid).await,
@@ -315,7 +354,10 @@ async fn records<B>(
     rid: &str,
 ) -> Result<Response<Body>, ApiError> {
     // 1. authenticate
-    let auth = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
     let who = app
         .auth
         .authenticate(auth)
@@ -323,7 +365,10 @@ async fn records<B>(
     // 2. parse
     let q = request::parse_records_query(req.uri().query(), app.limits.max_limit)
         .map_err(ApiError::bad_request)?;
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
     let format = request::format_from_accept(accept);
     // 3. load the bundle once; this Arc is the request's policy for its life.
     let now = clock::now_unix();
@@ -421,10 +466,20 @@ struct StreamJob {
 }
 
 impl StreamJob {
-    async fn send(&self, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, buf: &mut Vec<u8>) -> bool {
-        let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(FLUSH_BYTES + 4096)));
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+        buf: &mut Vec<u8>,
+    ) -> bool {
+        let chunk = Bytes::from(std::mem::replace(
+            buf,
+            Vec::with_capacity(FLUSH_BYTES + 4096),
+        ));
         // A client that reads nothing for `stall` loses the response.
-        matches!(tokio::time::timeout(self.stall, tx.send(Ok(chunk))).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(self.stall, tx.send(Ok(chunk))).await,
+            Ok(Ok(()))
+        )
     }
 
     async fn run(mut self, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
@@ -480,7 +535,10 @@ impl StreamJob {
             let _ = tx.send(Err(std::io::Error::other("upstream failed"))).await;
         }
         self.app.stats.records_out.fetch_add(out, Ordering::Relaxed);
-        self.app.stats.malformed_skipped.fetch_add(skipped, Ordering::Relaxed);
+        self.app
+            .stats
+            .malformed_skipped
+            .fetch_add(skipped, Ordering::Relaxed);
         // SEAM: audit — records out, malformed skipped, completion state.
         tracing::info!(
             request_id = %self.rid, consumer = %self.consumer, port = %self.port,

@@ -38,7 +38,13 @@ pub fn valid_port_name(s: &str) -> bool {
 /// Maps a method and path to a route.
 pub fn route(method: &http::Method, path: &str) -> Result<Route, RouteError> {
     let get = method == http::Method::GET || method == http::Method::HEAD;
-    let want_get = |r: Route| if get { Ok(r) } else { Err(RouteError::MethodNotAllowed) };
+    let want_get = |r: Route| {
+        if get {
+            Ok(r)
+        } else {
+            Err(RouteError::MethodNotAllowed)
+        }
+    };
     match path {
         "/" => return want_get(Route::Discovery),
         "/healthz" => return want_get(Route::Healthz),
@@ -53,7 +59,9 @@ pub fn route(method: &http::Method, path: &str) -> Result<Route, RouteError> {
         return Err(RouteError::NotFound);
     }
     if !valid_port_name(port) {
-        return Err(RouteError::BadPort(port.chars().take(MAX_PORT_NAME).collect()));
+        return Err(RouteError::BadPort(
+            port.chars().take(MAX_PORT_NAME).collect(),
+        ));
     }
     let port = port.to_string();
     match (tail, method) {
@@ -112,7 +120,10 @@ pub fn parse_records_query(query: Option<&str>, max_limit: u64) -> Result<Record
             "limit" => {
                 once(&mut seen_limit)?;
                 let n = v.parse::<u64>().map_err(|_| {
-                    format!("`limit` must be a whole number from 1 to {max_limit}, got `{}`", shorten(&v))
+                    format!(
+                        "`limit` must be a whole number from 1 to {max_limit}, got `{}`",
+                        shorten(&v)
+                    )
                 })?;
                 if n == 0 || n > max_limit {
                     return Err(format!("`limit` must be from 1 to {max_limit}, got {n}"));
@@ -190,8 +201,11 @@ pub enum Format {
 pub fn format_from_accept(accept: Option<&str>) -> Format {
     match accept {
         Some(a)
-            if a.split(',')
-                .any(|m| m.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("text/csv"))) =>
+            if a.split(',').any(|m| {
+                m.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/csv"))
+            }) =>
         {
             Format::Csv
         }
@@ -210,17 +224,35 @@ mod tests {
     fn routes() {
         assert_eq!(
             route(&Method::GET, "/v1/ports/profiles/records"),
-            Ok(Route::Records { port: "profiles".into() })
+            Ok(Route::Records {
+                port: "profiles".into()
+            })
         );
-        assert_eq!(route(&Method::GET, "/v1/ports/../records"), Err(RouteError::BadPort("..".into())));
-        assert_eq!(route(&Method::GET, "/v1/ports/%2e%2e/records"), Err(RouteError::BadPort("%2e%2e".into())));
-        assert_eq!(route(&Method::GET, "/v1/ports/a/b/records"), Err(RouteError::NotFound));
-        assert_eq!(route(&Method::DELETE, "/"), Err(RouteError::MethodNotAllowed));
+        assert_eq!(
+            route(&Method::GET, "/v1/ports/../records"),
+            Err(RouteError::BadPort("..".into()))
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/ports/%2e%2e/records"),
+            Err(RouteError::BadPort("%2e%2e".into()))
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/ports/a/b/records"),
+            Err(RouteError::NotFound)
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/"),
+            Err(RouteError::MethodNotAllowed)
+        );
     }
 
     #[test]
     fn queries() {
-        let q = parse_records_query(Some("from=2026-01-01&to=2026-01-02T00%3A00%3A00Z&limit=5"), 10).unwrap();
+        let q = parse_records_query(
+            Some("from=2026-01-01&to=2026-01-02T00%3A00%3A00Z&limit=5"),
+            10,
+        )
+        .unwrap();
         assert_eq!(q.limit, Some(5));
         assert!(q.from.unwrap() < q.to.unwrap());
         assert!(parse_records_query(Some("limit=-1"), 10).is_err());
@@ -235,8 +267,14 @@ mod tests {
 
     #[test]
     fn accept() {
-        assert_eq!(format_from_accept(Some("text/csv; charset=utf-8")), Format::Csv);
-        assert_eq!(format_from_accept(Some("application/x-ndjson")), Format::Ndjson);
+        assert_eq!(
+            format_from_accept(Some("text/csv; charset=utf-8")),
+            Format::Csv
+        );
+        assert_eq!(
+            format_from_accept(Some("application/x-ndjson")),
+            Format::Ndjson
+        );
         assert_eq!(format_from_accept(None), Format::Ndjson);
     }
 

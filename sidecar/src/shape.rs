@@ -23,8 +23,15 @@ enum FieldOp {
     Keep,
     Null,
     Drop,
-    Mask { first: usize, last: usize, ch: char },
-    Hmac { key: ring::hmac::Key, prefix: String },
+    Mask {
+        first: usize,
+        last: usize,
+        ch: char,
+    },
+    Hmac {
+        key: ring::hmac::Key,
+        prefix: String,
+    },
     Year,
     Month,
     Bucket(u64),
@@ -269,8 +276,12 @@ impl FieldOut {
                 let hexed = hex::encode(tag.as_ref().get(..16).unwrap_or_default());
                 s(format!("{prefix}{hexed}"))
             }
-            (FieldOp::Year, Value::String(t)) => date_part(t, 4).map_or(Some(Shaped::Borrowed(&NULL)), s),
-            (FieldOp::Month, Value::String(t)) => date_part(t, 7).map_or(Some(Shaped::Borrowed(&NULL)), s),
+            (FieldOp::Year, Value::String(t)) => {
+                date_part(t, 4).map_or(Some(Shaped::Borrowed(&NULL)), s)
+            }
+            (FieldOp::Month, Value::String(t)) => {
+                date_part(t, 7).map_or(Some(Shaped::Borrowed(&NULL)), s)
+            }
             (FieldOp::Bucket(w), v) => match number_of(v) {
                 Some(n) if n.is_finite() => {
                     let w = *w as f64;
@@ -302,10 +313,13 @@ fn mask(t: &str, first: usize, last: usize, ch: char) -> String {
 /// `YYYY` (len 4) or `YYYY-MM` (len 7) from a date or timestamp.
 fn date_part(t: &str, len: usize) -> Option<String> {
     let head = t.get(..len)?;
-    let ok = head
-        .bytes()
-        .enumerate()
-        .all(|(i, b)| if i == 4 { b == b'-' } else { b.is_ascii_digit() });
+    let ok = head.bytes().enumerate().all(|(i, b)| {
+        if i == 4 {
+            b == b'-'
+        } else {
+            b.is_ascii_digit()
+        }
+    });
     ok.then(|| head.to_string())
 }
 

@@ -55,7 +55,8 @@ impl ActiveBundle {
                 descriptor: id,
             });
         }
-        let info = ProductInfo::resolve(descriptor, &policies.mesh).map_err(BundleError::Descriptor)?;
+        let info =
+            ProductInfo::resolve(descriptor, &policies.mesh).map_err(BundleError::Descriptor)?;
         Ok(ActiveBundle {
             policies,
             view: ProductView::new(info),
@@ -79,7 +80,9 @@ pub enum Unavailable {
 impl Unavailable {
     pub fn reason(&self) -> String {
         match self {
-            Unavailable::NoBundle => "no valid policy bundle is loaded; the sidecar serves nothing until one is".into(),
+            Unavailable::NoBundle => {
+                "no valid policy bundle is loaded; the sidecar serves nothing until one is".into()
+            }
             Unavailable::Expired {
                 revision,
                 expires_at_unix,
@@ -137,9 +140,8 @@ pub fn verify_bundle(
         product: Some(product),
         ..meshgov_bundle::Expect::default()
     };
-    let verified = meshgov_bundle::verify(envelope, trust, now_unix, &expect).map_err(|e| {
-        BundleError::Rejected(format!("{} ({})", e, e.code()))
-    })?;
+    let verified = meshgov_bundle::verify(envelope, trust, now_unix, &expect)
+        .map_err(|e| BundleError::Rejected(format!("{} ({})", e, e.code())))?;
     let digest = verified.digest().to_string();
     let (manifest, components) = verified.into_parts();
     let policies = Policies::from_components(&components, manifest.product.clone())

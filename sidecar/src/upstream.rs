@@ -112,24 +112,32 @@ impl Upstream {
                 for (k, t) in [("from", window.from), ("to", window.to)] {
                     if let Some(t) = t {
                         let utc = t.to_offset(time::UtcOffset::UTC);
-                        let s = utc.format(&Rfc3339).map_err(|e| UpstreamError(e.to_string()))?;
+                        let s = utc
+                            .format(&Rfc3339)
+                            .map_err(|e| UpstreamError(e.to_string()))?;
                         uri.push_str(&format!("{sep}{k}={s}"));
                         sep = '&';
                     }
                 }
-                let uri: http::Uri = uri.parse().map_err(|e| UpstreamError(format!("bad upstream URI: {e}")))?;
+                let uri: http::Uri = uri
+                    .parse()
+                    .map_err(|e| UpstreamError(format!("bad upstream URI: {e}")))?;
                 let resp = tokio::time::timeout(HTTP_HEADERS_TIMEOUT, client.get(uri))
                     .await
                     .map_err(|_| UpstreamError("upstream did not answer in time".into()))?
                     .map_err(|e| UpstreamError(format!("upstream request failed: {e}")))?;
                 if !resp.status().is_success() {
-                    return Err(UpstreamError(format!("upstream answered {}", resp.status())));
+                    return Err(UpstreamError(format!(
+                        "upstream answered {}",
+                        resp.status()
+                    )));
                 }
                 Source::Http(resp.into_body())
             }
         };
         Ok(RecordReader {
             source,
+            format: FileFormat::Ndjson,
             lines: Lines {
                 chunk: Bytes::new(),
                 pos: 0,
@@ -146,7 +154,8 @@ fn period_of(name: &str) -> Option<(OffsetDateTime, OffsetDateTime)> {
     let num = |s: Option<&str>| s.and_then(|s| s.parse::<i32>().ok());
     let b = name.as_bytes();
     let dash = |i: usize| b.get(i) == Some(&b'-');
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
     if !(digits(0..4) && dash(4) && digits(5..7)) {
         return None;
     }
@@ -158,7 +167,10 @@ fn period_of(name: &str) -> Option<(OffsetDateTime, OffsetDateTime)> {
         let start = d.midnight().assume_utc();
         return Some((start, start + time::Duration::days(1)));
     }
-    let start = Date::from_calendar_date(year, month, 1).ok()?.midnight().assume_utc();
+    let start = Date::from_calendar_date(year, month, 1)
+        .ok()?
+        .midnight()
+        .assume_utc();
     let next = if month == Month::December {
         Date::from_calendar_date(year + 1, Month::January, 1)
     } else {
@@ -196,7 +208,9 @@ async fn list_partitions(
         .map_err(|e| UpstreamError(format!("cannot list `{}`: {e}", dir.display())))?
     {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(fmt) = format_of(&name) else { continue };
+        let Some(fmt) = format_of(&name) else {
+            continue;
+        };
         if let Some((start, end)) = period_of(&name)
             && !window.overlaps(start, end)
         {
@@ -211,7 +225,7 @@ async fn list_partitions(
 enum Source {
     Files {
         files: VecDeque<(PathBuf, FileFormat)>,
-        current: Option<(tokio::fs::File, FileFormat)>,
+        current: Option<tokio::fs::File>,
     },
     Http(hyper::body::Incoming),
 }
@@ -231,6 +245,11 @@ struct Lines {
     max: usize,
 }
 
+enum Chunk {
+    Data(Bytes),
+    FileEnd,
+}
+
 enum Line {
     Ok,
     TooLong,
@@ -239,30 +258,35 @@ enum Line {
 /// Reads records one at a time; memory is one chunk plus one line.
 pub struct RecordReader {
     source: Source,
+    /// The format of the file being read (HTTP upstreams are NDJSON).
+    format: FileFormat,
     lines: Lines,
     line: Vec<u8>,
     csv_header: Option<Vec<String>>,
 }
 
 impl RecordReader {
-    /// Opens the next file when the current one ends.
-    async fn next_chunk(&mut self) -> Result<Option<(Bytes, bool)>, UpstreamError> {
+    /// The next chunk; `FileEnd` after each file, so a last line without a
+    /// newline ends with its own file (and is read in that file's format).
+    async fn next_chunk(&mut self) -> Result<Option<Chunk>, UpstreamError> {
         match &mut self.source {
             Source::Http(body) => loop {
                 match body.frame().await {
                     None => return Ok(None),
-                    Some(Err(e)) => return Err(UpstreamError(format!("upstream body failed: {e}"))),
+                    Some(Err(e)) => {
+                        return Err(UpstreamError(format!("upstream body failed: {e}")));
+                    }
                     Some(Ok(f)) => {
                         if let Ok(data) = f.into_data()
                             && !data.is_empty()
                         {
-                            return Ok(Some((data, false)));
+                            return Ok(Some(Chunk::Data(data)));
                         }
                     }
                 }
             },
             Source::Files { files, current } => loop {
-                if let Some((file, _)) = current {
+                if let Some(file) = current {
                     let mut buf = vec![0u8; CHUNK];
                     let n = file
                         .read(&mut buf)
@@ -270,9 +294,10 @@ impl RecordReader {
                         .map_err(|e| UpstreamError(format!("read failed: {e}")))?;
                     if n > 0 {
                         buf.truncate(n);
-                        return Ok(Some((Bytes::from(buf), false)));
+                        return Ok(Some(Chunk::Data(Bytes::from(buf))));
                     }
                     *current = None;
+                    return Ok(Some(Chunk::FileEnd));
                 }
                 let Some((path, fmt)) = files.pop_front() else {
                     return Ok(None);
@@ -280,20 +305,11 @@ impl RecordReader {
                 let f = tokio::fs::File::open(&path)
                     .await
                     .map_err(|e| UpstreamError(format!("cannot open `{}`: {e}", path.display())))?;
-                *current = Some((f, fmt));
-                // A new file starts: its first line is a CSV header.
-                return Ok(Some((Bytes::new(), true)));
+                *current = Some(f);
+                // A new file: its own format, and (for CSV) its own header.
+                self.format = fmt;
+                self.csv_header = None;
             },
-        }
-    }
-
-    fn format(&self) -> FileFormat {
-        match &self.source {
-            Source::Files {
-                current: Some((_, f)),
-                ..
-            } => *f,
-            _ => FileFormat::Ndjson,
         }
     }
 
@@ -302,21 +318,15 @@ impl RecordReader {
         self.line.clear();
         let mut over = false;
         let mut any = false;
+        let done = |over: bool| if over { Line::TooLong } else { Line::Ok };
         loop {
             let rest = self.lines.chunk.get(self.lines.pos..).unwrap_or_default();
             if rest.is_empty() {
                 match self.next_chunk().await? {
-                    None => {
-                        return Ok(any.then_some(if over { Line::TooLong } else { Line::Ok }));
-                    }
-                    Some((c, new_file)) => {
-                        if new_file {
-                            self.csv_header = None;
-                            if any {
-                                // A file ended without a newline: that was a line.
-                                return Ok(Some(if over { Line::TooLong } else { Line::Ok }));
-                            }
-                        }
+                    None => return Ok(any.then(|| done(over))),
+                    Some(Chunk::FileEnd) if any => return Ok(Some(done(over))),
+                    Some(Chunk::FileEnd) => continue,
+                    Some(Chunk::Data(c)) => {
                         self.lines.chunk = c;
                         self.lines.pos = 0;
                         continue;
@@ -324,7 +334,7 @@ impl RecordReader {
                 }
             }
             any = true;
-            let (part, consumed, done) = match rest.iter().position(|&b| b == b'\n') {
+            let (part, consumed, complete) = match rest.iter().position(|&b| b == b'\n') {
                 Some(i) => (rest.get(..i).unwrap_or_default(), i + 1, true),
                 None => (rest, rest.len(), false),
             };
@@ -337,8 +347,8 @@ impl RecordReader {
                 }
             }
             self.lines.pos += consumed;
-            if done {
-                return Ok(Some(if over { Line::TooLong } else { Line::Ok }));
+            if complete {
+                return Ok(Some(done(over)));
             }
         }
     }
@@ -358,15 +368,20 @@ impl RecordReader {
             if self.line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match self.format() {
+            match self.format {
                 FileFormat::Ndjson => {
-                    return Ok(Some(match serde_json::from_slice::<Map<String, Value>>(&self.line) {
-                        Ok(m) => Item::Record(m),
-                        Err(_) => Item::Malformed,
-                    }));
+                    return Ok(Some(
+                        match serde_json::from_slice::<Map<String, Value>>(&self.line) {
+                            Ok(m) => Item::Record(m),
+                            Err(_) => Item::Malformed,
+                        },
+                    ));
                 }
                 FileFormat::Csv => {
-                    let Some(cells) = std::str::from_utf8(&self.line).ok().and_then(split_csv_line) else {
+                    let Some(cells) = std::str::from_utf8(&self.line)
+                        .ok()
+                        .and_then(split_csv_line)
+                    else {
                         return Ok(Some(Item::Malformed));
                     };
                     match &self.csv_header {
@@ -379,7 +394,11 @@ impl RecordReader {
                                 .iter()
                                 .zip(cells)
                                 .map(|(k, v)| {
-                                    let v = if v.is_empty() { Value::Null } else { Value::String(v) };
+                                    let v = if v.is_empty() {
+                                        Value::Null
+                                    } else {
+                                        Value::String(v)
+                                    };
                                     (k.clone(), v)
                                 })
                                 .collect();
@@ -439,7 +458,13 @@ mod tests {
         assert_eq!(s, datetime!(2026-03-01 0:00 UTC));
         assert_eq!(e, datetime!(2026-03-02 0:00 UTC));
         let (s, e) = period_of("2026-12-part1.csv").unwrap();
-        assert_eq!((s, e), (datetime!(2026-12-01 0:00 UTC), datetime!(2027-01-01 0:00 UTC)));
+        assert_eq!(
+            (s, e),
+            (
+                datetime!(2026-12-01 0:00 UTC),
+                datetime!(2027-01-01 0:00 UTC)
+            )
+        );
         assert!(period_of("all.ndjson").is_none());
         assert!(period_of("2026-13-01.ndjson").is_none());
     }
@@ -447,14 +472,23 @@ mod tests {
     #[test]
     fn only_overlapping_files_are_listed() {
         let d = tempfile::tempdir().unwrap();
-        for n in ["2026-03-01.ndjson", "2026-03-02.ndjson", "2026-03-03.ndjson", "undated.ndjson", "notes.txt"] {
+        for n in [
+            "2026-03-01.ndjson",
+            "2026-03-02.ndjson",
+            "2026-03-03.ndjson",
+            "undated.ndjson",
+            "notes.txt",
+        ] {
             std::fs::write(d.path().join(n), "").unwrap();
         }
         let w = Window {
             from: Some(datetime!(2026-03-02 12:00 UTC)),
             to: Some(datetime!(2026-03-03 0:00 UTC)),
         };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let files = rt.block_on(list_partitions(d.path(), w)).unwrap();
         let names: Vec<String> = files
             .iter()
@@ -464,8 +498,66 @@ mod tests {
     }
 
     #[test]
+    fn files_without_a_final_newline_keep_their_last_record_and_headers() {
+        let d = tempfile::tempdir().unwrap();
+        let port = d.path().join("p");
+        std::fs::create_dir_all(&port).unwrap();
+        std::fs::write(port.join("a.csv"), "x,y\n1,2\n3,4").unwrap();
+        std::fs::write(port.join("b.csv"), "y,x\n5,6").unwrap();
+        std::fs::write(port.join("c.ndjson"), "{\"x\":7}\nnope\n{\"x\":8}").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let items = rt.block_on(async {
+            let up = Upstream::Dir(d.path().to_path_buf());
+            let mut r = up.open("p", Window::default(), 1024).await.unwrap();
+            let mut v = Vec::new();
+            while let Some(i) = r.next().await.unwrap() {
+                v.push(match i {
+                    Item::Record(m) => serde_json::Value::Object(m),
+                    Item::Malformed => serde_json::json!("malformed"),
+                });
+            }
+            v
+        });
+        let expected = [
+            serde_json::json!({"x": "1", "y": "2"}),
+            serde_json::json!({"x": "3", "y": "4"}),
+            serde_json::json!({"x": "6", "y": "5"}),
+            serde_json::json!({"x": 7}),
+            serde_json::json!("malformed"),
+            serde_json::json!({"x": 8}),
+        ];
+        assert_eq!(items, expected);
+    }
+
+    #[test]
+    fn overlong_lines_are_malformed_not_truncated() {
+        let d = tempfile::tempdir().unwrap();
+        let port = d.path().join("p");
+        std::fs::create_dir_all(&port).unwrap();
+        let long = format!("{{\"x\":\"{}\"}}", "a".repeat(200_000));
+        std::fs::write(port.join("a.ndjson"), format!("{long}\n{{\"x\":1}}\n")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let up = Upstream::Dir(d.path().to_path_buf());
+            let mut r = up.open("p", Window::default(), 1024).await.unwrap();
+            assert!(matches!(r.next().await.unwrap(), Some(Item::Malformed)));
+            assert!(matches!(r.next().await.unwrap(), Some(Item::Record(_))));
+            assert!(r.next().await.unwrap().is_none());
+        });
+    }
+
+    #[test]
     fn csv_lines() {
-        assert_eq!(split_csv_line("a,\"b,c\",\"d\"\"e\"").unwrap(), ["a", "b,c", "d\"e"]);
+        assert_eq!(
+            split_csv_line("a,\"b,c\",\"d\"\"e\"").unwrap(),
+            ["a", "b,c", "d\"e"]
+        );
         assert!(split_csv_line("\"open").is_none());
     }
 }

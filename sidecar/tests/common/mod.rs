@@ -1,6 +1,12 @@
 //! A sidecar on 127.0.0.1:0 over the example mesh, with keys and tokens
 //! minted here, and a tiny raw HTTP/1.1 client (so tests can send odd bytes).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -44,7 +50,8 @@ impl Keys {
         let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let ed_pair = Ed25519KeyPair::from_pkcs8(ed.as_ref()).unwrap();
         let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let ec_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec.as_ref(), &rng).unwrap();
+        let ec_pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec.as_ref(), &rng).unwrap();
         let fx = repo().join("sidecar/tests/fixtures");
         Keys {
             ed_pkcs8: ed.as_ref().to_vec(),
@@ -119,7 +126,9 @@ pub fn signed_bundle(
         policies.components(),
     )
     .unwrap();
-    meshgov_bundle::sign(&payload.to_canonical_bytes(), &[key]).unwrap().to_json_bytes()
+    meshgov_bundle::sign(&payload.to_canonical_bytes(), &[key])
+        .unwrap()
+        .to_json_bytes()
 }
 
 pub struct Sidecar {
@@ -172,7 +181,11 @@ pub fn write_upstream(dir: &Path, port: &str, name: &str, text: &str) {
 
 pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("user-identity.key"), "test-pseudonym-key-0123456789").unwrap();
+    std::fs::write(
+        dir.path().join("user-identity.key"),
+        "test-pseudonym-key-0123456789",
+    )
+    .unwrap();
     let descriptor = repo().join(format!("policies/products/{}.yaml", opts.product));
     let upstream = opts
         .upstream
@@ -215,7 +228,12 @@ user-identity = "user-identity.key"
         extra = opts.extra_config,
         gov_pub = gov.public_key(),
     );
-    let cfg = Config::from_toml(&cfg, dir.path(), &BTreeMap::<String, String>::new() as &dyn Strings).unwrap();
+    let cfg = Config::from_toml(
+        &cfg,
+        dir.path(),
+        &BTreeMap::<String, String>::new() as &dyn Strings,
+    )
+    .unwrap();
     let app = App::from_config(&cfg).unwrap();
     if opts.install_bundle {
         let envelope = signed_bundle(&gov, &app.descriptor, 7, opts.expires_in);
@@ -256,7 +274,8 @@ impl Resp {
             .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn lines(&self) -> Vec<serde_json::Value> {
         String::from_utf8(self.body.clone())
@@ -277,7 +296,8 @@ impl Resp {
 pub async fn raw(addr: SocketAddr, request: Vec<u8>) -> Resp {
     tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
         s.write_all(&request).unwrap();
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
@@ -288,10 +308,20 @@ pub async fn raw(addr: SocketAddr, request: Vec<u8>) -> Resp {
 }
 
 pub fn parse_response(buf: &[u8]) -> Resp {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -300,15 +330,26 @@ pub fn parse_response(buf: &[u8]) -> Resp {
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
-    Resp { status, headers, body }
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             return out;
         }
