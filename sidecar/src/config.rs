@@ -1,0 +1,585 @@
+//! Sidecar configuration: one TOML file, then environment overrides.
+//!
+//! Every scalar key `a.b_c` can be overridden by `MESHGOV_SIDECAR_A_B_C`
+//! (dots become `_`, upper case). Config is read once, through the
+//! [`Strings`] trait, so tests feed it a map instead of the process
+//! environment. A bad key is a [`ConfigError`] naming it; the binary exits
+//! with code 64 (`EX_USAGE`).
+//!
+//! ```toml
+//! mesh = "media-mesh"
+//! descriptor = "products/user-profiles.yaml"
+//! bundle_file = "state/bundle.dsse.json"   # loaded at start (optional)
+//! state_dir = "state"
+//! trusted_bundle_keys = ["ed25519:…"]       # governance keys
+//!
+//! [listen]
+//! data = "127.0.0.1:8080"
+//! control = "127.0.0.1:8081"               # reserved for the control port
+//!
+//! [upstream]
+//! kind = "dir"                              # or "http"
+//! path = "data/user-profiles"               # dir: one sub-directory per port
+//! # url = "http://127.0.0.1:9000"          # http: GET {url}/{port}?from=&to=
+//!
+//! [auth]
+//! issuer = "https://idp.media.example"
+//! audience = "meshgov"
+//! groups_claim = "groups"
+//! purpose_claim = "purpose"
+//! leeway_seconds = 30
+//! [[auth.keys]]
+//! kid = "idp-2026"                          # optional; matched against the token's `kid`
+//! alg = "EdDSA"                             # EdDSA | ES256 | RS256
+//! pem_file = "keys/idp.pub.pem"             # or `pem`, or JWK components x / y / n / e
+//!
+//! [pseudonym_keys]
+//! user-identity = "keys/user-identity.key"  # file holding the HMAC key of a key scope
+//!
+//! [limits]
+//! max_header_bytes = 16384
+//! header_read_timeout_ms = 5000
+//! write_stall_timeout_ms = 30000
+//! max_line_bytes = 1048576
+//! max_limit = 100000000
+//! drain_timeout_ms = 10000
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The exit code for bad configuration (`EX_USAGE`).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "MESHGOV_SIDECAR_";
+
+/// A source of override strings: the process environment, or a map in tests.
+pub trait Strings {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Env;
+
+impl Strings for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Strings for BTreeMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).cloned()
+    }
+}
+
+/// A key that is missing or wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Where records come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamConfig {
+    /// `<path>/<port>/` holds the port's NDJSON or CSV files.
+    Dir(PathBuf),
+    /// `GET {url}/{port}?from=&to=` answers NDJSON.
+    Http(String),
+}
+
+/// Where a consumer-token verification key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Pem(String),
+    PemFile(PathBuf),
+    /// JWK-style base64url components: `x` (OKP), `x`+`y` (EC), `n`+`e` (RSA).
+    Components(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConfig {
+    pub kid: Option<String>,
+    pub alg: String,
+    pub source: KeySource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub groups_claim: String,
+    pub purpose_claim: String,
+    pub leeway_seconds: u64,
+    pub keys: Vec<KeyConfig>,
+}
+
+/// Limits that keep one client from exhausting the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub header_read_timeout_ms: u64,
+    /// A response whose client reads nothing for this long is aborted.
+    pub write_stall_timeout_ms: u64,
+    /// Longer upstream lines are skipped and counted as malformed.
+    pub max_line_bytes: usize,
+    /// The largest `limit` a request may ask for.
+    pub max_limit: u64,
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout_ms: 5_000,
+            write_stall_timeout_ms: 30_000,
+            max_line_bytes: 1024 * 1024,
+            max_limit: 100_000_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The mesh id; bundles for another mesh are refused.
+    pub mesh: String,
+    pub descriptor: PathBuf,
+    pub bundle_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    /// Governance keys (`ed25519:<base64>`) trusted to sign bundles.
+    pub trusted_bundle_keys: Vec<String>,
+    pub listen_data: SocketAddr,
+    pub listen_control: Option<SocketAddr>,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    /// HMAC key files by key scope.
+    pub pseudonym_keys: BTreeMap<String, PathBuf>,
+    pub limits: Limits,
+    /// `json` for JSON logs.
+    pub log_format: String,
+}
+
+/// Every scalar key the file may hold, and so every env override.
+const SCALAR_KEYS: &[&str] = &[
+    "mesh",
+    "descriptor",
+    "bundle_file",
+    "state_dir",
+    "log_format",
+    "listen.data",
+    "listen.control",
+    "upstream.kind",
+    "upstream.path",
+    "upstream.url",
+    "auth.issuer",
+    "auth.audience",
+    "auth.groups_claim",
+    "auth.purpose_claim",
+    "auth.leeway_seconds",
+    "limits.max_header_bytes",
+    "limits.header_read_timeout_ms",
+    "limits.write_stall_timeout_ms",
+    "limits.max_line_bytes",
+    "limits.max_limit",
+    "limits.drain_timeout_ms",
+];
+
+/// The environment variable that overrides `key`.
+pub fn env_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace(['.', '-'], "_").to_ascii_uppercase()
+    )
+}
+
+/// Flattened scalar values, with where each came from (for messages).
+struct Values {
+    map: BTreeMap<String, toml::Value>,
+}
+
+impl Values {
+    fn str(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.map.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) if s.is_empty() => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(err(key, "expected a string")),
+        }
+    }
+
+    fn required(&self, key: &str) -> Result<String, ConfigError> {
+        self.str(key)?.ok_or_else(|| {
+            err(
+                key,
+                format!("missing; set it in the file or in `{}`", env_name(key)),
+            )
+        })
+    }
+
+    fn u64(&self, key: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.map.get(key) {
+            None => Ok(default),
+            Some(toml::Value::Integer(i)) => {
+                u64::try_from(*i).map_err(|_| err(key, "expected a non-negative integer"))
+            }
+            Some(toml::Value::String(s)) => s
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| err(key, format!("expected a non-negative integer, got `{s}`"))),
+            Some(_) => Err(err(key, "expected a non-negative integer")),
+        }
+    }
+
+    fn addr(&self, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        self.str(key)?
+            .map(|s| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    err(
+                        key,
+                        format!("expected `host:port` with an IP host, got `{s}`"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut BTreeMap<String, toml::Value>,
+) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (key.as_str(), v) {
+            ("auth.keys" | "pseudonym_keys" | "trusted_bundle_keys", _) => {}
+            (_, toml::Value::Table(t)) => flatten(&key, t, out)?,
+            _ if SCALAR_KEYS.contains(&key.as_str()) => {
+                out.insert(key, v.clone());
+            }
+            _ => {
+                return Err(err(
+                    &key,
+                    "unknown key; see the sidecar README for the keys it reads",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl Config {
+    /// Reads `path` (relative paths inside it resolve against its directory)
+    /// with overrides from `env`.
+    pub fn load(path: &Path, env: &dyn Strings) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("--config", format!("cannot read `{}`: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base, env)
+    }
+
+    /// Parses config text; `base` anchors relative paths.
+    pub fn from_toml(text: &str, base: &Path, env: &dyn Strings) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .and_then(|s| text.get(..s.start))
+                .map(|before| format!("line {}", before.lines().count().max(1)))
+                .unwrap_or_else(|| "file".into());
+            err(&key, e.message().trim().to_string())
+        })?;
+        let mut map = BTreeMap::new();
+        flatten("", &table, &mut map)?;
+        for key in SCALAR_KEYS {
+            if let Some(v) = env.get(&env_name(key)) {
+                map.insert((*key).to_string(), toml::Value::String(v));
+            }
+        }
+        let v = Values { map };
+        let path = |s: String| resolve(base, &s);
+
+        let upstream = match v.str("upstream.kind")?.as_deref().unwrap_or("dir") {
+            "dir" => UpstreamConfig::Dir(path(v.required("upstream.path")?)),
+            "http" => {
+                let url = v.required("upstream.url")?;
+                if !url.starts_with("http://") {
+                    return Err(err(
+                        "upstream.url",
+                        format!("expected an `http://` URL, got `{url}`"),
+                    ));
+                }
+                UpstreamConfig::Http(url.trim_end_matches('/').to_string())
+            }
+            other => {
+                return Err(err(
+                    "upstream.kind",
+                    format!("expected `dir` or `http`, got `{other}`"),
+                ));
+            }
+        };
+
+        let keys = parse_keys(table.get("auth").and_then(|a| a.get("keys")), base)?;
+        if keys.is_empty() {
+            return Err(err(
+                "auth.keys",
+                "no token verification keys; add at least one `[[auth.keys]]`",
+            ));
+        }
+        let auth = AuthConfig {
+            issuer: v.required("auth.issuer")?,
+            audience: v.required("auth.audience")?,
+            groups_claim: v
+                .str("auth.groups_claim")?
+                .unwrap_or_else(|| "groups".into()),
+            purpose_claim: v
+                .str("auth.purpose_claim")?
+                .unwrap_or_else(|| "purpose".into()),
+            leeway_seconds: v.u64("auth.leeway_seconds", 30)?,
+            keys,
+        };
+
+        let mut pseudonym_keys = BTreeMap::new();
+        if let Some(t) = table.get("pseudonym_keys") {
+            let t = t
+                .as_table()
+                .ok_or_else(|| err("pseudonym_keys", "expected a table of scope = file"))?;
+            for (scope, file) in t {
+                let key = format!("pseudonym_keys.{scope}");
+                let file = file
+                    .as_str()
+                    .ok_or_else(|| err(&key, "expected a file path"))?;
+                pseudonym_keys.insert(scope.clone(), path(file.to_string()));
+            }
+        }
+
+        let trusted_bundle_keys = match table.get("trusted_bundle_keys") {
+            None => vec![],
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|k| {
+                    k.as_str().map(str::to_string).ok_or_else(|| {
+                        err("trusted_bundle_keys", "expected strings `ed25519:<base64>`")
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(err("trusted_bundle_keys", "expected an array")),
+        };
+
+        let d = Limits::default();
+        let usize_of = |key: &str, default: usize| -> Result<usize, ConfigError> {
+            usize::try_from(v.u64(key, default as u64)?).map_err(|_| err(key, "too large"))
+        };
+        let limits = Limits {
+            max_header_bytes: usize_of("limits.max_header_bytes", d.max_header_bytes)?,
+            header_read_timeout_ms: v
+                .u64("limits.header_read_timeout_ms", d.header_read_timeout_ms)?,
+            write_stall_timeout_ms: v
+                .u64("limits.write_stall_timeout_ms", d.write_stall_timeout_ms)?,
+            max_line_bytes: usize_of("limits.max_line_bytes", d.max_line_bytes)?,
+            max_limit: v.u64("limits.max_limit", d.max_limit)?,
+            drain_timeout_ms: v.u64("limits.drain_timeout_ms", d.drain_timeout_ms)?,
+        };
+        if limits.max_header_bytes < 8192 {
+            return Err(err("limits.max_header_bytes", "must be at least 8192"));
+        }
+        if limits.max_limit == 0 {
+            return Err(err("limits.max_limit", "must be at least 1"));
+        }
+
+        let log_format = v.str("log_format")?.unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            return Err(err(
+                "log_format",
+                format!("expected `text` or `json`, got `{log_format}`"),
+            ));
+        }
+
+        if v.str("bundle_file")?.is_some() && trusted_bundle_keys.is_empty() {
+            return Err(err(
+                "trusted_bundle_keys",
+                "a `bundle_file` is set but no governance key is trusted to sign it",
+            ));
+        }
+        Ok(Config {
+            mesh: v.required("mesh")?,
+            descriptor: path(v.required("descriptor")?),
+            bundle_file: v.str("bundle_file")?.map(path),
+            state_dir: v.str("state_dir")?.map(path),
+            trusted_bundle_keys,
+            listen_data: v
+                .addr("listen.data")?
+                .ok_or_else(|| err("listen.data", "missing; e.g. `127.0.0.1:8080`"))?,
+            listen_control: v.addr("listen.control")?,
+            upstream,
+            auth,
+            pseudonym_keys,
+            limits,
+            log_format,
+        })
+    }
+}
+
+fn parse_keys(value: Option<&toml::Value>, base: &Path) -> Result<Vec<KeyConfig>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(vec![]);
+    };
+    let arr = value
+        .as_array()
+        .ok_or_else(|| err("auth.keys", "expected an array of tables `[[auth.keys]]`"))?;
+    let mut out = Vec::new();
+    for (i, k) in arr.iter().enumerate() {
+        let at = format!("auth.keys[{i}]");
+        let t = k.as_table().ok_or_else(|| err(&at, "expected a table"))?;
+        let s = |name: &str| -> Result<Option<String>, ConfigError> {
+            match t.get(name) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(err(&format!("{at}.{name}"), "expected a string")),
+            }
+        };
+        for name in t.keys() {
+            if !["kid", "alg", "pem", "pem_file", "x", "y", "n", "e"].contains(&name.as_str()) {
+                return Err(err(&format!("{at}.{name}"), "unknown key"));
+            }
+        }
+        let alg = s("alg")?.ok_or_else(|| err(&format!("{at}.alg"), "missing"))?;
+        if !["EdDSA", "ES256", "RS256"].contains(&alg.as_str()) {
+            return Err(err(
+                &format!("{at}.alg"),
+                format!("expected `EdDSA`, `ES256` or `RS256`, got `{alg}`"),
+            ));
+        }
+        let source = match (s("pem")?, s("pem_file")?) {
+            (Some(p), None) => KeySource::Pem(p),
+            (None, Some(f)) => KeySource::PemFile(resolve(base, &f)),
+            (Some(_), Some(_)) => {
+                return Err(err(&at, "give `pem` or `pem_file`, not both"));
+            }
+            (None, None) => {
+                let mut c = BTreeMap::new();
+                for name in ["x", "y", "n", "e"] {
+                    if let Some(v) = s(name)? {
+                        c.insert(name.to_string(), v);
+                    }
+                }
+                if c.is_empty() {
+                    return Err(err(
+                        &at,
+                        "no key material; give `pem`, `pem_file` or JWK components",
+                    ));
+                }
+                KeySource::Components(c)
+            }
+        };
+        out.push(KeyConfig {
+            kid: s("kid")?,
+            alg,
+            source,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const BASE: &str = r#"
+mesh = "m"
+descriptor = "p.yaml"
+[listen]
+data = "127.0.0.1:0"
+[upstream]
+path = "data"
+[auth]
+issuer = "i"
+audience = "a"
+[[auth.keys]]
+alg = "EdDSA"
+x = "abc"
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn loads_and_resolves_paths_against_the_file() {
+        let c = Config::from_toml(BASE, Path::new("/etc/m"), &env(&[])).unwrap();
+        assert_eq!(c.descriptor, PathBuf::from("/etc/m/p.yaml"));
+        assert_eq!(c.upstream, UpstreamConfig::Dir("/etc/m/data".into()));
+        assert_eq!(c.auth.groups_claim, "groups");
+    }
+
+    #[test]
+    fn env_overrides_a_key() {
+        let c = Config::from_toml(
+            BASE,
+            Path::new("/"),
+            &env(&[
+                ("MESHGOV_SIDECAR_AUTH_ISSUER", "other"),
+                ("MESHGOV_SIDECAR_LIMITS_MAX_LIMIT", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.auth.issuer, "other");
+        assert_eq!(c.limits.max_limit, 5);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = Config::from_toml(
+            BASE,
+            Path::new("/"),
+            &env(&[("MESHGOV_SIDECAR_LISTEN_DATA", "nowhere")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "listen.data");
+        let e = Config::from_toml(&BASE.replace("EdDSA", "HS256"), Path::new("/"), &env(&[]))
+            .unwrap_err();
+        assert_eq!(e.key, "auth.keys[0].alg");
+        let e = Config::from_toml(
+            &format!("{BASE}\n[limits]\nmax_limt = 3\n"),
+            Path::new("/"),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "limits.max_limt");
+        let e = Config::from_toml(
+            BASE,
+            Path::new("/"),
+            &env(&[("MESHGOV_SIDECAR_LIMITS_MAX_LIMIT", "-1")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "limits.max_limit");
+    }
+}

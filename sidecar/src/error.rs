@@ -1,0 +1,75 @@
+//! Refusals as consumers see them: a status, a short stable code and a
+//! reason that names no policy, rule or field internals.
+
+use http::StatusCode;
+
+/// One refusal. `code` is stable (clients and conformance match on it);
+/// `reason` is human text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn unauthorized(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
+    }
+
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+    }
+
+    pub fn forbidden() -> ApiError {
+        // INVARIANT: the reason never says which policy denied, so a denied
+        // consumer learns nothing about the rules.
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "access to this port is denied for this consumer and purpose",
+        )
+    }
+
+    pub fn unknown_port(port: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_port",
+            format!("this product has no output port `{port}`; see `GET /` for its ports"),
+        )
+    }
+
+    pub fn not_found() -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such resource; see `GET /` for what this sidecar serves",
+        )
+    }
+
+    pub fn unavailable(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_valid_bundle", reason)
+    }
+
+    pub fn upstream(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", reason)
+    }
+
+    /// The JSON body: `{"request_id", "error", "reason"}`.
+    pub fn body(&self, request_id: &str) -> Vec<u8> {
+        let v = serde_json::json!({
+            "request_id": request_id,
+            "error": self.code,
+            "reason": self.reason,
+        });
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+}

@@ -1,0 +1,549 @@
+//! The per-request steps of the data port, in order:
+//!
+//! 1. **authenticate** the bearer token (401);
+//! 2. **parse** the request: port, window, limit, format (400);
+//! 3. **load** the bundle state once (503 if none or expired);
+//! 4. **plan** the read with the policy core: one Cedar `read`, one
+//!    `reveal` per classified field, row filters selected (404 unknown port);
+//! 5. **authorize** (403);
+//! 6. **stream**: open the upstream (502), then shape record by record.
+//!
+//! Seams for later issues are marked `SEAM:` — audit (after 5 and at the end
+//! of 6), privacy aggregates (the `aggregate` route), plugins (inside the
+//! record shaper).
+
+use crate::auth::Authenticator;
+use crate::body::Body;
+use crate::clock;
+use crate::config::{Config, ConfigError, Limits};
+use crate::error::ApiError;
+use crate::request::{self, Format, Route, RouteError};
+use crate::shape::{RecordShaper, ScopeKeys};
+use crate::state::{ActiveBundle, BundleError, BundleSlot, verify_bundle};
+use crate::upstream::{Item, Upstream, Window, record_time};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use meshgov_core::descriptor::Descriptor;
+use meshgov_core::plan::{Asker, PlanError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Counters for operations (Prometheus `/metrics` is a later issue).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub records_out: AtomicU64,
+    pub malformed_skipped: AtomicU64,
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub bundle: BundleSlot,
+    /// The mesh this sidecar belongs to.
+    pub mesh: String,
+    /// Governance keys trusted to sign bundles.
+    pub trust: meshgov_bundle::TrustStore,
+    pub descriptor: Descriptor,
+    /// The descriptor as plain JSON, for discovery.
+    pub descriptor_doc: serde_json::Value,
+    pub auth: Authenticator,
+    pub upstream: Upstream,
+    pub scope_keys: ScopeKeys,
+    pub limits: Limits,
+    pub stats: Stats,
+}
+
+/// Responses are flushed to the client in chunks of about this size.
+const FLUSH_BYTES: usize = 32 * 1024;
+/// Chunks in flight between the shaping task and the connection.
+const CHANNEL_CHUNKS: usize = 4;
+
+impl App {
+    /// Reads the descriptor and key files named by the config.
+    pub fn from_config(c: &Config) -> Result<App, ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError {
+            key: key.into(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&c.descriptor).map_err(|e| {
+            bad(
+                "descriptor",
+                format!("cannot read `{}`: {e}", c.descriptor.display()),
+            )
+        })?;
+        let path = c.descriptor.display().to_string();
+        let descriptor =
+            Descriptor::parse(&path, &text).map_err(|d| bad("descriptor", d.to_string()))?;
+        let descriptor_doc: serde_json::Value =
+            serde_saphyr::from_str(&text).map_err(|e| bad("descriptor", e.to_string()))?;
+        let mut scope_keys = ScopeKeys::new();
+        for (scope, file) in &c.pseudonym_keys {
+            let k = std::fs::read(file).map_err(|e| {
+                bad(
+                    &format!("pseudonym_keys.{scope}"),
+                    format!("cannot read `{}`: {e}", file.display()),
+                )
+            })?;
+            let k = trim_ascii(&k);
+            if k.len() < 16 {
+                return Err(bad(
+                    &format!("pseudonym_keys.{scope}"),
+                    "the key must be at least 16 bytes".into(),
+                ));
+            }
+            scope_keys.insert(scope.clone(), k.to_vec());
+        }
+        let mut keys = Vec::new();
+        for (i, k) in c.trusted_bundle_keys.iter().enumerate() {
+            keys.push(
+                k.parse::<meshgov_bundle::PublicKey>()
+                    .map_err(|e| bad(&format!("trusted_bundle_keys[{i}]"), e.to_string()))?,
+            );
+        }
+        let trust = meshgov_bundle::TrustStore::from_keys(keys)
+            .map_err(|e| bad("trusted_bundle_keys", e.to_string()))?;
+        Ok(App {
+            bundle: BundleSlot::default(),
+            mesh: c.mesh.clone(),
+            trust,
+            descriptor,
+            descriptor_doc,
+            auth: Authenticator::new(&c.auth)?,
+            upstream: Upstream::from_config(&c.upstream),
+            scope_keys,
+            limits: c.limits.clone(),
+            stats: Stats::default(),
+        })
+    }
+}
+
+impl App {
+    /// Verifies a signed bundle and swaps it in. On failure the previous
+    /// bundle (if any) stays in force: a bad update never replaces a good one.
+    pub fn load_bundle(&self, envelope: &[u8], now_unix: i64) -> Result<u64, BundleError> {
+        let product = self.descriptor.product_id();
+        let (policies, meta) =
+            verify_bundle(envelope, &self.trust, &self.mesh, &product, now_unix)?;
+        let b = ActiveBundle::new(policies, &self.descriptor, meta, now_unix)?;
+        let revision = b.meta.revision;
+        // SEAM: control port — rollback refusal and persistence to the state dir.
+        self.bundle.install(b);
+        Ok(revision)
+    }
+
+    /// Reads and loads a bundle file.
+    pub fn load_bundle_file(
+        &self,
+        path: &std::path::Path,
+        now_unix: i64,
+    ) -> Result<u64, BundleError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| BundleError::Rejected(format!("cannot read `{}`: {e}", path.display())))?;
+        self.load_bundle(&bytes, now_unix)
+    }
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
+/// A request id: the caller's `x-request-id` if it is short and plain,
+/// else a fresh random one.
+fn request_id<B>(req: &Request<B>) -> String {
+    if let Some(v) = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return v.to_string();
+    }
+    let mut b = [0u8; 12];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    hex::encode(b)
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    rid: &str,
+    body: Body,
+) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(rid) {
+        h.insert("x-request-id", v);
+    }
+    r
+}
+
+fn json(status: StatusCode, rid: &str, v: &serde_json::Value) -> Response<Body> {
+    respond(
+        status,
+        "application/json",
+        rid,
+        Body::full(serde_json::to_vec(v).unwrap_or_default()),
+    )
+}
+
+fn error(rid: &str, e: &ApiError) -> Response<Body> {
+    respond(e.status, "application/json", rid, Body::full(e.body(rid)))
+}
+
+/// Handles one request. Never panics; every failure is an error document.
+pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
+    app.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let rid = request_id(&req);
+    let route = match request::route(req.method(), req.uri().path()) {
+        Ok(r) => r,
+        Err(RouteError::NotFound) => return error(&rid, &ApiError::not_found()),
+        Err(RouteError::MethodNotAllowed) => {
+            return error(
+                &rid,
+                &ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this method is not allowed here",
+                ),
+            );
+        }
+        Err(RouteError::BadPort(_)) => {
+            return error(
+                &rid,
+                &ApiError::bad_request(
+                    "port names are ASCII letters, digits, `-` and `_`, at most 64 long",
+                ),
+            );
+        }
+    };
+    let result = match route {
+        Route::Healthz => Ok(json(
+            StatusCode::OK,
+            &rid,
+            &serde_json::json!({"status": "ok"}),
+        )),
+        Route::Readyz => Ok(readyz(app, &rid)),
+        Route::Discovery => Ok(discovery(app, &rid)),
+        Route::Records { port } => records(app, &req, &port, &rid).await,
+        // SEAM: privacy — differentially private aggregates (separate issue).
+        Route::Aggregate { .. } => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "aggregates are not served by this sidecar version",
+        )),
+    };
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(request_id = %rid, status = e.status.as_u16(), error = e.code, "refused");
+            error(&rid, &e)
+        }
+    }
+}
+
+fn readyz(app: &App, rid: &str) -> Response<Body> {
+    match app.bundle.valid_at(clock::now_unix()) {
+        Ok(b) => json(
+            StatusCode::OK,
+            rid,
+            &serde_json::json!({"ready": true, "revision": b.meta.revision, "digest": b.meta.digest,
+                "expires_at": clock::rfc3339(b.meta.expires_at_unix)}),
+        ),
+        Err(u) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            rid,
+            &serde_json::json!({"ready": false, "reason": u.reason()}),
+        ),
+    }
+}
+
+fn discovery(app: &App, rid: &str) -> Response<Body> {
+    let d = &app.descriptor_doc;
+    let pick = |k: &str| d.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let ports: Vec<serde_json::Value> = app
+        .descriptor
+        .ports()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "kind": p.kind,
+                "schema": p.schema.clone().unwrap_or_else(|| p.name.clone()),
+                "time_field": p.time_field,
+                "records": format!("/v1/ports/{}/records", p.name),
+                "formats": ["application/x-ndjson", "text/csv"],
+            })
+        })
+        .collect();
+    let schema: Vec<serde_json::Value> = app
+        .descriptor
+        .schema
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "name": o.name.value,
+                "description": o.description,
+                "properties": o.properties.iter().map(|p| serde_json::json!({
+                    "name": p.name.value,
+                    "logicalType": p.logical_type.as_ref().map(|t| t.value.clone()),
+                    "classification": p.classification.as_ref().map(|c| c.value.clone()),
+                    "required": p.required,
+                    "description": p.description,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let bundle = app.bundle.current().map(|b| {
+        serde_json::json!({
+            "revision": b.meta.revision,
+            "digest": b.meta.digest,
+            "expires_at": clock::rfc3339(b.meta.expires_at_unix),
+            "valid": !b.expired_at(clock::now_unix()),
+        })
+    });
+    json(
+        StatusCode::OK,
+        rid,
+        &serde_json::json!({
+            "product": {
+                "id": app.descriptor.product_id(),
+                "name": pick("name"),
+                "version": pick("version"),
+                "status": pick("status"),
+                "domain": pick("domain"),
+                "description": pick("description"),
+                "team": pick("team"),
+            },
+            "ports": ports,
+            "schema": schema,
+            "slos": pick("slaProperties"),
+            "bundle": bundle,
+            "authentication": {
+                "scheme": "Bearer",
+                "token": "JWT",
+                "issuer": app.auth.issuer(),
+                "audience": app.auth.audience(),
+                "algorithms": app.auth.algorithms(),
+                "claims": {"subject": "sub", "groups": app.auth.groups_claim(), "purpose": app.auth.purpose_claim()},
+            },
+        }),
+    )
+}
+
+async fn records<B>(
+    app: &Arc<App>,
+    req: &Request<B>,
+    port: &str,
+    rid: &str,
+) -> Result<Response<Body>, ApiError> {
+    // 1. authenticate
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let who = app
+        .auth
+        .authenticate(auth)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    // 2. parse
+    let q = request::parse_records_query(req.uri().query(), app.limits.max_limit)
+        .map_err(ApiError::bad_request)?;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = request::format_from_accept(accept);
+    // 3. load the bundle once; this Arc is the request's policy for its life.
+    let now = clock::now_unix();
+    let bundle = app
+        .bundle
+        .valid_at(now)
+        .map_err(|u| ApiError::unavailable(u.reason()))?;
+    let port_info = bundle
+        .view
+        .info
+        .port(port)
+        .ok_or_else(|| ApiError::unknown_port(port))?;
+    let window = Window {
+        from: q.from,
+        to: q.to,
+    };
+    let time_field = port_info.time_field.clone();
+    if (q.from.is_some() || q.to.is_some()) && time_field.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "port `{port}` has no time field, so `from` and `to` cannot be used"
+        )));
+    }
+    // 4. plan
+    let asker = Asker {
+        principal: &who.principal,
+        purpose: &who.purpose,
+        now_unix: now,
+    };
+    let plan = bundle
+        .policies
+        .plan_read(&bundle.view, port, asker)
+        .map_err(|e| match e {
+            PlanError::UnknownPort(_) => ApiError::unknown_port(port),
+            // A principal or purpose the policy engine cannot express is a denial.
+            _ => ApiError::forbidden(),
+        })?;
+    // 5. authorize
+    // SEAM: audit — record the decision, its policies and the field treatments.
+    if !plan.decision.allowed {
+        tracing::info!(request_id = %rid, consumer = %who.principal.id, purpose = %who.purpose, port, "denied");
+        return Err(ApiError::forbidden());
+    }
+    // SEAM: plugins — the record plan will carry compiled plugin instances.
+    let shaper = RecordShaper::compile(&plan, &app.scope_keys).map_err(|e| {
+        tracing::error!(request_id = %rid, "cannot compile read plan: {e}");
+        ApiError::forbidden()
+    })?;
+    // 6. stream
+    let reader = app
+        .upstream
+        .open(port, window, app.limits.max_line_bytes)
+        .await
+        .map_err(|e| {
+            tracing::error!(request_id = %rid, port, "upstream failed: {e}");
+            ApiError::upstream("the product's upstream could not be read")
+        })?;
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let job = StreamJob {
+        app: Arc::clone(app),
+        shaper,
+        reader,
+        window,
+        time_field: time_field.filter(|_| q.from.is_some() || q.to.is_some()),
+        limit: q.limit,
+        format,
+        rid: rid.to_string(),
+        port: port.to_string(),
+        consumer: who.principal.id.clone(),
+        stall: Duration::from_millis(app.limits.write_stall_timeout_ms),
+    };
+    tokio::spawn(job.run(tx));
+    let ct = match format {
+        Format::Ndjson => "application/x-ndjson",
+        Format::Csv => "text/csv; charset=utf-8",
+    };
+    let mut resp = respond(StatusCode::OK, ct, rid, Body::Stream(rx));
+    if let Ok(v) = HeaderValue::from_str(&bundle.meta.revision.to_string()) {
+        resp.headers_mut().insert("x-meshgov-bundle-revision", v);
+    }
+    Ok(resp)
+}
+
+struct StreamJob {
+    app: Arc<App>,
+    shaper: RecordShaper,
+    reader: crate::upstream::RecordReader,
+    window: Window,
+    time_field: Option<String>,
+    limit: Option<u64>,
+    format: Format,
+    rid: String,
+    port: String,
+    consumer: String,
+    stall: Duration,
+}
+
+impl StreamJob {
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+        buf: &mut Vec<u8>,
+    ) -> bool {
+        let chunk = Bytes::from(std::mem::replace(
+            buf,
+            Vec::with_capacity(FLUSH_BYTES + 4096),
+        ));
+        // A client that reads nothing for `stall` loses the response.
+        matches!(
+            tokio::time::timeout(self.stall, tx.send(Ok(chunk))).await,
+            Ok(Ok(()))
+        )
+    }
+
+    async fn run(mut self, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
+        let mut buf = Vec::with_capacity(FLUSH_BYTES + 4096);
+        if self.format == Format::Csv {
+            self.shaper.write_csv_header(&mut buf);
+        }
+        let (mut out, mut skipped, mut failed, mut gone) = (0u64, 0u64, false, false);
+        loop {
+            if self.limit.is_some_and(|l| out >= l) {
+                break;
+            }
+            match self.reader.next().await {
+                Ok(None) => break,
+                Ok(Some(Item::Malformed)) => skipped += 1,
+                Ok(Some(Item::Record(rec))) => {
+                    if let Some(tf) = &self.time_field {
+                        match record_time(rec.get(tf)) {
+                            Some(t) if self.window.contains(t) => {}
+                            Some(_) => continue,
+                            None => {
+                                skipped += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    if !self.shaper.admits(&rec) {
+                        continue;
+                    }
+                    match self.format {
+                        Format::Ndjson => self.shaper.write_ndjson(&rec, &mut buf),
+                        Format::Csv => self.shaper.write_csv(&rec, &mut buf),
+                    }
+                    out += 1;
+                }
+                Err(e) => {
+                    tracing::error!(request_id = %self.rid, port = %self.port, "upstream failed mid-stream: {e}");
+                    failed = true;
+                    break;
+                }
+            }
+            if buf.len() >= FLUSH_BYTES && !self.send(&tx, &mut buf).await {
+                gone = true;
+                break;
+            }
+        }
+        if !gone && !buf.is_empty() && !self.send(&tx, &mut buf).await {
+            gone = true;
+        }
+        if failed && !gone {
+            // Aborts the chunked body, so the client sees a truncated response
+            // rather than a complete-looking one.
+            let _ = tx.send(Err(std::io::Error::other("upstream failed"))).await;
+        }
+        self.app.stats.records_out.fetch_add(out, Ordering::Relaxed);
+        self.app
+            .stats
+            .malformed_skipped
+            .fetch_add(skipped, Ordering::Relaxed);
+        // SEAM: audit — records out, malformed skipped, completion state.
+        tracing::info!(
+            request_id = %self.rid, consumer = %self.consumer, port = %self.port,
+            records_out = out, malformed_skipped = skipped, upstream_failed = failed, client_gone = gone,
+            "read finished"
+        );
+    }
+}

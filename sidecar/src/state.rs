@@ -1,0 +1,163 @@
+//! The active bundle: compiled policies and the product view, behind an
+//! `ArcSwap`. Each request loads it once, so a swap (from the control port,
+//! later) never blocks or changes a request in flight.
+
+use arc_swap::ArcSwapOption;
+use meshgov_core::ProductView;
+use meshgov_core::descriptor::{Descriptor, ProductInfo};
+use meshgov_core::policies::Policies;
+use std::sync::Arc;
+
+/// What the manifest of the enforced bundle says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleMeta {
+    pub revision: u64,
+    /// `sha256:<hex>` of the signed payload.
+    pub digest: String,
+    pub created_at_unix: i64,
+    pub expires_at_unix: i64,
+}
+
+/// One loaded bundle, ready to serve.
+#[derive(Debug)]
+pub struct ActiveBundle {
+    pub policies: Policies,
+    pub view: ProductView,
+    pub meta: BundleMeta,
+    pub loaded_at_unix: i64,
+}
+
+/// Why a bundle cannot be enforced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("the bundle was sliced for product `{bundle}`, but this sidecar serves `{descriptor}`")]
+    WrongProduct { bundle: String, descriptor: String },
+    #[error("the descriptor does not resolve against the bundle's mesh: {0}")]
+    Descriptor(String),
+    #[error("bundle rejected: {0}")]
+    Rejected(String),
+}
+
+impl ActiveBundle {
+    /// Compiles the product view for `descriptor` against `policies`.
+    pub fn new(
+        policies: Policies,
+        descriptor: &Descriptor,
+        meta: BundleMeta,
+        now_unix: i64,
+    ) -> Result<ActiveBundle, BundleError> {
+        let id = descriptor.product_id();
+        if let Some(p) = &policies.product
+            && p != &id
+        {
+            return Err(BundleError::WrongProduct {
+                bundle: p.clone(),
+                descriptor: id,
+            });
+        }
+        let info =
+            ProductInfo::resolve(descriptor, &policies.mesh).map_err(BundleError::Descriptor)?;
+        Ok(ActiveBundle {
+            policies,
+            view: ProductView::new(info),
+            meta,
+            loaded_at_unix: now_unix,
+        })
+    }
+
+    pub fn expired_at(&self, now_unix: i64) -> bool {
+        now_unix >= self.meta.expires_at_unix
+    }
+}
+
+/// Why there is nothing to enforce right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    NoBundle,
+    Expired { revision: u64, expires_at_unix: i64 },
+}
+
+impl Unavailable {
+    pub fn reason(&self) -> String {
+        match self {
+            Unavailable::NoBundle => {
+                "no valid policy bundle is loaded; the sidecar serves nothing until one is".into()
+            }
+            Unavailable::Expired {
+                revision,
+                expires_at_unix,
+            } => format!(
+                "policy bundle revision {revision} expired at {}; the sidecar serves nothing until a fresh one arrives",
+                crate::clock::rfc3339(*expires_at_unix)
+            ),
+        }
+    }
+}
+
+/// The slot every request reads.
+#[derive(Default)]
+pub struct BundleSlot {
+    current: ArcSwapOption<ActiveBundle>,
+}
+
+impl BundleSlot {
+    /// The bundle to enforce at `now_unix`, or why there is none. Callers
+    /// hold the returned `Arc` for the whole request.
+    pub fn valid_at(&self, now_unix: i64) -> Result<Arc<ActiveBundle>, Unavailable> {
+        let b = self.current.load_full().ok_or(Unavailable::NoBundle)?;
+        if b.expired_at(now_unix) {
+            return Err(Unavailable::Expired {
+                revision: b.meta.revision,
+                expires_at_unix: b.meta.expires_at_unix,
+            });
+        }
+        Ok(b)
+    }
+
+    /// The loaded bundle, valid or not (for status and discovery).
+    pub fn current(&self) -> Option<Arc<ActiveBundle>> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new bundle. Requests in flight keep the one they loaded.
+    pub fn install(&self, b: ActiveBundle) {
+        self.current.store(Some(Arc::new(b)));
+    }
+}
+
+/// Verifies a signed bundle envelope (DSSE, Ed25519; see `meshgov-bundle`)
+/// for this sidecar's mesh and product at `now_unix`, and compiles its
+/// components. Any failure is a refusal; nothing unverified is returned.
+pub fn verify_bundle(
+    envelope: &[u8],
+    trust: &meshgov_bundle::TrustStore,
+    mesh: &str,
+    product: &str,
+    now_unix: i64,
+) -> Result<(Policies, BundleMeta), BundleError> {
+    let expect = meshgov_bundle::Expect {
+        mesh: Some(mesh),
+        product: Some(product),
+        ..meshgov_bundle::Expect::default()
+    };
+    let verified = meshgov_bundle::verify(envelope, trust, now_unix, &expect)
+        .map_err(|e| BundleError::Rejected(format!("{} ({})", e, e.code())))?;
+    let digest = verified.digest().to_string();
+    let (manifest, components) = verified.into_parts();
+    let policies = Policies::from_components(&components, manifest.product.clone())
+        .map_err(|e| BundleError::Rejected(format!("{e} (components)")))?;
+    let unix = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(time::OffsetDateTime::unix_timestamp)
+            .map_err(|_| BundleError::Rejected(format!("manifest time `{s}` is not RFC 3339")))
+    };
+    Ok((
+        policies,
+        BundleMeta {
+            revision: manifest.revision,
+            digest,
+            created_at_unix: unix(&manifest.created_at)?,
+            expires_at_unix: unix(&manifest.expires_at)?,
+        },
+    ))
+}

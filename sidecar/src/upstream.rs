@@ -1,0 +1,563 @@
+//! The product's real output port, read as a stream of records.
+//!
+//! Two modes:
+//!
+//! - **Directory** (`upstream.kind = "dir"`): `<path>/<port>/` holds the
+//!   port's files, `*.ndjson` / `*.jsonl` (one JSON object per line) or
+//!   `*.csv` (a header row, then one record per line; quoted cells may not
+//!   span lines). Files are **time-partitioned by name**:
+//!   - `YYYY-MM-DD*` holds records of that UTC day,
+//!   - `YYYY-MM*` (no day) holds records of that UTC month,
+//!   - any other name is undated and always read.
+//!
+//!   A read with `from`/`to` opens only the files whose period overlaps
+//!   the window, in name order. Records are still checked one by one
+//!   against the window, so a misfiled record never escapes it.
+//! - **HTTP** (`upstream.kind = "http"`): `GET {url}/{port}?from=&to=`
+//!   answering NDJSON, read as it arrives.
+//!
+//! Either way records are read in bounded chunks; nothing holds the data set.
+//! A line longer than `limits.max_line_bytes`, a line that is not a JSON
+//! object, or a CSV row with the wrong number of cells is *malformed*: it is
+//! skipped and counted, never passed through.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use time::format_description::well_known::Rfc3339;
+use time::{Date, Month, OffsetDateTime};
+use tokio::io::AsyncReadExt;
+
+use crate::shape::Record;
+
+/// The window a read asks for: `[from, to)`, either end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+}
+
+impl Window {
+    fn overlaps(&self, start: OffsetDateTime, end: OffsetDateTime) -> bool {
+        self.to.is_none_or(|t| start < t) && self.from.is_none_or(|f| end > f)
+    }
+
+    pub fn contains(&self, t: OffsetDateTime) -> bool {
+        self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|to| t < to)
+    }
+}
+
+/// The upstream failed; the detail is logged, not shown to consumers.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UpstreamError(pub String);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileFormat {
+    Ndjson,
+    Csv,
+}
+
+/// A configured upstream.
+pub enum Upstream {
+    Dir(PathBuf),
+    Http {
+        base: String,
+        client: Client<HttpConnector, Empty<Bytes>>,
+    },
+}
+
+const CHUNK: usize = 64 * 1024;
+const HTTP_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Upstream {
+    pub fn from_config(c: &crate::config::UpstreamConfig) -> Upstream {
+        match c {
+            crate::config::UpstreamConfig::Dir(p) => Upstream::Dir(p.clone()),
+            crate::config::UpstreamConfig::Http(base) => Upstream::Http {
+                base: base.clone(),
+                client: Client::builder(TokioExecutor::new()).build_http(),
+            },
+        }
+    }
+
+    /// Opens the port's records in `window`. Fails (→ 502) only if the
+    /// upstream cannot be reached at all.
+    pub async fn open(
+        &self,
+        port: &str,
+        window: Window,
+        max_line: usize,
+    ) -> Result<RecordReader, UpstreamError> {
+        // INVARIANT: `port` passed `request::valid_port_name`, so joining it
+        // cannot leave the upstream directory.
+        let source = match self {
+            Upstream::Dir(root) => {
+                let dir = root.join(port);
+                let files = list_partitions(&dir, window).await?;
+                Source::Files {
+                    files: files.into(),
+                    current: None,
+                }
+            }
+            Upstream::Http { base, client } => {
+                let mut uri = format!("{base}/{port}");
+                let mut sep = '?';
+                for (k, t) in [("from", window.from), ("to", window.to)] {
+                    if let Some(t) = t {
+                        let utc = t.to_offset(time::UtcOffset::UTC);
+                        let s = utc
+                            .format(&Rfc3339)
+                            .map_err(|e| UpstreamError(e.to_string()))?;
+                        uri.push_str(&format!("{sep}{k}={s}"));
+                        sep = '&';
+                    }
+                }
+                let uri: http::Uri = uri
+                    .parse()
+                    .map_err(|e| UpstreamError(format!("bad upstream URI: {e}")))?;
+                let resp = tokio::time::timeout(HTTP_HEADERS_TIMEOUT, client.get(uri))
+                    .await
+                    .map_err(|_| UpstreamError("upstream did not answer in time".into()))?
+                    .map_err(|e| UpstreamError(format!("upstream request failed: {e}")))?;
+                if !resp.status().is_success() {
+                    return Err(UpstreamError(format!(
+                        "upstream answered {}",
+                        resp.status()
+                    )));
+                }
+                Source::Http(resp.into_body())
+            }
+        };
+        Ok(RecordReader {
+            source,
+            format: FileFormat::Ndjson,
+            lines: Lines {
+                chunk: Bytes::new(),
+                pos: 0,
+                max: max_line,
+            },
+            line: Vec::new(),
+            csv_header: None,
+        })
+    }
+}
+
+/// The period a file name covers, if it is dated.
+fn period_of(name: &str) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    let num = |s: Option<&str>| s.and_then(|s| s.parse::<i32>().ok());
+    let b = name.as_bytes();
+    let dash = |i: usize| b.get(i) == Some(&b'-');
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    if !(digits(0..4) && dash(4) && digits(5..7)) {
+        return None;
+    }
+    let year = num(name.get(0..4))?;
+    let month = Month::try_from(u8::try_from(num(name.get(5..7))?).ok()?).ok()?;
+    if dash(7) && digits(8..10) {
+        let day = u8::try_from(num(name.get(8..10))?).ok()?;
+        let d = Date::from_calendar_date(year, month, day).ok()?;
+        let start = d.midnight().assume_utc();
+        return Some((start, start + time::Duration::days(1)));
+    }
+    let start = Date::from_calendar_date(year, month, 1)
+        .ok()?
+        .midnight()
+        .assume_utc();
+    let next = if month == Month::December {
+        Date::from_calendar_date(year + 1, Month::January, 1)
+    } else {
+        Date::from_calendar_date(year, month.next(), 1)
+    }
+    .ok()?;
+    Some((start, next.midnight().assume_utc()))
+}
+
+fn format_of(name: &str) -> Option<FileFormat> {
+    if name.starts_with('.') {
+        return None;
+    }
+    if name.ends_with(".ndjson") || name.ends_with(".jsonl") {
+        Some(FileFormat::Ndjson)
+    } else if name.ends_with(".csv") {
+        Some(FileFormat::Csv)
+    } else {
+        None
+    }
+}
+
+/// The port's files that overlap `window`, sorted by name.
+async fn list_partitions(
+    dir: &Path,
+    window: Window,
+) -> Result<Vec<(PathBuf, FileFormat)>, UpstreamError> {
+    let mut rd = tokio::fs::read_dir(dir)
+        .await
+        .map_err(|e| UpstreamError(format!("cannot list `{}`: {e}", dir.display())))?;
+    let mut out = Vec::new();
+    while let Some(entry) = rd
+        .next_entry()
+        .await
+        .map_err(|e| UpstreamError(format!("cannot list `{}`: {e}", dir.display())))?
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(fmt) = format_of(&name) else {
+            continue;
+        };
+        if let Some((start, end)) = period_of(&name)
+            && !window.overlaps(start, end)
+        {
+            continue;
+        }
+        out.push((entry.path(), fmt));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+enum Source {
+    Files {
+        files: VecDeque<(PathBuf, FileFormat)>,
+        current: Option<tokio::fs::File>,
+    },
+    Http(hyper::body::Incoming),
+}
+
+/// One item read from upstream.
+#[derive(Debug)]
+pub enum Item {
+    Record(Record),
+    /// A line that is not a record: skipped and counted.
+    Malformed,
+}
+
+/// Splits chunks into lines, holding at most `max` bytes of one line.
+struct Lines {
+    chunk: Bytes,
+    pos: usize,
+    max: usize,
+}
+
+enum Chunk {
+    Data(Bytes),
+    FileEnd,
+}
+
+enum Line {
+    Ok,
+    TooLong,
+}
+
+/// Reads records one at a time; memory is one chunk plus one line.
+pub struct RecordReader {
+    source: Source,
+    /// The format of the file being read (HTTP upstreams are NDJSON).
+    format: FileFormat,
+    lines: Lines,
+    line: Vec<u8>,
+    csv_header: Option<Vec<String>>,
+}
+
+impl RecordReader {
+    /// The next chunk; `FileEnd` after each file, so a last line without a
+    /// newline ends with its own file (and is read in that file's format).
+    async fn next_chunk(&mut self) -> Result<Option<Chunk>, UpstreamError> {
+        match &mut self.source {
+            Source::Http(body) => loop {
+                match body.frame().await {
+                    None => return Ok(None),
+                    Some(Err(e)) => {
+                        return Err(UpstreamError(format!("upstream body failed: {e}")));
+                    }
+                    Some(Ok(f)) => {
+                        if let Ok(data) = f.into_data()
+                            && !data.is_empty()
+                        {
+                            return Ok(Some(Chunk::Data(data)));
+                        }
+                    }
+                }
+            },
+            Source::Files { files, current } => loop {
+                if let Some(file) = current {
+                    let mut buf = vec![0u8; CHUNK];
+                    let n = file
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| UpstreamError(format!("read failed: {e}")))?;
+                    if n > 0 {
+                        buf.truncate(n);
+                        return Ok(Some(Chunk::Data(Bytes::from(buf))));
+                    }
+                    *current = None;
+                    return Ok(Some(Chunk::FileEnd));
+                }
+                let Some((path, fmt)) = files.pop_front() else {
+                    return Ok(None);
+                };
+                let f = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| UpstreamError(format!("cannot open `{}`: {e}", path.display())))?;
+                *current = Some(f);
+                // A new file: its own format, and (for CSV) its own header.
+                self.format = fmt;
+                self.csv_header = None;
+            },
+        }
+    }
+
+    /// The next line into `self.line`; `None` at the end of everything.
+    async fn next_line(&mut self) -> Result<Option<Line>, UpstreamError> {
+        self.line.clear();
+        let mut over = false;
+        let mut any = false;
+        let done = |over: bool| if over { Line::TooLong } else { Line::Ok };
+        loop {
+            let rest = self.lines.chunk.get(self.lines.pos..).unwrap_or_default();
+            if rest.is_empty() {
+                match self.next_chunk().await? {
+                    None => return Ok(any.then(|| done(over))),
+                    Some(Chunk::FileEnd) if any => return Ok(Some(done(over))),
+                    Some(Chunk::FileEnd) => continue,
+                    Some(Chunk::Data(c)) => {
+                        self.lines.chunk = c;
+                        self.lines.pos = 0;
+                        continue;
+                    }
+                }
+            }
+            any = true;
+            let (part, consumed, complete) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (rest.get(..i).unwrap_or_default(), i + 1, true),
+                None => (rest, rest.len(), false),
+            };
+            if !over {
+                if self.line.len() + part.len() > self.lines.max {
+                    over = true;
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(part);
+                }
+            }
+            self.lines.pos += consumed;
+            if complete {
+                return Ok(Some(done(over)));
+            }
+        }
+    }
+
+    /// The next record or malformed line; `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Item>, UpstreamError> {
+        loop {
+            let Some(l) = self.next_line().await? else {
+                return Ok(None);
+            };
+            if matches!(l, Line::TooLong) {
+                return Ok(Some(Item::Malformed));
+            }
+            if self.line.last() == Some(&b'\r') {
+                self.line.pop();
+            }
+            if self.line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match self.format {
+                FileFormat::Ndjson => {
+                    return Ok(Some(
+                        match serde_json::from_slice::<Map<String, Value>>(&self.line) {
+                            Ok(m) => Item::Record(m),
+                            Err(_) => Item::Malformed,
+                        },
+                    ));
+                }
+                FileFormat::Csv => {
+                    let Some(cells) = std::str::from_utf8(&self.line)
+                        .ok()
+                        .and_then(split_csv_line)
+                    else {
+                        return Ok(Some(Item::Malformed));
+                    };
+                    match &self.csv_header {
+                        None => {
+                            self.csv_header = Some(cells);
+                            continue;
+                        }
+                        Some(h) if h.len() == cells.len() => {
+                            let rec = h
+                                .iter()
+                                .zip(cells)
+                                .map(|(k, v)| {
+                                    let v = if v.is_empty() {
+                                        Value::Null
+                                    } else {
+                                        Value::String(v)
+                                    };
+                                    (k.clone(), v)
+                                })
+                                .collect();
+                            return Ok(Some(Item::Record(rec)));
+                        }
+                        Some(_) => return Ok(Some(Item::Malformed)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Splits one RFC 4180 line; `None` on an unterminated quote.
+pub fn split_csv_line(line: &str) -> Option<Vec<String>> {
+    let mut cells = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            (true, '"') => quoted = false,
+            (false, '"') if cur.is_empty() => quoted = true,
+            (false, ',') => cells.push(std::mem::take(&mut cur)),
+            (_, c) => cur.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    cells.push(cur);
+    Some(cells)
+}
+
+/// Reads a record's time field as RFC 3339, or a date.
+pub fn record_time(v: Option<&Value>) -> Option<OffsetDateTime> {
+    let s = v?.as_str()?;
+    OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| {
+        let f = time::macros::format_description!("[year]-[month]-[day]");
+        Date::parse(s, &f).ok().map(|d| d.midnight().assume_utc())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn file_periods() {
+        let (s, e) = period_of("2026-03-01.ndjson").unwrap();
+        assert_eq!(s, datetime!(2026-03-01 0:00 UTC));
+        assert_eq!(e, datetime!(2026-03-02 0:00 UTC));
+        let (s, e) = period_of("2026-12-part1.csv").unwrap();
+        assert_eq!(
+            (s, e),
+            (
+                datetime!(2026-12-01 0:00 UTC),
+                datetime!(2027-01-01 0:00 UTC)
+            )
+        );
+        assert!(period_of("all.ndjson").is_none());
+        assert!(period_of("2026-13-01.ndjson").is_none());
+    }
+
+    #[test]
+    fn only_overlapping_files_are_listed() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "2026-03-01.ndjson",
+            "2026-03-02.ndjson",
+            "2026-03-03.ndjson",
+            "undated.ndjson",
+            "notes.txt",
+        ] {
+            std::fs::write(d.path().join(n), "").unwrap();
+        }
+        let w = Window {
+            from: Some(datetime!(2026-03-02 12:00 UTC)),
+            to: Some(datetime!(2026-03-03 0:00 UTC)),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let files = rt.block_on(list_partitions(d.path(), w)).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["2026-03-02.ndjson", "undated.ndjson"]);
+    }
+
+    #[test]
+    fn files_without_a_final_newline_keep_their_last_record_and_headers() {
+        let d = tempfile::tempdir().unwrap();
+        let port = d.path().join("p");
+        std::fs::create_dir_all(&port).unwrap();
+        std::fs::write(port.join("a.csv"), "x,y\n1,2\n3,4").unwrap();
+        std::fs::write(port.join("b.csv"), "y,x\n5,6").unwrap();
+        std::fs::write(port.join("c.ndjson"), "{\"x\":7}\nnope\n{\"x\":8}").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let items = rt.block_on(async {
+            let up = Upstream::Dir(d.path().to_path_buf());
+            let mut r = up.open("p", Window::default(), 1024).await.unwrap();
+            let mut v = Vec::new();
+            while let Some(i) = r.next().await.unwrap() {
+                v.push(match i {
+                    Item::Record(m) => serde_json::Value::Object(m),
+                    Item::Malformed => serde_json::json!("malformed"),
+                });
+            }
+            v
+        });
+        let expected = [
+            serde_json::json!({"x": "1", "y": "2"}),
+            serde_json::json!({"x": "3", "y": "4"}),
+            serde_json::json!({"x": "6", "y": "5"}),
+            serde_json::json!({"x": 7}),
+            serde_json::json!("malformed"),
+            serde_json::json!({"x": 8}),
+        ];
+        assert_eq!(items, expected);
+    }
+
+    #[test]
+    fn overlong_lines_are_malformed_not_truncated() {
+        let d = tempfile::tempdir().unwrap();
+        let port = d.path().join("p");
+        std::fs::create_dir_all(&port).unwrap();
+        let long = format!("{{\"x\":\"{}\"}}", "a".repeat(200_000));
+        std::fs::write(port.join("a.ndjson"), format!("{long}\n{{\"x\":1}}\n")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let up = Upstream::Dir(d.path().to_path_buf());
+            let mut r = up.open("p", Window::default(), 1024).await.unwrap();
+            assert!(matches!(r.next().await.unwrap(), Some(Item::Malformed)));
+            assert!(matches!(r.next().await.unwrap(), Some(Item::Record(_))));
+            assert!(r.next().await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn csv_lines() {
+        assert_eq!(
+            split_csv_line("a,\"b,c\",\"d\"\"e\"").unwrap(),
+            ["a", "b,c", "d\"e"]
+        );
+        assert!(split_csv_line("\"open").is_none());
+    }
+}

@@ -1,0 +1,55 @@
+//! The `meshgov-sidecar` binary's contract: bad config exits 64 naming the key.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::Command;
+
+fn run(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"));
+    cmd.arg("--config").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const OK: &str = r#"mesh = "m"
+descriptor = "missing.yaml"
+[listen]
+data = "127.0.0.1:0"
+[upstream]
+path = "data"
+[auth]
+issuer = "i"
+audience = "a"
+[[auth.keys]]
+alg = "EdDSA"
+x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+"#;
+
+#[test]
+fn bad_config_exits_64_and_names_the_key() {
+    let (code, err) = run(&OK.replace("EdDSA", "none"), &[]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("auth.keys[0].alg"), "{err}");
+    let (code, err) = run(OK, &[("MESHGOV_SIDECAR_LISTEN_DATA", "not-an-address")]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("listen.data"), "{err}");
+    // A valid file whose descriptor is missing: the key is `descriptor`.
+    let (code, err) = run(OK, &[]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("`descriptor`"), "{err}");
+    let (code, _) = run("not = [toml", &[]);
+    assert_eq!(code, Some(64));
+}

@@ -1,0 +1,372 @@
+//! A sidecar on 127.0.0.1:0 over the example mesh, with keys and tokens
+//! minted here, and a tiny raw HTTP/1.1 client (so tests can send odd bytes).
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use meshgov_core::descriptor::ProductInfo;
+use meshgov_core::{SourceSet, check};
+use meshgov_sidecar::config::Strings;
+use meshgov_sidecar::{App, Config, clock, server};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub const ISSUER: &str = "https://idp.media.example";
+pub const AUDIENCE: &str = "meshgov";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn b64u(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Consumer-token signing keys, generated per test run (RSA from a fixture).
+pub struct Keys {
+    pub ed_pkcs8: Vec<u8>,
+    pub ed_public: Vec<u8>,
+    pub ec_pkcs8: Vec<u8>,
+    pub ec_public: Vec<u8>,
+    pub rsa_private_pem: Vec<u8>,
+    pub rsa_public_pem: String,
+}
+
+impl Keys {
+    pub fn generate() -> Keys {
+        let rng = SystemRandom::new();
+        let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed_pair = Ed25519KeyPair::from_pkcs8(ed.as_ref()).unwrap();
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ec_pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, ec.as_ref(), &rng).unwrap();
+        let fx = repo().join("sidecar/tests/fixtures");
+        Keys {
+            ed_pkcs8: ed.as_ref().to_vec(),
+            ed_public: ed_pair.public_key().as_ref().to_vec(),
+            ec_pkcs8: ec.as_ref().to_vec(),
+            ec_public: ec_pair.public_key().as_ref().to_vec(),
+            rsa_private_pem: std::fs::read(fx.join("rs256-test.key.pem")).unwrap(),
+            rsa_public_pem: fx.join("rs256-test.pub.pem").display().to_string(),
+        }
+    }
+}
+
+pub fn now() -> i64 {
+    clock::now_unix()
+}
+
+/// Standard claims for `sub` in `groups` asking for `purpose`.
+pub fn claims(sub: &str, groups: &[&str], purpose: &str) -> serde_json::Value {
+    serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": sub,
+        "groups": groups, "purpose": purpose,
+        "iat": now(), "exp": now() + 600,
+    })
+}
+
+pub fn sign(keys: &Keys, alg: Algorithm, claims: &serde_json::Value) -> String {
+    let key = match alg {
+        Algorithm::EdDSA => EncodingKey::from_ed_der(&keys.ed_pkcs8),
+        Algorithm::ES256 => EncodingKey::from_ec_der(&keys.ec_pkcs8),
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&keys.rsa_private_pem).unwrap(),
+        _ => panic!("unsupported in tests"),
+    };
+    jsonwebtoken::encode(&Header::new(alg), claims, &key).unwrap()
+}
+
+pub fn token(keys: &Keys, sub: &str, groups: &[&str], purpose: &str) -> String {
+    sign(keys, Algorithm::EdDSA, &claims(sub, groups, purpose))
+}
+
+/// Compiles the example mesh and slices it for `product_file`.
+pub fn policies_for(descriptor: &meshgov_core::descriptor::Descriptor) -> meshgov_core::Policies {
+    let src = SourceSet::read_dir(&repo().join("policies")).unwrap();
+    let checked = check(&src);
+    let all = checked.policies.expect("the example mesh checks clean");
+    let info = ProductInfo::resolve(descriptor, &all.mesh).unwrap();
+    all.slice(&info)
+}
+
+/// The governance key that signs bundles in tests, generated per run.
+pub fn governance_key() -> meshgov_bundle::SigningKey {
+    let pem = meshgov_bundle::SigningKey::generate_pkcs8_pem(&SystemRandom::new()).unwrap();
+    meshgov_bundle::SigningKey::from_pkcs8_pem(&pem).unwrap()
+}
+
+/// A real signed bundle of the example mesh, sliced for `descriptor`.
+pub fn signed_bundle(
+    key: &meshgov_bundle::SigningKey,
+    descriptor: &meshgov_core::descriptor::Descriptor,
+    revision: u64,
+    expires_in: i64,
+) -> Vec<u8> {
+    let policies = policies_for(descriptor);
+    let payload = meshgov_bundle::BundlePayload::new(
+        meshgov_bundle::BundleMeta {
+            mesh: "media-mesh".into(),
+            revision,
+            created_at_unix: now() - 60,
+            expires_at_unix: now() + expires_in,
+            source_commit: Some("test".into()),
+            product: policies.product.clone(),
+        },
+        policies.components(),
+    )
+    .unwrap();
+    meshgov_bundle::sign(&payload.to_canonical_bytes(), &[key])
+        .unwrap()
+        .to_json_bytes()
+}
+
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub dir: tempfile::TempDir,
+    pub gov: meshgov_bundle::SigningKey,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sidecar {
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+}
+
+pub struct Options {
+    /// `policies/products/<product>.yaml`
+    pub product: &'static str,
+    pub install_bundle: bool,
+    pub expires_in: i64,
+    pub upstream: Option<String>,
+    pub extra_config: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            product: "user-profiles",
+            install_bundle: true,
+            expires_in: 3600,
+            upstream: None,
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// Writes `lines` as one upstream file of `port`.
+pub fn write_upstream(dir: &Path, port: &str, name: &str, text: &str) {
+    let d = dir.join("data").join(port);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join(name), text).unwrap();
+}
+
+pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("user-identity.key"),
+        "test-pseudonym-key-0123456789",
+    )
+    .unwrap();
+    let descriptor = repo().join(format!("policies/products/{}.yaml", opts.product));
+    let upstream = opts
+        .upstream
+        .clone()
+        .unwrap_or_else(|| format!("path = {:?}", dir.path().join("data").display().to_string()));
+    let (ex, ey) = (&keys.ec_public[1..33], &keys.ec_public[33..65]);
+    let gov = governance_key();
+    let cfg = format!(
+        r#"
+mesh = "media-mesh"
+trusted_bundle_keys = ["{gov_pub}"]
+descriptor = {descriptor:?}
+[listen]
+data = "127.0.0.1:0"
+[upstream]
+{upstream}
+[auth]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+leeway_seconds = 0
+[[auth.keys]]
+alg = "EdDSA"
+x = "{edx}"
+[[auth.keys]]
+alg = "ES256"
+x = "{ecx}"
+y = "{ecy}"
+[[auth.keys]]
+alg = "RS256"
+pem_file = {rsa:?}
+[pseudonym_keys]
+user-identity = "user-identity.key"
+{extra}
+"#,
+        descriptor = descriptor.display().to_string(),
+        edx = b64u(&keys.ed_public),
+        ecx = b64u(ex),
+        ecy = b64u(ey),
+        rsa = keys.rsa_public_pem,
+        extra = opts.extra_config,
+        gov_pub = gov.public_key(),
+    );
+    let cfg = Config::from_toml(
+        &cfg,
+        dir.path(),
+        &BTreeMap::<String, String>::new() as &dyn Strings,
+    )
+    .unwrap();
+    let app = App::from_config(&cfg).unwrap();
+    if opts.install_bundle {
+        let envelope = signed_bundle(&gov, &app.descriptor, 7, opts.expires_in);
+        std::fs::write(dir.path().join("bundle.dsse.json"), &envelope).unwrap();
+        if let Err(e) = app.load_bundle_file(&dir.path().join("bundle.dsse.json"), now()) {
+            assert!(opts.expires_in <= 0, "a fresh signed bundle must load: {e}");
+        }
+    }
+    let app = Arc::new(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(server::serve(listener, Arc::clone(&app), async move {
+        let _ = rx.await;
+    }));
+    Sidecar {
+        addr,
+        app,
+        dir,
+        gov,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        String::from_utf8(self.body.clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn error_code(&self) -> String {
+        self.json()["error"].as_str().unwrap().to_string()
+    }
+}
+
+/// Sends raw bytes, reads to close, decodes a (possibly chunked) response.
+pub async fn raw(addr: SocketAddr, request: Vec<u8>) -> Resp {
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        s.write_all(&request).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        parse_response(&buf)
+    })
+    .await
+    .unwrap()
+}
+
+pub fn parse_response(buf: &[u8]) -> Resp {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let rest = &buf[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
+        b = &b[nl + 2 + size + 2..];
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw(addr, req.into_bytes()).await
+}
+
+pub async fn get_as(addr: SocketAddr, path: &str, token: &str) -> Resp {
+    get(addr, path, &[("Authorization", &format!("Bearer {token}"))]).await
+}
