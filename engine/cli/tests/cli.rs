@@ -65,6 +65,12 @@ fn init_check_test_keygen_build_inspect() {
     // Keys are never silently overwritten.
     assert_eq!(code(&meshgov(&["keygen", "--out", "keys/guild"], d)), 2);
 
+    // A fixed build time, an hour ago, so the bundle is valid now.
+    let hour_ago = time::OffsetDateTime::now_utc().unix_timestamp() / 3600 * 3600 - 3600;
+    let created = time::OffsetDateTime::from_unix_timestamp(hour_ago).unwrap();
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    let created_at = created.format(&fmt).unwrap();
+    let expires_at = (created + time::Duration::days(1)).format(&fmt).unwrap();
     let build = |out: &str, extra: &[&str]| {
         let mut args = vec![
             "build",
@@ -74,7 +80,7 @@ fn init_check_test_keygen_build_inspect() {
             "--out",
             out,
             "--created-at",
-            "2030-01-01T00:00:00Z",
+            &created_at,
             "--revision",
             "7",
         ];
@@ -106,8 +112,8 @@ fn init_check_test_keygen_build_inspect() {
     assert_eq!(v["manifest"]["product"], "users/user-profiles");
     assert_eq!(v["manifest"]["revision"], 7);
     assert_eq!(v["manifest"]["mesh"], "media-mesh");
-    assert_eq!(v["manifest"]["created_at"], "2030-01-01T00:00:00Z");
-    assert_eq!(v["manifest"]["expires_at"], "2030-01-02T00:00:00Z");
+    assert_eq!(v["manifest"]["created_at"], created_at.as_str());
+    assert_eq!(v["manifest"]["expires_at"], expires_at.as_str());
 }
 
 #[test]

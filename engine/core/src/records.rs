@@ -4,7 +4,9 @@
 //! first record is read.
 
 use crate::plan::{ReadPlan, Treatment};
-use meshgov_anonymize::{Clause, CompareOp, DatePart, FieldRule, RecordPlan, RowPredicate, Transform};
+use meshgov_anonymize::{
+    Clause, CompareOp, DatePart, FieldRule, RecordPlan, RowPredicate, Transform,
+};
 use ring::hmac;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,8 +42,10 @@ impl KeyRing {
                 meshgov_anonymize::MIN_HMAC_KEY_LEN
             ));
         }
-        self.keys
-            .insert(scope.to_string(), Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret)));
+        self.keys.insert(
+            scope.to_string(),
+            Arc::new(hmac::Key::new(hmac::HMAC_SHA256, secret)),
+        );
         Ok(())
     }
 
@@ -86,7 +90,10 @@ fn transform(t: &Treatment, keys: &KeyRing) -> Result<Transform, RecordPlanError
             mask_char: rule.mask_char.unwrap_or('*'),
         },
         "hmac" => {
-            let scope = rule.key_scope.as_deref().ok_or_else(|| invalid("no key scope"))?;
+            let scope = rule
+                .key_scope
+                .as_deref()
+                .ok_or_else(|| invalid("no key scope"))?;
             let key = keys
                 .keys
                 .get(scope)
@@ -133,7 +140,12 @@ impl ReadPlan {
         let fields = self
             .fields
             .iter()
-            .map(|f| Ok(FieldRule::new(f.name.clone(), transform(&f.treatment, keys)?)))
+            .map(|f| {
+                Ok(FieldRule::new(
+                    f.name.clone(),
+                    transform(&f.treatment, keys)?,
+                ))
+            })
             .collect::<Result<Vec<_>, RecordPlanError>>()?;
         let clauses = self
             .row_filters
@@ -150,9 +162,11 @@ impl ReadPlan {
                 ))
             })
             .collect::<Result<Vec<_>, RecordPlanError>>()?;
-        RecordPlan::new(fields, RowPredicate::all(clauses)).map_err(|e| RecordPlanError::InvalidRule {
-            rule: "read plan".into(),
-            reason: e.to_string(),
+        RecordPlan::new(fields, RowPredicate::all(clauses)).map_err(|e| {
+            RecordPlanError::InvalidRule {
+                rule: "read plan".into(),
+                reason: e.to_string(),
+            }
         })
     }
 }
@@ -170,7 +184,9 @@ pub fn apply_to_values(
     for record in input {
         let line = serde_json::to_vec(record).map_err(|e| e.to_string())?;
         buf.clear();
-        if program.apply_json(&line, &mut buf).map_err(|e| e.to_string())?
+        if program
+            .apply_json(&line, &mut buf)
+            .map_err(|e| e.to_string())?
             == meshgov_anonymize::Outcome::Emitted
         {
             out.push(serde_json::from_slice(&buf).map_err(|e| e.to_string())?);
