@@ -1,0 +1,151 @@
+//! Compiled policies survive the trip through bundle components unchanged,
+//! slices keep only what applies, and hostile files never panic the checker.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use meshgov_core::descriptor::{Descriptor, ProductInfo};
+use meshgov_core::policies::Policies;
+use meshgov_core::source::{SourceFile, SourceSet};
+use meshgov_core::{Asker, Principal, ProductView};
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
+}
+
+fn checked() -> meshgov_core::Checked {
+    meshgov_core::check(&SourceSet::read_dir(&root()).unwrap())
+}
+
+fn product(policies: &Policies, file: &str) -> ProductInfo {
+    let text = std::fs::read_to_string(root().join("products").join(file)).unwrap();
+    ProductInfo::resolve(&Descriptor::parse(file, &text).unwrap(), &policies.mesh).unwrap()
+}
+
+fn plans(p: &Policies, info: &ProductInfo, port: &str) -> Vec<meshgov_core::ReadPlan> {
+    let view = ProductView::new(info.clone());
+    let who = [
+        ("ana", "marketing", "campaign-analytics"),
+        ("frank", "fraud", "fraud-investigation"),
+        ("dana", "data-science", "product-analytics"),
+        ("pay", "payments", "royalty-payments"),
+        ("eve", "outsiders", "product-analytics"),
+    ];
+    who.iter()
+        .map(|(id, group, purpose)| {
+            let principal = Principal {
+                id: id.to_string(),
+                groups: vec![group.to_string()],
+                ..Default::default()
+            };
+            p.plan_read(
+                &view,
+                port,
+                Asker {
+                    principal: &principal,
+                    purpose,
+                    now_unix: 0,
+                },
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn bundle_components_round_trip_to_identical_decisions() {
+    let p = checked().policies.unwrap();
+    let back = Policies::from_components(&p.components(), None).unwrap();
+    assert_eq!(back.components(), p.components(), "components are stable");
+    for (file, port) in [
+        ("user-profiles.yaml", "profiles"),
+        ("play-events.yaml", "plays"),
+        ("artist-payments.yaml", "payments"),
+    ] {
+        let info = product(&p, file);
+        assert_eq!(plans(&p, &info, port), plans(&back, &info, port), "{file}");
+    }
+}
+
+#[test]
+fn a_slice_decides_like_the_whole_mesh_and_holds_only_its_rules() {
+    let p = checked().policies.unwrap();
+    let info = product(&p, "play-events.yaml");
+    let slice = p.slice(&info);
+    assert_eq!(slice.product.as_deref(), Some("playback/play-events"));
+    assert_eq!(plans(&p, &info, "plays"), plans(&slice, &info, "plays"));
+    let ids: Vec<&str> = slice
+        .access
+        .texts()
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert!(
+        ids.iter()
+            .all(|id| id.starts_with("playback.") || id.starts_with("mesh.")),
+        "{ids:?}"
+    );
+    assert!(ids.contains(&"playback.payments-read"));
+    let users = slice.components();
+    let text = users.values().cloned().collect::<String>();
+    assert!(
+        !text.contains("users.fraud-reveal-email"),
+        "another product's policy leaked into the slice"
+    );
+    // The user-profiles slice has no playback row filter or privacy rule.
+    let up = p.slice(&product(&p, "user-profiles.yaml"));
+    assert!(up.row_filters.is_empty() && up.privacy.is_empty());
+    assert_eq!(slice.row_filters.len(), 1);
+}
+
+#[test]
+fn malformed_components_are_refused() {
+    let p = checked().policies.unwrap();
+    let mut c = p.components();
+    c.insert("anonymization.json".into(), "{not json".into());
+    assert!(Policies::from_components(&c, None).is_err());
+    let mut c = p.components();
+    c.remove("mesh.json");
+    let e = Policies::from_components(&c, None).unwrap_err();
+    assert_eq!(e.to_string(), "the bundle has no `mesh.json` component");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Any bytes in any policy file give diagnostics, never a panic.
+    #[test]
+    fn hostile_files_never_panic(text in "\\PC{0,400}", which in 0usize..6) {
+        let mut src = SourceSet::read_dir(&root()).unwrap();
+        let file = |p: &str| SourceFile::new(p, text.clone());
+        match which {
+            0 => src.mesh = Some(file("mesh.toml")),
+            1 => src.schema = Some(file("access/schema.cedarschema")),
+            2 => src.access.push(file("access/x.cedar")),
+            3 => src.anonymization.push(file("anonymization/x.toml")),
+            4 => src.privacy.push(file("privacy/x.toml")),
+            _ => src.products.push(file("products/x.yaml")),
+        }
+        let checked = meshgov_core::check(&src);
+        for d in &checked.diagnostics {
+            prop_assert!(d.pos.line >= 1 && d.pos.col >= 1);
+        }
+    }
+
+    /// Mutating one byte of a valid file is reported or harmless.
+    #[test]
+    fn one_byte_mutations_never_panic(at in 0usize..2000, byte in any::<u8>()) {
+        let mut src = SourceSet::read_dir(&root()).unwrap();
+        let f = &mut src.anonymization[0];
+        let mut bytes = f.text.clone().into_bytes();
+        let i = at % bytes.len();
+        bytes[i] = byte;
+        *f = SourceFile::new(f.path.clone(), String::from_utf8_lossy(&bytes).into_owned());
+        let _ = meshgov_core::check(&src);
+    }
+}
