@@ -3,15 +3,17 @@
 //! [`Policies`].
 
 use crate::access::Access;
-use crate::anonymization::{AnonymizationFile, FILTER_OPS, GENERALIZATIONS, TRANSFORMS};
+use crate::anonymization::{
+    AnonRule, AnonymizationFile, FILTER_OPS, GENERALIZATIONS, RowFilterRule, TRANSFORMS,
+};
 use crate::descriptor::Descriptor;
 use crate::diag::{Diagnostic, Diagnostics, Position};
 use crate::mesh::MeshConfig;
-use crate::plugins::{PLUGIN_KINDS, PluginFile};
+use crate::plugins::{PLUGIN_KINDS, PluginFile, PluginManifest};
 use crate::policies::Policies;
-use crate::privacy::{AGGREGATIONS, PrivacyFile};
+use crate::privacy::{AGGREGATIONS, PrivacyFile, PrivacyRule};
 use crate::source::{SourceFile, SourceSet, Step};
-use crate::standards::{CHECKS, StandardsFile};
+use crate::standards::{CHECKS, StandardRule, StandardsFile};
 use crate::testing::TestFile;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -49,7 +51,7 @@ impl Ids {
 
 pub fn check(src: &SourceSet) -> Checked {
     let mut diags = Diagnostics::default();
-    let mut ids = Ids::default();
+    let ids = Ids::default();
 
     let mesh = match &src.mesh {
         None => {
@@ -65,498 +67,32 @@ pub fn check(src: &SourceSet) -> Checked {
         Some(f) => check_mesh(f, &mut diags),
     };
 
-    let access = Access::load(src.schema.as_ref(), &src.access, &mut diags);
-    for (id, _) in access.iter().flat_map(|a| a.texts()) {
-        ids.0.insert(id.clone(), "an access policy".into());
-    }
-
-    let mut plugins = Vec::new();
-    for f in &src.plugins {
-        if let Ok(doc) = f
-            .parse_toml::<PluginFile>("PLUGIN-PARSE")
-            .map_err(|d| diags.push(d))
-        {
-            let loc = f.locator();
-            for (i, p) in doc.plugins.iter().enumerate() {
-                let at = |k: &str| loc.at(&[Step::Key("plugins"), Step::Index(i), Step::Key(k)]);
-                ids.claim(
-                    &format!("plugin:{}", p.name),
-                    &f.path,
-                    at("name"),
-                    &mut diags,
-                );
-                if !PLUGIN_KINDS.contains(&p.kind.as_str()) {
-                    diags.push(Diagnostic::error(
-                        &f.path,
-                        at("kind"),
-                        "PLUGIN-KIND",
-                        format!("unknown plugin kind `{}`", p.kind),
-                        "use `transform` or `validator`",
-                    ));
-                }
-                match src.modules.get(&p.module) {
-                    None => diags.push(Diagnostic::error(
-                        &f.path,
-                        at("module"),
-                        "PLUGIN-MODULE",
-                        format!("plugin module `{}` was not found", p.module),
-                        "build the plugin and give its path relative to `plugins/`",
-                    )),
-                    Some(bytes) => {
-                        let digest = hex::encode(Sha256::digest(bytes));
-                        if digest != p.sha256.to_ascii_lowercase() {
-                            diags.push(Diagnostic::error(
-                                &f.path,
-                                at("sha256"),
-                                "PLUGIN-DIGEST",
-                                format!(
-                                    "plugin `{}`: module digest is {digest}, the manifest pins {}",
-                                    p.name, p.sha256
-                                ),
-                                "rebuild the pinned module, or update `sha256` after reviewing the new one",
-                            ));
-                        }
-                    }
-                }
-                plugins.push(p.clone());
-            }
-        }
-    }
-    let plugin_kind = |name: &str| {
-        plugins
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.kind.clone())
+    let mut c = Checker {
+        diags,
+        ids,
+        mesh,
+        plugins: Vec::new(),
     };
-
-    let mut anonymization = Vec::new();
-    let mut row_filters = Vec::new();
-    for f in &src.anonymization {
-        let Ok(doc) = f
-            .parse_toml::<AnonymizationFile>("ANON-PARSE")
-            .map_err(|d| diags.push(d))
-        else {
-            continue;
-        };
-        let loc = f.locator();
-        for (i, r) in doc.rules.iter().enumerate() {
-            let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
-            ids.claim(&r.id, &f.path, at("id"), &mut diags);
-            if let Some(mesh) = &mesh
-                && mesh.classification(&r.classification).is_none()
-            {
-                diags.push(unknown_classification(
-                    &f.path,
-                    at("classification"),
-                    &r.classification,
-                    mesh,
-                ));
-            }
-            let err = |k: &str, rule: &'static str, msg: String, hint: &str| {
-                Diagnostic::error(&f.path, at(k), rule, msg, hint)
-            };
-            match r.transform.as_str() {
-                "mask" if r.keep_first.is_none() && r.keep_last.is_none() => diags.push(err(
-                    "transform",
-                    "ANON-PARAM",
-                    format!("rule `{}`: `mask` needs `keep_first` or `keep_last`", r.id),
-                    "add e.g. `keep_last = 4`",
-                )),
-                "hmac" if r.key_scope.as_deref().is_none_or(str::is_empty) => diags.push(err(
-                    "transform",
-                    "ANON-PARAM",
-                    format!("rule `{}`: `hmac` needs a `key_scope`", r.id),
-                    "add e.g. `key_scope = \"user-identity\"`; products sharing a scope get joinable pseudonyms",
-                )),
-                "generalize" => match r.to.as_deref() {
-                    Some(to) if GENERALIZATIONS.contains(&to) => {
-                        if to == "bucket" && r.width.unwrap_or(0) == 0 {
-                            diags.push(err("to", "ANON-PARAM", format!("rule `{}`: `bucket` needs a positive `width`", r.id), "add e.g. `width = 10`"));
-                        }
-                        if to == "prefix" && r.chars.is_none() {
-                            diags.push(err("to", "ANON-PARAM", format!("rule `{}`: `prefix` needs `chars`", r.id), "add e.g. `chars = 3`"));
-                        }
-                    }
-                    other => diags.push(err(
-                        if other.is_some() { "to" } else { "transform" },
-                        "ANON-PARAM",
-                        format!("rule `{}`: `generalize` needs `to`, one of {}", r.id, GENERALIZATIONS.join(", ")),
-                        "add e.g. `to = \"year\"`",
-                    )),
-                },
-                "plugin" => match r.plugin.as_deref() {
-                    None => diags.push(err("transform", "ANON-PLUGIN", format!("rule `{}`: `plugin` needs `plugin = \"name\"`", r.id), "name a plugin declared in `plugins/*.toml`")),
-                    Some(name) => match plugin_kind(name) {
-                        None => diags.push(err("plugin", "ANON-PLUGIN", format!("plugin `{name}` is not declared"), "declare it in `plugins/*.toml`, or fix the name")),
-                        Some(k) if k != "transform" => diags.push(err("plugin", "ANON-PLUGIN", format!("plugin `{name}` is a `{k}`, not a `transform`"), "name a transform plugin")),
-                        Some(_) => {}
-                    },
-                },
-                t if !TRANSFORMS.contains(&t) => diags.push(err(
-                    "transform",
-                    "ANON-TRANSFORM",
-                    format!("unknown transform `{t}`"),
-                    &format!("use one of {}", TRANSFORMS.join(", ")),
-                )),
-                _ => {}
-            }
-            if let Some(other) = anonymization
-                .iter()
-                .find(|o: &&crate::anonymization::AnonRule| {
-                    o.classification == r.classification
-                        && o.domains == r.domains
-                        && o.products == r.products
-                })
-            {
-                diags.push(err(
-                    "classification",
-                    "ANON-CONFLICT",
-                    format!("rules `{}` and `{}` both treat `{}` in the same scope", other.id, r.id, r.classification),
-                    "keep one rule per classification and scope, or narrow one with `products`/`domains`",
-                ));
-            }
-            anonymization.push(r.clone());
-        }
-        for (i, r) in doc.row_filters.iter().enumerate() {
-            let at = |k: &str| loc.at(&[Step::Key("row_filters"), Step::Index(i), Step::Key(k)]);
-            ids.claim(&r.id, &f.path, at("id"), &mut diags);
-            if !FILTER_OPS.contains(&r.op.as_str()) {
-                diags.push(Diagnostic::error(
-                    &f.path,
-                    at("op"),
-                    "FILTER-OP",
-                    format!("unknown operator `{}`", r.op),
-                    format!("use one of {}", FILTER_OPS.join(", ")),
-                ));
-            } else {
-                let needs_value = !matches!(r.op.as_str(), "is_null" | "not_null");
-                let needs_list = matches!(r.op.as_str(), "in" | "not_in");
-                match (&r.value, needs_value) {
-                    (None, true) => diags.push(Diagnostic::error(
-                        &f.path,
-                        at("op"),
-                        "FILTER-VALUE",
-                        format!("row filter `{}`: `{}` needs a `value`", r.id, r.op),
-                        "add `value = …`",
-                    )),
-                    (Some(v), true) if needs_list && !v.is_array() => {
-                        diags.push(Diagnostic::error(
-                            &f.path,
-                            at("value"),
-                            "FILTER-VALUE",
-                            format!("row filter `{}`: `{}` needs a list", r.id, r.op),
-                            "write `value = [\"a\", \"b\"]`",
-                        ))
-                    }
-                    (Some(_), false) => diags.push(Diagnostic::error(
-                        &f.path,
-                        at("value"),
-                        "FILTER-VALUE",
-                        format!("row filter `{}`: `{}` takes no `value`", r.id, r.op),
-                        "remove `value`",
-                    )),
-                    _ => {}
-                }
-            }
-            if let Some(mesh) = &mesh {
-                for (j, p) in r.purposes.iter().enumerate() {
-                    if !mesh.has_purpose(p) {
-                        let pos = loc.at(&[
-                            Step::Key("row_filters"),
-                            Step::Index(i),
-                            Step::Key("purposes"),
-                            Step::Index(j),
-                        ]);
-                        diags.push(unknown_purpose(&f.path, pos, p, mesh));
-                    }
-                }
-            }
-            row_filters.push(r.clone());
-        }
+    let access = Access::load(src.schema.as_ref(), &src.access, &mut c.diags);
+    for (id, _) in access.iter().flat_map(|a| a.texts()) {
+        c.ids.0.insert(id.clone(), "an access policy".into());
     }
-
-    let mut privacy = Vec::new();
-    for f in &src.privacy {
-        let Ok(doc) = f
-            .parse_toml::<PrivacyFile>("PRIV-PARSE")
-            .map_err(|d| diags.push(d))
-        else {
-            continue;
-        };
-        let loc = f.locator();
-        for (i, r) in doc.rules.iter().enumerate() {
-            let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
-            ids.claim(&r.id, &f.path, at("id"), &mut diags);
-            let caps = mesh.as_ref().map(|m| m.privacy.clone()).unwrap_or_default();
-            let mut eps = |k: &str, v: f64, cap: f64, what: &str| {
-                if !(v.is_finite() && v > 0.0) {
-                    diags.push(Diagnostic::error(
-                        &f.path,
-                        at(k),
-                        "PRIV-EPSILON",
-                        format!(
-                            "rule `{}`: `{k}` must be a positive number, found {v}",
-                            r.id
-                        ),
-                        format!("set `{k}` above 0 and at most {cap}"),
-                    ));
-                } else if v > cap {
-                    diags.push(Diagnostic::error(&f.path, at(k), "PRIV-EPSILON", format!("rule `{}`: `{k}` = {v} exceeds the mesh cap {cap} ({what})", r.id), format!("lower `{k}` to at most {cap}, or raise the cap in `mesh.toml` [privacy]")));
-                }
-            };
-            eps(
-                "epsilon_budget",
-                r.epsilon_budget,
-                caps.max_epsilon_budget,
-                "max_epsilon_budget",
-            );
-            let query_cap = if r.epsilon_budget > 0.0 {
-                caps.max_epsilon_per_query.min(r.epsilon_budget)
-            } else {
-                caps.max_epsilon_per_query
-            };
-            eps(
-                "max_epsilon_per_query",
-                r.max_epsilon_per_query,
-                query_cap,
-                "the mesh's `max_epsilon_per_query`, and never above the rule's own budget",
-            );
-            if let Some(p) = r.product_epsilon_budget
-                && !(p.is_finite() && p > 0.0)
-            {
-                diags.push(Diagnostic::error(
-                    &f.path,
-                    at("product_epsilon_budget"),
-                    "PRIV-EPSILON",
-                    format!(
-                        "rule `{}`: `product_epsilon_budget` must be positive, found {p}",
-                        r.id
-                    ),
-                    "set a positive product-wide budget",
-                ));
-            }
-            if !(r.delta_budget.is_finite()
-                && r.delta_budget >= 0.0
-                && r.delta_budget <= caps.max_delta)
-            {
-                diags.push(Diagnostic::error(
-                    &f.path,
-                    at("delta_budget"),
-                    "PRIV-DELTA",
-                    format!(
-                        "rule `{}`: `delta_budget` = {} is outside [0, {}]",
-                        r.id, r.delta_budget, caps.max_delta
-                    ),
-                    "use a delta between 0 and the mesh's `max_delta`",
-                ));
-            }
-            for (j, a) in r.aggregations.iter().enumerate() {
-                if !AGGREGATIONS.contains(&a.as_str()) {
-                    diags.push(Diagnostic::error(
-                        &f.path,
-                        loc.at(&[
-                            Step::Key("rules"),
-                            Step::Index(i),
-                            Step::Key("aggregations"),
-                            Step::Index(j),
-                        ]),
-                        "PRIV-AGGREGATION",
-                        format!("unknown aggregation `{a}`"),
-                        format!("use one of {}", AGGREGATIONS.join(", ")),
-                    ));
-                }
-            }
-            for (field, [lo, hi]) in &r.bounds {
-                if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                    diags.push(Diagnostic::error(
-                        &f.path,
-                        loc.at(&[
-                            Step::Key("rules"),
-                            Step::Index(i),
-                            Step::Key("bounds"),
-                            Step::Key(field),
-                        ]),
-                        "PRIV-BOUNDS",
-                        format!(
-                            "rule `{}`: bounds for `{field}` must be finite with lower < upper",
-                            r.id
-                        ),
-                        "write `field = [lower, upper]`",
-                    ));
-                }
-            }
-            if r.window_seconds == 0 {
-                diags.push(Diagnostic::error(
-                    &f.path,
-                    at("window_seconds"),
-                    "PRIV-WINDOW",
-                    format!("rule `{}`: `window_seconds` must be positive", r.id),
-                    "use e.g. 86400 for a daily budget",
-                ));
-            }
-            if let Some(mesh) = &mesh {
-                for (j, pb) in r.purpose_budgets.iter().enumerate() {
-                    let pos = loc.at(&[
-                        Step::Key("rules"),
-                        Step::Index(i),
-                        Step::Key("purpose_budgets"),
-                        Step::Index(j),
-                    ]);
-                    if !mesh.has_purpose(&pb.purpose) {
-                        let at = loc.at(&[
-                            Step::Key("rules"),
-                            Step::Index(i),
-                            Step::Key("purpose_budgets"),
-                            Step::Index(j),
-                            Step::Key("purpose"),
-                        ]);
-                        diags.push(unknown_purpose(&f.path, at, &pb.purpose, mesh));
-                    }
-                    if !(pb.epsilon_budget.is_finite()
-                        && pb.epsilon_budget > 0.0
-                        && pb.epsilon_budget <= r.epsilon_budget)
-                    {
-                        diags.push(Diagnostic::error(&f.path, pos, "PRIV-EPSILON", format!("rule `{}`: the budget for purpose `{}` must be positive and at most the rule's `epsilon_budget`", r.id, pb.purpose), "lower the purpose budget"));
-                    }
-                }
-            }
-            privacy.push(r.clone());
-        }
-    }
-
-    let mut standards = Vec::new();
-    for f in &src.standards {
-        let Ok(doc) = f
-            .parse_toml::<StandardsFile>("STD-PARSE")
-            .map_err(|d| diags.push(d))
-        else {
-            continue;
-        };
-        let loc = f.locator();
-        for (i, r) in doc.rules.iter().enumerate() {
-            let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
-            ids.claim(&r.id, &f.path, at("id"), &mut diags);
-            let Some((_, needs)) = CHECKS.iter().find(|(c, _)| *c == r.check) else {
-                let known: Vec<&str> = CHECKS.iter().map(|(c, _)| *c).collect();
-                diags.push(Diagnostic::error(
-                    &f.path,
-                    at("check"),
-                    "STD-CHECK",
-                    format!("unknown check `{}`", r.check),
-                    format!("use one of {}", known.join(", ")),
-                ));
-                continue;
-            };
-            for (key, value) in [("pattern", &r.pattern), ("field_pattern", &r.field_pattern)] {
-                if let Some(re) = value {
-                    if let Err(e) = regex::Regex::new(re) {
-                        let detail = e
-                            .to_string()
-                            .lines()
-                            .last()
-                            .unwrap_or("invalid")
-                            .trim()
-                            .to_string();
-                        diags.push(Diagnostic::error(
-                            &f.path,
-                            at(key),
-                            "STD-REGEX",
-                            format!("rule `{}`: `{key}` is not a valid regex: {detail}", r.id),
-                            "fix the regular expression (Rust `regex` syntax)",
-                        ));
-                    }
-                } else if needs.contains(&format!("`{key}`")) {
-                    diags.push(Diagnostic::error(
-                        &f.path,
-                        at("check"),
-                        "STD-PARAM",
-                        format!("rule `{}`: check `{}` needs `{key}`", r.id, r.check),
-                        format!("`{}` takes {needs}", r.check),
-                    ));
-                }
-            }
-            if needs.contains("`logical_type`") && r.logical_type.is_none() {
-                diags.push(Diagnostic::error(
-                    &f.path,
-                    at("check"),
-                    "STD-PARAM",
-                    format!("rule `{}`: check `{}` needs `logical_type`", r.id, r.check),
-                    format!("`{}` takes {needs}", r.check),
-                ));
-            }
-            if needs.contains("`keys`") && r.keys.is_empty() {
-                diags.push(Diagnostic::error(
-                    &f.path,
-                    at("check"),
-                    "STD-PARAM",
-                    format!("rule `{}`: check `{}` needs `keys`", r.id, r.check),
-                    format!("`{}` takes {needs}", r.check),
-                ));
-            }
-            if r.check == "plugin" {
-                match r.plugin.as_deref().map(|n| (n, plugin_kind(n))) {
-                    None => diags.push(Diagnostic::error(
-                        &f.path,
-                        at("check"),
-                        "STD-PLUGIN",
-                        format!("rule `{}`: check `plugin` needs `plugin = \"name\"`", r.id),
-                        "name a validator plugin",
-                    )),
-                    Some((n, None)) => diags.push(Diagnostic::error(
-                        &f.path,
-                        at("plugin"),
-                        "STD-PLUGIN",
-                        format!("plugin `{n}` is not declared"),
-                        "declare it in `plugins/*.toml`",
-                    )),
-                    Some((n, Some(k))) if k != "validator" => diags.push(Diagnostic::error(
-                        &f.path,
-                        at("plugin"),
-                        "STD-PLUGIN",
-                        format!("plugin `{n}` is a `{k}`, not a `validator`"),
-                        "name a validator plugin",
-                    )),
-                    _ => {}
-                }
-            }
-            standards.push(r.clone());
-        }
-    }
-
-    let mut tests = Vec::new();
-    for f in &src.tests {
-        if let Ok(t) = f
-            .parse_toml::<TestFile>("TEST-PARSE")
-            .map_err(|d| diags.push(d))
-        {
-            tests.push((f.path.clone(), t));
-        }
-    }
-    let mut products: Vec<(String, Descriptor)> = Vec::new();
-    for f in &src.products {
-        match Descriptor::parse(&f.path, &f.text) {
-            Ok(d) => {
-                if let Some((other, _)) = products
-                    .iter()
-                    .find(|(_, o)| o.product_id() == d.product_id())
-                {
-                    diags.push(Diagnostic::error(
-                        &f.path,
-                        Position { line: 1, col: 1 },
-                        "PRODUCT-DUPLICATE",
-                        format!(
-                            "product `{}` is also described in `{other}`",
-                            d.product_id()
-                        ),
-                        "keep one descriptor per product",
-                    ));
-                }
-                products.push((f.path.clone(), d));
-            }
-            Err(d) => diags.push(d),
-        }
-    }
-
+    c.plugins(src);
+    let (anonymization, row_filters) = c.anonymization(src);
+    let privacy = c.privacy(src);
+    let standards = c.standards(src);
+    let tests = c
+        .parse_all::<TestFile>(&src.tests, "TEST-PARSE")
+        .into_iter()
+        .map(|(f, t)| (f.path.clone(), t))
+        .collect();
+    let products = c.products(src);
+    let Checker {
+        diags,
+        mesh,
+        plugins,
+        ..
+    } = c;
     let policies = match (mesh, access) {
         (Some(mesh), Some(access)) if !diags.has_errors() => {
             let modules: BTreeMap<String, Vec<u8>> = plugins
@@ -586,6 +122,516 @@ pub fn check(src: &SourceSet) -> Checked {
         diagnostics: diags.sorted(),
         tests,
         products,
+    }
+}
+
+/// The checker's running state: findings so far, the ids claimed, and what
+/// later files are checked against.
+struct Checker {
+    diags: Diagnostics,
+    ids: Ids,
+    mesh: Option<MeshConfig>,
+    plugins: Vec<PluginManifest>,
+}
+
+impl Checker {
+    /// Parses every file of one kind; a file that does not parse becomes a
+    /// located diagnostic and is left out.
+    fn parse_all<'f, T: serde::de::DeserializeOwned>(
+        &mut self,
+        files: &'f [SourceFile],
+        rule: &'static str,
+    ) -> Vec<(&'f SourceFile, T)> {
+        let mut out = Vec::new();
+        for f in files {
+            match f.parse_toml::<T>(rule) {
+                Ok(doc) => out.push((f, doc)),
+                Err(d) => self.diags.push(d),
+            }
+        }
+        out
+    }
+
+    fn plugin_kind(&self, name: &str) -> Option<String> {
+        self.plugins
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.kind.clone())
+    }
+
+    fn plugins(&mut self, src: &SourceSet) {
+        for (f, doc) in self.parse_all::<PluginFile>(&src.plugins, "PLUGIN-PARSE") {
+            let loc = f.locator();
+            for (i, p) in doc.plugins.iter().enumerate() {
+                let at = |k: &str| loc.at(&[Step::Key("plugins"), Step::Index(i), Step::Key(k)]);
+                self.ids.claim(
+                    &format!("plugin:{}", p.name),
+                    &f.path,
+                    at("name"),
+                    &mut self.diags,
+                );
+                if !PLUGIN_KINDS.contains(&p.kind.as_str()) {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("kind"),
+                        "PLUGIN-KIND",
+                        format!("unknown plugin kind `{}`", p.kind),
+                        "use `transform` or `validator`",
+                    ));
+                }
+                match src.modules.get(&p.module) {
+                    None => self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("module"),
+                        "PLUGIN-MODULE",
+                        format!("plugin module `{}` was not found", p.module),
+                        "build the plugin and give its path relative to `plugins/`",
+                    )),
+                    Some(bytes) => {
+                        let digest = hex::encode(Sha256::digest(bytes));
+                        if digest != p.sha256.to_ascii_lowercase() {
+                            self.diags.push(Diagnostic::error(
+                                &f.path,
+                                at("sha256"),
+                                "PLUGIN-DIGEST",
+                                format!(
+                                    "plugin `{}`: module digest is {digest}, the manifest pins {}",
+                                    p.name, p.sha256
+                                ),
+                                "rebuild the pinned module, or update `sha256` after reviewing the new one",
+                            ));
+                        }
+                    }
+                }
+                self.plugins.push(p.clone());
+            }
+        }
+    }
+
+    fn anonymization(&mut self, src: &SourceSet) -> (Vec<AnonRule>, Vec<RowFilterRule>) {
+        let mut anonymization = Vec::new();
+        let mut row_filters = Vec::new();
+        for (f, doc) in self.parse_all::<AnonymizationFile>(&src.anonymization, "ANON-PARSE") {
+            let loc = f.locator();
+            for (i, r) in doc.rules.iter().enumerate() {
+                let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
+                self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
+                if let Some(mesh) = &self.mesh
+                    && mesh.classification(&r.classification).is_none()
+                {
+                    self.diags.push(unknown_classification(
+                        &f.path,
+                        at("classification"),
+                        &r.classification,
+                        mesh,
+                    ));
+                }
+                let err = |k: &str, rule: &'static str, msg: String, hint: &str| {
+                    Diagnostic::error(&f.path, at(k), rule, msg, hint)
+                };
+                match r.transform.as_str() {
+                "mask" if r.keep_first.is_none() && r.keep_last.is_none() => self.diags.push(err(
+                    "transform",
+                    "ANON-PARAM",
+                    format!("rule `{}`: `mask` needs `keep_first` or `keep_last`", r.id),
+                    "add e.g. `keep_last = 4`",
+                )),
+                "hmac" if r.key_scope.as_deref().is_none_or(str::is_empty) => self.diags.push(err(
+                    "transform",
+                    "ANON-PARAM",
+                    format!("rule `{}`: `hmac` needs a `key_scope`", r.id),
+                    "add e.g. `key_scope = \"user-identity\"`; products sharing a scope get joinable pseudonyms",
+                )),
+                "generalize" => match r.to.as_deref() {
+                    Some(to) if GENERALIZATIONS.contains(&to) => {
+                        if to == "bucket" && r.width.unwrap_or(0) == 0 {
+                            self.diags.push(err("to", "ANON-PARAM", format!("rule `{}`: `bucket` needs a positive `width`", r.id), "add e.g. `width = 10`"));
+                        }
+                        if to == "prefix" && r.chars.is_none() {
+                            self.diags.push(err("to", "ANON-PARAM", format!("rule `{}`: `prefix` needs `chars`", r.id), "add e.g. `chars = 3`"));
+                        }
+                    }
+                    other => self.diags.push(err(
+                        if other.is_some() { "to" } else { "transform" },
+                        "ANON-PARAM",
+                        format!("rule `{}`: `generalize` needs `to`, one of {}", r.id, GENERALIZATIONS.join(", ")),
+                        "add e.g. `to = \"year\"`",
+                    )),
+                },
+                "plugin" => match r.plugin.as_deref() {
+                    None => self.diags.push(err("transform", "ANON-PLUGIN", format!("rule `{}`: `plugin` needs `plugin = \"name\"`", r.id), "name a plugin declared in `plugins/*.toml`")),
+                    Some(name) => match self.plugin_kind(name) {
+                        None => self.diags.push(err("plugin", "ANON-PLUGIN", format!("plugin `{name}` is not declared"), "declare it in `plugins/*.toml`, or fix the name")),
+                        Some(k) if k != "transform" => self.diags.push(err("plugin", "ANON-PLUGIN", format!("plugin `{name}` is a `{k}`, not a `transform`"), "name a transform plugin")),
+                        Some(_) => {}
+                    },
+                },
+                t if !TRANSFORMS.contains(&t) => self.diags.push(err(
+                    "transform",
+                    "ANON-TRANSFORM",
+                    format!("unknown transform `{t}`"),
+                    &format!("use one of {}", TRANSFORMS.join(", ")),
+                )),
+                _ => {}
+            }
+                if let Some(other) =
+                    anonymization
+                        .iter()
+                        .find(|o: &&crate::anonymization::AnonRule| {
+                            o.classification == r.classification
+                                && o.domains == r.domains
+                                && o.products == r.products
+                        })
+                {
+                    self.diags.push(err(
+                    "classification",
+                    "ANON-CONFLICT",
+                    format!("rules `{}` and `{}` both treat `{}` in the same scope", other.id, r.id, r.classification),
+                    "keep one rule per classification and scope, or narrow one with `products`/`domains`",
+                ));
+                }
+                anonymization.push(r.clone());
+            }
+            for (i, r) in doc.row_filters.iter().enumerate() {
+                let at =
+                    |k: &str| loc.at(&[Step::Key("row_filters"), Step::Index(i), Step::Key(k)]);
+                self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
+                if !FILTER_OPS.contains(&r.op.as_str()) {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("op"),
+                        "FILTER-OP",
+                        format!("unknown operator `{}`", r.op),
+                        format!("use one of {}", FILTER_OPS.join(", ")),
+                    ));
+                } else {
+                    let needs_value = !matches!(r.op.as_str(), "is_null" | "not_null");
+                    let needs_list = matches!(r.op.as_str(), "in" | "not_in");
+                    match (&r.value, needs_value) {
+                        (None, true) => self.diags.push(Diagnostic::error(
+                            &f.path,
+                            at("op"),
+                            "FILTER-VALUE",
+                            format!("row filter `{}`: `{}` needs a `value`", r.id, r.op),
+                            "add `value = …`",
+                        )),
+                        (Some(v), true) if needs_list && !v.is_array() => {
+                            self.diags.push(Diagnostic::error(
+                                &f.path,
+                                at("value"),
+                                "FILTER-VALUE",
+                                format!("row filter `{}`: `{}` needs a list", r.id, r.op),
+                                "write `value = [\"a\", \"b\"]`",
+                            ))
+                        }
+                        (Some(_), false) => self.diags.push(Diagnostic::error(
+                            &f.path,
+                            at("value"),
+                            "FILTER-VALUE",
+                            format!("row filter `{}`: `{}` takes no `value`", r.id, r.op),
+                            "remove `value`",
+                        )),
+                        _ => {}
+                    }
+                }
+                if let Some(mesh) = &self.mesh {
+                    for (j, p) in r.purposes.iter().enumerate() {
+                        if !mesh.has_purpose(p) {
+                            let pos = loc.at(&[
+                                Step::Key("row_filters"),
+                                Step::Index(i),
+                                Step::Key("purposes"),
+                                Step::Index(j),
+                            ]);
+                            self.diags.push(unknown_purpose(&f.path, pos, p, mesh));
+                        }
+                    }
+                }
+                row_filters.push(r.clone());
+            }
+        }
+
+        (anonymization, row_filters)
+    }
+
+    fn privacy(&mut self, src: &SourceSet) -> Vec<PrivacyRule> {
+        let mut privacy = Vec::new();
+        for (f, doc) in self.parse_all::<PrivacyFile>(&src.privacy, "PRIV-PARSE") {
+            let loc = f.locator();
+            for (i, r) in doc.rules.iter().enumerate() {
+                let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
+                self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
+                let caps = self
+                    .mesh
+                    .as_ref()
+                    .map(|m| m.privacy.clone())
+                    .unwrap_or_default();
+                let mut eps = |k: &str, v: f64, cap: f64, what: &str| {
+                    if !(v.is_finite() && v > 0.0) {
+                        self.diags.push(Diagnostic::error(
+                            &f.path,
+                            at(k),
+                            "PRIV-EPSILON",
+                            format!(
+                                "rule `{}`: `{k}` must be a positive number, found {v}",
+                                r.id
+                            ),
+                            format!("set `{k}` above 0 and at most {cap}"),
+                        ));
+                    } else if v > cap {
+                        self.diags.push(Diagnostic::error(&f.path, at(k), "PRIV-EPSILON", format!("rule `{}`: `{k}` = {v} exceeds the mesh cap {cap} ({what})", r.id), format!("lower `{k}` to at most {cap}, or raise the cap in `mesh.toml` [privacy]")));
+                    }
+                };
+                eps(
+                    "epsilon_budget",
+                    r.epsilon_budget,
+                    caps.max_epsilon_budget,
+                    "max_epsilon_budget",
+                );
+                let query_cap = if r.epsilon_budget > 0.0 {
+                    caps.max_epsilon_per_query.min(r.epsilon_budget)
+                } else {
+                    caps.max_epsilon_per_query
+                };
+                eps(
+                    "max_epsilon_per_query",
+                    r.max_epsilon_per_query,
+                    query_cap,
+                    "the mesh's `max_epsilon_per_query`, and never above the rule's own budget",
+                );
+                if let Some(p) = r.product_epsilon_budget
+                    && !(p.is_finite() && p > 0.0)
+                {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("product_epsilon_budget"),
+                        "PRIV-EPSILON",
+                        format!(
+                            "rule `{}`: `product_epsilon_budget` must be positive, found {p}",
+                            r.id
+                        ),
+                        "set a positive product-wide budget",
+                    ));
+                }
+                if !(r.delta_budget.is_finite()
+                    && r.delta_budget >= 0.0
+                    && r.delta_budget <= caps.max_delta)
+                {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("delta_budget"),
+                        "PRIV-DELTA",
+                        format!(
+                            "rule `{}`: `delta_budget` = {} is outside [0, {}]",
+                            r.id, r.delta_budget, caps.max_delta
+                        ),
+                        "use a delta between 0 and the mesh's `max_delta`",
+                    ));
+                }
+                for (j, a) in r.aggregations.iter().enumerate() {
+                    if !AGGREGATIONS.contains(&a.as_str()) {
+                        self.diags.push(Diagnostic::error(
+                            &f.path,
+                            loc.at(&[
+                                Step::Key("rules"),
+                                Step::Index(i),
+                                Step::Key("aggregations"),
+                                Step::Index(j),
+                            ]),
+                            "PRIV-AGGREGATION",
+                            format!("unknown aggregation `{a}`"),
+                            format!("use one of {}", AGGREGATIONS.join(", ")),
+                        ));
+                    }
+                }
+                for (field, [lo, hi]) in &r.bounds {
+                    if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                        self.diags.push(Diagnostic::error(
+                            &f.path,
+                            loc.at(&[
+                                Step::Key("rules"),
+                                Step::Index(i),
+                                Step::Key("bounds"),
+                                Step::Key(field),
+                            ]),
+                            "PRIV-BOUNDS",
+                            format!(
+                                "rule `{}`: bounds for `{field}` must be finite with lower < upper",
+                                r.id
+                            ),
+                            "write `field = [lower, upper]`",
+                        ));
+                    }
+                }
+                if r.window_seconds == 0 {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("window_seconds"),
+                        "PRIV-WINDOW",
+                        format!("rule `{}`: `window_seconds` must be positive", r.id),
+                        "use e.g. 86400 for a daily budget",
+                    ));
+                }
+                if let Some(mesh) = &self.mesh {
+                    for (j, pb) in r.purpose_budgets.iter().enumerate() {
+                        let pos = loc.at(&[
+                            Step::Key("rules"),
+                            Step::Index(i),
+                            Step::Key("purpose_budgets"),
+                            Step::Index(j),
+                        ]);
+                        if !mesh.has_purpose(&pb.purpose) {
+                            let at = loc.at(&[
+                                Step::Key("rules"),
+                                Step::Index(i),
+                                Step::Key("purpose_budgets"),
+                                Step::Index(j),
+                                Step::Key("purpose"),
+                            ]);
+                            self.diags
+                                .push(unknown_purpose(&f.path, at, &pb.purpose, mesh));
+                        }
+                        if !(pb.epsilon_budget.is_finite()
+                            && pb.epsilon_budget > 0.0
+                            && pb.epsilon_budget <= r.epsilon_budget)
+                        {
+                            self.diags.push(Diagnostic::error(&f.path, pos, "PRIV-EPSILON", format!("rule `{}`: the budget for purpose `{}` must be positive and at most the rule's `epsilon_budget`", r.id, pb.purpose), "lower the purpose budget"));
+                        }
+                    }
+                }
+                privacy.push(r.clone());
+            }
+        }
+
+        privacy
+    }
+
+    fn standards(&mut self, src: &SourceSet) -> Vec<StandardRule> {
+        let mut standards = Vec::new();
+        for (f, doc) in self.parse_all::<StandardsFile>(&src.standards, "STD-PARSE") {
+            let loc = f.locator();
+            for (i, r) in doc.rules.iter().enumerate() {
+                let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
+                self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
+                let Some((_, needs)) = CHECKS.iter().find(|(c, _)| *c == r.check) else {
+                    let known: Vec<&str> = CHECKS.iter().map(|(c, _)| *c).collect();
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("check"),
+                        "STD-CHECK",
+                        format!("unknown check `{}`", r.check),
+                        format!("use one of {}", known.join(", ")),
+                    ));
+                    continue;
+                };
+                for (key, value) in [("pattern", &r.pattern), ("field_pattern", &r.field_pattern)] {
+                    if let Some(re) = value {
+                        if let Err(e) = regex::Regex::new(re) {
+                            let detail = e
+                                .to_string()
+                                .lines()
+                                .last()
+                                .unwrap_or("invalid")
+                                .trim()
+                                .to_string();
+                            self.diags.push(Diagnostic::error(
+                                &f.path,
+                                at(key),
+                                "STD-REGEX",
+                                format!("rule `{}`: `{key}` is not a valid regex: {detail}", r.id),
+                                "fix the regular expression (Rust `regex` syntax)",
+                            ));
+                        }
+                    } else if needs.contains(&format!("`{key}`")) {
+                        self.diags.push(Diagnostic::error(
+                            &f.path,
+                            at("check"),
+                            "STD-PARAM",
+                            format!("rule `{}`: check `{}` needs `{key}`", r.id, r.check),
+                            format!("`{}` takes {needs}", r.check),
+                        ));
+                    }
+                }
+                if needs.contains("`logical_type`") && r.logical_type.is_none() {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("check"),
+                        "STD-PARAM",
+                        format!("rule `{}`: check `{}` needs `logical_type`", r.id, r.check),
+                        format!("`{}` takes {needs}", r.check),
+                    ));
+                }
+                if needs.contains("`keys`") && r.keys.is_empty() {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("check"),
+                        "STD-PARAM",
+                        format!("rule `{}`: check `{}` needs `keys`", r.id, r.check),
+                        format!("`{}` takes {needs}", r.check),
+                    ));
+                }
+                if r.check == "plugin" {
+                    match r.plugin.as_deref().map(|n| (n, self.plugin_kind(n))) {
+                        None => self.diags.push(Diagnostic::error(
+                            &f.path,
+                            at("check"),
+                            "STD-PLUGIN",
+                            format!("rule `{}`: check `plugin` needs `plugin = \"name\"`", r.id),
+                            "name a validator plugin",
+                        )),
+                        Some((n, None)) => self.diags.push(Diagnostic::error(
+                            &f.path,
+                            at("plugin"),
+                            "STD-PLUGIN",
+                            format!("plugin `{n}` is not declared"),
+                            "declare it in `plugins/*.toml`",
+                        )),
+                        Some((n, Some(k))) if k != "validator" => {
+                            self.diags.push(Diagnostic::error(
+                                &f.path,
+                                at("plugin"),
+                                "STD-PLUGIN",
+                                format!("plugin `{n}` is a `{k}`, not a `validator`"),
+                                "name a validator plugin",
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                standards.push(r.clone());
+            }
+        }
+
+        standards
+    }
+
+    fn products(&mut self, src: &SourceSet) -> Vec<(String, Descriptor)> {
+        let mut products: Vec<(String, Descriptor)> = Vec::new();
+        for f in &src.products {
+            match Descriptor::parse(&f.path, &f.text) {
+                Ok(d) => {
+                    if let Some((other, _)) = products
+                        .iter()
+                        .find(|(_, o)| o.product_id() == d.product_id())
+                    {
+                        self.diags.push(Diagnostic::error(
+                            &f.path,
+                            Position { line: 1, col: 1 },
+                            "PRODUCT-DUPLICATE",
+                            format!(
+                                "product `{}` is also described in `{other}`",
+                                d.product_id()
+                            ),
+                            "keep one descriptor per product",
+                        ));
+                    }
+                    products.push((f.path.clone(), d));
+                }
+                Err(d) => self.diags.push(d),
+            }
+        }
+
+        products
     }
 }
 
