@@ -65,19 +65,6 @@ impl Diagnostic {
             hint: hint.into(),
         }
     }
-
-    pub fn warning(
-        path: impl Into<String>,
-        pos: Position,
-        rule: &'static str,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(path, pos, rule, message, hint)
-        }
-    }
 }
 
 impl fmt::Display for Diagnostic {
