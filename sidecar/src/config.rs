@@ -33,8 +33,10 @@
 //! alg = "EdDSA"                             # EdDSA | ES256 | RS256
 //! pem_file = "keys/idp.pub.pem"             # or `pem`, or JWK components x / y / n / e
 //!
-//! [pseudonym_keys]
-//! user-identity = "keys/user-identity.key"  # file holding the HMAC key of a key scope
+//! [pseudonym_keys]                          # HMAC-SHA256 secret per key scope
+//! user-identity = { file = "keys/user-identity.key" }
+//! # artist-identity = { base64 = "…" }      # or inline, standard base64
+//! # artist-identity = "keys/artist.key"    # a bare string is a file
 //!
 //! [limits]
 //! max_header_bytes = 16384
@@ -45,6 +47,7 @@
 //! drain_timeout_ms = 10000
 //! ```
 
+use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -124,6 +127,48 @@ pub struct AuthConfig {
     pub keys: Vec<KeyConfig>,
 }
 
+/// Where a key scope's pseudonym secret comes from. The secret must be at
+/// least 32 bytes; a shorter one is a config error naming
+/// `pseudonym_keys.<scope>`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The file's bytes, without one trailing `\n` or `\r\n`.
+    File(PathBuf),
+    /// Decoded from standard base64 in the config.
+    Inline(Vec<u8>),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::File(p) => f.debug_tuple("File").field(p).finish(),
+            // Never print secrets.
+            SecretSource::Inline(b) => write!(f, "Inline({} bytes)", b.len()),
+        }
+    }
+}
+
+impl SecretSource {
+    /// The secret's bytes.
+    pub fn read(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+        match self {
+            SecretSource::Inline(b) => Ok(zeroize::Zeroizing::new(b.clone())),
+            SecretSource::File(p) => {
+                let mut b = zeroize::Zeroizing::new(
+                    std::fs::read(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?,
+                );
+                if b.last() == Some(&b'\n') {
+                    b.pop();
+                    if b.last() == Some(&b'\r') {
+                        b.pop();
+                    }
+                }
+                Ok(b)
+            }
+        }
+    }
+}
+
 /// Limits that keep one client from exhausting the sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -164,8 +209,8 @@ pub struct Config {
     pub listen_control: Option<SocketAddr>,
     pub upstream: UpstreamConfig,
     pub auth: AuthConfig,
-    /// HMAC key files by key scope.
-    pub pseudonym_keys: BTreeMap<String, PathBuf>,
+    /// Pseudonym (HMAC) secrets by key scope.
+    pub pseudonym_keys: BTreeMap<String, SecretSource>,
     pub limits: Limits,
     /// `json` for JSON logs.
     pub log_format: String,
@@ -365,15 +410,35 @@ impl Config {
 
         let mut pseudonym_keys = BTreeMap::new();
         if let Some(t) = table.get("pseudonym_keys") {
-            let t = t
-                .as_table()
-                .ok_or_else(|| err("pseudonym_keys", "expected a table of scope = file"))?;
-            for (scope, file) in t {
+            let t = t.as_table().ok_or_else(|| {
+                err(
+                    "pseudonym_keys",
+                    "expected a table of `scope = { file = \"…\" }` or `{ base64 = \"…\" }`",
+                )
+            })?;
+            for (scope, v) in t {
                 let key = format!("pseudonym_keys.{scope}");
-                let file = file
-                    .as_str()
-                    .ok_or_else(|| err(&key, "expected a file path"))?;
-                pseudonym_keys.insert(scope.clone(), path(file.to_string()));
+                let expected = "expected `{ file = \"…\" }`, `{ base64 = \"…\" }` or a file path";
+                let source = match v {
+                    toml::Value::String(f) => SecretSource::File(path(f.clone())),
+                    toml::Value::Table(t) if t.len() == 1 => {
+                        match (t.get("file"), t.get("base64")) {
+                            (Some(toml::Value::String(f)), _) => {
+                                SecretSource::File(path(f.clone()))
+                            }
+                            (_, Some(toml::Value::String(b))) => SecretSource::Inline(
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(b.trim())
+                                    .map_err(|_| {
+                                        err(&key, "`base64` is not valid standard base64")
+                                    })?,
+                            ),
+                            _ => return Err(err(&key, expected)),
+                        }
+                    }
+                    _ => return Err(err(&key, expected)),
+                };
+                pseudonym_keys.insert(scope.clone(), source);
             }
         }
 
@@ -581,5 +646,33 @@ x = "abc"
         )
         .unwrap_err();
         assert_eq!(e.key, "limits.max_limit");
+    }
+
+    #[test]
+    fn pseudonym_keys_come_from_files_or_inline_base64() {
+        let c = Config::from_toml(
+            &format!(
+                "{BASE}\n[pseudonym_keys]\na = \"a.key\"\nb = {{ file = \"/k/b.key\" }}\nc = {{ base64 = \"AAEC\" }}\n"
+            ),
+            Path::new("/etc/m"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.pseudonym_keys["a"],
+            SecretSource::File("/etc/m/a.key".into())
+        );
+        assert_eq!(c.pseudonym_keys["b"], SecretSource::File("/k/b.key".into()));
+        assert_eq!(c.pseudonym_keys["c"], SecretSource::Inline(vec![0, 1, 2]));
+        assert_eq!(format!("{:?}", c.pseudonym_keys["c"]), "Inline(3 bytes)");
+        for bad in ["{ base64 = \"not base64!\" }", "{ path = \"x\" }", "3"] {
+            let e = Config::from_toml(
+                &format!("{BASE}\n[pseudonym_keys]\nuser-identity = {bad}\n"),
+                Path::new("/"),
+                &env(&[]),
+            )
+            .unwrap_err();
+            assert_eq!(e.key, "pseudonym_keys.user-identity", "{bad}");
+        }
     }
 }

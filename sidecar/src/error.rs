@@ -59,6 +59,17 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_valid_bundle", reason)
     }
 
+    /// The read is allowed, but the sidecar cannot apply the anonymization
+    /// it requires (a pseudonym key or a plugin is missing). Nothing is
+    /// served rather than anything unanonymized.
+    pub fn cannot_anonymize(reason: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot_anonymize",
+            reason,
+        )
+    }
+
     pub fn upstream(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", reason)
     }

@@ -8,7 +8,7 @@
 //! - [`request`]: routes, ports, windows and limits, parsed purely;
 //! - [`state`]: the active bundle behind an `ArcSwap`;
 //! - [`pipeline`]: authenticate → parse → load bundle → plan → authorize → stream;
-//! - [`shape`]: the read plan compiled for the per-record loop;
+//! - [`shape`]: the read plan compiled into a `meshgov-anonymize` record plan, NDJSON or CSV out;
 //! - [`upstream`]: time-partitioned files or an HTTP NDJSON source;
 //! - [`server`]: hyper 1 with limits, timeouts and graceful drain.
 //!

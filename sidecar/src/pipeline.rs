@@ -5,12 +5,15 @@
 //! 3. **load** the bundle state once (503 if none or expired);
 //! 4. **plan** the read with the policy core: one Cedar `read`, one
 //!    `reveal` per classified field, row filters selected (404 unknown port);
-//! 5. **authorize** (403);
+//!    plans are cached per bundle by consumer, purpose and port;
+//! 5. **authorize** (403), then compile the plan into the per-record
+//!    program with the pseudonym keys bound in (500 `cannot_anonymize` if a
+//!    key or plugin it needs is missing: fail closed);
 //! 6. **stream**: open the upstream (502), then shape record by record.
 //!
 //! Seams for later issues are marked `SEAM:` — audit (after 5 and at the end
-//! of 6), privacy aggregates (the `aggregate` route), plugins (inside the
-//! record shaper).
+//! of 6), privacy aggregates (the `aggregate` route), plugins (in the
+//! record plan).
 
 use crate::auth::Authenticator;
 use crate::body::Body;
@@ -18,13 +21,15 @@ use crate::clock;
 use crate::config::{Config, ConfigError, Limits};
 use crate::error::ApiError;
 use crate::request::{self, Format, Route, RouteError};
-use crate::shape::{RecordShaper, ScopeKeys};
+use crate::shape::Shaper;
 use crate::state::{ActiveBundle, BundleError, BundleSlot, verify_bundle};
-use crate::upstream::{Item, Upstream, Window, record_time};
+use crate::upstream::{CsvSchema, Item, Upstream, Window, record_time};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use meshgov_anonymize::Outcome;
 use meshgov_core::descriptor::Descriptor;
 use meshgov_core::plan::{Asker, PlanError};
+use meshgov_core::records::{KeyRing, RecordPlanError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -50,7 +55,8 @@ pub struct App {
     pub descriptor_doc: serde_json::Value,
     pub auth: Authenticator,
     pub upstream: Upstream,
-    pub scope_keys: ScopeKeys,
+    /// Pseudonym secrets by key scope, from config.
+    pub pseudonym_keys: KeyRing,
     pub limits: Limits,
     pub stats: Stats,
 }
@@ -78,22 +84,13 @@ impl App {
             Descriptor::parse(&path, &text).map_err(|d| bad("descriptor", d.to_string()))?;
         let descriptor_doc: serde_json::Value =
             serde_saphyr::from_str(&text).map_err(|e| bad("descriptor", e.to_string()))?;
-        let mut scope_keys = ScopeKeys::new();
-        for (scope, file) in &c.pseudonym_keys {
-            let k = std::fs::read(file).map_err(|e| {
-                bad(
-                    &format!("pseudonym_keys.{scope}"),
-                    format!("cannot read `{}`: {e}", file.display()),
-                )
-            })?;
-            let k = trim_ascii(&k);
-            if k.len() < 16 {
-                return Err(bad(
-                    &format!("pseudonym_keys.{scope}"),
-                    "the key must be at least 16 bytes".into(),
-                ));
-            }
-            scope_keys.insert(scope.clone(), k.to_vec());
+        let mut pseudonym_keys = KeyRing::new();
+        for (scope, source) in &c.pseudonym_keys {
+            let key = format!("pseudonym_keys.{scope}");
+            let secret = source.read().map_err(|reason| bad(&key, reason))?;
+            pseudonym_keys
+                .insert(scope, &secret)
+                .map_err(|reason| bad(&key, reason))?;
         }
         let mut keys = Vec::new();
         for (i, k) in c.trusted_bundle_keys.iter().enumerate() {
@@ -112,7 +109,7 @@ impl App {
             descriptor_doc,
             auth: Authenticator::new(&c.auth)?,
             upstream: Upstream::from_config(&c.upstream),
-            scope_keys,
+            pseudonym_keys,
             limits: c.limits.clone(),
             stats: Stats::default(),
         })
@@ -143,18 +140,6 @@ impl App {
             .map_err(|e| BundleError::Rejected(format!("cannot read `{}`: {e}", path.display())))?;
         self.load_bundle(&bytes, now_unix)
     }
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    b.get(start..end).unwrap_or_default()
 }
 
 /// A request id: the caller's `x-request-id` if it is short and plain,
@@ -398,8 +383,8 @@ async fn records<B>(
         now_unix: now,
     };
     let plan = bundle
-        .policies
-        .plan_read(&bundle.view, port, asker)
+        .plans
+        .plan_read(&bundle.policies, &bundle.view, port, asker)
         .map_err(|e| match e {
             PlanError::UnknownPort(_) => ApiError::unknown_port(port),
             // A principal or purpose the policy engine cannot express is a denial.
@@ -411,15 +396,31 @@ async fn records<B>(
         tracing::info!(request_id = %rid, consumer = %who.principal.id, purpose = %who.purpose, port, "denied");
         return Err(ApiError::forbidden());
     }
-    // SEAM: plugins — the record plan will carry compiled plugin instances.
-    let shaper = RecordShaper::compile(&plan, &app.scope_keys).map_err(|e| {
-        tracing::error!(request_id = %rid, "cannot compile read plan: {e}");
-        ApiError::forbidden()
+    // SEAM: plugins — plugin transforms compile here once they are hosted.
+    let record_plan = plan.record_plan(&app.pseudonym_keys).map_err(|e| {
+        tracing::error!(request_id = %rid, port, "cannot apply the read plan: {e}");
+        ApiError::cannot_anonymize(match e {
+            RecordPlanError::MissingKey(_) => {
+                "this read needs a pseudonym key that is not configured on this sidecar; nothing was served, and the operator must add it"
+            }
+            RecordPlanError::Unavailable(_) => {
+                "this read needs a transform that is not available in this sidecar; nothing was served"
+            }
+            RecordPlanError::InvalidRule { .. } => {
+                "the policy bundle holds a rule this sidecar cannot apply; nothing was served"
+            }
+        })
     })?;
+    let shaper = Shaper::new(record_plan, format);
     // 6. stream
     let reader = app
         .upstream
-        .open(port, window, app.limits.max_line_bytes)
+        .open(
+            port,
+            window,
+            app.limits.max_line_bytes,
+            CsvSchema::new(&port_info.fields),
+        )
         .await
         .map_err(|e| {
             tracing::error!(request_id = %rid, port, "upstream failed: {e}");
@@ -433,7 +434,6 @@ async fn records<B>(
         window,
         time_field: time_field.filter(|_| q.from.is_some() || q.to.is_some()),
         limit: q.limit,
-        format,
         rid: rid.to_string(),
         port: port.to_string(),
         consumer: who.principal.id.clone(),
@@ -453,12 +453,11 @@ async fn records<B>(
 
 struct StreamJob {
     app: Arc<App>,
-    shaper: RecordShaper,
+    shaper: Shaper,
     reader: crate::upstream::RecordReader,
     window: Window,
     time_field: Option<String>,
     limit: Option<u64>,
-    format: Format,
     rid: String,
     port: String,
     consumer: String,
@@ -484,9 +483,7 @@ impl StreamJob {
 
     async fn run(mut self, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
         let mut buf = Vec::with_capacity(FLUSH_BYTES + 4096);
-        if self.format == Format::Csv {
-            self.shaper.write_csv_header(&mut buf);
-        }
+        self.shaper.write_preamble(&mut buf);
         let (mut out, mut skipped, mut failed, mut gone) = (0u64, 0u64, false, false);
         loop {
             if self.limit.is_some_and(|l| out >= l) {
@@ -495,9 +492,9 @@ impl StreamJob {
             match self.reader.next().await {
                 Ok(None) => break,
                 Ok(Some(Item::Malformed)) => skipped += 1,
-                Ok(Some(Item::Record(rec))) => {
+                Ok(Some(Item::Record(line))) => {
                     if let Some(tf) = &self.time_field {
-                        match record_time(rec.get(tf)) {
+                        match record_time(line, tf) {
                             Some(t) if self.window.contains(t) => {}
                             Some(_) => continue,
                             None => {
@@ -506,14 +503,11 @@ impl StreamJob {
                             }
                         }
                     }
-                    if !self.shaper.admits(&rec) {
-                        continue;
+                    match self.shaper.write(line, &mut buf) {
+                        Ok(Outcome::Emitted) => out += 1,
+                        Ok(Outcome::Filtered) => {}
+                        Err(_) => skipped += 1,
                     }
-                    match self.format {
-                        Format::Ndjson => self.shaper.write_ndjson(&rec, &mut buf),
-                        Format::Csv => self.shaper.write_csv(&rec, &mut buf),
-                    }
-                    out += 1;
                 }
                 Err(e) => {
                     tracing::error!(request_id = %self.rid, port = %self.port, "upstream failed mid-stream: {e}");

@@ -5,6 +5,7 @@
 use arc_swap::ArcSwapOption;
 use meshgov_core::ProductView;
 use meshgov_core::descriptor::{Descriptor, ProductInfo};
+use meshgov_core::plan::PlanCache;
 use meshgov_core::policies::Policies;
 use std::sync::Arc;
 
@@ -23,9 +24,16 @@ pub struct BundleMeta {
 pub struct ActiveBundle {
     pub policies: Policies,
     pub view: ProductView,
+    /// Read plans of this bundle by consumer, purpose and port; dropped
+    /// with the bundle, so a swap never serves a stale plan.
+    pub plans: PlanCache,
     pub meta: BundleMeta,
     pub loaded_at_unix: i64,
 }
+
+/// Read plans kept per bundle. A plan is a few hundred bytes; a full cache
+/// starts over.
+const PLAN_CACHE_CAPACITY: usize = 1024;
 
 /// Why a bundle cannot be enforced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +66,7 @@ impl ActiveBundle {
         let info =
             ProductInfo::resolve(descriptor, &policies.mesh).map_err(BundleError::Descriptor)?;
         Ok(ActiveBundle {
+            plans: PlanCache::new(&policies, PLAN_CACHE_CAPACITY),
             policies,
             view: ProductView::new(info),
             meta,

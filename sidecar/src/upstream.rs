@@ -17,24 +17,29 @@
 //!   answering NDJSON, read as it arrives.
 //!
 //! Either way records are read in bounded chunks; nothing holds the data set.
-//! A line longer than `limits.max_line_bytes`, a line that is not a JSON
-//! object, or a CSV row with the wrong number of cells is *malformed*: it is
-//! skipped and counted, never passed through.
+//! Records are handed on as one JSON object per line, as bytes: the reader
+//! does not parse NDJSON (the record plan does, once, while shaping), and it
+//! turns each CSV row into such a line once, keeping only the port's
+//! declared fields and typing their cells by the descriptor's `logicalType`.
+//! A line longer than `limits.max_line_bytes`, or a CSV row with the wrong
+//! number of cells, is *malformed*: it is skipped and counted, never passed
+//! through. (A line that is not a JSON object is caught by the record plan.)
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Map, Value};
+use meshgov_core::descriptor::FieldInfo;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Month, OffsetDateTime};
 use tokio::io::AsyncReadExt;
-
-use crate::shape::Record;
 
 /// The window a read asks for: `[from, to)`, either end open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,6 +99,7 @@ impl Upstream {
         port: &str,
         window: Window,
         max_line: usize,
+        csv: CsvSchema,
     ) -> Result<RecordReader, UpstreamError> {
         // INVARIANT: `port` passed `request::valid_port_name`, so joining it
         // cannot leave the upstream directory.
@@ -144,9 +150,94 @@ impl Upstream {
                 max: max_line,
             },
             line: Vec::new(),
-            csv_header: None,
+            csv,
+            csv_columns: None,
+            json: Vec::new(),
         })
     }
+}
+
+/// How a CSV cell is written as JSON, from the declared field's
+/// `logicalType`. A cell that does not fit its type stays a string, so a
+/// row filter comparing it with a number fails closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CellType {
+    Text,
+    Number,
+    Boolean,
+}
+
+/// A CSV column: its pre-rendered `"name":` key and type, or `None` when
+/// the descriptor does not declare it.
+type Column = Option<(Box<[u8]>, CellType)>;
+
+/// A port's declared fields, for turning CSV rows into JSON records.
+/// Columns the descriptor does not declare are dropped at this step.
+#[derive(Debug, Clone, Default)]
+pub struct CsvSchema {
+    fields: Vec<(String, CellType)>,
+}
+
+impl CsvSchema {
+    pub fn new(fields: &[FieldInfo]) -> CsvSchema {
+        let fields = fields
+            .iter()
+            .map(|f| {
+                let t = match f.logical_type.as_deref() {
+                    Some("integer" | "number" | "long" | "double" | "decimal") => CellType::Number,
+                    Some("boolean") => CellType::Boolean,
+                    _ => CellType::Text,
+                };
+                (f.name.clone(), t)
+            })
+            .collect();
+        CsvSchema { fields }
+    }
+
+    /// For each header cell: the pre-rendered `"name":` key and cell type,
+    /// or `None` for an undeclared column.
+    fn columns(&self, header: &[String]) -> Vec<Column> {
+        header
+            .iter()
+            .map(|h| {
+                let (name, t) = self.fields.iter().find(|(n, _)| n == h)?;
+                let mut key = serde_json::to_vec(name).ok()?;
+                key.push(b':');
+                Some((key.into_boxed_slice(), *t))
+            })
+            .collect()
+    }
+}
+
+/// Writes one CSV row as a JSON object line (declared columns only). An
+/// empty cell is `null`.
+fn csv_row_to_json(columns: &[Column], cells: &[String], out: &mut Vec<u8>) {
+    out.clear();
+    out.push(b'{');
+    for (col, cell) in columns.iter().zip(cells) {
+        let Some((key, t)) = col else {
+            continue;
+        };
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(key);
+        let trimmed = cell.trim();
+        match t {
+            _ if cell.is_empty() => out.extend_from_slice(b"null"),
+            CellType::Number if serde_json::from_str::<serde_json::Number>(trimmed).is_ok() => {
+                out.extend_from_slice(trimmed.as_bytes());
+            }
+            CellType::Boolean if trimmed == "true" || trimmed == "false" => {
+                out.extend_from_slice(trimmed.as_bytes());
+            }
+            // INVARIANT: serializing a `str` into a Vec cannot fail.
+            _ => {
+                let _ = serde_json::to_writer(&mut *out, cell.as_str());
+            }
+        }
+    }
+    out.push(b'}');
 }
 
 /// The period a file name covers, if it is dated.
@@ -232,8 +323,10 @@ enum Source {
 
 /// One item read from upstream.
 #[derive(Debug)]
-pub enum Item {
-    Record(Record),
+pub enum Item<'a> {
+    /// One record as a JSON object line, without its newline. It is not
+    /// parsed yet: the record plan refuses it if it is not a JSON object.
+    Record(&'a [u8]),
     /// A line that is not a record: skipped and counted.
     Malformed,
 }
@@ -262,7 +355,12 @@ pub struct RecordReader {
     format: FileFormat,
     lines: Lines,
     line: Vec<u8>,
-    csv_header: Option<Vec<String>>,
+    /// The port's declared fields, for CSV files.
+    csv: CsvSchema,
+    /// The current CSV file's columns, once its header is read.
+    csv_columns: Option<Vec<Column>>,
+    /// The current CSV row as a JSON line.
+    json: Vec<u8>,
 }
 
 impl RecordReader {
@@ -308,7 +406,7 @@ impl RecordReader {
                 *current = Some(f);
                 // A new file: its own format, and (for CSV) its own header.
                 self.format = fmt;
-                self.csv_header = None;
+                self.csv_columns = None;
             },
         }
     }
@@ -354,7 +452,7 @@ impl RecordReader {
     }
 
     /// The next record or malformed line; `None` at the end.
-    pub async fn next(&mut self) -> Result<Option<Item>, UpstreamError> {
+    pub async fn next(&mut self) -> Result<Option<Item<'_>>, UpstreamError> {
         loop {
             let Some(l) = self.next_line().await? else {
                 return Ok(None);
@@ -369,14 +467,7 @@ impl RecordReader {
                 continue;
             }
             match self.format {
-                FileFormat::Ndjson => {
-                    return Ok(Some(
-                        match serde_json::from_slice::<Map<String, Value>>(&self.line) {
-                            Ok(m) => Item::Record(m),
-                            Err(_) => Item::Malformed,
-                        },
-                    ));
-                }
+                FileFormat::Ndjson => return Ok(Some(Item::Record(&self.line))),
                 FileFormat::Csv => {
                     let Some(cells) = std::str::from_utf8(&self.line)
                         .ok()
@@ -384,25 +475,14 @@ impl RecordReader {
                     else {
                         return Ok(Some(Item::Malformed));
                     };
-                    match &self.csv_header {
+                    match &self.csv_columns {
                         None => {
-                            self.csv_header = Some(cells);
+                            self.csv_columns = Some(self.csv.columns(&cells));
                             continue;
                         }
-                        Some(h) if h.len() == cells.len() => {
-                            let rec = h
-                                .iter()
-                                .zip(cells)
-                                .map(|(k, v)| {
-                                    let v = if v.is_empty() {
-                                        Value::Null
-                                    } else {
-                                        Value::String(v)
-                                    };
-                                    (k.clone(), v)
-                                })
-                                .collect();
-                            return Ok(Some(Item::Record(rec)));
+                        Some(columns) if columns.len() == cells.len() => {
+                            csv_row_to_json(columns, &cells, &mut self.json);
+                            return Ok(Some(Item::Record(&self.json)));
                         }
                         Some(_) => return Ok(Some(Item::Malformed)),
                     }
@@ -437,13 +517,72 @@ pub fn split_csv_line(line: &str) -> Option<Vec<String>> {
     Some(cells)
 }
 
-/// Reads a record's time field as RFC 3339, or a date.
-pub fn record_time(v: Option<&Value>) -> Option<OffsetDateTime> {
-    let s = v?.as_str()?;
-    OffsetDateTime::parse(s, &Rfc3339).ok().or_else(|| {
+/// The time of a record: its `field` read as RFC 3339, or as a date.
+/// `None` when the line is not a JSON object, the field is missing, appears
+/// twice, is not a string, or does not parse. Only the one field is
+/// decoded; the rest of the line is skipped.
+pub fn record_time(line: &[u8], field: &str) -> Option<OffsetDateTime> {
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let raw = de::Deserializer::deserialize_map(&mut de, OneField { field }).ok()??;
+    let text: Cow<'_, str> = match serde_json::from_str::<&str>(raw.get()) {
+        Ok(s) => Cow::Borrowed(s),
+        // Escapes in the string: decode them.
+        Err(_) => Cow::Owned(serde_json::from_str::<String>(raw.get()).ok()?),
+    };
+    OffsetDateTime::parse(&text, &Rfc3339).ok().or_else(|| {
         let f = time::macros::format_description!("[year]-[month]-[day]");
-        Date::parse(s, &f).ok().map(|d| d.midnight().assume_utc())
+        Date::parse(&text, &f)
+            .ok()
+            .map(|d| d.midnight().assume_utc())
     })
+}
+
+/// Finds one top-level key's raw value; a repeated key is an error.
+struct OneField<'f> {
+    field: &'f str,
+}
+
+impl<'de> Visitor<'de> for OneField<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is_it) = map.next_key_seed(KeyIs(self.field))? {
+            if !is_it {
+                map.next_value::<IgnoredAny>()?;
+            } else if found.replace(map.next_value::<&'de RawValue>()?).is_some() {
+                return Err(de::Error::custom("repeated time field"));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Whether an object key equals the wanted one, without allocating.
+struct KeyIs<'f>(&'f str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
 }
 
 #[cfg(test)]
@@ -511,22 +650,33 @@ mod tests {
             .unwrap();
         let items = rt.block_on(async {
             let up = Upstream::Dir(d.path().to_path_buf());
-            let mut r = up.open("p", Window::default(), 1024).await.unwrap();
+            let mut r = up
+                .open(
+                    "p",
+                    Window::default(),
+                    1024,
+                    schema(&[("x", "integer"), ("y", "string")]),
+                )
+                .await
+                .unwrap();
             let mut v = Vec::new();
             while let Some(i) = r.next().await.unwrap() {
                 v.push(match i {
-                    Item::Record(m) => serde_json::Value::Object(m),
+                    Item::Record(line) => serde_json::from_slice(line)
+                        .unwrap_or_else(|_| serde_json::json!("not json")),
                     Item::Malformed => serde_json::json!("malformed"),
                 });
             }
             v
         });
+        // CSV cells are typed by the declared fields; NDJSON lines pass as
+        // they are (the record plan refuses the one that is not JSON).
         let expected = [
-            serde_json::json!({"x": "1", "y": "2"}),
-            serde_json::json!({"x": "3", "y": "4"}),
-            serde_json::json!({"x": "6", "y": "5"}),
+            serde_json::json!({"x": 1, "y": "2"}),
+            serde_json::json!({"x": 3, "y": "4"}),
+            serde_json::json!({"y": "5", "x": 6}),
             serde_json::json!({"x": 7}),
-            serde_json::json!("malformed"),
+            serde_json::json!("not json"),
             serde_json::json!({"x": 8}),
         ];
         assert_eq!(items, expected);
@@ -545,11 +695,64 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let up = Upstream::Dir(d.path().to_path_buf());
-            let mut r = up.open("p", Window::default(), 1024).await.unwrap();
+            let mut r = up
+                .open("p", Window::default(), 1024, CsvSchema::default())
+                .await
+                .unwrap();
             assert!(matches!(r.next().await.unwrap(), Some(Item::Malformed)));
             assert!(matches!(r.next().await.unwrap(), Some(Item::Record(_))));
             assert!(r.next().await.unwrap().is_none());
         });
+    }
+
+    fn schema(fields: &[(&str, &str)]) -> CsvSchema {
+        let fields: Vec<FieldInfo> = fields
+            .iter()
+            .map(|(n, t)| FieldInfo {
+                name: n.to_string(),
+                logical_type: Some(t.to_string()),
+                classification: None,
+                level: meshgov_core::mesh::Level::Restricted,
+                direct_identifier: false,
+            })
+            .collect();
+        CsvSchema::new(&fields)
+    }
+
+    #[test]
+    fn csv_rows_become_json_lines_of_declared_fields() {
+        let s = schema(&[("n", "integer"), ("ok", "boolean"), ("t", "string")]);
+        let header: Vec<String> = ["t", "secret", "n", "ok"].map(String::from).to_vec();
+        let cols = s.columns(&header);
+        let mut out = Vec::new();
+        let row = |cells: [&str; 4]| cells.map(String::from).to_vec();
+        csv_row_to_json(&cols, &row(["=1+1", "pw", "-42", "true"]), &mut out);
+        assert_eq!(out, br#"{"t":"=1+1","n":-42,"ok":true}"#);
+        csv_row_to_json(&cols, &row(["a\"b", "pw", "1e400", "yes"]), &mut out);
+        assert_eq!(out, br#"{"t":"a\"b","n":"1e400","ok":"yes"}"#);
+        csv_row_to_json(&cols, &row(["", "", "", ""]), &mut out);
+        assert_eq!(out, br#"{"t":null,"n":null,"ok":null}"#);
+    }
+
+    #[test]
+    fn record_times_read_one_field() {
+        let t = |l: &str| record_time(l.as_bytes(), "at");
+        assert_eq!(
+            t(r#"{"x":{"at":"no"},"at":"2026-03-01T10:00:00Z"}"#),
+            Some(datetime!(2026-03-01 10:00 UTC))
+        );
+        assert_eq!(
+            t(r#"{"at":"2026-03-01"}"#),
+            Some(datetime!(2026-03-01 0:00 UTC))
+        );
+        assert_eq!(
+            t(r#"{"at":"2026\u002d03-01"}"#),
+            Some(datetime!(2026-03-01 0:00 UTC))
+        );
+        assert_eq!(t(r#"{"at":"2026-03-01","at":"2026-03-02"}"#), None);
+        assert_eq!(t(r#"{"at":1}"#), None);
+        assert_eq!(t(r#"{"other":"2026-03-01"}"#), None);
+        assert_eq!(t("not json"), None);
     }
 
     #[test]

@@ -53,3 +53,27 @@ fn bad_config_exits_64_and_names_the_key() {
     let (code, _) = run("not = [toml", &[]);
     assert_eq!(code, Some(64));
 }
+
+#[test]
+fn a_pseudonym_key_shorter_than_32_bytes_exits_64_naming_it() {
+    let descriptor = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies/products/user-profiles.yaml")
+        .display()
+        .to_string();
+    let config = OK.replace("\"missing.yaml\"", &format!("{descriptor:?}"));
+    // 31 bytes, inline.
+    let short = format!(
+        "{config}[pseudonym_keys]\nuser-identity = {{ base64 = \"{}\" }}\n",
+        "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MA=="
+    );
+    let (code, err) = run(&short, &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("`pseudonym_keys.user-identity`"), "{err}");
+    assert!(err.contains("31 bytes"), "{err}");
+    // A key file that does not exist names the key too.
+    let missing =
+        format!("{config}[pseudonym_keys]\nuser-identity = {{ file = \"/nonexistent/k\" }}\n");
+    let (code, err) = run(&missing, &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("`pseudonym_keys.user-identity`"), "{err}");
+}

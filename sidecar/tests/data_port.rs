@@ -52,11 +52,10 @@ async fn marketing_sees_anonymized_profiles_without_undeclared_fields() {
     assert_eq!(a["postcode"], "101");
     assert_eq!(a["country"], "NL");
     assert_eq!(a["signed_up_at"], "2026-03-01T10:00:00Z");
-    let uid = a["user_id"].as_str().unwrap();
-    assert!(
-        uid.starts_with("u_") && uid.len() == 34 && !uid.contains("u-1"),
-        "{uid}"
-    );
+    // prefix + hex(HMAC-SHA256(key, "u-1")[..16]), computed independently:
+    // python3 -c 'import hmac,hashlib; print(hmac.new(
+    //   b"meshgov-test-pseudonym-key-0123456789", b"u-1", hashlib.sha256).hexdigest()[:32])'
+    assert_eq!(a["user_id"], "u_da4ca8084e2e5e04ad13b2cef8bad897");
     assert!(
         a.get("ssn").is_none(),
         "an undeclared field left the sidecar"
@@ -184,12 +183,65 @@ async fn csv_output_has_a_header_and_the_same_shaping() {
         "user_id,email,name,birth_date,country,postcode,signed_up_at"
     );
     assert_eq!(rows.len(), 4);
-    assert!(
-        rows[1].contains(",a************.com,,1990,NL,101,2026-03-01T10:00:00Z"),
-        "{}",
-        rows[1]
+    assert_eq!(
+        rows[1],
+        "u_da4ca8084e2e5e04ad13b2cef8bad897,a************.com,,1990,NL,101,2026-03-01T10:00:00Z"
     );
     assert!(!text.contains("123-45-6789") && !text.contains("Alice"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn csv_output_neutralises_formulas() {
+    let keys = Keys::generate();
+    let s = start(&keys, Options::default()).await;
+    let line = json!({"user_id": "u-1", "email": "x@y.z", "country": "=HYPERLINK(\"http://evil\",\"x\")",
+        "postcode": "-1+1", "signed_up_at": "@now"});
+    write_upstream(s.dir.path(), "profiles", "a.ndjson", &format!("{line}\n"));
+    let t = token(&keys, "fred", &["fraud"], "fraud-investigation");
+    let r = get(
+        s.addr,
+        RECORDS,
+        &[
+            ("Authorization", &format!("Bearer {t}")),
+            ("Accept", "text/csv"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let row = text.split("\r\n").nth(1).unwrap();
+    assert_eq!(
+        row,
+        r#"u_da4ca8084e2e5e04ad13b2cef8bad897,x@y.z,,,"'=HYPERLINK(""http://evil"",""x"")",'-1+,'@now"#
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_pseudonym_key_refuses_the_read_instead_of_leaking() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            pseudonym_keys: String::new(),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
+    // Marketing sees `user_id` only as a pseudonym: with no key, nothing.
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let r = get_as(s.addr, RECORDS, &t).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.error_code(), "cannot_anonymize");
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pseudonym key")
+    );
+    assert!(!r.text().contains("u-1") && !r.text().contains("user-identity"));
     s.stop().await;
 }
 
@@ -212,6 +264,9 @@ async fn csv_upstream_files_are_read_too() {
     let recs = r.lines();
     assert_eq!(recs.len(), 1, "{}", r.text());
     assert_eq!(recs[0]["email"], "dan@example.com");
+    assert_eq!(recs[0]["name"], serde_json::Value::Null);
+    // python3: hmac.new(b"meshgov-test-pseudonym-key-0123456789", b"u-9", hashlib.sha256)
+    assert_eq!(recs[0]["user_id"], "u_a0fb2b536035d08a4cb32a292bd7c5b8");
     assert!(recs[0].get("extra").is_none());
     s.stop().await;
 }

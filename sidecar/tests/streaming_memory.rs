@@ -43,7 +43,7 @@ async fn a_file_much_larger_than_the_memory_ceiling_streams_through() {
         signed_bundle(&gov, &descriptor, 1, 3600),
     )
     .unwrap();
-    std::fs::write(dir.path().join("k"), "test-pseudonym-key-0123456789").unwrap();
+    std::fs::write(dir.path().join("k"), PSEUDONYM_KEY).unwrap();
     // ~1 KB records; the email is long so output is as large as input.
     let data = dir.path().join("data/profiles");
     std::fs::create_dir_all(&data).unwrap();

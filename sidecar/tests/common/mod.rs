@@ -25,6 +25,8 @@ use tokio::sync::oneshot;
 
 pub const ISSUER: &str = "https://idp.media.example";
 pub const AUDIENCE: &str = "meshgov";
+/// The `user-identity` pseudonym secret tests configure (37 bytes).
+pub const PSEUDONYM_KEY: &str = "meshgov-test-pseudonym-key-0123456789";
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -157,6 +159,8 @@ pub struct Options {
     pub install_bundle: bool,
     pub expires_in: i64,
     pub upstream: Option<String>,
+    /// The body of `[pseudonym_keys]`.
+    pub pseudonym_keys: String,
     pub extra_config: String,
 }
 
@@ -167,6 +171,7 @@ impl Default for Options {
             install_bundle: true,
             expires_in: 3600,
             upstream: None,
+            pseudonym_keys: r#"user-identity = { file = "user-identity.key" }"#.into(),
             extra_config: String::new(),
         }
     }
@@ -181,9 +186,10 @@ pub fn write_upstream(dir: &Path, port: &str, name: &str, text: &str) {
 
 pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
     let dir = tempfile::tempdir().unwrap();
+    // A trailing newline is not part of the secret.
     std::fs::write(
         dir.path().join("user-identity.key"),
-        "test-pseudonym-key-0123456789",
+        format!("{PSEUDONYM_KEY}\n"),
     )
     .unwrap();
     let descriptor = repo().join(format!("policies/products/{}.yaml", opts.product));
@@ -217,7 +223,7 @@ y = "{ecy}"
 alg = "RS256"
 pem_file = {rsa:?}
 [pseudonym_keys]
-user-identity = "user-identity.key"
+{pseudonym_keys}
 {extra}
 "#,
         descriptor = descriptor.display().to_string(),
@@ -225,6 +231,7 @@ user-identity = "user-identity.key"
         ecx = b64u(ex),
         ecy = b64u(ey),
         rsa = keys.rsa_public_pem,
+        pseudonym_keys = opts.pseudonym_keys,
         extra = opts.extra_config,
         gov_pub = gov.public_key(),
     );
