@@ -10,6 +10,7 @@ use std::process::ExitCode;
 mod bundle_cmds;
 mod init;
 mod policy_cmds;
+mod token;
 
 /// Policy-as-code governance for a data mesh.
 #[derive(Parser)]
@@ -72,6 +73,53 @@ enum Command {
     Bundle {
         #[command(subcommand)]
         command: BundleCommand,
+    },
+    /// Mint a consumer JWT for local use and demos (a development aid, not an IdP).
+    ///
+    /// Prints the token on stdout, and on stderr the sidecar `[[auth.keys]]`
+    /// entry that verifies it (for EdDSA keys). Claims: iss, aud, sub,
+    /// groups, purpose, iat, nbf, exp.
+    ///
+    /// Example:
+    ///   meshgov keygen --out dev-idp
+    ///   TOKEN=$(meshgov token --key dev-idp --sub alice --groups marketing --purpose campaign-analytics)
+    ///   curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/v1/ports/profiles/records
+    #[command(verbatim_doc_comment)]
+    Token {
+        /// The private signing key: Ed25519 PKCS#8 PEM (what `meshgov keygen` writes)
+        /// for EdDSA, P-256 PKCS#8 PEM for ES256, RSA PEM for RS256.
+        #[arg(long)]
+        key: PathBuf,
+        /// The subject (consumer id).
+        #[arg(long)]
+        sub: String,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// The purpose of use; must be one the mesh declares.
+        #[arg(long)]
+        purpose: String,
+        /// The `iss` claim; must equal the sidecar's `auth.issuer`.
+        #[arg(long, default_value = "https://idp.media.example")]
+        issuer: String,
+        /// The `aud` claim; must equal the sidecar's `auth.audience`.
+        #[arg(long, default_value = "meshgov")]
+        audience: String,
+        /// Lifetime in seconds (at most a week).
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// EdDSA, ES256 or RS256.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+        /// A `kid` header, if the sidecar's key entry names one.
+        #[arg(long)]
+        kid: Option<String>,
+        /// The groups claim name (the sidecar's `auth.groups_claim`).
+        #[arg(long, default_value = "groups")]
+        groups_claim: String,
+        /// The purpose claim name (the sidecar's `auth.purpose_claim`).
+        #[arg(long, default_value = "purpose")]
+        purpose_claim: String,
     },
 }
 
@@ -138,6 +186,32 @@ fn main() -> ExitCode {
         Command::Bundle {
             command: BundleCommand::Inspect { file, trust, json },
         } => bundle_cmds::inspect(&file, &trust, json),
+        Command::Token {
+            key,
+            sub,
+            groups,
+            purpose,
+            issuer,
+            audience,
+            ttl,
+            alg,
+            kid,
+            groups_claim,
+            purpose_claim,
+        } => token::run(&token::TokenArgs {
+            key: &key,
+            sub: &sub,
+            groups: &groups,
+            purpose: &purpose,
+            issuer: &issuer,
+            audience: &audience,
+            ttl,
+            alg: &alg,
+            kid: kid.as_deref(),
+            groups_claim: &groups_claim,
+            purpose_claim: &purpose_claim,
+            now_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -262,3 +262,107 @@ fn a_broken_repository_exits_1_listing_every_problem() {
     assert_eq!(code(&o), 1);
     assert!(!d.join("b.json").exists());
 }
+
+/// A sidecar config around the `[[auth.keys]]` entry `meshgov token` printed.
+fn sidecar_auth(key_entry: &str) -> meshgov_sidecar::auth::Authenticator {
+    let cfg = format!(
+        "mesh = \"media-mesh\"\ndescriptor = \"p.yaml\"\n[listen]\ndata = \"127.0.0.1:0\"\n[upstream]\npath = \"data\"\n[auth]\nissuer = \"https://idp.media.example\"\naudience = \"meshgov\"\n{key_entry}\n"
+    );
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let cfg = meshgov_sidecar::Config::from_toml(&cfg, Path::new("/"), &env).unwrap();
+    meshgov_sidecar::auth::Authenticator::new(&cfg.auth).unwrap()
+}
+
+#[test]
+fn minted_tokens_are_accepted_by_the_sidecars_verifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    assert_eq!(code(&meshgov(&["keygen", "--out", "idp"], d)), 0);
+    let o = meshgov(
+        &[
+            "token",
+            "--key",
+            "idp",
+            "--sub",
+            "alice",
+            "--groups",
+            "marketing,fraud",
+            "--purpose",
+            "campaign-analytics",
+            "--ttl",
+            "600",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let token = String::from_utf8(o.stdout.clone()).unwrap();
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let entry = &stderr[stderr.find("[[auth.keys]]").expect("a key entry")..];
+    let auth = sidecar_auth(entry);
+    let who = auth
+        .authenticate(Some(format!("Bearer {token}").as_bytes()))
+        .unwrap();
+    assert_eq!(who.principal.id, "alice");
+    assert_eq!(who.principal.groups, ["marketing", "fraud"]);
+    assert_eq!(who.purpose, "campaign-analytics");
+
+    // Another key's token, or a tampered one, is refused by the same verifier.
+    assert_eq!(code(&meshgov(&["keygen", "--out", "other"], d)), 0);
+    let o = meshgov(
+        &[
+            "token",
+            "--key",
+            "other",
+            "--sub",
+            "mallory",
+            "--purpose",
+            "campaign-analytics",
+        ],
+        d,
+    );
+    let forged = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        auth.authenticate(Some(format!("Bearer {}", forged.trim()).as_bytes()))
+            .is_err()
+    );
+    let wrong_issuer = meshgov(
+        &[
+            "token",
+            "--key",
+            "idp",
+            "--sub",
+            "a",
+            "--purpose",
+            "p",
+            "--issuer",
+            "https://evil",
+        ],
+        d,
+    );
+    let t = String::from_utf8(wrong_issuer.stdout).unwrap();
+    assert_eq!(
+        auth.authenticate(Some(format!("Bearer {}", t.trim()).as_bytes())),
+        Err(meshgov_sidecar::auth::AuthError::Issuer)
+    );
+}
+
+#[test]
+fn token_refuses_bad_input_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("not-a-key"), "hello").unwrap();
+    let base = ["token", "--sub", "a", "--purpose", "p", "--key"];
+    let o = meshgov(&[&base[..], &["not-a-key"]].concat(), d);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("meshgov keygen"), "{}", text(&o));
+    assert_eq!(code(&meshgov(&["keygen", "--out", "k"], d)), 0);
+    let o = meshgov(&[&base[..], &["k", "--ttl", "0"]].concat(), d);
+    assert_eq!(code(&o), 2);
+    let o = meshgov(&[&base[..], &["k", "--alg", "HS256"]].concat(), d);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("EdDSA, ES256 or RS256"), "{}", text(&o));
+    let o = meshgov(&["token", "--help"], d);
+    assert!(text(&o).contains("development aid"), "{}", text(&o));
+}

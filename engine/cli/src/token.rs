@@ -1,0 +1,124 @@
+//! `meshgov token`: mints a consumer JWT for local use and demos.
+//!
+//! A development aid, not an identity provider: in production consumer
+//! tokens come from the organisation's IdP, and sidecars trust its keys.
+//! The claims are the ones the sidecar reads by default: `iss`, `aud`,
+//! `sub`, `groups` (an array), `purpose`, `iat`, `nbf` and `exp`.
+
+use crate::Failure;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use std::path::Path;
+
+/// The longest lifetime a minted token may have (one week).
+pub const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+pub struct TokenArgs<'a> {
+    pub key: &'a Path,
+    pub sub: &'a str,
+    pub groups: &'a [String],
+    pub purpose: &'a str,
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    pub ttl: u64,
+    pub alg: &'a str,
+    pub kid: Option<&'a str>,
+    pub groups_claim: &'a str,
+    pub purpose_claim: &'a str,
+    pub now_unix: i64,
+}
+
+/// The signed token, and for EdDSA keys the sidecar `[[auth.keys]]` entry
+/// that verifies it.
+pub struct Minted {
+    pub token: String,
+    pub sidecar_key: Option<String>,
+}
+
+/// Signs the claims with the private key file. Pure apart from reading it.
+pub fn mint(a: &TokenArgs<'_>) -> Result<Minted, Failure> {
+    let pem = std::fs::read_to_string(a.key)
+        .map_err(|e| Failure::usage(format!("`{}`: {e}", a.key.display())))?;
+    let bad_key = |what: &str| {
+        Failure::usage(format!(
+            "`{}` is not {what}; `meshgov keygen --out FILE` writes an Ed25519 one",
+            a.key.display()
+        ))
+    };
+    let (alg, key) = match a.alg {
+        "EdDSA" => (
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(pem.as_bytes())
+                .map_err(|_| bad_key("an Ed25519 PKCS#8 PEM private key"))?,
+        ),
+        "ES256" => (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(pem.as_bytes())
+                .map_err(|_| bad_key("a P-256 PKCS#8 PEM private key"))?,
+        ),
+        "RS256" => (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(pem.as_bytes())
+                .map_err(|_| bad_key("an RSA PEM private key"))?,
+        ),
+        other => {
+            return Err(Failure::usage(format!(
+                "--alg `{other}` is not supported; use EdDSA, ES256 or RS256"
+            )));
+        }
+    };
+    if a.sub.is_empty() {
+        return Err(Failure::usage("--sub must not be empty"));
+    }
+    if a.purpose.is_empty() {
+        return Err(Failure::usage("--purpose must not be empty"));
+    }
+    if a.ttl == 0 || a.ttl > MAX_TTL_SECONDS {
+        return Err(Failure::usage(format!(
+            "--ttl must be between 1 and {MAX_TTL_SECONDS} seconds"
+        )));
+    }
+    let exp = a
+        .now_unix
+        .saturating_add(i64::try_from(a.ttl).unwrap_or(i64::MAX));
+    let mut claims = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        claims.insert(k.to_string(), v);
+    };
+    put("iss", a.issuer.into());
+    put("aud", a.audience.into());
+    put("sub", a.sub.into());
+    put("iat", a.now_unix.into());
+    put("nbf", a.now_unix.into());
+    put("exp", exp.into());
+    put(a.groups_claim, a.groups.into());
+    put(a.purpose_claim, a.purpose.into());
+    let mut header = Header::new(alg);
+    header.kid = a.kid.map(str::to_string);
+    let token = jsonwebtoken::encode(&header, &claims, &key)
+        .map_err(|e| Failure::usage(format!("cannot sign the token: {e}")))?;
+    let sidecar_key = (alg == Algorithm::EdDSA)
+        .then(|| meshgov_bundle::SigningKey::from_pkcs8_pem(&pem).ok())
+        .flatten()
+        .map(|k| {
+            use base64::Engine as _;
+            let x =
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.public_key().as_bytes());
+            format!("[[auth.keys]]\nalg = \"EdDSA\"\nx = \"{x}\"")
+        });
+    Ok(Minted { token, sidecar_key })
+}
+
+/// Prints the token alone on stdout (so `$(meshgov token …)` works) and,
+/// on stderr, the sidecar key entry that verifies it.
+pub fn run(a: &TokenArgs<'_>) -> Result<(), Failure> {
+    let minted = mint(a)?;
+    println!("{}", minted.token);
+    eprintln!(
+        "meshgov: development token for `{}` (purpose `{}`), valid {} s; issuer `{}`, audience `{}`",
+        a.sub, a.purpose, a.ttl, a.issuer, a.audience
+    );
+    if let Some(k) = minted.sidecar_key {
+        eprintln!("meshgov: a sidecar verifies it with:\n{k}");
+    }
+    Ok(())
+}
