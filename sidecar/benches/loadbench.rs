@@ -1,0 +1,750 @@
+//! End-to-end load benchmark of the data port (issue 3, "Performance").
+//!
+//! ```sh
+//! cargo bench -p meshgov-sidecar --bench loadbench
+//! ```
+//!
+//! In one run, on loopback, over the same seeded NDJSON directory of ~1 KB
+//! records, it measures three servers, each its own process (this binary
+//! re-executed, or the release sidecar binary):
+//!
+//! - **(a) direct**: a minimal hyper server streaming the port's files (the
+//!   direct upstream read);
+//! - **(b) pass-through**: a minimal hyper reverse proxy in front of (a);
+//! - **(c) sidecar**: `meshgov-sidecar` reading the directory itself, with a
+//!   signed bundle, JWT authentication, authorization and masking (the
+//!   `marketing` consumer: pseudonymized id, masked email, redacted name,
+//!   generalized birth date and postcode).
+//!
+//! Small reads (`limit=10`) at a fixed concurrency give latency p50/p99,
+//! interleaved in rounds so drift on a shared host hits every target alike;
+//! full-port reads give sustained throughput, per wall second and per CPU
+//! second of the serving process. The sidecar's RSS is read from
+//! `/proc/<pid>/status` idle and while loaded. Every figure is printed with
+//! its target; nothing is asserted.
+//!
+//! The record layout is conservative for the sidecar: most of each record
+//! is the `email`, which it masks, so it writes as many bytes as it reads.
+//!
+//! Knobs (environment): `LOADBENCH_RECORDS` (50000), `LOADBENCH_CONCURRENCY`
+//! (4), `LOADBENCH_SMALL` (small requests per target, 6000),
+//! `LOADBENCH_LARGE` (full reads per target, 8).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshgov_sidecar::body::Body;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+const PORT: &str = "profiles";
+const SMALL_LIMIT: u64 = 10;
+const ISSUER: &str = "https://idp.bench.example";
+const AUDIENCE: &str = "meshgov";
+const ROUNDS: usize = 3;
+const WARMUP: usize = 300;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("serve-upstream") => serve(&args[2], Mode::Upstream(PathBuf::from(&args[3]))),
+        Some("serve-proxy") => serve(&args[2], Mode::Proxy(args[3].clone())),
+        _ => bench(),
+    }
+}
+
+// ---------------------------------------------------------------- servers
+
+enum Mode {
+    Upstream(PathBuf),
+    Proxy(String),
+}
+
+/// Runs (a) or (b) on `listen` with the sidecar's runtime shape (a
+/// multi-threaded tokio runtime, one worker per CPU), printing its address.
+fn serve(listen: &str, mode: Mode) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        let mode = Arc::new(mode);
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mode = Arc::clone(&mode);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let mode = Arc::clone(&mode);
+                    let client = client.clone();
+                    async move {
+                        Ok::<_, Infallible>(match &*mode {
+                            Mode::Upstream(dir) => upstream(dir, &req).await.map(Either::Left),
+                            Mode::Proxy(base) => proxy(&client, base, &req).await,
+                        })
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// (a): streams `<dir>/<port>/*.ndjson` in name order, in 64 KiB chunks,
+/// stopping after `limit` lines.
+async fn upstream(dir: &Path, req: &Request<Incoming>) -> Response<Body> {
+    let port = req.uri().path().trim_start_matches('/').to_string();
+    let limit = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut files = Vec::new();
+    let mut rd = tokio::fs::read_dir(dir.join(port)).await.unwrap();
+    while let Some(e) = rd.next_entry().await.unwrap() {
+        if e.file_name().to_string_lossy().ends_with(".ndjson") {
+            files.push(e.path());
+        }
+    }
+    files.sort();
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut left = limit.unwrap_or(u64::MAX);
+        for f in files {
+            let mut file = tokio::fs::File::open(f).await.unwrap();
+            loop {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = file.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                let mut done = false;
+                if limit.is_some() {
+                    for (i, b) in buf.iter().enumerate() {
+                        if *b == b'\n' {
+                            left -= 1;
+                            if left == 0 {
+                                buf.truncate(i + 1);
+                                done = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if tx.send(Ok(Bytes::from(buf))).await.is_err() || done {
+                    return;
+                }
+            }
+        }
+    });
+    let mut r = Response::new(Body::Stream(rx));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    r
+}
+
+/// (b): forwards the request line and headers to (a), streams the answer back.
+async fn proxy(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    base: &str,
+    req: &Request<Incoming>,
+) -> Response<Either<Body, Either<Incoming, Empty<Bytes>>>> {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut fwd = Request::new(Empty::new());
+    *fwd.method_mut() = req.method().clone();
+    *fwd.uri_mut() = format!("{base}{pq}").parse().unwrap();
+    *fwd.headers_mut() = req.headers().clone();
+    match client.request(fwd).await {
+        Ok(r) => r.map(|b| Either::Right(Either::Left(b))),
+        Err(_) => {
+            let mut r = Response::new(Either::Right(Either::Right(Empty::new())));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        }
+    }
+}
+
+// ------------------------------------------------------------- processes
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_self(name: &'static str, args: &[&str]) -> Server {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Server {
+        name,
+        child,
+        addr: line.trim().parse().unwrap(),
+    }
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of a process (clock ticks at 100 Hz).
+fn cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may hold spaces.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+// ------------------------------------------------------------- the data
+
+/// splitmix64: a seeded generator, so every run reads the same records.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn letters(&mut self, n: usize) -> String {
+        (0..n)
+            .map(|_| char::from(b'a' + self.below(26) as u8))
+            .collect()
+    }
+}
+
+/// Writes `n` records of about 1 KB; returns the total bytes.
+fn generate(dir: &Path, n: usize) -> u64 {
+    let port = dir.join(PORT);
+    std::fs::create_dir_all(&port).unwrap();
+    let mut w = BufWriter::new(std::fs::File::create(port.join("2026-03-01.ndjson")).unwrap());
+    let mut rng = Rng(0x6d65_7368_676f_7621);
+    let countries = ["NL", "DE", "FR", "BE", "GB", "IE", "ES", "IT"];
+    let mut total = 0u64;
+    for i in 0..n {
+        let len = 820 + rng.below(120) as usize;
+        let local = rng.letters(len);
+        let line = format!(
+            "{{\"user_id\":\"u-{i}\",\"email\":\"{local}@example.com\",\"name\":\"{} {}\",\"birth_date\":\"{}-{:02}-{:02}\",\"country\":\"{}\",\"postcode\":\"{}{}\",\"signed_up_at\":\"2026-03-01T{:02}:{:02}:{:02}Z\"}}\n",
+            rng.letters(7),
+            rng.letters(9),
+            1940 + rng.below(70),
+            1 + rng.below(12),
+            1 + rng.below(28),
+            countries[rng.below(countries.len() as u64) as usize],
+            1000 + rng.below(9000),
+            rng.letters(2).to_uppercase(),
+            rng.below(24),
+            rng.below(60),
+            rng.below(60),
+        );
+        w.write_all(line.as_bytes()).unwrap();
+        total += line.len() as u64;
+    }
+    w.flush().unwrap();
+    total
+}
+
+/// Keys, a signed bundle of the example mesh and the sidecar's config.
+fn sidecar_setup(dir: &Path, data: &Path, addr: SocketAddr) -> (PathBuf, String) {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let descriptor_path = repo.join("policies/products/user-profiles.yaml");
+    let descriptor = meshgov_core::descriptor::Descriptor::parse(
+        "d",
+        &std::fs::read_to_string(&descriptor_path).unwrap(),
+    )
+    .unwrap();
+    let src = meshgov_core::SourceSet::read_dir(&repo.join("policies")).unwrap();
+    let all = meshgov_core::check(&src).policies.unwrap();
+    let info = meshgov_core::descriptor::ProductInfo::resolve(&descriptor, &all.mesh).unwrap();
+    let policies = all.slice(&info);
+    let rng = ring::rand::SystemRandom::new();
+    let gov_pem = meshgov_bundle::SigningKey::generate_pkcs8_pem(&rng).unwrap();
+    let gov = meshgov_bundle::SigningKey::from_pkcs8_pem(&gov_pem).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let payload = meshgov_bundle::BundlePayload::new(
+        meshgov_bundle::BundleMeta {
+            mesh: "media-mesh".into(),
+            revision: 1,
+            created_at_unix: now - 60,
+            expires_at_unix: now + 24 * 3600,
+            source_commit: None,
+            product: policies.product.clone(),
+        },
+        policies.components(),
+    )
+    .unwrap();
+    let envelope = meshgov_bundle::sign(&payload.to_canonical_bytes(), &[&gov]).unwrap();
+    std::fs::write(dir.join("bundle.json"), envelope.to_json_bytes()).unwrap();
+    std::fs::write(dir.join("user-identity.key"), [0x5au8; 32]).unwrap();
+
+    let idp = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let idp_pub = Ed25519KeyPair::from_pkcs8(idp.as_ref())
+        .unwrap()
+        .public_key()
+        .as_ref()
+        .to_vec();
+    use base64::Engine as _;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(idp_pub);
+    let cfg = format!(
+        r#"mesh = "media-mesh"
+descriptor = {d:?}
+bundle_file = "bundle.json"
+trusted_bundle_keys = ["{g}"]
+[listen]
+data = "{addr}"
+[upstream]
+path = {data:?}
+[auth]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+[[auth.keys]]
+alg = "EdDSA"
+x = "{x}"
+[pseudonym_keys]
+user-identity = {{ file = "user-identity.key" }}
+"#,
+        d = descriptor_path.display().to_string(),
+        g = gov.public_key(),
+        data = data.display().to_string(),
+    );
+    let path = dir.join("sidecar.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let claims = serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "bench", "groups": ["marketing"],
+        "purpose": "campaign-analytics", "iat": now, "exp": now + 24 * 3600,
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(idp.as_ref()),
+    )
+    .unwrap();
+    (path, format!("Bearer {token}"))
+}
+
+fn spawn_sidecar(config: &Path, addr: SocketAddr) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server {
+        name: "(c) sidecar",
+        child,
+        addr,
+    };
+    for _ in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+            let mut head = [0u8; 12];
+            if std::io::Read::read_exact(&mut s, &mut head).is_ok() && head.ends_with(b"200") {
+                return server;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the sidecar did not become ready");
+}
+
+// ------------------------------------------------------------- the load
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    path: String,
+    auth: Option<String>,
+    /// The processes serving it, for CPU accounting.
+    pids: Vec<u32>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Sender {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// One GET on a kept-alive connection; returns (body bytes, lines).
+async fn fetch(sender: &mut Sender, t: &Target, query: &str) -> (u64, u64) {
+    sender.ready().await.unwrap();
+    let mut req = Request::new(Empty::new());
+    *req.uri_mut() = format!("{}{query}", t.path).parse().unwrap();
+    req.headers_mut()
+        .insert(http::header::HOST, http::HeaderValue::from_static("bench"));
+    if let Some(a) = &t.auth {
+        req.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(a).unwrap(),
+        );
+    }
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{} answered {}", t.name, resp.status());
+    let mut body = resp.into_body();
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            bytes += data.len() as u64;
+            lines += data.iter().filter(|b| **b == b'\n').count() as u64;
+        }
+    }
+    (bytes, lines)
+}
+
+/// `n` small reads over `conc` connections; returns each latency in µs.
+async fn small_reads(t: &Target, n: usize, conc: usize) -> Vec<f64> {
+    let t = Arc::new(Target {
+        name: t.name,
+        addr: t.addr,
+        path: t.path.clone(),
+        auth: t.auth.clone(),
+        pids: vec![],
+    });
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (t, next) = (Arc::clone(&t), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(t.addr).await;
+            let mut lat = Vec::new();
+            let query = format!("?limit={SMALL_LIMIT}");
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < n {
+                let start = Instant::now();
+                let (_, lines) = fetch(&mut sender, &t, &query).await;
+                lat.push(start.elapsed().as_secs_f64() * 1e6);
+                assert_eq!(lines, SMALL_LIMIT, "{}", t.name);
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+struct Throughput {
+    records: u64,
+    bytes: u64,
+    secs: f64,
+    cpu: Vec<f64>,
+}
+
+/// `reads` full-port reads, two at a time.
+async fn large_reads(t: &Target, reads: usize) -> Throughput {
+    let cpu0: Vec<f64> = t.pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let target = Arc::new(Target {
+        name: t.name,
+        addr: t.addr,
+        path: t.path.clone(),
+        auth: t.auth.clone(),
+        pids: vec![],
+    });
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (t, next) = (Arc::clone(&target), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(t.addr).await;
+            let (mut b, mut l) = (0, 0);
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < reads {
+                let (bb, ll) = fetch(&mut sender, &t, "").await;
+                b += bb;
+                l += ll;
+            }
+            (b, l)
+        }));
+    }
+    let (mut bytes, mut records) = (0, 0);
+    for task in tasks {
+        let (b, l) = task.await.unwrap();
+        bytes += b;
+        records += l;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = t
+        .pids
+        .iter()
+        .zip(cpu0)
+        .map(|(p, c)| cpu_seconds(*p) - c)
+        .collect();
+    Throughput {
+        records,
+        bytes,
+        secs,
+        cpu,
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "ok" } else { "MISS" }
+}
+
+fn bench() {
+    let n_records = env_or("LOADBENCH_RECORDS", 50_000);
+    let conc = env_or("LOADBENCH_CONCURRENCY", 4);
+    let n_small = env_or("LOADBENCH_SMALL", 6_000);
+    let n_large = env_or("LOADBENCH_LARGE", 8);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let total = generate(&data, n_records);
+
+    let up = spawn_self(
+        "(a) direct upstream",
+        &["serve-upstream", "127.0.0.1:0", data.to_str().unwrap()],
+    );
+    let px = spawn_self(
+        "(b) hyper pass-through",
+        &["serve-proxy", "127.0.0.1:0", &format!("http://{}", up.addr)],
+    );
+    let sc_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (config, bearer) = sidecar_setup(tmp.path(), &data, sc_addr);
+    let sc = spawn_sidecar(&config, sc_addr);
+    let sc_pid = sc.child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_kb = proc_status_kb(sc_pid, "VmRSS:");
+
+    // Sample the sidecar's RSS while it is under load.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let loaded_max = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (sampling, loaded_max) = (Arc::clone(&sampling), Arc::clone(&loaded_max));
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                loaded_max.fetch_max(proc_status_kb(sc_pid, "VmRSS:"), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let targets = [
+        Target {
+            name: up.name,
+            addr: up.addr,
+            path: format!("/{PORT}"),
+            auth: None,
+            pids: vec![up.child.id()],
+        },
+        Target {
+            name: px.name,
+            addr: px.addr,
+            path: format!("/{PORT}"),
+            auth: None,
+            pids: vec![px.child.id(), up.child.id()],
+        },
+        Target {
+            name: sc.name,
+            addr: sc.addr,
+            path: format!("/v1/ports/{PORT}/records"),
+            auth: Some(bearer),
+            pids: vec![sc_pid],
+        },
+    ];
+
+    // The load generator: one thread, so it takes at most one CPU.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut lat, thr) = rt.block_on(async {
+        for t in &targets {
+            small_reads(t, WARMUP, conc).await;
+        }
+        let mut lat: Vec<Vec<f64>> = vec![vec![]; targets.len()];
+        for _ in 0..ROUNDS {
+            for (i, t) in targets.iter().enumerate() {
+                lat[i].extend(small_reads(t, n_small / ROUNDS, conc).await);
+            }
+        }
+        let mut thr = Vec::new();
+        for t in &targets {
+            thr.push(large_reads(t, n_large).await);
+        }
+        (lat, thr)
+    });
+    sampling.store(false, Ordering::Relaxed);
+    sampler.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let after_kb = proc_status_kb(sc_pid, "VmRSS:");
+    let hwm_kb = proc_status_kb(sc_pid, "VmHWM:");
+
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "meshgov-sidecar load benchmark: loopback, {cpus} CPUs, {n_records} records of ~{} B ({:.1} MB) in one NDJSON file",
+        total / n_records as u64,
+        total as f64 / 1e6
+    );
+    println!(
+        "small reads: limit={SMALL_LIMIT}, concurrency {conc}, {ROUNDS} interleaved rounds, {} requests per target (after {WARMUP} warm-up)",
+        n_small / ROUNDS * ROUNDS
+    );
+    println!(
+        "{:<24} {:>9} {:>9} {:>9}",
+        "target", "p50 µs", "p99 µs", "req/s"
+    );
+    let mut p = Vec::new();
+    for (t, l) in targets.iter().zip(lat.iter_mut()) {
+        l.sort_by(f64::total_cmp);
+        let (p50, p99) = (pct(l, 0.50), pct(l, 0.99));
+        let mean = l.iter().sum::<f64>() / l.len() as f64;
+        println!(
+            "{:<24} {:>9.0} {:>9.0} {:>9.0}",
+            t.name,
+            p50,
+            p99,
+            conc as f64 * 1e6 / mean
+        );
+        p.push((p50, p99));
+    }
+    let (a, b, c) = (p[0], p[1], p[2]);
+    let (b50, b99) = (b.0 - a.0, b.1 - a.1);
+    let (c50, c99) = (c.0 - a.0, c.1 - a.1);
+    println!(
+        "added over (a): (b) p50 {b50:+.0} µs, p99 {b99:+.0} µs; (c) p50 {c50:+.0} µs, p99 {c99:+.0} µs"
+    );
+    println!(
+        "  sidecar p50 added {c50:+.0} µs (target <= +150): {}",
+        verdict(c50 <= 150.0)
+    );
+    println!(
+        "  sidecar p99 added {c99:+.0} µs (target <= +500): {}",
+        verdict(c99 <= 500.0)
+    );
+    let r50 = c50 / b50.max(1.0);
+    let r99 = c99 / b99.max(1.0);
+    println!(
+        "  (c) added / (b) added: p50 {r50:.2}x, p99 {r99:.2}x (target <= 1.5x): {}",
+        verdict(r50 <= 1.5 && r99 <= 1.5)
+    );
+
+    println!("large reads: the whole port, 2 connections, {n_large} reads per target");
+    println!(
+        "{:<24} {:>11} {:>8} {:>10} {:>14}",
+        "target", "records/s", "MB/s", "server CPU s", "records/CPU-s"
+    );
+    let mut per_cpu = Vec::new();
+    for (t, r) in targets.iter().zip(&thr) {
+        let cpu: f64 = r.cpu.first().copied().unwrap_or(0.0);
+        let rps = r.records as f64 / r.secs;
+        println!(
+            "{:<24} {:>11.0} {:>8.1} {:>10.2} {:>14.0}",
+            t.name,
+            rps,
+            r.bytes as f64 / r.secs / 1e6,
+            cpu,
+            r.records as f64 / cpu.max(0.01)
+        );
+        per_cpu.push((
+            rps,
+            r.records as f64 / cpu.max(0.01),
+            r.records as f64 / r.cpu.iter().sum::<f64>().max(0.01),
+        ));
+    }
+    println!(
+        "  (b) counts the proxy's CPU; with (a)'s behind it, (b) serves {:.0} records per CPU-s",
+        per_cpu[1].2
+    );
+    let wall = per_cpu[2].0 / per_cpu[1].0;
+    let core = per_cpu[2].1 / per_cpu[1].1;
+    let core_path = per_cpu[2].1 / per_cpu[1].2;
+    println!(
+        "  throughput (c)/(b): wall {wall:.2}x, per core {core:.2}x vs the proxy alone, {core_path:.2}x vs proxy+upstream (target >= 0.5x): {}",
+        verdict(core >= 0.5)
+    );
+    println!(
+        "sidecar RSS: idle {:.1} MB (target <= 20): {}; under load max {:.1} MB (target <= 30): {}; idle after load {:.1} MB; VmHWM {:.1} MB",
+        idle_kb as f64 / 1024.0,
+        verdict(idle_kb <= 20 * 1024),
+        loaded_max.load(Ordering::Relaxed) as f64 / 1024.0,
+        verdict(loaded_max.load(Ordering::Relaxed) <= 30 * 1024),
+        after_kb as f64 / 1024.0,
+        hwm_kb as f64 / 1024.0,
+    );
+    drop(sc);
+    drop(px);
+    drop(up);
+}
