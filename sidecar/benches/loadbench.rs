@@ -54,7 +54,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 const PORT: &str = "profiles";
@@ -128,7 +127,10 @@ fn serve(listen: &str, mode: Mode) {
 }
 
 /// (a): streams `<dir>/<port>/*.ndjson` in name order, in 64 KiB chunks,
-/// stopping after `limit` lines.
+/// stopping after `limit` lines. File I/O is done as the sidecar does it:
+/// one trip to tokio's blocking pool per chunk, the first of which also
+/// lists the directory and opens the file, so the baseline is not slowed by
+/// one hop per file-system call.
 async fn upstream(dir: &Path, req: &Request<Incoming>) -> Response<Body> {
     let port = req.uri().path().trim_start_matches('/').to_string();
     let limit = req
@@ -136,43 +138,61 @@ async fn upstream(dir: &Path, req: &Request<Incoming>) -> Response<Body> {
         .query()
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
         .and_then(|v| v.parse::<u64>().ok());
-    let mut files = Vec::new();
-    let mut rd = tokio::fs::read_dir(dir.join(port)).await.unwrap();
-    while let Some(e) = rd.next_entry().await.unwrap() {
-        if e.file_name().to_string_lossy().ends_with(".ndjson") {
-            files.push(e.path());
-        }
-    }
-    files.sort();
+    let dir = Arc::new(dir.join(port));
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut left = limit.unwrap_or(u64::MAX);
-        for f in files {
-            let mut file = tokio::fs::File::open(f).await.unwrap();
-            loop {
-                let mut buf = vec![0u8; 64 * 1024];
-                let n = file.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
+        let mut state: Option<(Vec<PathBuf>, Option<std::fs::File>)> = None;
+        loop {
+            let dir = Arc::clone(&dir);
+            let (s, buf) = tokio::task::spawn_blocking(move || {
+                use std::io::Read as _;
+                let (mut files, mut current) = state.unwrap_or_else(|| {
+                    let mut files: Vec<PathBuf> = std::fs::read_dir(&*dir)
+                        .unwrap()
+                        .map(|e| e.unwrap().path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "ndjson"))
+                        .collect();
+                    files.sort();
+                    files.reverse();
+                    (files, None)
+                });
+                loop {
+                    if current.is_none() {
+                        match files.pop() {
+                            Some(f) => current = Some(std::fs::File::open(f).unwrap()),
+                            None => return ((files, current), None),
+                        }
+                    }
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let n = current.as_mut().unwrap().read(&mut buf).unwrap();
+                    if n > 0 {
+                        buf.truncate(n);
+                        return ((files, current), Some(buf));
+                    }
+                    current = None;
                 }
-                buf.truncate(n);
-                let mut done = false;
-                if limit.is_some() {
-                    for (i, b) in buf.iter().enumerate() {
-                        if *b == b'\n' {
-                            left -= 1;
-                            if left == 0 {
-                                buf.truncate(i + 1);
-                                done = true;
-                                break;
-                            }
+            })
+            .await
+            .unwrap();
+            let Some(mut buf) = buf else { return };
+            let mut done = false;
+            if limit.is_some() {
+                for (i, b) in buf.iter().enumerate() {
+                    if *b == b'\n' {
+                        left -= 1;
+                        if left == 0 {
+                            buf.truncate(i + 1);
+                            done = true;
+                            break;
                         }
                     }
                 }
-                if tx.send(Ok(Bytes::from(buf))).await.is_err() || done {
-                    return;
-                }
             }
+            if tx.send(Ok(Bytes::from(buf))).await.is_err() || done {
+                return;
+            }
+            state = Some(s);
         }
     });
     let mut r = Response::new(Body::Stream(rx));

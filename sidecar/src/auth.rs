@@ -6,11 +6,16 @@
 //! validation allows that algorithm alone, so `alg: none`, `HS256` signed
 //! with a public key, or an RS256 token against an EC key are all refused.
 //! `iss`, `aud`, `exp` and `sub` are required; `nbf` is checked when present.
+//!
+//! Verified tokens are remembered (see [`VerifiedCache`]): a consumer sends
+//! the same token with every request until it expires, and the signature
+//! check is most of the per-request cost of authentication.
 
 use crate::config::{AuthConfig, KeyConfig, KeySource};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use meshgov_core::Principal;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 /// Who is asking and why, from a verified token.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,9 +56,62 @@ struct TrustedKey {
     key: DecodingKey,
 }
 
+/// Tokens whose signature, issuer and audience verified, by their exact
+/// text, with the time claims to re-check on every use.
+///
+/// Only a successful verification inserts; a hit requires the identical
+/// token string, so a changed byte is a miss and is verified in full.
+/// `exp` and `nbf` are checked against the clock at each use, exactly as
+/// the full path does. Bounded: at most [`VERIFIED_CACHE_ENTRIES`] tokens
+/// of at most [`VERIFIED_CACHE_MAX_TOKEN`] bytes; a full cache starts over.
+// INVARIANT: the trusted keys, issuer and audience are fixed for the
+// Authenticator's life (config is read once). If keys ever reload, the
+// cache must be dropped with them.
+#[derive(Default)]
+struct VerifiedCache {
+    tokens: Mutex<HashMap<Box<str>, Verified>>,
+}
+
+#[derive(Clone)]
+struct Verified {
+    identity: Identity,
+    exp: i64,
+    nbf: Option<i64>,
+}
+
+/// How many verified tokens are remembered.
+pub const VERIFIED_CACHE_ENTRIES: usize = 256;
+/// Longer tokens are always verified in full (bounds the cache's memory).
+pub const VERIFIED_CACHE_MAX_TOKEN: usize = 2048;
+
+impl VerifiedCache {
+    fn get(&self, token: &str) -> Option<Verified> {
+        self.tokens.lock().ok()?.get(token).cloned()
+    }
+
+    fn put(&self, token: &str, v: Verified) {
+        if token.len() > VERIFIED_CACHE_MAX_TOKEN {
+            return;
+        }
+        if let Ok(mut m) = self.tokens.lock() {
+            if m.len() >= VERIFIED_CACHE_ENTRIES {
+                m.clear();
+            }
+            m.insert(token.into(), v);
+        }
+    }
+}
+
+/// A time claim as whole seconds (`exp` rounds down, so never later).
+fn seconds(v: Option<&serde_json::Value>) -> Option<i64> {
+    let v = v?;
+    v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64))
+}
+
 /// Verifies consumer tokens. Built once from config.
 pub struct Authenticator {
     keys: Vec<TrustedKey>,
+    verified: VerifiedCache,
     issuer: String,
     audience: String,
     groups_claim: String,
@@ -117,6 +175,7 @@ impl Authenticator {
         }
         Ok(Authenticator {
             keys,
+            verified: VerifiedCache::default(),
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             groups_claim: cfg.groups_claim.clone(),
@@ -156,6 +215,16 @@ impl Authenticator {
 
     /// Verifies an `Authorization` header value.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
+        self.authenticate_at(authorization, crate::clock::now_unix())
+    }
+
+    /// Verifies an `Authorization` header value at `now_unix`; a token
+    /// verified before is only checked for expiry and not-before.
+    pub fn authenticate_at(
+        &self,
+        authorization: Option<&[u8]>,
+        now_unix: i64,
+    ) -> Result<Identity, AuthError> {
         let raw = authorization.ok_or(AuthError::Missing)?;
         if raw.len() > MAX_TOKEN + 7 {
             return Err(AuthError::Malformed);
@@ -166,6 +235,10 @@ impl Authenticator {
             .or_else(|| text.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?
             .trim();
+        if let Some(v) = self.verified.get(token) {
+            self.check_times(v.exp, v.nbf, now_unix)?;
+            return Ok(v.identity);
+        }
         // The header names the algorithm; `none` and symmetric algorithms
         // fail here or find no key below.
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Algorithm)?;
@@ -181,19 +254,35 @@ impl Authenticator {
             v.set_issuer(&[&self.issuer]);
             v.set_audience(&[&self.audience]);
             v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-            v.validate_exp = true;
-            v.validate_nbf = true;
-            v.leeway = self.leeway;
+            // `exp` and `nbf` are checked below against `now_unix`, the same
+            // way for fresh and remembered tokens.
+            v.validate_exp = false;
+            v.validate_nbf = false;
             match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
                 token, &k.key, &v,
             ) {
-                Ok(data) => return self.identity(data.claims),
+                Ok(data) => {
+                    let (exp, nbf) = (
+                        seconds(data.claims.get("exp")),
+                        seconds(data.claims.get("nbf")),
+                    );
+                    let identity = self.identity(data.claims)?;
+                    let exp = exp.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+                    self.check_times(exp, nbf, now_unix)?;
+                    self.verified.put(
+                        token,
+                        Verified {
+                            identity: identity.clone(),
+                            exp,
+                            nbf,
+                        },
+                    );
+                    return Ok(identity);
+                }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
                     last = match e.kind() {
                         K::InvalidSignature => AuthError::Signature,
-                        K::ExpiredSignature => AuthError::Expired,
-                        K::ImmatureSignature => AuthError::NotYetValid,
                         K::InvalidIssuer => AuthError::Issuer,
                         K::InvalidAudience => AuthError::Audience,
                         K::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
@@ -208,6 +297,19 @@ impl Authenticator {
             }
         }
         Err(last)
+    }
+
+    /// `exp` is exclusive of leeway-adjusted now; `nbf` may be up to the
+    /// leeway in the future.
+    fn check_times(&self, exp: i64, nbf: Option<i64>, now_unix: i64) -> Result<(), AuthError> {
+        let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
+        if exp < now_unix.saturating_sub(leeway) {
+            return Err(AuthError::Expired);
+        }
+        if nbf.is_some_and(|nbf| nbf > now_unix.saturating_add(leeway)) {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(())
     }
 
     fn identity(
@@ -251,5 +353,101 @@ impl Authenticator {
             },
             purpose,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use base64::Engine as _;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    fn setup() -> (Authenticator, Vec<u8>) {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key());
+        let cfg = AuthConfig {
+            issuer: "i".into(),
+            audience: "a".into(),
+            groups_claim: "groups".into(),
+            purpose_claim: "purpose".into(),
+            leeway_seconds: 5,
+            keys: vec![KeyConfig {
+                kid: None,
+                alg: "EdDSA".into(),
+                source: KeySource::Components(BTreeMap::from([("x".to_string(), x)])),
+            }],
+        };
+        (Authenticator::new(&cfg).unwrap(), pkcs8.as_ref().to_vec())
+    }
+
+    fn bearer(pkcs8: &[u8], claims: serde_json::Value) -> Vec<u8> {
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::EdDSA),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(pkcs8),
+        )
+        .unwrap();
+        format!("Bearer {t}").into_bytes()
+    }
+
+    #[test]
+    fn remembered_tokens_still_expire_and_altered_ones_are_verified_in_full() {
+        let (auth, key) = setup();
+        let now = 1_800_000_000;
+        let claims = serde_json::json!({"iss": "i", "aud": "a", "sub": "s", "purpose": "p",
+            "groups": ["g"], "nbf": now - 10, "exp": now + 100});
+        let t = bearer(&key, claims);
+        let first = auth.authenticate_at(Some(&t), now).unwrap();
+        assert_eq!(auth.authenticate_at(Some(&t), now + 1).unwrap(), first);
+        assert_eq!(auth.authenticate_at(Some(&t), now + 105), Ok(first));
+        assert_eq!(
+            auth.authenticate_at(Some(&t), now + 106),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            auth.authenticate_at(Some(&t), now - 16),
+            Err(AuthError::NotYetValid)
+        );
+        // Flip one signature character: not a cache hit, and it fails.
+        let mut forged = t.clone();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(
+            auth.authenticate_at(Some(&forged), now),
+            Err(AuthError::Signature)
+        );
+    }
+
+    #[test]
+    fn fresh_tokens_check_times_against_the_given_clock() {
+        let (auth, key) = setup();
+        let now = 1_800_000_000;
+        let t = bearer(
+            &key,
+            serde_json::json!({"iss": "i", "aud": "a", "sub": "s", "purpose": "p", "exp": now - 6}),
+        );
+        assert_eq!(auth.authenticate_at(Some(&t), now), Err(AuthError::Expired));
+        let t = bearer(
+            &key,
+            serde_json::json!({"iss": "i", "aud": "a", "sub": "s", "purpose": "p",
+                "nbf": now + 6, "exp": now + 60}),
+        );
+        assert_eq!(
+            auth.authenticate_at(Some(&t), now),
+            Err(AuthError::NotYetValid)
+        );
+        // Not remembered while not yet valid: later it verifies in full.
+        assert!(auth.authenticate_at(Some(&t), now + 1).is_ok());
+        let t = bearer(
+            &key,
+            serde_json::json!({"iss": "i", "aud": "a", "sub": "s", "purpose": "p", "exp": "9999999999"}),
+        );
+        // A string `exp` is refused (the library reports it as missing).
+        assert!(matches!(
+            auth.authenticate_at(Some(&t), now),
+            Err(AuthError::MissingClaim(c) | AuthError::BadClaim(c)) if c == "exp"
+        ));
     }
 }

@@ -39,7 +39,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Month, OffsetDateTime};
-use tokio::io::AsyncReadExt;
 
 /// The window a read asks for: `[from, to)`, either end open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -106,10 +105,24 @@ impl Upstream {
         let source = match self {
             Upstream::Dir(root) => {
                 let dir = root.join(port);
-                let files = list_partitions(&dir, window).await?;
+                // One trip to the blocking pool lists the partitions, opens
+                // the first file and reads its first chunk: a small read
+                // costs one hop, not one per file-system call.
+                let (cursor, first) = tokio::task::spawn_blocking(move || {
+                    let mut cursor = FileCursor {
+                        files: list_partitions(&dir, window)?.into(),
+                        current: None,
+                    };
+                    // A first file that cannot be read is a 502, not a
+                    // truncated 200.
+                    let first = cursor.step()?;
+                    Ok::<_, UpstreamError>((cursor, first))
+                })
+                .await
+                .map_err(|e| UpstreamError(format!("listing failed: {e}")))??;
                 Source::Files {
-                    files: files.into(),
-                    current: None,
+                    cursor: Some(cursor),
+                    prefetched: Some(Ok(first)),
                 }
             }
             Upstream::Http { base, client } => {
@@ -284,20 +297,15 @@ fn format_of(name: &str) -> Option<FileFormat> {
     }
 }
 
-/// The port's files that overlap `window`, sorted by name.
-async fn list_partitions(
+/// The port's files that overlap `window`, sorted by name. Blocking.
+fn list_partitions(
     dir: &Path,
     window: Window,
 ) -> Result<Vec<(PathBuf, FileFormat)>, UpstreamError> {
-    let mut rd = tokio::fs::read_dir(dir)
-        .await
-        .map_err(|e| UpstreamError(format!("cannot list `{}`: {e}", dir.display())))?;
+    let cannot = |e: std::io::Error| UpstreamError(format!("cannot list `{}`: {e}", dir.display()));
     let mut out = Vec::new();
-    while let Some(entry) = rd
-        .next_entry()
-        .await
-        .map_err(|e| UpstreamError(format!("cannot list `{}`: {e}", dir.display())))?
-    {
+    for entry in std::fs::read_dir(dir).map_err(cannot)? {
+        let entry = entry.map_err(cannot)?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(fmt) = format_of(&name) else {
             continue;
@@ -313,10 +321,69 @@ async fn list_partitions(
     Ok(out)
 }
 
+/// The files still to read, and the open one. Its methods block; they run
+/// on tokio's blocking pool, one call per chunk.
+struct FileCursor {
+    files: VecDeque<(PathBuf, FileFormat)>,
+    current: Option<std::fs::File>,
+}
+
+/// What one [`FileCursor::step`] produced.
+struct Step {
+    /// A new file was opened, in this format.
+    opened: Option<FileFormat>,
+    /// `None` when every file has been read.
+    chunk: Option<Chunk>,
+}
+
+impl FileCursor {
+    /// Opens the next file if none is open, then reads one chunk from it;
+    /// `FileEnd` after each file.
+    fn step(&mut self) -> Result<Step, UpstreamError> {
+        use std::io::Read as _;
+        let mut opened = None;
+        let file = match &mut self.current {
+            Some(f) => f,
+            None => {
+                let Some((path, fmt)) = self.files.pop_front() else {
+                    return Ok(Step {
+                        opened: None,
+                        chunk: None,
+                    });
+                };
+                let f = std::fs::File::open(&path)
+                    .map_err(|e| UpstreamError(format!("cannot open `{}`: {e}", path.display())))?;
+                opened = Some(fmt);
+                self.current.insert(f)
+            }
+        };
+        let mut buf = vec![0u8; CHUNK];
+        let n = loop {
+            match file.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| UpstreamError(format!("read failed: {e}")))?,
+            }
+        };
+        let chunk = if n > 0 {
+            buf.truncate(n);
+            Chunk::Data(Bytes::from(buf))
+        } else {
+            self.current = None;
+            Chunk::FileEnd
+        };
+        Ok(Step {
+            opened,
+            chunk: Some(chunk),
+        })
+    }
+}
+
 enum Source {
     Files {
-        files: VecDeque<(PathBuf, FileFormat)>,
-        current: Option<tokio::fs::File>,
+        /// `None` only while a step runs on the blocking pool.
+        cursor: Option<FileCursor>,
+        /// The step `open` already took.
+        prefetched: Option<Result<Step, UpstreamError>>,
     },
     Http(hyper::body::Incoming),
 }
@@ -383,31 +450,30 @@ impl RecordReader {
                     }
                 }
             },
-            Source::Files { files, current } => loop {
-                if let Some(file) = current {
-                    let mut buf = vec![0u8; CHUNK];
-                    let n = file
-                        .read(&mut buf)
+            Source::Files { cursor, prefetched } => {
+                let step = match prefetched.take() {
+                    Some(step) => step,
+                    None => {
+                        let mut c = cursor
+                            .take()
+                            .ok_or_else(|| UpstreamError("the reader failed before".into()))?;
+                        let (c, step) = tokio::task::spawn_blocking(move || {
+                            let step = c.step();
+                            (c, step)
+                        })
                         .await
                         .map_err(|e| UpstreamError(format!("read failed: {e}")))?;
-                    if n > 0 {
-                        buf.truncate(n);
-                        return Ok(Some(Chunk::Data(Bytes::from(buf))));
+                        *cursor = Some(c);
+                        step
                     }
-                    *current = None;
-                    return Ok(Some(Chunk::FileEnd));
+                }?;
+                if let Some(fmt) = step.opened {
+                    // A new file: its own format, and (for CSV) its own header.
+                    self.format = fmt;
+                    self.csv_columns = None;
                 }
-                let Some((path, fmt)) = files.pop_front() else {
-                    return Ok(None);
-                };
-                let f = tokio::fs::File::open(&path)
-                    .await
-                    .map_err(|e| UpstreamError(format!("cannot open `{}`: {e}", path.display())))?;
-                *current = Some(f);
-                // A new file: its own format, and (for CSV) its own header.
-                self.format = fmt;
-                self.csv_columns = None;
-            },
+                Ok(step.chunk)
+            }
         }
     }
 
@@ -624,11 +690,7 @@ mod tests {
             from: Some(datetime!(2026-03-02 12:00 UTC)),
             to: Some(datetime!(2026-03-03 0:00 UTC)),
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let files = rt.block_on(list_partitions(d.path(), w)).unwrap();
+        let files = list_partitions(d.path(), w).unwrap();
         let names: Vec<String> = files
             .iter()
             .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
