@@ -411,7 +411,14 @@ enum Chunk {
 }
 
 enum Line {
-    Ok,
+    /// A whole line inside the current chunk, `chunk[start..end]`: the
+    /// common case, read without copying.
+    InChunk {
+        start: usize,
+        end: usize,
+    },
+    /// A line that spans chunks, assembled in `RecordReader::line`.
+    Assembled,
     TooLong,
 }
 
@@ -477,12 +484,13 @@ impl RecordReader {
         }
     }
 
-    /// The next line into `self.line`; `None` at the end of everything.
+    /// The next line, in the chunk or assembled in `self.line`; `None` at
+    /// the end of everything.
     async fn next_line(&mut self) -> Result<Option<Line>, UpstreamError> {
         self.line.clear();
         let mut over = false;
         let mut any = false;
-        let done = |over: bool| if over { Line::TooLong } else { Line::Ok };
+        let done = |over: bool| if over { Line::TooLong } else { Line::Assembled };
         loop {
             let rest = self.lines.chunk.get(self.lines.pos..).unwrap_or_default();
             if rest.is_empty() {
@@ -497,8 +505,24 @@ impl RecordReader {
                     }
                 }
             }
+            let newline = memchr::memchr(b'\n', rest);
+            if let Some(i) = newline
+                && !any
+            {
+                // The whole line is in this chunk: hand out its position.
+                let start = self.lines.pos;
+                self.lines.pos += i + 1;
+                return Ok(Some(if i > self.lines.max {
+                    Line::TooLong
+                } else {
+                    Line::InChunk {
+                        start,
+                        end: start + i,
+                    }
+                }));
+            }
             any = true;
-            let (part, consumed, complete) = match rest.iter().position(|&b| b == b'\n') {
+            let (part, consumed, complete) = match newline {
                 Some(i) => (rest.get(..i).unwrap_or_default(), i + 1, true),
                 None => (rest, rest.len(), false),
             };
@@ -523,21 +547,35 @@ impl RecordReader {
             let Some(l) = self.next_line().await? else {
                 return Ok(None);
             };
-            if matches!(l, Line::TooLong) {
-                return Ok(Some(Item::Malformed));
-            }
-            if self.line.last() == Some(&b'\r') {
-                self.line.pop();
-            }
-            if self.line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+            // Positions, not a borrow: the borrow is taken again where a
+            // record is returned, so the loop may go on reading.
+            let (assembled, start, mut end) = match l {
+                Line::TooLong => return Ok(Some(Item::Malformed)),
+                Line::InChunk { start, end } => (false, start, end),
+                Line::Assembled => (true, 0, self.line.len()),
+            };
+            {
+                let line = line_at(&self.lines.chunk, &self.line, assembled, start, end);
+                if line.last() == Some(&b'\r') {
+                    end -= 1;
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
             }
             match self.format {
-                FileFormat::Ndjson => return Ok(Some(Item::Record(&self.line))),
+                FileFormat::Ndjson => {
+                    return Ok(Some(Item::Record(line_at(
+                        &self.lines.chunk,
+                        &self.line,
+                        assembled,
+                        start,
+                        end,
+                    ))));
+                }
                 FileFormat::Csv => {
-                    let Some(cells) = std::str::from_utf8(&self.line)
-                        .ok()
-                        .and_then(split_csv_line)
+                    let line = line_at(&self.lines.chunk, &self.line, assembled, start, end);
+                    let Some(cells) = std::str::from_utf8(line).ok().and_then(split_csv_line)
                     else {
                         return Ok(Some(Item::Malformed));
                     };
@@ -556,6 +594,18 @@ impl RecordReader {
             }
         }
     }
+}
+
+/// The current line's bytes, in the chunk or assembled.
+fn line_at<'a>(
+    chunk: &'a [u8],
+    line: &'a [u8],
+    assembled: bool,
+    start: usize,
+    end: usize,
+) -> &'a [u8] {
+    let from = if assembled { line } else { chunk };
+    from.get(start..end).unwrap_or_default()
 }
 
 /// Splits one RFC 4180 line; `None` on an unterminated quote.
@@ -742,6 +792,44 @@ mod tests {
             serde_json::json!({"x": 8}),
         ];
         assert_eq!(items, expected);
+    }
+
+    #[test]
+    fn lines_across_chunk_boundaries_arrive_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let port = d.path().join("p");
+        std::fs::create_dir_all(&port).unwrap();
+        // Lines of many lengths, so chunk edges fall everywhere, some CRLF.
+        let mut text = String::new();
+        let mut expected = Vec::new();
+        for i in 0..3000usize {
+            let line = format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 257));
+            text.push_str(&line);
+            text.push_str(if i % 3 == 0 { "\r\n" } else { "\n" });
+            expected.push(line);
+        }
+        assert!(text.len() > 3 * CHUNK);
+        std::fs::write(port.join("a.ndjson"), text).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let up = Upstream::Dir(d.path().to_path_buf());
+            let mut r = up
+                .open("p", Window::default(), 1024, CsvSchema::default())
+                .await
+                .unwrap();
+            let mut v = Vec::new();
+            while let Some(i) = r.next().await.unwrap() {
+                match i {
+                    Item::Record(l) => v.push(String::from_utf8(l.to_vec()).unwrap()),
+                    Item::Malformed => panic!("no line here is malformed"),
+                }
+            }
+            v
+        });
+        assert_eq!(got, expected);
     }
 
     #[test]
