@@ -67,8 +67,8 @@ impl ActiveBundle {
             ProductInfo::resolve(descriptor, &policies.mesh).map_err(BundleError::Descriptor)?;
         Ok(ActiveBundle {
             plans: PlanCache::new(&policies, PLAN_CACHE_CAPACITY),
+            view: ProductView::new(info, &policies),
             policies,
-            view: ProductView::new(info),
             meta,
             loaded_at_unix: now_unix,
         })

@@ -46,7 +46,7 @@ fn bench_plan(c: &mut Criterion) {
     let d = Descriptor::parse("user-profiles.yaml", &text).unwrap();
     let info = ProductInfo::resolve(&d, &whole.mesh).unwrap();
     let sliced = whole.slice(&info);
-    let view = ProductView::new(info);
+    let view = ProductView::new(info, &sliced);
     let principal = Principal {
         id: "frank".into(),
         groups: vec!["fraud".into()],

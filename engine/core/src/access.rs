@@ -34,6 +34,9 @@ pub struct Access {
     /// `(id, source text)` in id order; what bundles carry.
     texts: Vec<(String, String)>,
     by_action: [PolicySet; 4],
+    /// The schema's action entities, with their group hierarchy, so that
+    /// `action in Action::"group"` matches the group's members.
+    actions: Vec<Entity>,
     authorizer: std::sync::Arc<Authorizer>,
 }
 
@@ -219,12 +222,13 @@ impl Access {
         let mut by_action: [PolicySet; 4] = Default::default();
         for p in set.policies() {
             for (i, action) in ACTIONS.iter().enumerate() {
+                // `action in [...]` also matches members of action groups the
+                // schema defines, which the policy does not name; such a
+                // policy goes to every set, so a `forbid` on a group can never
+                // be dropped. Evaluation stays exact either way.
                 let applies = match p.action_constraint() {
-                    ActionConstraint::Any => true,
+                    ActionConstraint::Any | ActionConstraint::In(_) => true,
                     ActionConstraint::Eq(a) => a.id().unescaped() == *action,
-                    ActionConstraint::In(list) => {
-                        list.iter().any(|a| a.id().unescaped() == *action)
-                    }
                 };
                 if applies && let Some(s) = by_action.get_mut(i) {
                     // INVARIANT: ids are unique in `set`, so adding cannot clash.
@@ -232,10 +236,17 @@ impl Access {
                 }
             }
         }
+        // INVARIANT: both callers pass a schema that already parsed.
+        let actions = Schema::from_cedarschema_str(&schema_text)
+            .ok()
+            .and_then(|(schema, _)| schema.action_entities().ok())
+            .map(|e| e.iter().cloned().collect())
+            .unwrap_or_default();
         Access {
             schema_text,
             texts,
             by_action,
+            actions,
             authorizer: std::sync::Arc::new(Authorizer::new()),
         }
     }
@@ -463,8 +474,8 @@ fn s(v: &str) -> RestrictedExpression {
 }
 
 impl ProductEntities {
-    pub fn build(product: &ProductInfo) -> ProductEntities {
-        let mut entities = Vec::new();
+    pub fn build(product: &ProductInfo, access: &Access) -> ProductEntities {
+        let mut entities = access.actions.clone();
         let domain = uid("Domain", &product.domain);
         let product_uid = uid("DataProduct", &product.id);
         if let Some(d) = &domain {
@@ -521,8 +532,9 @@ impl ProductEntities {
             }
         }
         // INVARIANT: every parent named above is itself in `entities` and the
-        // hierarchy is acyclic (domain > product > port > field), so this
-        // cannot fail; an empty store would only deny every request.
+        // hierarchy is acyclic (domain > product > port > field; the
+        // schema's action groups), so this cannot fail; an empty store would
+        // only deny every request.
         let base = Entities::from_entities(entities, None).unwrap_or_else(|_| Entities::empty());
         ProductEntities { base }
     }

@@ -9,7 +9,8 @@ use crate::descriptor::ProductInfo;
 use crate::policies::Policies;
 
 /// A product compiled against a bundle: its resolved fields and Cedar
-/// entities. Built once per bundle load, shared by every request.
+/// entities (with the bundle schema's action hierarchy). Built once per
+/// bundle load, shared by every request; rebuild it with each new bundle.
 #[derive(Debug, Clone)]
 pub struct ProductView {
     pub info: ProductInfo,
@@ -17,8 +18,8 @@ pub struct ProductView {
 }
 
 impl ProductView {
-    pub fn new(info: ProductInfo) -> ProductView {
-        let entities = ProductEntities::build(&info);
+    pub fn new(info: ProductInfo, policies: &Policies) -> ProductView {
+        let entities = ProductEntities::build(&info, &policies.access);
         ProductView { info, entities }
     }
 }
@@ -300,7 +301,8 @@ mod tests {
         let text = std::fs::read_to_string(root.join("products/user-profiles.yaml")).unwrap();
         let d = Descriptor::parse("p.yaml", &text).unwrap();
         let info = ProductInfo::resolve(&d, &policies.mesh).unwrap();
-        (policies, ProductView::new(info))
+        let view = ProductView::new(info, &policies);
+        (policies, view)
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub fn run(
             (
                 d.product_id(),
                 ProductInfo::resolve(d, &policies.mesh)
-                    .map(ProductView::new)
+                    .map(|info| ProductView::new(info, policies))
                     .map_err(|e| format!("{path}: {e}")),
             )
         })

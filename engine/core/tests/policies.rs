@@ -28,7 +28,7 @@ fn product(policies: &Policies, file: &str) -> ProductInfo {
 }
 
 fn plans(p: &Policies, info: &ProductInfo, port: &str) -> Vec<meshgov_core::ReadPlan> {
-    let view = ProductView::new(info.clone());
+    let view = ProductView::new(info.clone(), p);
     let who = [
         ("ana", "marketing", "campaign-analytics"),
         ("frank", "fraud", "fraud-investigation"),
@@ -148,4 +148,30 @@ proptest! {
         *f = SourceFile::new(f.path.clone(), String::from_utf8_lossy(&bytes).into_owned());
         let _ = meshgov_core::check(&src);
     }
+}
+
+/// A `forbid` on an action group must bind every action in the group, even
+/// though the policy never names them: splitting policies by action must
+/// not drop it.
+#[test]
+fn forbids_on_action_groups_still_apply() {
+    let mut src = SourceSet::read_dir(&root()).unwrap();
+    let schema = src.schema.as_ref().unwrap().text.replace(
+        "action read, aggregate appliesTo {",
+        "action \"data-access\";\naction read, aggregate in [\"data-access\"] appliesTo {",
+    );
+    src.schema = Some(SourceFile::new("access/schema.cedarschema", schema));
+    src.access.push(SourceFile::new(
+        "access/freeze.cedar",
+        "@id(\"mesh.freeze\")\nforbid (principal, action in Action::\"data-access\", resource);\n",
+    ));
+    let checked = meshgov_core::check(&src);
+    assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+    let p = checked.policies.unwrap();
+    let info = product(&p, "user-profiles.yaml");
+    for plan in plans(&p, &info, "profiles") {
+        assert!(!plan.decision.allowed, "{:?}", plan.decision);
+    }
+    let frank = plans(&p, &info, "profiles").remove(1);
+    assert_eq!(frank.decision.policies, vec!["mesh.freeze".to_string()]);
 }
