@@ -344,7 +344,7 @@ fn sidecar_setup(dir: &Path, data: &Path, addr: SocketAddr) -> (PathBuf, String)
     let src = meshgov_core::SourceSet::read_dir(&repo.join("policies")).unwrap();
     let all = meshgov_core::check(&src).policies.unwrap();
     let info = meshgov_core::descriptor::ProductInfo::resolve(&descriptor, &all.mesh).unwrap();
-    let policies = all.slice(&info);
+    let policies = all.slice(&info).unwrap();
     let rng = ring::rand::SystemRandom::new();
     let gov_pem = meshgov_bundle::SigningKey::generate_pkcs8_pem(&rng).unwrap();
     let gov = meshgov_bundle::SigningKey::from_pkcs8_pem(&gov_pem).unwrap();

@@ -63,11 +63,12 @@ impl ActiveBundle {
                 descriptor: id,
             });
         }
-        let info =
-            ProductInfo::resolve(descriptor, &policies.mesh).map_err(BundleError::Descriptor)?;
+        let info = ProductInfo::resolve(descriptor, &policies.mesh)
+            .map_err(|e| BundleError::Descriptor(e.to_string()))?;
+        let view = ProductView::new(info, &policies).map_err(BundleError::Descriptor)?;
         Ok(ActiveBundle {
             plans: PlanCache::new(&policies, PLAN_CACHE_CAPACITY),
-            view: ProductView::new(info, &policies),
+            view,
             policies,
             meta,
             loaded_at_unix: now_unix,

@@ -113,7 +113,7 @@ pub fn build(a: BuildArgs<'_>) -> Result<(), Failure> {
     let policies = match a.product {
         None => policies,
         Some(id) => {
-            let (_, d) = checked
+            let (path, d) = checked
                 .products
                 .iter()
                 .find(|(_, d)| d.product_id() == id)
@@ -128,17 +128,21 @@ pub fn build(a: BuildArgs<'_>) -> Result<(), Failure> {
                         known.join(", ")
                     ))
                 })?;
-            let info = ProductInfo::resolve(d, &policies.mesh).map_err(Failure::violations)?;
-            policies.slice(&info)
+            let info = ProductInfo::resolve(d, &policies.mesh)
+                .map_err(|e| Failure::violations(e.diagnostic(path).to_string()))?;
+            policies
+                .slice(&info)
+                .map_err(|e| Failure::violations(e.to_string()))?
         }
     };
     let created = build_time(a.created_at)?;
     let ttl = i64::try_from(policies.mesh.bundle.ttl_seconds).unwrap_or(i64::MAX);
+    // One default scheme, so a later build never gets a lower revision
+    // (a commit count can shrink after a rebase, and mixing schemes jumps).
     let revision = match a.revision {
         Some(r) => r,
-        None => git(a.dir, &["rev-list", "--count", "HEAD"])
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| u64::try_from(created).unwrap_or(0)),
+        None => u64::try_from(created)
+            .map_err(|_| Failure::usage("the build time is before 1970; pass --revision"))?,
     };
     let meta = BundleMeta {
         mesh: policies.mesh.id.clone(),

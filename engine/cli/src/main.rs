@@ -62,7 +62,7 @@ enum Command {
         /// Slice the bundle for one product (`domain/name`).
         #[arg(long)]
         product: Option<String>,
-        /// The revision; default: the git commit count, else the build time.
+        /// The revision; default: the build time in Unix seconds.
         #[arg(long)]
         revision: Option<u64>,
         /// The build time (RFC 3339); default: SOURCE_DATE_EPOCH, else now.

@@ -45,8 +45,8 @@ fn bench_plan(c: &mut Criterion) {
     .unwrap();
     let d = Descriptor::parse("user-profiles.yaml", &text).unwrap();
     let info = ProductInfo::resolve(&d, &whole.mesh).unwrap();
-    let sliced = whole.slice(&info);
-    let view = ProductView::new(info, &sliced);
+    let sliced = whole.slice(&info).unwrap();
+    let view = ProductView::new(info, &sliced).unwrap();
     let principal = Principal {
         id: "frank".into(),
         groups: vec!["fraud".into()],

@@ -33,10 +33,12 @@ pub struct Access {
     schema_text: String,
     /// `(id, source text)` in id order; what bundles carry.
     texts: Vec<(String, String)>,
+    /// Every policy, named by its `@id`.
+    set: PolicySet,
     by_action: [PolicySet; 4],
-    /// The schema's action entities, with their group hierarchy, so that
-    /// `action in Action::"group"` matches the group's members.
-    actions: Vec<Entity>,
+    /// Entities and requests are checked against it, and it supplies the
+    /// action hierarchy, so `action in Action::"group"` matches the members.
+    schema: Schema,
     authorizer: std::sync::Arc<Authorizer>,
 }
 
@@ -213,12 +215,29 @@ impl Access {
         if diags.error_count() > before {
             return None;
         }
-        let schema_text = schema_file.map(|f| f.text.clone()).unwrap_or_default();
+        let (schema, schema_file) = (schema?, schema_file?);
         texts.sort();
-        Some(Access::from_parts(schema_text, texts, &set))
+        match Access::from_parts(schema, schema_file.text.clone(), texts, set) {
+            Ok(access) => Some(access),
+            Err(e) => {
+                diags.push(Diagnostic::error(
+                    &schema_file.path,
+                    Position { line: 1, col: 1 },
+                    "ACCESS-LOAD",
+                    e.to_string(),
+                    "report this: validated policies should always compile",
+                ));
+                None
+            }
+        }
     }
 
-    fn from_parts(schema_text: String, texts: Vec<(String, String)>, set: &PolicySet) -> Access {
+    fn from_parts(
+        schema: Schema,
+        schema_text: String,
+        texts: Vec<(String, String)>,
+        set: PolicySet,
+    ) -> Result<Access, AccessLoadError> {
         let mut by_action: [PolicySet; 4] = Default::default();
         for p in set.policies() {
             for (i, action) in ACTIONS.iter().enumerate() {
@@ -231,24 +250,19 @@ impl Access {
                     ActionConstraint::Eq(a) => a.id().unescaped() == *action,
                 };
                 if applies && let Some(s) = by_action.get_mut(i) {
-                    // INVARIANT: ids are unique in `set`, so adding cannot clash.
-                    let _ = s.add(p.clone());
+                    s.add(p.clone())
+                        .map_err(|e| AccessLoadError::Policies(format!("`{}`: {e}", p.id())))?;
                 }
             }
         }
-        // INVARIANT: both callers pass a schema that already parsed.
-        let actions = Schema::from_cedarschema_str(&schema_text)
-            .ok()
-            .and_then(|(schema, _)| schema.action_entities().ok())
-            .map(|e| e.iter().cloned().collect())
-            .unwrap_or_default();
-        Access {
+        Ok(Access {
             schema_text,
             texts,
+            set,
             by_action,
-            actions,
+            schema,
             authorizer: std::sync::Arc::new(Authorizer::new()),
-        }
+        })
     }
 
     /// Rebuilds compiled access policies from a verified bundle's texts.
@@ -256,7 +270,7 @@ impl Access {
         schema_text: &str,
         policies: &[(String, String)],
     ) -> Result<Access, AccessLoadError> {
-        let _schema_warnings = Schema::from_cedarschema_str(schema_text)
+        let (schema, _warnings) = Schema::from_cedarschema_str(schema_text)
             .map_err(|e| AccessLoadError::Schema(e.to_string()))?;
         let mut set = PolicySet::new();
         for (id, text) in policies {
@@ -265,11 +279,7 @@ impl Access {
             set.add(p)
                 .map_err(|e| AccessLoadError::Policies(format!("`{id}`: {e}")))?;
         }
-        Ok(Access::from_parts(
-            schema_text.to_string(),
-            policies.to_vec(),
-            &set,
-        ))
+        Access::from_parts(schema, schema_text.to_string(), policies.to_vec(), set)
     }
 
     pub fn schema_text(&self) -> &str {
@@ -298,24 +308,21 @@ impl Access {
 
     /// The policies that can apply to `product`: unscoped ones, and those
     /// whose resource scope names this product, its domain, or its ports.
-    pub fn slice(&self, product: &ProductInfo) -> Access {
-        let keep: Vec<(String, String)> = self
-            .texts
-            .iter()
-            .filter(|(id, text)| {
-                Policy::parse(Some(PolicyId::new(id)), text)
-                    .map(|p| resource_may_match(&p.resource_constraint(), product))
-                    .unwrap_or(true)
-            })
-            .cloned()
-            .collect();
+    pub fn slice(&self, product: &ProductInfo) -> Result<Access, AccessLoadError> {
         let mut set = PolicySet::new();
-        for (id, text) in &keep {
-            if let Ok(p) = Policy::parse(Some(PolicyId::new(id)), text) {
-                let _ = set.add(p);
+        for p in self.set.policies() {
+            if resource_may_match(&p.resource_constraint(), product) {
+                set.add(p.clone())
+                    .map_err(|e| AccessLoadError::Policies(format!("`{}`: {e}", p.id())))?;
             }
         }
-        Access::from_parts(self.schema_text.clone(), keep, &set)
+        let keep = self
+            .texts
+            .iter()
+            .filter(|(id, _)| set.policy(&PolicyId::new(id)).is_some())
+            .cloned()
+            .collect();
+        Access::from_parts(self.schema.clone(), self.schema_text.clone(), keep, set)
     }
 
     /// One Cedar decision, against only the policies for `action`.
@@ -346,7 +353,7 @@ impl Access {
             action_uid,
             resource.clone(),
             context.clone(),
-            None,
+            Some(&self.schema),
         ) {
             Ok(r) => r,
             Err(e) => {
@@ -364,13 +371,15 @@ impl Access {
             .map(|p| p.to_string())
             .collect();
         policies.sort();
-        let errors = response
+        let errors: Vec<String> = response
             .diagnostics()
             .errors()
             .map(|e| e.to_string())
             .collect();
+        // A policy that fails to evaluate might have been a `forbid`, so any
+        // evaluation error denies.
         AccessDecision {
-            allowed: response.decision() == Decision::Allow,
+            allowed: response.decision() == Decision::Allow && errors.is_empty(),
             policies,
             errors,
         }
@@ -459,6 +468,7 @@ fn push_miette(
 pub struct ProductEntities {
     /// The product's entities with their transitive closure computed once.
     base: Entities,
+    schema: Schema,
 }
 
 pub fn port_uid(product: &ProductInfo, port: &PortInfo) -> Option<EntityUid> {
@@ -474,8 +484,11 @@ fn s(v: &str) -> RestrictedExpression {
 }
 
 impl ProductEntities {
-    pub fn build(product: &ProductInfo, access: &Access) -> ProductEntities {
-        let mut entities = access.actions.clone();
+    /// Fails when the entities do not conform to the bundle's schema (an
+    /// attribute the schema requires that meshgov does not supply, or one of
+    /// another type); every request would otherwise fail to evaluate.
+    pub fn build(product: &ProductInfo, access: &Access) -> Result<ProductEntities, String> {
+        let mut entities = Vec::new();
         let domain = uid("Domain", &product.domain);
         let product_uid = uid("DataProduct", &product.id);
         if let Some(d) = &domain {
@@ -531,17 +544,25 @@ impl ProductEntities {
                 }
             }
         }
-        // INVARIANT: every parent named above is itself in `entities` and the
-        // hierarchy is acyclic (domain > product > port > field; the
-        // schema's action groups), so this cannot fail; an empty store would
-        // only deny every request.
-        let base = Entities::from_entities(entities, None).unwrap_or_else(|_| Entities::empty());
-        ProductEntities { base }
+        let base = Entities::from_entities(entities, Some(&access.schema)).map_err(|e| {
+            format!(
+                "product `{}` does not fit the Cedar schema: {}",
+                product.id,
+                error_chain(&e)
+            )
+        })?;
+        Ok(ProductEntities {
+            base,
+            schema: access.schema.clone(),
+        })
     }
 
     /// The entity store for one request: these plus the consumer and groups.
-    pub fn with_principal(&self, principal: &Principal) -> Option<(EntityUid, Entities)> {
-        let puid = uid("Consumer", &principal.id)?;
+    /// Fails when the consumer does not fit the schema (for example an
+    /// attribute the schema requires that the token does not carry).
+    pub fn with_principal(&self, principal: &Principal) -> Result<(EntityUid, Entities), String> {
+        let puid = uid("Consumer", &principal.id)
+            .ok_or_else(|| format!("invalid consumer id `{}`", principal.id))?;
         let groups: HashSet<EntityUid> = principal
             .groups
             .iter()
@@ -553,14 +574,32 @@ impl ProductEntities {
                 attrs.insert(k.clone(), e);
             }
         }
-        let consumer = Entity::new(puid.clone(), attrs, groups.clone()).ok()?;
+        let consumer =
+            Entity::new(puid.clone(), attrs, groups.clone()).map_err(|e| error_chain(&e))?;
         let added = groups
             .into_iter()
             .map(|g| Entity::new_no_attrs(g, HashSet::new()))
             .chain(std::iter::once(consumer));
-        let entities = self.base.clone().add_entities(added, None).ok()?;
-        Some((puid, entities))
+        let entities = self
+            .base
+            .clone()
+            .add_entities(added, Some(&self.schema))
+            .map_err(|e| error_chain(&e))?;
+        Ok((puid, entities))
     }
+}
+
+/// An error with its causes, which hold the detail (which entity, which
+/// attribute).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 fn json_to_cedar(v: &serde_json::Value) -> Option<RestrictedExpression> {

@@ -3,10 +3,11 @@
 //! [`Policies`].
 
 use crate::access::Access;
+use crate::access::{Principal, ProductEntities};
 use crate::anonymization::{
     AnonRule, AnonymizationFile, FILTER_OPS, GENERALIZATIONS, RowFilterRule, TRANSFORMS,
 };
-use crate::descriptor::Descriptor;
+use crate::descriptor::{Descriptor, ProductInfo, position_of};
 use crate::diag::{Diagnostic, Diagnostics, Position};
 use crate::mesh::MeshConfig;
 use crate::plugins::{PLUGIN_KINDS, PluginFile, PluginManifest};
@@ -72,10 +73,16 @@ pub fn check(src: &SourceSet) -> Checked {
         ids,
         mesh,
         plugins: Vec::new(),
+        known: Vec::new(),
+        unresolved: false,
     };
     let access = Access::load(src.schema.as_ref(), &src.access, &mut c.diags);
     for (id, _) in access.iter().flat_map(|a| a.texts()) {
         c.ids.0.insert(id.clone(), "an access policy".into());
+    }
+    let products = c.products(src);
+    if let Some(access) = &access {
+        c.product_entities(src, access);
     }
     c.plugins(src);
     let (anonymization, row_filters) = c.anonymization(src);
@@ -86,7 +93,6 @@ pub fn check(src: &SourceSet) -> Checked {
         .into_iter()
         .map(|(f, t)| (f.path.clone(), t))
         .collect();
-    let products = c.products(src);
     let Checker {
         diags,
         mesh,
@@ -132,6 +138,11 @@ struct Checker {
     ids: Ids,
     mesh: Option<MeshConfig>,
     plugins: Vec<PluginManifest>,
+    /// The products the repository describes, resolved, with their files.
+    known: Vec<(String, ProductInfo)>,
+    /// Some descriptor did not resolve; scopes are then not checked, so its
+    /// error is not repeated for every rule that names it.
+    unresolved: bool,
 }
 
 impl Checker {
@@ -180,6 +191,15 @@ impl Checker {
                     ));
                 }
                 match src.modules.get(&p.module) {
+                    None if !crate::plugins::module_path_is_confined(&p.module) => {
+                        self.diags.push(Diagnostic::error(
+                            &f.path,
+                            at("module"),
+                            "PLUGIN-MODULE",
+                            format!("plugin module `{}` is outside `plugins/`", p.module),
+                            "give a relative path inside `plugins/`, without `..`",
+                        ))
+                    }
                     None => self.diags.push(Diagnostic::error(
                         &f.path,
                         at("module"),
@@ -216,6 +236,15 @@ impl Checker {
             for (i, r) in doc.rules.iter().enumerate() {
                 let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
+                let at_item = |k: &str, j: usize| {
+                    loc.at(&[
+                        Step::Key("rules"),
+                        Step::Index(i),
+                        Step::Key(k),
+                        Step::Index(j),
+                    ])
+                };
+                self.scope(f, &at_item, &r.domains, &r.products, &[]);
                 if let Some(mesh) = &self.mesh
                     && mesh.classification(&r.classification).is_none()
                 {
@@ -296,6 +325,15 @@ impl Checker {
                 let at =
                     |k: &str| loc.at(&[Step::Key("row_filters"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
+                let at_item = |k: &str, j: usize| {
+                    loc.at(&[
+                        Step::Key("row_filters"),
+                        Step::Index(i),
+                        Step::Key(k),
+                        Step::Index(j),
+                    ])
+                };
+                self.scope(f, &at_item, &r.domains, &r.products, &r.ports);
                 if !FILTER_OPS.contains(&r.op.as_str()) {
                     self.diags.push(Diagnostic::error(
                         &f.path,
@@ -361,6 +399,15 @@ impl Checker {
             for (i, r) in doc.rules.iter().enumerate() {
                 let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
+                let at_item = |k: &str, j: usize| {
+                    loc.at(&[
+                        Step::Key("rules"),
+                        Step::Index(i),
+                        Step::Key(k),
+                        Step::Index(j),
+                    ])
+                };
+                self.scope(f, &at_item, &r.domains, &r.products, &r.ports);
                 let caps = self
                     .mesh
                     .as_ref()
@@ -513,6 +560,15 @@ impl Checker {
             for (i, r) in doc.rules.iter().enumerate() {
                 let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
+                let at_item = |k: &str, j: usize| {
+                    loc.at(&[
+                        Step::Key("rules"),
+                        Step::Index(i),
+                        Step::Key(k),
+                        Step::Index(j),
+                    ])
+                };
+                self.scope(f, &at_item, &r.domains, &r.products, &[]);
                 let Some((_, needs)) = CHECKS.iter().find(|(c, _)| *c == r.check) else {
                     let known: Vec<&str> = CHECKS.iter().map(|(c, _)| *c).collect();
                     self.diags.push(Diagnostic::error(
@@ -625,6 +681,16 @@ impl Checker {
                             "keep one descriptor per product",
                         ));
                     }
+                    if let Some(mesh) = self.mesh.clone() {
+                        self.descriptor_classifications(&f.path, &d, &mesh);
+                        match ProductInfo::resolve(&d, &mesh) {
+                            Ok(info) => self.known.push((f.path.clone(), info)),
+                            Err(e) => {
+                                self.diags.push(e.diagnostic(&f.path));
+                                self.unresolved = true;
+                            }
+                        }
+                    }
                     products.push((f.path.clone(), d));
                 }
                 Err(d) => self.diags.push(d),
@@ -632,6 +698,111 @@ impl Checker {
         }
 
         products
+    }
+
+    fn descriptor_classifications(&mut self, path: &str, d: &Descriptor, mesh: &MeshConfig) {
+        for p in d.schema.iter().flat_map(|o| &o.properties) {
+            match &p.classification {
+                Some(c) if mesh.classification(&c.value).is_none() => self
+                    .diags
+                    .push(unknown_classification(path, position_of(c), &c.value, mesh)),
+                Some(_) => {}
+                None => self.diags.push(Diagnostic::error(
+                    path,
+                    position_of(&p.name),
+                    "PRODUCT-UNCLASSIFIED",
+                    format!(
+                        "field `{}` has no classification; it is withheld from every read",
+                        p.name.value
+                    ),
+                    "add `classification: …` with a classification from `mesh.toml`",
+                )),
+            }
+        }
+    }
+
+    /// Every product's entities, and a consumer as meshgov builds it from a
+    /// token, must fit the Cedar schema; otherwise every decision on them
+    /// fails (and denies).
+    fn product_entities(&mut self, src: &SourceSet, access: &Access) {
+        let schema_path = src
+            .schema
+            .as_ref()
+            .map_or("access/schema.cedarschema", |f| f.path.as_str());
+        let probe = Principal {
+            id: "probe".into(),
+            groups: vec!["probe".into()],
+            attrs: Default::default(),
+        };
+        let mut consumer_checked = false;
+        for (path, info) in &self.known {
+            match ProductEntities::build(info, access) {
+                Err(e) => self.diags.push(Diagnostic::error(
+                    path,
+                    Position { line: 1, col: 1 },
+                    "PRODUCT-SCHEMA",
+                    e,
+                    "declare in the schema exactly the attributes meshgov builds (see `meshgov init`)",
+                )),
+                Ok(entities) if !consumer_checked => {
+                    consumer_checked = true;
+                    if let Err(e) = entities.with_principal(&probe) {
+                        self.diags.push(Diagnostic::error(
+                            schema_path,
+                            Position { line: 1, col: 1 },
+                            "ACCESS-SCHEMA-BASE",
+                            format!("a consumer as meshgov builds it does not fit the schema: {e}"),
+                            "`Consumer` may require only `sub`; declare other attributes optional (`attr?: Type`)",
+                        ));
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A rule scoped to a domain, product or port the repository does not
+    /// describe would silently never apply; with no descriptors in the
+    /// repository there is nothing to check against.
+    fn scope(
+        &mut self,
+        f: &SourceFile,
+        at: &dyn Fn(&str, usize) -> Position,
+        domains: &[String],
+        products: &[String],
+        ports: &[String],
+    ) {
+        if self.known.is_empty() || self.unresolved {
+            return;
+        }
+        let mut found = Vec::new();
+        for (j, d) in domains.iter().enumerate() {
+            if !self.known.iter().any(|(_, p)| &p.domain == d) {
+                let all = self.known.iter().map(|(_, p)| p.domain.as_str());
+                found.push(unknown_scope(f, at("domains", j), "domain", d, all));
+            }
+        }
+        for (j, id) in products.iter().enumerate() {
+            if !self.known.iter().any(|(_, p)| &p.id == id) {
+                let all = self.known.iter().map(|(_, p)| p.id.as_str());
+                found.push(unknown_scope(f, at("products", j), "product", id, all));
+            }
+        }
+        let in_scope = || {
+            self.known
+                .iter()
+                .map(|(_, p)| p)
+                .filter(|p| crate::scope::applies(domains, products, &p.domain, &p.id))
+        };
+        for (j, port) in ports.iter().enumerate() {
+            if !in_scope().any(|p| p.port(port).is_some()) {
+                let all = in_scope().flat_map(|p| p.ports.iter().map(|x| x.name.as_str()));
+                found.push(unknown_scope(f, at("ports", j), "port", port, all));
+            }
+        }
+        for d in found {
+            self.diags.push(d);
+        }
     }
 }
 
@@ -722,6 +893,28 @@ fn unknown_classification(path: &str, pos: Position, c: &str, mesh: &MeshConfig)
         pos,
         "UNKNOWN-CLASSIFICATION",
         format!("unknown classification `{c}`"),
+        hint,
+    )
+}
+
+fn unknown_scope<'a>(
+    f: &SourceFile,
+    pos: Position,
+    what: &str,
+    name: &str,
+    known: impl Iterator<Item = &'a str>,
+) -> Diagnostic {
+    let hint = match nearest(name, known) {
+        Some(n) => format!("did you mean `{n}`?"),
+        None => format!("name a {what} described under `products/`, or describe it there"),
+    };
+    Diagnostic::error(
+        &f.path,
+        pos,
+        "SCOPE-UNKNOWN",
+        format!(
+            "no product in this repository matches {what} `{name}`; the rule would never apply"
+        ),
         hint,
     )
 }

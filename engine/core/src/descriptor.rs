@@ -194,10 +194,6 @@ impl Descriptor {
     pub fn schema_object(&self, name: &str) -> Option<&SchemaObject> {
         self.schema.iter().find(|o| o.name.value == name)
     }
-
-    pub fn privacy_unit(&self) -> Option<&str> {
-        self.custom("meshgov.privacyUnit").and_then(|v| v.as_str())
-    }
 }
 
 /// A field as the evaluators see it: name and classification details.
@@ -228,40 +224,124 @@ pub struct ProductInfo {
     pub ports: Vec<PortInfo>,
 }
 
+/// Why a descriptor does not describe a product meshgov can serve.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ResolveError {
+    pub pos: Position,
+    pub message: String,
+    pub hint: String,
+}
+
+impl ResolveError {
+    fn new(pos: Position, message: String, hint: &str) -> ResolveError {
+        ResolveError {
+            pos,
+            message,
+            hint: hint.to_string(),
+        }
+    }
+
+    pub fn diagnostic(&self, path: &str) -> Diagnostic {
+        Diagnostic::error(
+            path,
+            self.pos,
+            "PRODUCT-RESOLVE",
+            self.message.clone(),
+            self.hint.clone(),
+        )
+    }
+}
+
+const TOP: Position = Position { line: 1, col: 1 };
+
+/// A name that becomes one segment of an entity id (`domain/product/port/field`).
+fn check_segment(what: &str, name: &str, pos: Position) -> Result<(), ResolveError> {
+    if name.trim().is_empty() || name.contains('/') {
+        return Err(ResolveError::new(
+            pos,
+            format!("{what} `{name}` must be non-empty and must not contain `/`"),
+            "rename it; `/` separates domain, product, port and field in entity ids",
+        ));
+    }
+    Ok(())
+}
+
 impl ProductInfo {
     /// Resolves a descriptor against the mesh. A missing or unknown
-    /// classification resolves to `restricted`: only declared, classified
-    /// fields leave a product, so a gap can only hide data, never expose it.
-    pub fn resolve(d: &Descriptor, mesh: &MeshConfig) -> Result<ProductInfo, String> {
-        let mut ports = Vec::new();
-        for spec in d.ports()? {
+    /// classification resolves to `restricted`, and such fields are withheld
+    /// at read time: a gap can only hide data, never expose it. Refuses
+    /// duplicate port or field names and names that would make entity ids
+    /// ambiguous.
+    pub fn resolve(d: &Descriptor, mesh: &MeshConfig) -> Result<ProductInfo, ResolveError> {
+        let located = |l: &Option<Located>| l.as_ref().map(position_of).unwrap_or(TOP);
+        check_segment("domain", d.domain_name(), located(&d.domain))?;
+        let name = d.data_product.as_ref().or(d.id.as_ref());
+        check_segment(
+            "data product",
+            name.map(|n| n.value.as_str()).unwrap_or(""),
+            name.map(position_of).unwrap_or(TOP),
+        )?;
+        let ports_pos = d
+            .custom_properties
+            .iter()
+            .find(|c| c.property.value == "meshgov.outputPorts")
+            .map(|c| position_of(&c.property))
+            .unwrap_or(TOP);
+        let specs = d.ports().map_err(|e| {
+            ResolveError::new(
+                ports_pos,
+                e,
+                "give each port `name` and optionally `schema`, `kind`, `timeField`, `upstream`, `address`",
+            )
+        })?;
+        let mut ports: Vec<PortInfo> = Vec::new();
+        for spec in specs {
+            check_segment("port", &spec.name, ports_pos)?;
+            if ports.iter().any(|p| p.name == spec.name) {
+                return Err(ResolveError::new(
+                    ports_pos,
+                    format!("port `{}` is declared twice", spec.name),
+                    "give each output port a unique name",
+                ));
+            }
             let object_name = spec.schema.as_deref().unwrap_or(&spec.name);
             let object = d.schema_object(object_name).ok_or_else(|| {
-                format!(
-                    "port `{}` serves schema object `{object_name}`, which the descriptor does not declare",
-                    spec.name
+                ResolveError::new(
+                    ports_pos,
+                    format!(
+                        "port `{}` serves schema object `{object_name}`, which the descriptor does not declare",
+                        spec.name
+                    ),
+                    "add the object under `schema:`, or point the port's `schema` at one",
                 )
             })?;
-            let fields = object
-                .properties
-                .iter()
-                .map(|p| {
-                    let classification = p.classification.as_ref().map(|c| c.value.clone());
-                    let class = classification
-                        .as_deref()
-                        .and_then(|c| mesh.classification(c));
-                    FieldInfo {
-                        name: p.name.value.clone(),
-                        logical_type: p.logical_type.as_ref().map(|t| t.value.clone()),
-                        level: match (&classification, class) {
-                            (Some(_), Some(c)) => c.level,
-                            _ => Level::Restricted,
-                        },
-                        direct_identifier: class.is_some_and(|c| c.direct_identifier),
-                        classification,
-                    }
-                })
-                .collect();
+            let mut fields: Vec<FieldInfo> = Vec::with_capacity(object.properties.len());
+            for p in &object.properties {
+                let pos = position_of(&p.name);
+                check_segment("field", &p.name.value, pos)?;
+                if fields.iter().any(|f| f.name == p.name.value) {
+                    return Err(ResolveError::new(
+                        pos,
+                        format!(
+                            "field `{}` is declared twice in `{object_name}`",
+                            p.name.value
+                        ),
+                        "give each property a unique name",
+                    ));
+                }
+                let classification = p.classification.as_ref().map(|c| c.value.clone());
+                let class = classification
+                    .as_deref()
+                    .and_then(|c| mesh.classification(c));
+                fields.push(FieldInfo {
+                    name: p.name.value.clone(),
+                    logical_type: p.logical_type.as_ref().map(|t| t.value.clone()),
+                    level: class.map(|c| c.level).unwrap_or(Level::Restricted),
+                    direct_identifier: class.is_some_and(|c| c.direct_identifier),
+                    classification,
+                });
+            }
             ports.push(PortInfo {
                 name: spec.name,
                 kind: spec.kind,

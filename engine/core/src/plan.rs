@@ -5,8 +5,9 @@
 
 use crate::access::{self, AccessDecision, Principal, ProductEntities};
 use crate::anonymization::{AnonRule, RowFilterRule};
-use crate::descriptor::ProductInfo;
+use crate::descriptor::{PortInfo, ProductInfo};
 use crate::policies::Policies;
+use cedar_policy::{Context, Entities, EntityUid};
 
 /// A product compiled against a bundle: its resolved fields and Cedar
 /// entities (with the bundle schema's action hierarchy). Built once per
@@ -18,9 +19,10 @@ pub struct ProductView {
 }
 
 impl ProductView {
-    pub fn new(info: ProductInfo, policies: &Policies) -> ProductView {
-        let entities = ProductEntities::build(&info, &policies.access);
-        ProductView { info, entities }
+    /// Fails when the product's entities do not fit the bundle's schema.
+    pub fn new(info: ProductInfo, policies: &Policies) -> Result<ProductView, String> {
+        let entities = ProductEntities::build(&info, &policies.access)?;
+        Ok(ProductView { info, entities })
     }
 }
 
@@ -98,7 +100,43 @@ fn deny(reason: String) -> AccessDecision {
     }
 }
 
+/// What every decision on one port needs: the port, the consumer's entity
+/// store, the context; or the denial when the purpose is unknown.
+struct Prepared<'v> {
+    port: &'v PortInfo,
+    principal: EntityUid,
+    entities: Entities,
+    context: Context,
+}
+
 impl Policies {
+    fn prepare<'v>(
+        &self,
+        view: &'v ProductView,
+        port: &str,
+        who: Asker<'_>,
+    ) -> Result<Result<Prepared<'v>, AccessDecision>, PlanError> {
+        let port = view
+            .info
+            .port(port)
+            .ok_or_else(|| PlanError::UnknownPort(port.to_string()))?;
+        if !self.mesh.has_purpose(who.purpose) {
+            return Ok(Err(deny(format!("unknown purpose `{}`", who.purpose))));
+        }
+        let (principal, entities) = view
+            .entities
+            .with_principal(who.principal)
+            .map_err(PlanError::Request)?;
+        let context = access::context(who.purpose, who.now_unix)
+            .ok_or_else(|| PlanError::Request("invalid context".into()))?;
+        Ok(Ok(Prepared {
+            port,
+            principal,
+            entities,
+            context,
+        }))
+    }
+
     /// Decides one action on a port (or, for `reveal`, on one of its fields).
     pub fn decide(
         &self,
@@ -108,32 +146,23 @@ impl Policies {
         field: Option<&str>,
         who: Asker<'_>,
     ) -> Result<AccessDecision, PlanError> {
-        let port_info = view
-            .info
-            .port(port)
-            .ok_or_else(|| PlanError::UnknownPort(port.to_string()))?;
-        if !self.mesh.has_purpose(who.purpose) {
-            return Ok(deny(format!("unknown purpose `{}`", who.purpose)));
-        }
-        let (puid, entities) = view
-            .entities
-            .with_principal(who.principal)
-            .ok_or_else(|| PlanError::Request("invalid principal".into()))?;
-        let ctx = access::context(who.purpose, who.now_unix)
-            .ok_or_else(|| PlanError::Request("invalid context".into()))?;
+        let p = match self.prepare(view, port, who)? {
+            Ok(p) => p,
+            Err(denied) => return Ok(denied),
+        };
         let resource = match field {
             Some(f) => {
-                if !port_info.fields.iter().any(|x| x.name == f) {
+                if !p.port.fields.iter().any(|x| x.name == f) {
                     return Err(PlanError::UnknownField(f.to_string()));
                 }
-                access::field_uid(&view.info, port_info, f)
+                access::field_uid(&view.info, p.port, f)
             }
-            None => access::port_uid(&view.info, port_info),
+            None => access::port_uid(&view.info, p.port),
         }
         .ok_or_else(|| PlanError::Request("invalid resource".into()))?;
         Ok(self
             .access
-            .decide(action, &puid, &resource, &ctx, &entities))
+            .decide(action, &p.principal, &resource, &p.context, &p.entities))
     }
 
     /// Computes the read plan for one request.
@@ -143,53 +172,58 @@ impl Policies {
         port: &str,
         who: Asker<'_>,
     ) -> Result<ReadPlan, PlanError> {
-        let port_info = view
-            .info
-            .port(port)
-            .ok_or_else(|| PlanError::UnknownPort(port.to_string()))?;
         let denied = |decision| ReadPlan {
             decision,
             fields: vec![],
             row_filters: vec![],
         };
-        if !self.mesh.has_purpose(who.purpose) {
-            return Ok(denied(deny(format!("unknown purpose `{}`", who.purpose))));
-        }
-        let (puid, entities) = view
-            .entities
-            .with_principal(who.principal)
-            .ok_or_else(|| PlanError::Request("invalid principal".into()))?;
-        let ctx = access::context(who.purpose, who.now_unix)
-            .ok_or_else(|| PlanError::Request("invalid context".into()))?;
+        let p = match self.prepare(view, port, who)? {
+            Ok(p) => p,
+            Err(decision) => return Ok(denied(decision)),
+        };
+        let port_info = p.port;
         let port_uid = access::port_uid(&view.info, port_info)
             .ok_or_else(|| PlanError::Request("invalid port".into()))?;
         let decision = self
             .access
-            .decide("read", &puid, &port_uid, &ctx, &entities);
+            .decide("read", &p.principal, &port_uid, &p.context, &p.entities);
         if !decision.allowed {
             return Ok(denied(decision));
         }
         let mut fields = Vec::with_capacity(port_info.fields.len());
         for f in &port_info.fields {
-            let treatment = if !f.level.needs_anonymization() {
-                Treatment::Clear
-            } else {
-                let revealed = access::field_uid(&view.info, port_info, &f.name)
-                    .map(|fuid| self.access.decide("reveal", &puid, &fuid, &ctx, &entities))
-                    .filter(|d| d.allowed);
-                match (revealed, &f.classification) {
-                    (Some(d), _) => Treatment::Revealed {
-                        policies: d.policies,
-                    },
-                    (None, None) => Treatment::Withheld {
-                        reason: "unclassified",
-                    },
-                    (None, Some(c)) => match self.anonymization_rule(c, &view.info) {
-                        Some(rule) => Treatment::Anonymized(Box::new(rule.clone())),
-                        None => Treatment::Withheld {
+            // Unclassified fields and unknown classifications are withheld
+            // whatever Cedar says: no policy was written with them in mind.
+            let classification = f
+                .classification
+                .as_deref()
+                .filter(|c| self.mesh.classification(c).is_some());
+            let treatment = match classification {
+                None => Treatment::Withheld {
+                    reason: "unclassified",
+                },
+                Some(_) if !f.level.needs_anonymization() => Treatment::Clear,
+                Some(c) => {
+                    let revealed = access::field_uid(&view.info, port_info, &f.name)
+                        .map(|fuid| {
+                            self.access.decide(
+                                "reveal",
+                                &p.principal,
+                                &fuid,
+                                &p.context,
+                                &p.entities,
+                            )
+                        })
+                        .filter(|d| d.allowed);
+                    match (revealed, self.anonymization_rule(c, &view.info)) {
+                        (Some(d), _) => Treatment::Revealed {
+                            policies: d.policies,
+                        },
+                        (None, Some(rule)) => Treatment::Anonymized(Box::new(rule.clone())),
+                        (None, None) => Treatment::Withheld {
                             reason: "no anonymization rule",
                         },
-                    },
+                    }
                 }
             };
             fields.push(FieldPlan {
@@ -234,6 +268,7 @@ pub struct PlanCache {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PlanKey {
+    product: String,
     principal: String,
     groups: Vec<String>,
     attrs: String,
@@ -265,6 +300,7 @@ impl PlanCache {
         let mut groups = who.principal.groups.clone();
         groups.sort();
         let key = PlanKey {
+            product: view.info.id.clone(),
             principal: who.principal.id.clone(),
             groups,
             attrs: serde_json::to_string(&who.principal.attrs).unwrap_or_default(),
@@ -301,7 +337,7 @@ mod tests {
         let text = std::fs::read_to_string(root.join("products/user-profiles.yaml")).unwrap();
         let d = Descriptor::parse("p.yaml", &text).unwrap();
         let info = ProductInfo::resolve(&d, &policies.mesh).unwrap();
-        let view = ProductView::new(info, &policies);
+        let view = ProductView::new(info, &policies).unwrap();
         (policies, view)
     }
 

@@ -38,3 +38,13 @@ fn default_memory() -> u64 {
 }
 
 pub const PLUGIN_KINDS: &[&str] = &["transform", "validator"];
+
+/// True when `module` names a file inside `plugins/`: relative, with no
+/// `..`, so a manifest cannot make the checker read arbitrary files.
+pub fn module_path_is_confined(module: &str) -> bool {
+    let path = std::path::Path::new(module);
+    !module.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}

@@ -178,7 +178,7 @@ impl Policies {
 
     /// The slice of these policies that applies to one product. A sidecar
     /// given a slice learns nothing about other products' rules.
-    pub fn slice(&self, product: &ProductInfo) -> Policies {
+    pub fn slice(&self, product: &ProductInfo) -> Result<Policies, AccessLoadError> {
         let applies =
             |d: &[String], p: &[String]| scope::applies(d, p, &product.domain, &product.id);
         let anonymization: Vec<AnonRule> = self
@@ -204,9 +204,9 @@ impl Policies {
             .filter(|p| used.contains(&p.name.as_str()))
             .cloned()
             .collect();
-        Policies {
+        Ok(Policies {
             mesh: self.mesh.clone(),
-            access: self.access.slice(product),
+            access: self.access.slice(product)?,
             row_filters: self
                 .row_filters
                 .iter()
@@ -229,7 +229,7 @@ impl Policies {
             standards,
             plugins,
             product: Some(product.id.clone()),
-        }
+        })
     }
 
     /// The anonymization rule for `classification` in `product`: the most

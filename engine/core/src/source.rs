@@ -222,6 +222,9 @@ impl SourceSet {
         for file in &set.plugins {
             if let Ok(doc) = toml::from_str::<crate::plugins::PluginFile>(&file.text) {
                 for p in doc.plugins {
+                    if !crate::plugins::module_path_is_confined(&p.module) {
+                        continue;
+                    }
                     let path = root.join("plugins").join(&p.module);
                     if let Ok(bytes) = std::fs::read(&path) {
                         set.modules.insert(p.module.clone(), bytes);

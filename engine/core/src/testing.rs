@@ -121,7 +121,8 @@ pub fn run(
             (
                 d.product_id(),
                 ProductInfo::resolve(d, &policies.mesh)
-                    .map(|info| ProductView::new(info, policies))
+                    .map_err(|e| e.to_string())
+                    .and_then(|info| ProductView::new(info, policies))
                     .map_err(|e| format!("{path}: {e}")),
             )
         })
@@ -172,6 +173,25 @@ fn run_case(
             )];
         }
     };
+    if !crate::access::ACTIONS.contains(&case.action.as_str()) {
+        return vec![format!(
+            "unknown action `{}`; use one of {}",
+            case.action,
+            crate::access::ACTIONS.join(", ")
+        )];
+    }
+    match (case.action.as_str(), &case.field) {
+        ("reveal", None) => return vec!["a `reveal` case needs `field`".into()],
+        ("reveal", Some(_)) | (_, None) => {}
+        (action, Some(_)) => {
+            return vec![format!("`field` applies only to `reveal`, not `{action}`")];
+        }
+    }
+    if case.action != "read"
+        && (!case.fields.is_empty() || !case.input.is_empty() || case.output.is_some())
+    {
+        return vec!["`fields`, `input` and `output` apply only to `read` cases".into()];
+    }
     let principal = Principal {
         id: case.principal.id.clone(),
         groups: case.principal.groups.clone(),
@@ -204,6 +224,14 @@ fn run_case(
             } else {
                 format!("; errors: {}", decision.errors.join("; "))
             }
+        ));
+    }
+    // A deny that comes only from a policy failing to evaluate would pass
+    // for the wrong reason. (An undeclared purpose is denied on purpose.)
+    if !expect_allow && !decision.errors.is_empty() && policies.mesh.has_purpose(&case.purpose) {
+        failures.push(format!(
+            "denied only because evaluation failed: {}",
+            decision.errors.join("; ")
         ));
     }
     if let Some(expected) = &case.policies {

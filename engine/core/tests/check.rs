@@ -48,6 +48,7 @@ fn edit(src: SourceSet, path: &str, from: &str, to: &str) -> SourceSet {
         .chain(src.anonymization.iter())
         .chain(src.privacy.iter())
         .chain(src.standards.iter())
+        .chain(src.products.iter())
         .find(|f| f.path == path)
         .unwrap()
         .text
@@ -357,4 +358,134 @@ fn malformed_mesh_is_located() {
         "id = \"m\"\n[[classifications]]\nid = \"x\"\nlevel = \"secret\"\n",
     );
     assert_finding(&src, "MESH-PARSE", "mesh.toml:4:9");
+}
+
+#[test]
+fn scopes_must_name_described_products_domains_and_ports() {
+    let src = edit(
+        example(),
+        "anonymization/personal-data.toml",
+        "products = [\"playback/play-events\"]\ngroups",
+        "products = [\"playback/play-event\"]\nports = [\"plays\", \"play\"]\ngroups",
+    );
+    assert_finding(
+        &src,
+        "SCOPE-UNKNOWN",
+        "anonymization/personal-data.toml:53:13",
+    );
+    let src = edit(
+        example(),
+        "anonymization/personal-data.toml",
+        "groups = [\"payments\"]",
+        "ports = [\"plays\", \"play\"]\ngroups = [\"payments\"]",
+    );
+    let f = findings(&src);
+    assert_eq!(
+        f,
+        vec![(
+            "SCOPE-UNKNOWN".to_string(),
+            "anonymization/personal-data.toml:54:19".to_string()
+        )]
+    );
+    let src = edit(
+        example(),
+        "privacy/playback.toml",
+        "products = [\"playback/play-events\"]",
+        "domains = [\"playbak\"]",
+    );
+    assert_finding(&src, "SCOPE-UNKNOWN", "privacy/playback.toml:5:12");
+}
+
+#[test]
+fn descriptors_are_resolved_with_located_errors() {
+    let path = "products/play-events.yaml";
+    let dup = edit(
+        example(),
+        path,
+        "      - name: country",
+        "      - name: song_id",
+    );
+    assert_finding(&dup, "PRODUCT-RESOLVE", "products/play-events.yaml:45:15");
+    let slash = edit(example(), path, "- name: device", "- name: device/os");
+    assert_finding(&slash, "PRODUCT-RESOLVE", "products/play-events.yaml:48:15");
+    let port = edit(
+        example(),
+        path,
+        "      - name: plays\n        kind",
+        "      - name: plays\n        kind: records\n      - name: plays\n        kind",
+    );
+    assert_eq!(
+        findings(&port),
+        vec![(
+            "PRODUCT-RESOLVE".to_string(),
+            "products/play-events.yaml:63:15".to_string()
+        )],
+        "a product that does not resolve reports only that, not every rule scoped to it"
+    );
+    let unclassified = edit(example(), path, "        classification: device.info\n", "");
+    assert_finding(
+        &unclassified,
+        "PRODUCT-UNCLASSIFIED",
+        "products/play-events.yaml:48:15",
+    );
+    let unknown = edit(
+        example(),
+        path,
+        "classification: device.info",
+        "classification: device.inf",
+    );
+    assert_finding(
+        &unknown,
+        "UNKNOWN-CLASSIFICATION",
+        "products/play-events.yaml:50:25",
+    );
+}
+
+#[test]
+fn consumer_attributes_meshgov_cannot_supply_are_refused() {
+    let src = edit(
+        example(),
+        "access/schema.cedarschema",
+        "  sub: String,\n",
+        "  sub: String,\n  clearance: Long,\n",
+    );
+    assert_finding(&src, "ACCESS-SCHEMA-BASE", "access/schema.cedarschema:1:1");
+    let optional = edit(
+        example(),
+        "access/schema.cedarschema",
+        "  sub: String,\n",
+        "  sub: String,\n  clearance?: Long,\n",
+    );
+    assert_eq!(findings(&optional), vec![]);
+    let product_attr = edit(
+        example(),
+        "access/schema.cedarschema",
+        "  status: String,\n",
+        "  status: String,\n  tier: Long,\n",
+    );
+    assert_finding(
+        &product_attr,
+        "PRODUCT-SCHEMA",
+        "products/play-events.yaml:1:1",
+    );
+}
+
+#[test]
+fn plugin_modules_must_stay_inside_plugins() {
+    for module in ["../mesh.toml", "/etc/passwd"] {
+        let src = with(
+            example(),
+            "plugins/escape.toml",
+            &format!(
+                "[[plugins]]\nname = \"escape\"\nkind = \"transform\"\nmodule = \"{module}\"\nsha256 = \"00\"\n"
+            ),
+        );
+        let d = meshgov_core::check(&src)
+            .diagnostics
+            .into_iter()
+            .find(|d| d.rule == "PLUGIN-MODULE")
+            .unwrap();
+        assert_eq!((d.pos.line, d.pos.col), (4, 1));
+        assert!(d.message.contains("outside `plugins/`"), "{}", d.message);
+    }
 }

@@ -28,7 +28,7 @@ fn product(policies: &Policies, file: &str) -> ProductInfo {
 }
 
 fn plans(p: &Policies, info: &ProductInfo, port: &str) -> Vec<meshgov_core::ReadPlan> {
-    let view = ProductView::new(info.clone(), p);
+    let view = ProductView::new(info.clone(), p).unwrap();
     let who = [
         ("ana", "marketing", "campaign-analytics"),
         ("frank", "fraud", "fraud-investigation"),
@@ -76,7 +76,7 @@ fn bundle_components_round_trip_to_identical_decisions() {
 fn a_slice_decides_like_the_whole_mesh_and_holds_only_its_rules() {
     let p = checked().policies.unwrap();
     let info = product(&p, "play-events.yaml");
-    let slice = p.slice(&info);
+    let slice = p.slice(&info).unwrap();
     assert_eq!(slice.product.as_deref(), Some("playback/play-events"));
     assert_eq!(plans(&p, &info, "plays"), plans(&slice, &info, "plays"));
     let ids: Vec<&str> = slice
@@ -98,7 +98,7 @@ fn a_slice_decides_like_the_whole_mesh_and_holds_only_its_rules() {
         "another product's policy leaked into the slice"
     );
     // The user-profiles slice has no playback row filter or privacy rule.
-    let up = p.slice(&product(&p, "user-profiles.yaml"));
+    let up = p.slice(&product(&p, "user-profiles.yaml")).unwrap();
     assert!(up.row_filters.is_empty() && up.privacy.is_empty());
     assert_eq!(slice.row_filters.len(), 1);
 }
@@ -174,4 +174,63 @@ fn forbids_on_action_groups_still_apply() {
     }
     let frank = plans(&p, &info, "profiles").remove(1);
     assert_eq!(frank.decision.policies, vec!["mesh.freeze".to_string()]);
+}
+
+fn with_policy(text: &str) -> Policies {
+    let mut src = SourceSet::read_dir(&root()).unwrap();
+    src.access
+        .push(SourceFile::new("access/extra.cedar", text.to_string()));
+    let checked = meshgov_core::check(&src);
+    assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+    checked.policies.unwrap()
+}
+
+/// A `forbid` that fails to evaluate (here: integer overflow) might have
+/// matched, so the decision is a denial that names the error.
+#[test]
+fn a_policy_that_errors_denies() {
+    let p = with_policy(
+        "@id(\"mesh.overflow\")\nforbid (principal, action == Action::\"read\", resource)\nwhen { (context.time + 2) * 9223372036854775807 > 0 };\n",
+    );
+    let info = product(&p, "play-events.yaml");
+    let frank = plans(&p, &info, "plays").remove(1);
+    assert!(!frank.decision.allowed, "{:?}", frank.decision);
+    assert!(
+        frank
+            .decision
+            .errors
+            .iter()
+            .any(|e| e.contains("mesh.overflow")),
+        "{:?}",
+        frank.decision.errors
+    );
+}
+
+/// Unclassified fields and unknown classifications are withheld even when a
+/// blanket `reveal` permit would show them: no rule was written for them.
+#[test]
+fn unclassified_fields_are_withheld_whatever_cedar_says() {
+    let p = with_policy(
+        "@id(\"mesh.reveal-all\")\npermit (principal, action == Action::\"reveal\", resource);\n",
+    );
+    let text = std::fs::read_to_string(root().join("products/play-events.yaml")).unwrap();
+    let text = text
+        .replace("        classification: device.info\n", "")
+        .replace("classification: pii.user_id", "classification: pii.userid");
+    let d = Descriptor::parse("play-events.yaml", &text).unwrap();
+    let info = ProductInfo::resolve(&d, &p.mesh).unwrap();
+    let frank = plans(&p, &info, "plays").remove(1);
+    assert!(frank.decision.allowed);
+    let treatment = |name: &str| {
+        frank
+            .fields
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .treatment
+            .label()
+    };
+    assert_eq!(treatment("device"), "withheld");
+    assert_eq!(treatment("user_id"), "withheld");
+    assert_eq!(treatment("country"), "clear");
 }

@@ -114,3 +114,42 @@ fn junit_escapes_and_counts() {
     assert!(xml.contains("name=\"a &lt;b&gt; &amp; &quot;c&quot;\""));
     assert!(xml.contains("<failure message=\"expected deny, got allow"));
 }
+
+/// A typo'd action, or a `reveal` without its field, must not pass as a
+/// denial.
+#[test]
+fn malformed_cases_fail_instead_of_passing_as_deny() {
+    let r = run(&case("action = \"raed\"\nexpect = \"deny\""));
+    assert!(
+        r[0].failures[0].starts_with("unknown action `raed`"),
+        "{:?}",
+        r[0].failures
+    );
+    let r = run(&case("action = \"reveal\"\nexpect = \"deny\""));
+    assert_eq!(
+        r[0].failures,
+        vec!["a `reveal` case needs `field`".to_string()]
+    );
+    let r = run(&case("field = \"email\"\nexpect = \"allow\""));
+    assert_eq!(
+        r[0].failures,
+        vec!["`field` applies only to `reveal`, not `read`".to_string()]
+    );
+    let r = run(&case(
+        "action = \"reveal\"\nfield = \"email\"\nexpect = \"deny\"\nfields = { email = \"mask\" }",
+    ));
+    assert_eq!(
+        r[0].failures,
+        vec!["`fields`, `input` and `output` apply only to `read` cases".to_string()]
+    );
+}
+
+/// A principal the schema cannot express (an undeclared attribute) is an
+/// error, not a quiet denial.
+#[test]
+fn an_inexpressible_principal_fails() {
+    let r = run(
+        "[[cases]]\nname = \"c\"\nprincipal = { id = \"ana\", groups = [\"marketing\"], attrs = { level = 3 } }\nproduct = \"users/user-profiles\"\nport = \"profiles\"\npurpose = \"campaign-analytics\"\nexpect = \"deny\"\n",
+    );
+    assert!(r[0].failures[0].contains("level"), "{:?}", r[0].failures);
+}

@@ -99,7 +99,7 @@ pub fn policies_for(descriptor: &meshgov_core::descriptor::Descriptor) -> meshgo
     let checked = check(&src);
     let all = checked.policies.expect("the example mesh checks clean");
     let info = ProductInfo::resolve(descriptor, &all.mesh).unwrap();
-    all.slice(&info)
+    all.slice(&info).unwrap()
 }
 
 /// The governance key that signs bundles in tests, generated per run.
