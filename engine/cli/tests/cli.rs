@@ -158,16 +158,17 @@ fn refused_bundles_exit_1_with_the_reason() {
     // A tampered payload no longer matches its signature.
     let mut env: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("b.json")).unwrap()).unwrap();
-    let payload = env["payload"].as_str().unwrap().to_string();
-    let flipped = if payload.starts_with('e') {
-        payload.replacen('e', "f", 1)
-    } else {
-        format!("e{}", &payload[1..])
-    };
-    env["payload"] = flipped.into();
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payload = b64.decode(env["payload"].as_str().unwrap()).unwrap();
+    let payload = String::from_utf8(payload).unwrap();
+    assert!(payload.contains("\"revision\":"));
+    let forged = payload.replacen("\"revision\":", "\"revision\":9", 1);
+    env["payload"] = b64.encode(forged).into();
     std::fs::write(d.join("t.json"), serde_json::to_vec(&env).unwrap()).unwrap();
     let o = meshgov(&["bundle", "inspect", "t.json", "--trust", "guild.pub"], d);
     assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("[bad_signature]"), "{}", text(&o));
 
     // An expired bundle.
     let o = meshgov(

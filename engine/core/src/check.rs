@@ -307,15 +307,13 @@ impl Checker {
                     anonymization
                         .iter()
                         .find(|o: &&crate::anonymization::AnonRule| {
-                            o.classification == r.classification
-                                && o.domains == r.domains
-                                && o.products == r.products
+                            o.classification == r.classification && scopes_overlap(o, r)
                         })
                 {
                     self.diags.push(err(
                     "classification",
                     "ANON-CONFLICT",
-                    format!("rules `{}` and `{}` both treat `{}` in the same scope", other.id, r.id, r.classification),
+                    format!("rules `{}` and `{}` both treat `{}` at the same specificity for some product", other.id, r.id, r.classification),
                     "keep one rule per classification and scope, or narrow one with `products`/`domains`",
                 ));
                 }
@@ -895,6 +893,15 @@ fn unknown_classification(path: &str, pos: Position, c: &str, mesh: &MeshConfig)
         format!("unknown classification `{c}`"),
         hint,
     )
+}
+
+/// Two rules of the same specificity (product-scoped, domain-scoped or
+/// mesh-wide) that can both apply to one product: neither would win.
+fn scopes_overlap(a: &AnonRule, b: &AnonRule) -> bool {
+    let meet = |x: &[String], y: &[String]| {
+        x.is_empty() == y.is_empty() && (x.is_empty() || x.iter().any(|v| y.contains(v)))
+    };
+    meet(&a.products, &b.products) && meet(&a.domains, &b.domains)
 }
 
 fn unknown_scope<'a>(

@@ -489,3 +489,24 @@ fn plugin_modules_must_stay_inside_plugins() {
         assert!(d.message.contains("outside `plugins/`"), "{}", d.message);
     }
 }
+
+#[test]
+fn overlapping_rules_of_equal_specificity_conflict() {
+    let rules = |second: &str| {
+        format!(
+            "[[rules]]\nid = \"a\"\nclassification = \"device.info\"\nproducts = [\"playback/play-events\"]\ntransform = \"redact\"\n\n[[rules]]\nid = \"b\"\nclassification = \"device.info\"\nproducts = {second}\ntransform = \"redact\"\n"
+        )
+    };
+    let overlap = with(
+        example(),
+        "anonymization/overlap.toml",
+        &rules("[\"users/user-profiles\", \"playback/play-events\"]"),
+    );
+    assert_finding(&overlap, "ANON-CONFLICT", "anonymization/overlap.toml:9:1");
+    let disjoint = with(
+        example(),
+        "anonymization/overlap.toml",
+        &rules("[\"users/user-profiles\"]"),
+    );
+    assert_eq!(findings(&disjoint), vec![]);
+}
