@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod bundle_cmds;
+mod conformance_cmds;
 mod init;
 mod policy_cmds;
 mod token;
@@ -69,6 +70,11 @@ enum Command {
         #[arg(long)]
         created_at: Option<String>,
     },
+    /// Product CI: check a product descriptor against the mesh's rules.
+    Conformance {
+        #[command(subcommand)]
+        command: ConformanceCommand,
+    },
     /// Work with built bundles.
     Bundle {
         #[command(subcommand)]
@@ -120,6 +126,40 @@ enum Command {
         /// The purpose claim name (the sidecar's `auth.purpose_claim`).
         #[arg(long, default_value = "purpose")]
         purpose_claim: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConformanceCommand {
+    /// Run every static rule on a product descriptor (rules: conformance/RULES.md).
+    ///
+    /// Exit codes: 0 pass, 1 findings at or above --fail-on, 2 usage or I/O error.
+    ///
+    /// Examples:
+    ///   meshgov conformance check product.yaml --policies ../governance/policies
+    ///   meshgov conformance check product.yaml --bundle bundle.dsse.json --trust guild.pub
+    ///   meshgov conformance check product.yaml --policies p --previous product.v1.yaml --format sarif
+    #[command(verbatim_doc_comment)]
+    Check {
+        /// The product descriptor (ODCS v3 YAML).
+        descriptor: PathBuf,
+        /// A policy repository to check against.
+        #[arg(long, conflicts_with = "bundle")]
+        policies: Option<PathBuf>,
+        /// A signed bundle to check against (with --trust).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// A trusted public key for --bundle (repeatable).
+        #[arg(long)]
+        trust: Vec<PathBuf>,
+        /// The previous version of the descriptor: adds the evolution rules.
+        #[arg(long)]
+        previous: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: conformance_cmds::Format,
+        /// The lowest severity that fails the run.
+        #[arg(long, value_enum, default_value = "error")]
+        fail_on: conformance_cmds::FailOn,
     },
 }
 
@@ -182,6 +222,26 @@ fn main() -> ExitCode {
             product: product.as_deref(),
             revision,
             created_at: created_at.as_deref(),
+        }),
+        Command::Conformance {
+            command:
+                ConformanceCommand::Check {
+                    descriptor,
+                    policies,
+                    bundle,
+                    trust,
+                    previous,
+                    format,
+                    fail_on,
+                },
+        } => conformance_cmds::check(conformance_cmds::CheckArgs {
+            descriptor: &descriptor,
+            policies: policies.as_deref(),
+            bundle: bundle.as_deref(),
+            trust: &trust,
+            previous: previous.as_deref(),
+            format,
+            fail_on,
         }),
         Command::Bundle {
             command: BundleCommand::Inspect { file, trust, json },

@@ -325,6 +325,24 @@ impl Access {
         Access::from_parts(self.schema.clone(), self.schema_text.clone(), keep, set)
     }
 
+    /// `(policy id, entity type, entity id)` for every policy whose resource
+    /// scope names one entity (`resource == T::"id"` or `resource in …`).
+    pub fn resource_references(&self) -> Vec<(String, String, String)> {
+        self.set
+            .policies()
+            .filter_map(|p| match p.resource_constraint() {
+                ResourceConstraint::In(u)
+                | ResourceConstraint::Eq(u)
+                | ResourceConstraint::IsIn(_, u) => Some((
+                    p.id().to_string(),
+                    u.type_name().basename().to_string(),
+                    u.id().unescaped().to_string(),
+                )),
+                ResourceConstraint::Any | ResourceConstraint::Is(_) => None,
+            })
+            .collect()
+    }
+
     /// One Cedar decision, against only the policies for `action`.
     pub fn decide(
         &self,

@@ -77,6 +77,9 @@ pub struct Property {
     pub required: bool,
     #[serde(default)]
     pub primary_key: bool,
+    /// Example values; conformance checks them against id and time formats.
+    #[serde(default)]
+    pub examples: Vec<serde_json::Value>,
     #[serde(default)]
     pub description: Option<String>,
 }

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod anonymization;
 pub mod check;
+pub mod conformance;
 pub mod descriptor;
 pub mod diag;
 pub mod mesh;

@@ -1,0 +1,343 @@
+//! `conformance check`: the static rules on a product descriptor, printed
+//! as text, JSON, JUnit XML, SARIF 2.1.0 or GitHub workflow annotations.
+
+use crate::Failure;
+use meshgov_core::conformance::{self, Finding, Input, RULES};
+use meshgov_core::testing::xml_escape;
+use meshgov_core::{Policies, Severity, SourceSet};
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Junit,
+    Sarif,
+    Github,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    Error,
+    Warning,
+    Info,
+}
+
+impl FailOn {
+    fn threshold(self) -> Severity {
+        match self {
+            FailOn::Error => Severity::Error,
+            FailOn::Warning => Severity::Warning,
+            FailOn::Info => Severity::Info,
+        }
+    }
+}
+
+pub struct CheckArgs<'a> {
+    pub descriptor: &'a Path,
+    pub policies: Option<&'a Path>,
+    pub bundle: Option<&'a Path>,
+    pub trust: &'a [PathBuf],
+    pub previous: Option<&'a Path>,
+    pub format: Format,
+    pub fail_on: FailOn,
+}
+
+fn read(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))
+}
+
+/// The policies to check against: a repository (which must check clean) or
+/// a verified bundle.
+pub fn load_policies(
+    policies: Option<&Path>,
+    bundle: Option<&Path>,
+    trust: &[PathBuf],
+    now_unix: i64,
+) -> Result<Policies, Failure> {
+    match (policies, bundle) {
+        (Some(dir), None) => {
+            let src = SourceSet::read_dir(dir).map_err(|e| Failure::usage(e.to_string()))?;
+            let checked = meshgov_core::check(&src);
+            checked.policies.ok_or_else(|| {
+                let errors: Vec<String> =
+                    checked.diagnostics.iter().map(|d| d.to_string()).collect();
+                Failure::usage(format!(
+                    "the policies in `{}` do not check; run `meshgov check` there:\n{}",
+                    dir.display(),
+                    errors.join("\n")
+                ))
+            })
+        }
+        (None, Some(file)) => {
+            if trust.is_empty() {
+                return Err(Failure::usage(
+                    "--bundle needs at least one --trust KEY.pub",
+                ));
+            }
+            let mut store = meshgov_bundle::TrustStore::new();
+            for t in trust {
+                let k = meshgov_bundle::read_public_key_file(t)
+                    .map_err(|e| Failure::usage(e.to_string()))?;
+                store.insert(k).map_err(|e| Failure::usage(e.to_string()))?;
+            }
+            let bytes = std::fs::read(file)
+                .map_err(|e| Failure::usage(format!("`{}`: {e}", file.display())))?;
+            let verified = meshgov_bundle::verify(
+                &bytes,
+                &store,
+                now_unix,
+                &meshgov_bundle::Expect::default(),
+            )
+            .map_err(|e| {
+                Failure::usage(format!("`{}`: refused [{}]: {e}", file.display(), e.code()))
+            })?;
+            let (manifest, components) = verified.into_parts();
+            Policies::from_components(&components, manifest.product)
+                .map_err(|e| Failure::usage(format!("`{}`: {e}", file.display())))
+        }
+        _ => Err(Failure::usage(
+            "give exactly one of --policies DIR or --bundle FILE",
+        )),
+    }
+}
+
+pub fn check(a: CheckArgs<'_>) -> Result<(), Failure> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let policies = load_policies(a.policies, a.bundle, a.trust, now)?;
+    let path = a.descriptor.display().to_string();
+    let text = read(a.descriptor)?;
+    if let Some(product) = &policies.product {
+        let id = meshgov_core::descriptor::Descriptor::parse(&path, &text)
+            .map(|d| d.product_id())
+            .unwrap_or_default();
+        if !id.is_empty() && &id != product {
+            return Err(Failure::usage(format!(
+                "the bundle is sliced for `{product}`, but `{path}` describes `{id}`"
+            )));
+        }
+    }
+    let prev = match a.previous {
+        Some(p) => Some((p.display().to_string(), read(p)?)),
+        None => None,
+    };
+    let findings = conformance::check_product(
+        &policies,
+        Input {
+            path: &path,
+            text: &text,
+        },
+        prev.as_ref().map(|(path, text)| Input { path, text }),
+        now,
+    );
+    let threshold = a.fail_on.threshold();
+    let failing = |f: &Finding| f.diag.severity >= threshold;
+    let out = match a.format {
+        Format::Text => text_report(&findings, std::io::stdout().is_terminal()),
+        Format::Json => json_report(&findings),
+        Format::Junit => junit_report(&path, &findings, &failing),
+        Format::Sarif => sarif_report(&findings),
+        Format::Github => github_report(&findings),
+    };
+    print!("{out}");
+    let n = findings.iter().filter(|f| failing(f)).count();
+    if n > 0 {
+        return Err(Failure::violations(format!(
+            "{n} finding(s) at or above `{}`",
+            threshold.as_str()
+        )));
+    }
+    Ok(())
+}
+
+fn text_report(findings: &[Finding], color: bool) -> String {
+    let paint = |s: Severity| -> (&str, &str) {
+        match (color, s) {
+            (false, _) => ("", ""),
+            (true, Severity::Error) => ("\x1b[1;31m", "\x1b[0m"),
+            (true, Severity::Warning) => ("\x1b[1;33m", "\x1b[0m"),
+            (true, Severity::Info) => ("\x1b[1;36m", "\x1b[0m"),
+        }
+    };
+    let mut out = String::new();
+    for f in findings {
+        let d = &f.diag;
+        let (on, off) = paint(d.severity);
+        out.push_str(&format!(
+            "{}:{}:{}: {on}{}[{}]{off}: {}\n",
+            d.path, d.pos.line, d.pos.col, d.severity, d.rule, d.message
+        ));
+        if let Some(w) = &f.waived_by {
+            out.push_str(&format!("  {w}\n"));
+        }
+        if !d.hint.is_empty() {
+            out.push_str(&format!("  fix: {}\n", d.hint));
+        }
+        out.push_str(&format!("  see: {}\n", conformance::anchor(d.rule)));
+    }
+    let count = |s| findings.iter().filter(|f| f.diag.severity == s).count();
+    out.push_str(&format!(
+        "{} error(s), {} warning(s), {} info\n",
+        count(Severity::Error),
+        count(Severity::Warning),
+        count(Severity::Info)
+    ));
+    out
+}
+
+fn json_report(findings: &[Finding]) -> String {
+    let items: Vec<serde_json::Value> = findings
+        .iter()
+        .map(|f| {
+            let d = &f.diag;
+            serde_json::json!({
+                "rule": d.rule,
+                "severity": d.severity.as_str(),
+                "path": d.path,
+                "line": d.pos.line,
+                "column": d.pos.col,
+                "message": d.message,
+                "fix": d.hint,
+                "doc": conformance::anchor(d.rule),
+                "waived_by": f.waived_by,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "findings": items });
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    )
+}
+
+/// One testcase per rule and target, named `RULE target`, so CI dashboards
+/// track each rule over time.
+fn junit_report(target: &str, findings: &[Finding], failing: &dyn Fn(&Finding) -> bool) -> String {
+    let failures = RULES
+        .iter()
+        .filter(|r| findings.iter().any(|f| f.diag.rule == r.id && failing(f)))
+        .count();
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"meshgov conformance\" tests=\"{}\" failures=\"{failures}\">\n  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\">\n",
+        RULES.len(),
+        xml_escape(target),
+        RULES.len()
+    );
+    for r in RULES {
+        let family = r.id.split('-').next().unwrap_or(r.id);
+        out.push_str(&format!(
+            "    <testcase classname=\"conformance.{family}\" name=\"{} {}\"",
+            r.id,
+            xml_escape(target)
+        ));
+        let hits: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.diag.rule == r.id && failing(f))
+            .collect();
+        if hits.is_empty() {
+            out.push_str("/>\n");
+        } else {
+            let body: Vec<String> = hits.iter().map(|f| f.diag.to_string()).collect();
+            out.push_str(&format!(
+                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+                xml_escape(
+                    &hits
+                        .first()
+                        .map(|f| f.diag.message.clone())
+                        .unwrap_or_default()
+                ),
+                xml_escape(&body.join("\n"))
+            ));
+        }
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
+    out
+}
+
+fn sarif_level(s: Severity) -> &'static str {
+    match s {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+        Severity::Info => "note",
+    }
+}
+
+fn sarif_report(findings: &[Finding]) -> String {
+    let rules: Vec<serde_json::Value> = RULES
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id,
+                "shortDescription": { "text": r.summary },
+                "helpUri": r.anchor(),
+            })
+        })
+        .collect();
+    let results: Vec<serde_json::Value> = findings
+        .iter()
+        .map(|f| {
+            let d = &f.diag;
+            let text = match &f.waived_by {
+                Some(w) => format!("{} ({w}). Fix: {}", d.message, d.hint),
+                None => format!("{} Fix: {}", d.message, d.hint),
+            };
+            serde_json::json!({
+                "ruleId": d.rule,
+                "ruleIndex": RULES.iter().position(|r| r.id == d.rule),
+                "level": sarif_level(d.severity),
+                "message": { "text": text },
+                "locations": [{
+                    "physicalLocation": {
+                        "artifactLocation": { "uri": d.path },
+                        "region": { "startLine": d.pos.line, "startColumn": d.pos.col },
+                    }
+                }],
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": {
+                "name": "meshgov conformance",
+                "version": env!("CARGO_PKG_VERSION"),
+                "rules": rules,
+            }},
+            "results": results,
+        }],
+    });
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    )
+}
+
+/// GitHub Actions workflow commands: `::error file=…,line=…,col=…::…`.
+fn github_report(findings: &[Finding]) -> String {
+    let data = |s: &str| {
+        s.replace('%', "%25")
+            .replace('\r', "%0D")
+            .replace('\n', "%0A")
+    };
+    let prop = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
+    let mut out = String::new();
+    for f in findings {
+        let d = &f.diag;
+        let kind = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Info => "notice",
+        };
+        out.push_str(&format!(
+            "::{kind} file={},line={},col={},title={}::{}\n",
+            prop(&d.path),
+            d.pos.line,
+            d.pos.col,
+            prop(d.rule),
+            data(&format!("{} Fix: {}", d.message, d.hint))
+        ));
+    }
+    out
+}
