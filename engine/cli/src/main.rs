@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod bundle_cmds;
 mod conformance_cmds;
+mod diff_cmd;
 mod init;
 mod policy_cmds;
 mod token;
@@ -74,6 +75,27 @@ enum Command {
     Conformance {
         #[command(subcommand)]
         command: ConformanceCommand,
+    },
+    /// The impact of a policy change: test decisions that flip, field
+    /// treatments per group and purpose, row filters and privacy settings.
+    ///
+    /// OLD and NEW are policy directories, or git revisions of the repository
+    /// at --repo. Exits 1 when any change widens access, so CI can require
+    /// review.
+    ///
+    /// Examples:
+    ///   meshgov diff policies-before policies
+    ///   meshgov diff --repo policies HEAD~1 HEAD
+    #[command(verbatim_doc_comment)]
+    Diff {
+        old: String,
+        new: String,
+        /// The policy repository (or a directory inside a git repository) for revisions.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Work with built bundles.
     Bundle {
@@ -243,6 +265,12 @@ fn main() -> ExitCode {
             format,
             fail_on,
         }),
+        Command::Diff {
+            old,
+            new,
+            repo,
+            json,
+        } => diff_cmd::run(&old, &new, &repo, json),
         Command::Bundle {
             command: BundleCommand::Inspect { file, trust, json },
         } => bundle_cmds::inspect(&file, &trust, json),

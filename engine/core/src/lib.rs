@@ -11,6 +11,7 @@ pub mod check;
 pub mod conformance;
 pub mod descriptor;
 pub mod diag;
+pub mod diff;
 pub mod mesh;
 pub mod plan;
 pub mod plugins;

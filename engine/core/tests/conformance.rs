@@ -412,3 +412,17 @@ fn every_rule_is_documented_and_tested() {
         );
     }
 }
+
+/// A full ODCS v3 contract, with many keys meshgov does not read, loads and
+/// meets the shape rules; only mesh-specific rules speak.
+#[test]
+fn a_full_odcs_contract_loads() {
+    let text = include_str!("fixtures/odcs-full.yaml");
+    let d = meshgov_core::descriptor::Descriptor::parse("odcs-full.yaml", text).unwrap();
+    assert_eq!(d.product_id(), "seller/payments");
+    let info = meshgov_core::descriptor::ProductInfo::resolve(&d, &policies().mesh).unwrap();
+    assert_eq!(info.ports.len(), 1);
+    assert_eq!(info.ports[0].fields.len(), 4);
+    let rules: Vec<String> = found(text, None).into_iter().map(|(r, _)| r).collect();
+    assert!(rules.iter().all(|r| !r.starts_with("SPEC")), "{rules:?}");
+}
