@@ -60,7 +60,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         id: "NAME-003",
-        summary: "name suffixes agree with logical types (`_id` → string, `_at` → timestamp)",
+        summary: "name suffixes agree with logical types (`_id` → string, `_at` → date)",
     },
     Rule {
         id: "NAME-004",
@@ -88,7 +88,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         id: "SEM-002",
-        summary: "timestamps are typed as timestamps, and declared examples are RFC 3339 in UTC",
+        summary: "timestamps are ODCS `date`s, and declared examples are RFC 3339 in UTC",
     },
     Rule {
         id: "EVT-001",
@@ -512,11 +512,11 @@ impl Ctx<'_> {
             }
             "timestamp_utc" => {
                 for p in matching(&regex(&rule.field_pattern)) {
-                    if !matches!(ltype(p).as_deref(), Some("timestamp" | "date")) {
+                    if ltype(p).as_deref() != Some("date") {
                         push(
                             ltype_pos(p),
                             "SEM-002",
-                            format!("field `{}` is not typed `timestamp`", p.name.value),
+                            format!("field `{}` is not an ODCS `date`", p.name.value),
                         );
                     }
                     for ex in p.examples.iter().filter_map(|e| e.as_str()) {

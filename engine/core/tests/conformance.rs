@@ -262,8 +262,8 @@ fn semantic_and_event_rules() {
     );
     assert_only(
         &edited(
-            "      - name: signed_up_at\n        logicalType: timestamp\n",
-            "      - name: signed_up_at\n        logicalType: timestamp\n        examples: [\"2026-01-31T12:00:00+02:00\"]\n",
+            "      - name: signed_up_at\n        logicalType: date\n",
+            "      - name: signed_up_at\n        logicalType: date\n        examples: [\"2026-01-31T12:00:00+02:00\"]\n",
         ),
         None,
         &[("SEM-002", "product.yaml:46:15")],
