@@ -61,7 +61,9 @@ fn main() {
         ms(p90)
     );
     match std::env::var("DATACONTRACT") {
-        Err(_) => println!("datacontract lint: not measured (set DATACONTRACT=/path/to/datacontract)"),
+        Err(_) => {
+            println!("datacontract lint: not measured (set DATACONTRACT=/path/to/datacontract)")
+        }
         Ok(dc) => {
             let runs = 5;
             match time_runs(
