@@ -90,50 +90,56 @@ pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
         println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
         return Ok(());
     }
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::Null => "-".to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+    // Text of the value at a JSON pointer; `-` when absent or null.
+    let at = |v: &serde_json::Value, p: &str| match v.pointer(p) {
+        None | Some(serde_json::Value::Null) => "-".to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
     };
     println!(
         "released: revision {} (expires {}); rollout: {} {}{}",
-        s(&f["released"]["revision"]),
-        s(&f["released"]["expires_at"]),
-        s(&f["rollout"]["phase"]),
-        s(&f["rollout"]["revision"]),
-        f["rollout"]["reason"]
-            .as_str()
+        at(&f, "/released/revision"),
+        at(&f, "/released/expires_at"),
+        at(&f, "/rollout/phase"),
+        at(&f, "/rollout/revision"),
+        f.pointer("/rollout/reason")
+            .and_then(|r| r.as_str())
             .map(|r| format!(" ({r})"))
             .unwrap_or_default()
     );
-    if let Some(b) = f["last_build"].as_object() {
-        match b.get("error").and_then(|e| e.as_str()) {
-            Some(e) => println!("last build: FAILED at {}: {e}", s(&b["at"])),
+    if f.pointer("/last_build/at").is_some() {
+        match f.pointer("/last_build/error").and_then(|e| e.as_str()) {
+            Some(e) => println!("last build: FAILED at {}: {e}", at(&f, "/last_build/at")),
             None => println!(
                 "last build: ok at {}, revision {}",
-                s(&b["at"]),
-                s(&b["revision"])
+                at(&f, "/last_build/at"),
+                at(&f, "/last_build/revision")
             ),
         }
     }
     println!(
-        "{:<40} {:<28} {:<12} {:>12} {:>12} {:>8}  {:<20}  last error",
+        "{:<40} {:<28} {:<12} {:>12} {:>12} {:>8}  {:<20}  LAST ERROR",
         "SIDECAR", "PRODUCT", "STATE", "ACKED", "TARGET", "AGE", "LAST CONTACT"
     );
-    for sc in f["sidecars"].as_array().into_iter().flatten() {
+    let none = vec![];
+    let sidecars = f
+        .get("sidecars")
+        .and_then(|s| s.as_array())
+        .unwrap_or(&none);
+    for sc in sidecars {
         println!(
             "{:<40} {:<28} {:<12} {:>12} {:>12} {:>8}  {:<20}  {}",
-            s(&sc["id"]),
-            s(&sc["product"]),
-            s(&sc["state"]),
-            s(&sc["acked_revision"]),
-            s(&sc["target_revision"]),
-            sc["bundle_age_seconds"]
-                .as_i64()
+            at(sc, "/id"),
+            at(sc, "/product"),
+            at(sc, "/state"),
+            at(sc, "/acked_revision"),
+            at(sc, "/target_revision"),
+            sc.get("bundle_age_seconds")
+                .and_then(|a| a.as_i64())
                 .map(|a| format!("{a}s"))
                 .unwrap_or_else(|| "-".into()),
-            s(&sc["last_contact"]),
-            s(&sc["last_error"])
+            at(sc, "/last_contact"),
+            at(sc, "/last_error")
         );
     }
     Ok(())

@@ -561,15 +561,13 @@ impl Engine {
                         .await
                     {
                         Ok(st) => {
-                            let serving = st["state"] == "serving";
-                            let rev = st["bundle"]["revision"].as_u64();
+                            let state = st.get("state").and_then(|v| v.as_str()).unwrap_or("?");
+                            let serving = state == "serving";
+                            let rev = st.pointer("/bundle/revision").and_then(|v| v.as_u64());
                             if serving && rev == Some(r.revision) {
                                 Ok(())
                             } else {
-                                Err(format!(
-                                    "state `{}` at revision {rev:?}",
-                                    st["state"].as_str().unwrap_or("?")
-                                ))
+                                Err(format!("state `{state}` at revision {rev:?}"))
                             }
                         }
                         Err(e) => Err(e),
