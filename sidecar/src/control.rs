@@ -170,9 +170,16 @@ impl App {
         persist: bool,
     ) -> Result<Ack, BundleError> {
         let product = self.descriptor.product_id();
-        let (policies, meta) =
-            verify_bundle(envelope, &self.trust, &self.mesh, &product, now_unix)?;
-        if let Some(cur) = self.bundle.current() {
+        let current = self.bundle.current();
+        let (policies, meta) = verify_bundle(
+            envelope,
+            &self.trust,
+            &self.mesh,
+            &product,
+            now_unix,
+            current.as_ref().map(|c| &c.policies),
+        )?;
+        if let Some(cur) = current {
             if meta.revision < cur.meta.revision {
                 return Err(BundleError::Rollback {
                     offered: meta.revision,

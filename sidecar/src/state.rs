@@ -176,13 +176,15 @@ impl BundleSlot {
 
 /// Verifies a signed bundle envelope (DSSE, Ed25519; see `meshgov-bundle`)
 /// for this sidecar's mesh and product at `now_unix`, and compiles its
-/// components. Any failure is a refusal; nothing unverified is returned.
+/// components, reusing the Cedar policies of `previous` that did not change.
+/// Any failure is a refusal; nothing unverified is returned.
 pub fn verify_bundle(
     envelope: &[u8],
     trust: &meshgov_bundle::TrustStore,
     mesh: &str,
     product: &str,
     now_unix: i64,
+    previous: Option<&Policies>,
 ) -> Result<(Policies, BundleMeta), BundleError> {
     let expect = meshgov_bundle::Expect {
         mesh: Some(mesh),
@@ -193,8 +195,9 @@ pub fn verify_bundle(
         .map_err(|e| BundleError::rejected(e.code(), e.to_string()))?;
     let digest = verified.digest().to_string();
     let (manifest, components) = verified.into_parts();
-    let policies = Policies::from_components(&components, manifest.product.clone())
-        .map_err(|e| BundleError::rejected("components", e.to_string()))?;
+    let policies =
+        Policies::from_components_reusing(&components, manifest.product.clone(), previous)
+            .map_err(|e| BundleError::rejected("components", e.to_string()))?;
     let unix = |s: &str| {
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map(time::OffsetDateTime::unix_timestamp)

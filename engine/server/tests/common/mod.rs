@@ -88,14 +88,19 @@ impl PolicyRepo {
         self.git(&["commit", "-q", "-m", msg]);
     }
 
-    /// Commits a harmless change (a comment in a Cedar file).
+    /// Commits a change to one Cedar policy (one that grants a group no
+    /// test uses), so every slice's bundle changes by one policy.
     pub fn commit_change(&mut self) {
         self.changes += 1;
-        let f = self.path().join("access/users.cedar");
-        let mut text = std::fs::read_to_string(&f).unwrap();
-        text.push_str(&format!("// change {}\n", self.changes));
-        std::fs::write(f, text).unwrap();
-        self.commit_all(&format!("change {}", self.changes));
+        let n = self.changes;
+        std::fs::write(
+            self.path().join("access/change.cedar"),
+            format!(
+                "@id(\"change.{n}\")\npermit (principal in Group::\"change-{n}\", action == Action::\"read\", resource);\n"
+            ),
+        )
+        .unwrap();
+        self.commit_all(&format!("change {n}"));
     }
 
     /// Commits `text` appended to `file`.
