@@ -74,10 +74,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
             engine.public_key().keyid(),
             engine.public_key()
         );
-        meshgov_server::api::serve(listener, engine, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+        meshgov_server::api::serve(listener, engine, shutdown_signal()).await;
         Ok(())
     })
 }
@@ -188,4 +185,20 @@ pub fn control_token(key: &Path, ttl: u64) -> Result<(), Failure> {
         meshgov_bundle::mint_control_token(&key, "meshgov-cli", now, ttl)
     );
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there is one.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

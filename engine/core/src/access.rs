@@ -219,6 +219,16 @@ impl Access {
     }
 
     fn from_parts(schema_text: String, texts: Vec<(String, String)>, set: &PolicySet) -> Access {
+        Access::from_parts_with(schema_text, texts, set, None)
+    }
+
+    /// `actions`: the schema's action entities, when already known.
+    fn from_parts_with(
+        schema_text: String,
+        texts: Vec<(String, String)>,
+        set: &PolicySet,
+        actions: Option<Vec<Entity>>,
+    ) -> Access {
         let mut by_action: [PolicySet; 4] = Default::default();
         for p in set.policies() {
             for (i, action) in ACTIONS.iter().enumerate() {
@@ -236,12 +246,14 @@ impl Access {
                 }
             }
         }
-        // INVARIANT: both callers pass a schema that already parsed.
-        let actions = Schema::from_cedarschema_str(&schema_text)
-            .ok()
-            .and_then(|(schema, _)| schema.action_entities().ok())
-            .map(|e| e.iter().cloned().collect())
-            .unwrap_or_default();
+        // INVARIANT: every caller passes a schema that already parsed.
+        let actions = actions.unwrap_or_else(|| {
+            Schema::from_cedarschema_str(&schema_text)
+                .ok()
+                .and_then(|(schema, _)| schema.action_entities().ok())
+                .map(|e| e.iter().cloned().collect())
+                .unwrap_or_default()
+        });
         Access {
             schema_text,
             texts,
@@ -269,8 +281,12 @@ impl Access {
         policies: &[(String, String)],
         previous: Option<&Access>,
     ) -> Result<Access, AccessLoadError> {
-        let _schema_warnings = Schema::from_cedarschema_str(schema_text)
-            .map_err(|e| AccessLoadError::Schema(e.to_string()))?;
+        // The same schema as before needs no second parse.
+        let same_schema = previous.filter(|p| p.schema_text == schema_text);
+        if same_schema.is_none() {
+            let _schema_warnings = Schema::from_cedarschema_str(schema_text)
+                .map_err(|e| AccessLoadError::Schema(e.to_string()))?;
+        }
         let mut set = PolicySet::new();
         for (id, text) in policies {
             if let Some(p) = previous.and_then(|prev| prev.parsed(id, text)) {
@@ -283,10 +299,11 @@ impl Access {
             set.add(p)
                 .map_err(|e| AccessLoadError::Policies(format!("`{id}`: {e}")))?;
         }
-        Ok(Access::from_parts(
+        Ok(Access::from_parts_with(
             schema_text.to_string(),
             policies.to_vec(),
             &set,
+            same_schema.map(|p| p.actions.clone()),
         ))
     }
 
