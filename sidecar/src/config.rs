@@ -15,7 +15,13 @@
 //!
 //! [listen]
 //! data = "127.0.0.1:8080"
-//! control = "127.0.0.1:8081"               # reserved for the control port
+//! control = "127.0.0.1:8081"               # the control port (bundle pushes, status)
+//!
+//! [engine]                                  # optional: register with `meshgov serve`
+//! url = "http://127.0.0.1:7600"             # or `--engine URL`
+//! instance_id = "user-profiles-0"           # default: `$HOSTNAME`, else product@control address
+//! advertise_url = "http://10.0.0.7:8081"    # how the engine reaches the control port
+//! poll_wait_seconds = 30                    # long-poll hold time
 //!
 //! [upstream]
 //! kind = "dir"                              # or "http"
@@ -196,6 +202,19 @@ impl Default for Limits {
     }
 }
 
+/// Where the engine is, and how this sidecar presents itself to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// `http://host:port` of `meshgov serve`.
+    pub url: String,
+    /// This sidecar's id in the fleet; `None` picks one at start.
+    pub instance_id: Option<String>,
+    /// The control URL the engine pushes to; `None` derives it from
+    /// `listen.control`.
+    pub advertise_url: Option<String>,
+    pub poll_wait_seconds: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The mesh id; bundles for another mesh are refused.
@@ -207,6 +226,7 @@ pub struct Config {
     pub trusted_bundle_keys: Vec<String>,
     pub listen_data: SocketAddr,
     pub listen_control: Option<SocketAddr>,
+    pub engine: Option<EngineConfig>,
     pub upstream: UpstreamConfig,
     pub auth: AuthConfig,
     /// Pseudonym (HMAC) secrets by key scope.
@@ -225,6 +245,10 @@ const SCALAR_KEYS: &[&str] = &[
     "log_format",
     "listen.data",
     "listen.control",
+    "engine.url",
+    "engine.instance_id",
+    "engine.advertise_url",
+    "engine.poll_wait_seconds",
     "upstream.kind",
     "upstream.path",
     "upstream.url",
@@ -490,16 +514,46 @@ impl Config {
                 "a `bundle_file` is set but no governance key is trusted to sign it",
             ));
         }
+        let listen_control = v.addr("listen.control")?;
+        let engine = match v.str("engine.url")? {
+            None => None,
+            Some(url) => Some(EngineConfig {
+                url: http_url("engine.url", &url)?,
+                instance_id: v.str("engine.instance_id")?,
+                advertise_url: v
+                    .str("engine.advertise_url")?
+                    .map(|u| http_url("engine.advertise_url", &u))
+                    .transpose()?,
+                poll_wait_seconds: match v.u64("engine.poll_wait_seconds", 30)? {
+                    0 => return Err(err("engine.poll_wait_seconds", "must be at least 1")),
+                    n => n.min(300),
+                },
+            }),
+        };
+        let listen_data = v
+            .addr("listen.data")?
+            .ok_or_else(|| err("listen.data", "missing; e.g. `127.0.0.1:8080`"))?;
+        if listen_control.is_some_and(|c| c == listen_data && c.port() != 0) {
+            return Err(err(
+                "listen.control",
+                "must differ from `listen.data`: the control port has its own listener",
+            ));
+        }
+        if engine.is_some() && listen_control.is_none() {
+            return Err(err(
+                "listen.control",
+                "missing; the engine pushes bundles to the control port, e.g. `127.0.0.1:8081`",
+            ));
+        }
         Ok(Config {
             mesh: v.required("mesh")?,
             descriptor: path(v.required("descriptor")?),
             bundle_file: v.str("bundle_file")?.map(path),
             state_dir: v.str("state_dir")?.map(path),
             trusted_bundle_keys,
-            listen_data: v
-                .addr("listen.data")?
-                .ok_or_else(|| err("listen.data", "missing; e.g. `127.0.0.1:8080`"))?,
-            listen_control: v.addr("listen.control")?,
+            listen_data,
+            listen_control,
+            engine,
             upstream,
             auth,
             pseudonym_keys,
@@ -507,6 +561,18 @@ impl Config {
             log_format,
         })
     }
+}
+
+/// An `http://` URL without a trailing `/`.
+fn http_url(key: &str, url: &str) -> Result<String, ConfigError> {
+    let u = url.trim().trim_end_matches('/');
+    if !u.starts_with("http://") || u.len() <= "http://".len() {
+        return Err(err(
+            key,
+            format!("expected an `http://host:port` URL, got `{url}`"),
+        ));
+    }
+    Ok(u.to_string())
 }
 
 fn parse_keys(value: Option<&toml::Value>, base: &Path) -> Result<Vec<KeyConfig>, ConfigError> {
@@ -603,6 +669,38 @@ x = "abc"
         assert_eq!(c.descriptor, PathBuf::from("/etc/m/p.yaml"));
         assert_eq!(c.upstream, UpstreamConfig::Dir("/etc/m/data".into()));
         assert_eq!(c.auth.groups_claim, "groups");
+    }
+
+    #[test]
+    fn engine_needs_a_control_port_of_its_own() {
+        let e = Config::from_toml(
+            BASE,
+            Path::new("/"),
+            &env(&[("MESHGOV_SIDECAR_ENGINE_URL", "http://127.0.0.1:7600/")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "listen.control");
+        let with = |pairs: &[(&str, &str)]| Config::from_toml(BASE, Path::new("/"), &env(pairs));
+        let c = with(&[
+            ("MESHGOV_SIDECAR_ENGINE_URL", "http://127.0.0.1:7600/"),
+            ("MESHGOV_SIDECAR_LISTEN_CONTROL", "127.0.0.1:8081"),
+        ])
+        .unwrap();
+        let engine = c.engine.unwrap();
+        assert_eq!(engine.url, "http://127.0.0.1:7600");
+        assert_eq!(engine.poll_wait_seconds, 30);
+        let e = with(&[
+            ("MESHGOV_SIDECAR_ENGINE_URL", "https://x"),
+            ("MESHGOV_SIDECAR_LISTEN_CONTROL", "127.0.0.1:8081"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "engine.url");
+        let e = with(&[
+            ("MESHGOV_SIDECAR_LISTEN_DATA", "127.0.0.1:8080"),
+            ("MESHGOV_SIDECAR_LISTEN_CONTROL", "127.0.0.1:8080"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "listen.control");
     }
 
     #[test]

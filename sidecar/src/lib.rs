@@ -10,7 +10,10 @@
 //! - [`pipeline`]: authenticate → parse → load bundle → plan → authorize → stream;
 //! - [`shape`]: the read plan compiled into a `meshgov-anonymize` record plan, NDJSON or CSV out;
 //! - [`upstream`]: time-partitioned files or an HTTP NDJSON source;
-//! - [`server`]: hyper 1 with limits, timeouts and graceful drain.
+//! - [`server`]: hyper 1 with limits, timeouts and graceful drain;
+//! - [`control`]: the control port: signed bundle pushes (ACK/NACK), status, engine-only auth;
+//! - [`persist`]: the last good bundle on disk, written atomically;
+//! - [`engine_link`]: registration with the engine and the long poll.
 //!
 //! # Exit codes
 //!
@@ -36,7 +39,10 @@ pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod engine_link;
 pub mod error;
+pub mod persist;
 pub mod pipeline;
 pub mod request;
 pub mod server;

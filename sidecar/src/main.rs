@@ -1,19 +1,48 @@
-//! `meshgov-sidecar --config sidecar.toml`
+//! `meshgov-sidecar --config sidecar.toml [--engine URL]`
 
-use meshgov_sidecar::config::{self, Config, EXIT_BAD_CONFIG};
-use meshgov_sidecar::{App, clock, server};
+use meshgov_sidecar::config::{self, Config, EXIT_BAD_CONFIG, Strings};
+use meshgov_sidecar::engine_link::{self, LinkConfig};
+use meshgov_sidecar::{App, clock, control, server};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-const USAGE: &str = "usage: meshgov-sidecar --config <sidecar.toml>";
+const USAGE: &str = "usage: meshgov-sidecar --config <sidecar.toml> [--engine <http://host:port>]
+
+  --config, -c FILE   the sidecar's TOML config (see the README, \"Sidecar\")
+  --engine URL        register with `meshgov serve` at URL and receive bundles
+                      from it (overrides `engine.url`; needs `listen.control`)
+
+Every scalar config key `a.b_c` can be overridden with MESHGOV_SIDECAR_A_B_C.
+Exit codes: 0 clean shutdown, 64 bad configuration, 70 a listener could not be bound.";
+
+/// Command-line values first, then the process environment.
+struct Overrides {
+    args: BTreeMap<String, String>,
+}
+
+impl Strings for Overrides {
+    fn get(&self, key: &str) -> Option<String> {
+        self.args.get(key).cloned().or_else(|| config::Env.get(key))
+    }
+}
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut config_path: Option<PathBuf> = None;
+    let mut overrides = Overrides {
+        args: BTreeMap::new(),
+    };
     while let Some(a) = args.next() {
         match a.as_str() {
             "--config" | "-c" => config_path = args.next().map(PathBuf::from),
+            "--engine" => {
+                if let Some(url) = args.next() {
+                    overrides.args.insert(config::env_name("engine.url"), url);
+                }
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -28,7 +57,7 @@ fn main() -> ExitCode {
         eprintln!("meshgov-sidecar: `--config` is required\n{USAGE}");
         return ExitCode::from(EXIT_BAD_CONFIG as u8);
     };
-    let cfg = match Config::load(&config_path, &config::Env) {
+    let cfg = match Config::load(&config_path, &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("meshgov-sidecar: {e}");
@@ -43,9 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
-    if let Some(f) = &cfg.bundle_file {
-        load_bundle_file(&app, f);
-    }
+    load_start_bundles(&app, &cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,31 +83,111 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(cfg.listen_data).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!(
-                    "meshgov-sidecar: cannot listen on `{}` (listen.data): {e}",
-                    cfg.listen_data
-                );
-                return ExitCode::from(70);
-            }
-        };
-        tracing::info!(addr = %cfg.listen_data, "data port listening");
-        server::serve(listener, Arc::new(app), shutdown_signal()).await;
-        ExitCode::SUCCESS
+    rt.block_on(run(cfg, Arc::new(app)))
+}
+
+async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<tokio::net::TcpListener, ExitCode> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        eprintln!("meshgov-sidecar: cannot listen on `{addr}` ({key}): {e}");
+        ExitCode::from(70)
     })
 }
 
-/// Loads the start-up bundle; on failure the sidecar serves nothing (503)
-/// and says why on `/readyz` and in the log.
-fn load_bundle_file(app: &App, path: &std::path::Path) {
-    match app.load_bundle_file(path, clock::now_unix()) {
-        Ok(rev) => tracing::info!(revision = rev, "bundle loaded"),
-        Err(e) => {
-            tracing::error!(path = %path.display(), "{e}; serving nothing until a valid bundle arrives")
+async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
+    let data = match bind(cfg.listen_data, "listen.data").await {
+        Ok(l) => l,
+        Err(c) => return c,
+    };
+    let control = match cfg.listen_control {
+        None => None,
+        Some(a) => match bind(a, "listen.control").await {
+            Ok(l) => Some(l),
+            Err(c) => return c,
+        },
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
+    };
+    let mut tasks = Vec::new();
+    if let Some(listener) = control {
+        let addr = listener.local_addr().unwrap_or(cfg.listen_data);
+        tracing::info!(%addr, "control port listening");
+        let id = cfg
+            .engine
+            .as_ref()
+            .and_then(|e| e.instance_id.clone())
+            .unwrap_or_else(|| {
+                engine_link::default_instance_id(&app.descriptor.product_id(), addr)
+            });
+        if !engine_link::valid_instance_id(&id) {
+            eprintln!(
+                "meshgov-sidecar: config key `engine.instance_id`: `{id}` may hold only ASCII letters, digits and `-_.@:` (at most 128)"
+            );
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+        app.control.set_instance_id(id.clone());
+        tasks.push(tokio::spawn(server::serve_control(
+            listener,
+            Arc::clone(&app),
+            stopped(),
+        )));
+        if let Some(e) = &cfg.engine {
+            let link = LinkConfig {
+                engine_url: e.url.clone(),
+                instance_id: id,
+                control_url: e
+                    .advertise_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}")),
+                poll_wait: Duration::from_secs(e.poll_wait_seconds),
+            };
+            tasks.push(tokio::spawn(engine_link::run(
+                Arc::clone(&app),
+                link,
+                stopped(),
+            )));
+        }
+    }
+    tasks.push(tokio::spawn(control::watch_expiry(
+        Arc::clone(&app),
+        stopped(),
+    )));
+    tracing::info!(addr = %cfg.listen_data, "data port listening");
+    let data_task = tokio::spawn(server::serve(data, Arc::clone(&app), stopped()));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = data_task.await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Loads the persisted bundle from the state directory, then `bundle_file`
+/// (kept only if it is newer). With neither, or neither valid, the sidecar
+/// serves nothing (503) and says why on `/readyz` and in the log.
+fn load_start_bundles(app: &App, cfg: &Config) {
+    let now = clock::now_unix();
+    match app.restore_persisted(now) {
+        Ok(Some(a)) => tracing::info!(
+            revision = a.revision,
+            "persisted bundle loaded from the state directory"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!("the persisted bundle cannot be enforced: {e}"),
+    }
+    if let Some(f) = &cfg.bundle_file {
+        match app.load_bundle_file(f, now) {
+            Ok(rev) => tracing::info!(revision = rev, path = %f.display(), "bundle file loaded"),
+            Err(e) => tracing::warn!(path = %f.display(), "bundle file not loaded: {e}"),
+        }
+    }
+    if app.bundle.valid_at(now).is_err() {
+        tracing::error!("no valid bundle yet; serving nothing until one arrives");
     }
 }
 

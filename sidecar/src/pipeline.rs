@@ -19,10 +19,11 @@ use crate::auth::Authenticator;
 use crate::body::Body;
 use crate::clock;
 use crate::config::{Config, ConfigError, Limits};
+use crate::control::ControlState;
 use crate::error::ApiError;
 use crate::request::{self, Format, Route, RouteError};
 use crate::shape::Shaper;
-use crate::state::{ActiveBundle, BundleError, BundleSlot, verify_bundle};
+use crate::state::{BundleError, BundleSlot};
 use crate::upstream::{CsvSchema, Item, Upstream, Window, record_time};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -59,6 +60,9 @@ pub struct App {
     pub pseudonym_keys: KeyRing,
     pub limits: Limits,
     pub stats: Stats,
+    /// The control port's state: the apply lock, the state directory, the
+    /// last refusal and the engine link.
+    pub control: ControlState,
 }
 
 /// Responses are flushed to the client in chunks of about this size.
@@ -112,22 +116,18 @@ impl App {
             pseudonym_keys,
             limits: c.limits.clone(),
             stats: Stats::default(),
+            control: ControlState::new(c.state_dir.clone()),
         })
     }
 }
 
 impl App {
-    /// Verifies a signed bundle and swaps it in. On failure the previous
-    /// bundle (if any) stays in force: a bad update never replaces a good one.
+    /// Verifies a signed bundle and swaps it in (see [`App::accept_bundle`]:
+    /// rollbacks are refused and the bundle is persisted to the state
+    /// directory). On failure the previous bundle, if any, stays in force:
+    /// a bad update never replaces a good one.
     pub fn load_bundle(&self, envelope: &[u8], now_unix: i64) -> Result<u64, BundleError> {
-        let product = self.descriptor.product_id();
-        let (policies, meta) =
-            verify_bundle(envelope, &self.trust, &self.mesh, &product, now_unix)?;
-        let b = ActiveBundle::new(policies, &self.descriptor, meta, now_unix)?;
-        let revision = b.meta.revision;
-        // SEAM: control port — rollback refusal and persistence to the state dir.
-        self.bundle.install(b);
-        Ok(revision)
+        self.accept_bundle(envelope, now_unix).map(|a| a.revision)
     }
 
     /// Reads and loads a bundle file.
@@ -136,15 +136,19 @@ impl App {
         path: &std::path::Path,
         now_unix: i64,
     ) -> Result<u64, BundleError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| BundleError::Rejected(format!("cannot read `{}`: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            BundleError::rejected(
+                "unreadable",
+                format!("cannot read `{}`: {e}", path.display()),
+            )
+        })?;
         self.load_bundle(&bytes, now_unix)
     }
 }
 
 /// A request id: the caller's `x-request-id` if it is short and plain,
 /// else a fresh random one.
-fn request_id<B>(req: &Request<B>) -> String {
+pub(crate) fn request_id<B>(req: &Request<B>) -> String {
     if let Some(v) = req
         .headers()
         .get("x-request-id")
@@ -178,7 +182,7 @@ fn respond(
     r
 }
 
-fn json(status: StatusCode, rid: &str, v: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, rid: &str, v: &serde_json::Value) -> Response<Body> {
     respond(
         status,
         "application/json",
@@ -187,7 +191,7 @@ fn json(status: StatusCode, rid: &str, v: &serde_json::Value) -> Response<Body> 
     )
 }
 
-fn error(rid: &str, e: &ApiError) -> Response<Body> {
+pub(crate) fn error(rid: &str, e: &ApiError) -> Response<Body> {
     respond(e.status, "application/json", rid, Body::full(e.body(rid)))
 }
 
@@ -253,7 +257,7 @@ fn readyz(app: &App, rid: &str) -> Response<Body> {
         Err(u) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             rid,
-            &serde_json::json!({"ready": false, "reason": u.reason()}),
+            &serde_json::json!({"ready": false, "reason": u.reason(), "engine": app.control.link()}),
         ),
     }
 }

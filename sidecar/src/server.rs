@@ -1,9 +1,13 @@
-//! The data port's HTTP/1.1 server. It takes its listener and shutdown
-//! signal as arguments, so tests bind `127.0.0.1:0` and stop it at will.
+//! The HTTP/1.1 servers of the data and control ports. Each takes its
+//! listener and shutdown signal as arguments, so tests bind `127.0.0.1:0`
+//! and stop it at will.
 //! Shutdown stops accepting, then drains in-flight responses (bounded by
 //! `limits.drain_timeout_ms`).
 
-use crate::pipeline::{App, handle};
+use crate::body::Body;
+use crate::pipeline::App;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,8 +21,37 @@ use tokio::net::TcpListener;
 /// Most headers a request may carry.
 const MAX_HEADERS: usize = 64;
 
-/// Serves until `shutdown` completes, then drains.
+/// Serves the data port until `shutdown` completes, then drains.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    serve_with(listener, app, shutdown, |app, req| async move {
+        crate::pipeline::handle(&app, req).await
+    })
+    .await;
+}
+
+/// Serves the control port (see [`crate::control`]) until `shutdown`.
+pub async fn serve_control(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, app, shutdown, |app, req| async move {
+        crate::control::handle(&app, req).await
+    })
+    .await;
+}
+
+/// Serves `handler` with the sidecar's connection limits until `shutdown`
+/// completes, then drains.
+async fn serve_with<H, F>(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) where
+    H: Fn(Arc<App>, Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -43,9 +76,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 };
                 let _ = stream.set_nodelay(true);
                 let app = Arc::clone(&app);
+                let handler = handler.clone();
                 let svc = service_fn(move |req| {
-                    let app = Arc::clone(&app);
-                    async move { Ok::<_, Infallible>(handle(&app, req).await) }
+                    let fut = handler(Arc::clone(&app), req);
+                    async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! The active bundle: compiled policies and the product view, behind an
-//! `ArcSwap`. Each request loads it once, so a swap (from the control port,
-//! later) never blocks or changes a request in flight.
+//! `ArcSwap`. Each request loads it once, so a swap from the control port
+//! never blocks or changes a request in flight.
 
 use arc_swap::ArcSwapOption;
 use meshgov_core::ProductView;
@@ -35,15 +35,55 @@ pub struct ActiveBundle {
 /// starts over.
 const PLAN_CACHE_CAPACITY: usize = 1024;
 
-/// Why a bundle cannot be enforced.
+/// Why a bundle cannot be enforced. Each has a stable [`code`](Self::code),
+/// the NACK reason the control port answers with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
-    #[error("the bundle was sliced for product `{bundle}`, but this sidecar serves `{descriptor}`")]
+    #[error(
+        "the bundle was sliced for product `{bundle}`, but this sidecar serves `{descriptor}` (wrong_product)"
+    )]
     WrongProduct { bundle: String, descriptor: String },
-    #[error("the descriptor does not resolve against the bundle's mesh: {0}")]
+    #[error("the descriptor does not resolve against the bundle's mesh: {0} (descriptor)")]
     Descriptor(String),
-    #[error("bundle rejected: {0}")]
-    Rejected(String),
+    /// Refused by verification (`meshgov-bundle`'s codes) or while compiling.
+    #[error("bundle rejected: {reason} ({code})")]
+    Rejected { code: &'static str, reason: String },
+    #[error(
+        "revision {offered} is older than revision {active} in force; rollbacks are refused (rollback)"
+    )]
+    Rollback { offered: u64, active: u64 },
+    #[error(
+        "revision {revision} is already in force with another digest (`{active_digest}`); a revision is never reused (revision_conflict)"
+    )]
+    RevisionConflict {
+        revision: u64,
+        active_digest: String,
+    },
+    #[error(
+        "cannot persist the bundle to the state directory: {0}; the previous bundle stays in force (persist_failed)"
+    )]
+    Persist(String),
+}
+
+impl BundleError {
+    /// A stable machine-readable code, for NACKs, logs and status.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BundleError::WrongProduct { .. } => "wrong_product",
+            BundleError::Descriptor(_) => "descriptor",
+            BundleError::Rejected { code, .. } => code,
+            BundleError::Rollback { .. } => "rollback",
+            BundleError::RevisionConflict { .. } => "revision_conflict",
+            BundleError::Persist(_) => "persist_failed",
+        }
+    }
+
+    pub(crate) fn rejected(code: &'static str, reason: impl Into<String>) -> BundleError {
+        BundleError::Rejected {
+            code,
+            reason: reason.into(),
+        }
+    }
 }
 
 impl ActiveBundle {
@@ -137,13 +177,15 @@ impl BundleSlot {
 
 /// Verifies a signed bundle envelope (DSSE, Ed25519; see `meshgov-bundle`)
 /// for this sidecar's mesh and product at `now_unix`, and compiles its
-/// components. Any failure is a refusal; nothing unverified is returned.
+/// components, reusing the Cedar policies of `previous` that did not change.
+/// Any failure is a refusal; nothing unverified is returned.
 pub fn verify_bundle(
     envelope: &[u8],
     trust: &meshgov_bundle::TrustStore,
     mesh: &str,
     product: &str,
     now_unix: i64,
+    previous: Option<&Policies>,
 ) -> Result<(Policies, BundleMeta), BundleError> {
     let expect = meshgov_bundle::Expect {
         mesh: Some(mesh),
@@ -151,15 +193,18 @@ pub fn verify_bundle(
         ..meshgov_bundle::Expect::default()
     };
     let verified = meshgov_bundle::verify(envelope, trust, now_unix, &expect)
-        .map_err(|e| BundleError::Rejected(format!("{} ({})", e, e.code())))?;
+        .map_err(|e| BundleError::rejected(e.code(), e.to_string()))?;
     let digest = verified.digest().to_string();
     let (manifest, components) = verified.into_parts();
-    let policies = Policies::from_components(&components, manifest.product.clone())
-        .map_err(|e| BundleError::Rejected(format!("{e} (components)")))?;
+    let policies =
+        Policies::from_components_reusing(&components, manifest.product.clone(), previous)
+            .map_err(|e| BundleError::rejected("components", e.to_string()))?;
     let unix = |s: &str| {
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map(time::OffsetDateTime::unix_timestamp)
-            .map_err(|_| BundleError::Rejected(format!("manifest time `{s}` is not RFC 3339")))
+            .map_err(|_| {
+                BundleError::rejected("malformed", format!("manifest time `{s}` is not RFC 3339"))
+            })
     };
     Ok((
         policies,

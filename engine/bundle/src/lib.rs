@@ -1,12 +1,17 @@
 #![doc = include_str!("../README.md")]
 
 mod canonical;
+mod control_token;
 mod envelope;
 mod excerpt;
 mod key;
 mod payload;
 mod verify;
 
+pub use control_token::{
+    CONTROL_AUDIENCE, CONTROL_TOKEN_TYPE, ControlClaims, ControlTokenError,
+    MAX_CONTROL_TOKEN_TTL_SECS, mint_control_token, verify_control_token,
+};
 pub use envelope::{Envelope, MAX_SIGNATURES, PAYLOAD_TYPE, SignError, Signature, sign};
 #[cfg(unix)]
 pub use key::write_private_key_file;

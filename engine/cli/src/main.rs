@@ -10,6 +10,7 @@ use std::process::ExitCode;
 mod bundle_cmds;
 mod conformance_cmds;
 mod diff_cmd;
+mod fleet_cmds;
 mod init;
 mod policy_cmds;
 mod token;
@@ -96,6 +97,82 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the authoring service: watch the policy repository, and for each
+    /// change check, test, build and sign the next revision, then push it to
+    /// every registered sidecar.
+    ///
+    /// A change in a git repository is a new commit; in a plain directory,
+    /// any changed file. A change that fails check or test is not rolled out;
+    /// the failure shows in `meshgov status`, on the fleet page and in the
+    /// log. Bundles are re-signed as a new revision at half their lifetime.
+    ///
+    /// Sidecars register with `meshgov-sidecar --engine http://ADDR`. The
+    /// fleet is at `GET /v1/fleet` and, for people, at `/`.
+    ///
+    /// Example:
+    ///   meshgov serve --policies ./policies --key keys/guild --listen 127.0.0.1:7600 --canary 10%
+    #[command(verbatim_doc_comment)]
+    Serve {
+        /// The policy repository to watch.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        /// The governance signing key (PKCS#8 PEM) for bundles and control tokens.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to serve the API and the fleet page.
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        listen: String,
+        /// Stage rollouts: `N%` of the registered sidecars, or a comma-separated
+        /// list of sidecar or product ids, get each revision first.
+        #[arg(long)]
+        canary: Option<String>,
+        /// Seconds the canaries must stay healthy after ACKing before the rest get it.
+        #[arg(long, default_value_t = 30)]
+        canary_bake: u64,
+        /// Seconds the canaries have to ACK before the rollout halts.
+        #[arg(long, default_value_t = 30)]
+        canary_ack_timeout: u64,
+        /// Bundle lifetime in seconds (default: mesh.toml's `[bundle] ttl_seconds`).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// How often to look for changes, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        watch_interval_ms: u64,
+        /// Log JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Show the fleet: each sidecar's product, ACKed revision, last contact,
+    /// last error and bundle age, and the rollout's state.
+    Status {
+        /// The engine (`meshgov serve`) URL.
+        #[arg(long, default_value = "http://127.0.0.1:7600")]
+        engine: String,
+        /// Print the engine's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push a signed bundle to one sidecar's control port and print its ACK or NACK.
+    Push {
+        /// The bundle (DSSE envelope) to push.
+        file: PathBuf,
+        /// The sidecar's control URL, e.g. http://127.0.0.1:8081.
+        #[arg(long)]
+        sidecar: String,
+    },
+    /// Mint a short-lived control token (for `GET /control/v1/status` on a sidecar).
+    ///
+    /// Example:
+    ///   curl -H "Authorization: Bearer $(meshgov control-token --key keys/guild)" http://127.0.0.1:8081/control/v1/status
+    #[command(verbatim_doc_comment)]
+    ControlToken {
+        /// The governance signing key the sidecar trusts.
+        #[arg(long)]
+        key: PathBuf,
+        /// Lifetime in seconds (at most 600).
+        #[arg(long, default_value_t = 300)]
+        ttl: u64,
     },
     /// Work with built bundles.
     Bundle {
@@ -271,6 +348,30 @@ fn main() -> ExitCode {
             repo,
             json,
         } => diff_cmd::run(&old, &new, &repo, json),
+        Command::Serve {
+            policies,
+            key,
+            listen,
+            canary,
+            canary_bake,
+            canary_ack_timeout,
+            ttl,
+            watch_interval_ms,
+            log_json,
+        } => fleet_cmds::serve(fleet_cmds::ServeArgs {
+            policies,
+            key,
+            listen,
+            canary,
+            canary_bake,
+            canary_ack_timeout,
+            ttl,
+            watch_interval_ms,
+            log_json,
+        }),
+        Command::Status { engine, json } => fleet_cmds::status(&engine, json),
+        Command::Push { file, sidecar } => fleet_cmds::push(&file, &sidecar),
+        Command::ControlToken { key, ttl } => fleet_cmds::control_token(&key, ttl),
         Command::Bundle {
             command: BundleCommand::Inspect { file, trust, json },
         } => bundle_cmds::inspect(&file, &trust, json),

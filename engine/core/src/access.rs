@@ -270,16 +270,53 @@ impl Access {
         schema_text: &str,
         policies: &[(String, String)],
     ) -> Result<Access, AccessLoadError> {
-        let (schema, _warnings) = Schema::from_cedarschema_str(schema_text)
-            .map_err(|e| AccessLoadError::Schema(e.to_string()))?;
+        Access::from_texts_reusing(schema_text, policies, None)
+    }
+
+    /// Like [`Access::from_texts`], but a policy whose id and text are
+    /// unchanged from `previous` is taken from it instead of parsed again.
+    /// Parsing is most of the cost of loading a bundle (about 150 µs a
+    /// policy), and a new revision usually changes a few policies, or none
+    /// (a renewal), so a swap costs what changed.
+    pub fn from_texts_reusing(
+        schema_text: &str,
+        policies: &[(String, String)],
+        previous: Option<&Access>,
+    ) -> Result<Access, AccessLoadError> {
+        // The same schema as before needs no second parse.
+        let schema = match previous.filter(|p| p.schema_text == schema_text) {
+            Some(p) => p.schema.clone(),
+            None => {
+                Schema::from_cedarschema_str(schema_text)
+                    .map_err(|e| AccessLoadError::Schema(e.to_string()))?
+                    .0
+            }
+        };
         let mut set = PolicySet::new();
         for (id, text) in policies {
+            if let Some(p) = previous.and_then(|prev| prev.parsed(id, text)) {
+                set.add(p)
+                    .map_err(|e| AccessLoadError::Policies(format!("`{id}`: {e}")))?;
+                continue;
+            }
             let p = Policy::parse(Some(PolicyId::new(id)), text)
                 .map_err(|e| AccessLoadError::Policies(format!("`{id}`: {e}")))?;
             set.add(p)
                 .map_err(|e| AccessLoadError::Policies(format!("`{id}`: {e}")))?;
         }
         Access::from_parts(schema, schema_text.to_string(), policies.to_vec(), set)
+    }
+
+    /// The parsed policy `id`, if this set holds it with exactly `text`.
+    fn parsed(&self, id: &str, text: &str) -> Option<Policy> {
+        let i = self
+            .texts
+            .binary_search_by(|(k, _)| k.as_str().cmp(id))
+            .ok()?;
+        if self.texts.get(i).is_none_or(|(_, t)| t != text) {
+            return None;
+        }
+        self.set.policy(&PolicyId::new(id)).cloned()
     }
 
     pub fn schema_text(&self) -> &str {

@@ -132,13 +132,23 @@ impl Policies {
         c: &BTreeMap<String, String>,
         product: Option<String>,
     ) -> Result<Policies, ComponentError> {
+        Policies::from_components_reusing(c, product, None)
+    }
+
+    /// Like [`Policies::from_components`], reusing the Cedar policies of
+    /// `previous` whose text is unchanged (see [`Access::from_texts_reusing`]).
+    pub fn from_components_reusing(
+        c: &BTreeMap<String, String>,
+        product: Option<String>,
+        previous: Option<&Policies>,
+    ) -> Result<Policies, ComponentError> {
         let mesh: MeshConfig = from_json(c, component::MESH)?;
         let schema = c
             .get(component::SCHEMA)
             .ok_or(ComponentError::Missing(component::SCHEMA))?;
         let texts: Vec<PolicyText> = from_json(c, component::POLICIES)?;
         let texts: Vec<(String, String)> = texts.into_iter().map(|t| (t.id, t.text)).collect();
-        let access = Access::from_texts(schema, &texts)?;
+        let access = Access::from_texts_reusing(schema, &texts, previous.map(|p| &p.access))?;
         let anon: AnonymizationFile = from_json(c, component::ANONYMIZATION)?;
         let privacy: PrivacyFile = from_json(c, component::PRIVACY)?;
         let standards: StandardsFile = from_json(c, component::STANDARDS)?;

@@ -234,3 +234,41 @@ fn unclassified_fields_are_withheld_whatever_cedar_says() {
     assert_eq!(treatment("user_id"), "withheld");
     assert_eq!(treatment("country"), "clear");
 }
+#[test]
+fn reloading_over_a_previous_bundle_reuses_unchanged_policies_and_sees_changed_ones() {
+    let p = checked().policies.unwrap();
+    let before = Policies::from_components(&p.components(), None).unwrap();
+    // Unchanged: the same decisions as a fresh load.
+    let same = Policies::from_components_reusing(&p.components(), None, Some(&before)).unwrap();
+    assert_eq!(same.components(), p.components());
+    // One policy's text changed (a `permit` turned into a `forbid`): the
+    // reload must parse it again, not keep the old one.
+    let mut c = p.components();
+    let (_, text) = c
+        .iter_mut()
+        .find(|(_, v)| v.contains("users.marketing-read"))
+        .expect("the example's marketing policy");
+    let mut list: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+    let item = list
+        .iter_mut()
+        .find(|v| v["id"] == "users.marketing-read")
+        .unwrap();
+    let changed = item["text"]
+        .as_str()
+        .unwrap()
+        .replacen("permit", "forbid", 1);
+    item["text"] = serde_json::Value::String(changed);
+    *text = serde_json::to_string(&list).unwrap();
+    let after = Policies::from_components_reusing(&c, None, Some(&before)).unwrap();
+    let fresh = Policies::from_components(&c, None).unwrap();
+    let info = product(&p, "user-profiles.yaml");
+    assert_eq!(
+        plans(&after, &info, "profiles"),
+        plans(&fresh, &info, "profiles")
+    );
+    assert!(plans(&before, &info, "profiles")[0].decision.allowed);
+    assert!(
+        !plans(&after, &info, "profiles")[0].decision.allowed,
+        "the changed policy took effect"
+    );
+}

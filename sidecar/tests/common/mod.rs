@@ -21,7 +21,6 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 pub const ISSUER: &str = "https://idp.media.example";
 pub const AUDIENCE: &str = "meshgov";
@@ -135,19 +134,25 @@ pub fn signed_bundle(
 
 pub struct Sidecar {
     pub addr: SocketAddr,
+    /// The control port, when `Options::control` asked for one.
+    pub control: Option<SocketAddr>,
     pub app: Arc<App>,
     pub dir: tempfile::TempDir,
     pub gov: meshgov_bundle::SigningKey,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
+    control_task: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Sidecar {
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            let _ = s.send(true);
         }
         if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+        for t in self.control_task.drain(..) {
             t.await.unwrap();
         }
     }
@@ -162,6 +167,8 @@ pub struct Options {
     /// The body of `[pseudonym_keys]`.
     pub pseudonym_keys: String,
     pub extra_config: String,
+    /// Also serve the control port, and persist bundles to `<dir>/state`.
+    pub control: bool,
 }
 
 impl Default for Options {
@@ -173,6 +180,7 @@ impl Default for Options {
             upstream: None,
             pseudonym_keys: r#"user-identity = { file = "user-identity.key" }"#.into(),
             extra_config: String::new(),
+            control: false,
         }
     }
 }
@@ -203,6 +211,7 @@ pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
         r#"
 mesh = "media-mesh"
 trusted_bundle_keys = ["{gov_pub}"]
+{state_dir}
 descriptor = {descriptor:?}
 [listen]
 data = "127.0.0.1:0"
@@ -234,6 +243,11 @@ pem_file = {rsa:?}
         pseudonym_keys = opts.pseudonym_keys,
         extra = opts.extra_config,
         gov_pub = gov.public_key(),
+        state_dir = if opts.control {
+            "state_dir = \"state\""
+        } else {
+            ""
+        },
     );
     let cfg = Config::from_toml(
         &cfg,
@@ -252,12 +266,30 @@ pem_file = {rsa:?}
     let app = Arc::new(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(server::serve(listener, Arc::clone(&app), async move {
-        let _ = rx.await;
-    }));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let task = tokio::spawn(server::serve(listener, Arc::clone(&app), stopped()));
+    let mut control_task = Vec::new();
+    let mut control = None;
+    if opts.control {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        control = Some(l.local_addr().unwrap());
+        app.control.set_instance_id("test-sidecar".into());
+        control_task.push(tokio::spawn(server::serve_control(
+            l,
+            Arc::clone(&app),
+            stopped(),
+        )));
+    }
     Sidecar {
         addr,
+        control,
+        control_task,
         app,
         dir,
         gov,
@@ -376,4 +408,19 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp
 
 pub async fn get_as(addr: SocketAddr, path: &str, token: &str) -> Resp {
     get(addr, path, &[("Authorization", &format!("Bearer {token}"))]).await
+}
+
+/// `PUT` of `body` to `path`, with optional extra headers.
+pub async fn put(addr: SocketAddr, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(addr, bytes).await
 }

@@ -1,0 +1,204 @@
+//! `serve`, `status`, `push` and `control-token`: the engine service and
+//! the fleet.
+
+use crate::Failure;
+use meshgov_server::client::{self, HttpClient, PushOutcome};
+use meshgov_server::{Canary, Engine, EngineConfig};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))
+}
+
+fn signing_key(path: &Path) -> Result<meshgov_bundle::SigningKey, Failure> {
+    meshgov_bundle::read_signing_key_file(path).map_err(|e| Failure::usage(e.to_string()))
+}
+
+pub struct ServeArgs {
+    pub policies: PathBuf,
+    pub key: PathBuf,
+    pub listen: String,
+    pub canary: Option<String>,
+    pub canary_bake: u64,
+    pub canary_ack_timeout: u64,
+    pub ttl: Option<u64>,
+    pub watch_interval_ms: u64,
+    pub log_json: bool,
+}
+
+pub fn serve(a: ServeArgs) -> Result<(), Failure> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if a.log_json {
+        sub.json().init();
+    } else {
+        sub.init();
+    }
+    if !a.policies.is_dir() {
+        return Err(Failure::usage(format!(
+            "--policies `{}` is not a directory",
+            a.policies.display()
+        )));
+    }
+    let mut cfg = EngineConfig::new(a.policies, signing_key(&a.key)?);
+    if let Some(c) = &a.canary {
+        cfg.canary = c
+            .parse::<Canary>()
+            .map_err(|e| Failure::usage(format!("--canary {e}")))?;
+    }
+    cfg.canary_bake = Duration::from_secs(a.canary_bake);
+    cfg.canary_ack_timeout = Duration::from_secs(a.canary_ack_timeout.max(1));
+    cfg.ttl_seconds = a.ttl;
+    cfg.watch_interval = Duration::from_millis(a.watch_interval_ms.max(10));
+    let addr: std::net::SocketAddr = a.listen.parse().map_err(|_| {
+        Failure::usage(format!(
+            "--listen `{}`: expected host:port with an IP host",
+            a.listen
+        ))
+    })?;
+    let engine = Engine::new(cfg);
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Failure::usage(format!("cannot listen on `{addr}`: {e}")))?;
+        eprintln!(
+            "meshgov serve: listening on http://{} (fleet page at /), signing with key {}; sidecars must trust {}",
+            listener.local_addr().unwrap_or(addr),
+            engine.public_key().keyid(),
+            engine.public_key()
+        );
+        meshgov_server::api::serve(listener, engine, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
+    let f = runtime()?
+        .block_on(client::fleet(&HttpClient::default(), engine))
+        .map_err(Failure::usage)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+        return Ok(());
+    }
+    // Text of the value at a JSON pointer; `-` when absent or null.
+    let at = |v: &serde_json::Value, p: &str| match v.pointer(p) {
+        None | Some(serde_json::Value::Null) => "-".to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    println!(
+        "released: revision {} (expires {}); rollout: {} {}{}",
+        at(&f, "/released/revision"),
+        at(&f, "/released/expires_at"),
+        at(&f, "/rollout/phase"),
+        at(&f, "/rollout/revision"),
+        f.pointer("/rollout/reason")
+            .and_then(|r| r.as_str())
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    if f.pointer("/last_build/at").is_some() {
+        match f.pointer("/last_build/error").and_then(|e| e.as_str()) {
+            Some(e) => println!("last build: FAILED at {}: {e}", at(&f, "/last_build/at")),
+            None => println!(
+                "last build: ok at {}, revision {}",
+                at(&f, "/last_build/at"),
+                at(&f, "/last_build/revision")
+            ),
+        }
+    }
+    println!(
+        "{:<40} {:<28} {:<12} {:>12} {:>12} {:>8}  {:<20}  LAST ERROR",
+        "SIDECAR", "PRODUCT", "STATE", "ACKED", "TARGET", "AGE", "LAST CONTACT"
+    );
+    let none = vec![];
+    let sidecars = f
+        .get("sidecars")
+        .and_then(|s| s.as_array())
+        .unwrap_or(&none);
+    for sc in sidecars {
+        println!(
+            "{:<40} {:<28} {:<12} {:>12} {:>12} {:>8}  {:<20}  {}",
+            at(sc, "/id"),
+            at(sc, "/product"),
+            at(sc, "/state"),
+            at(sc, "/acked_revision"),
+            at(sc, "/target_revision"),
+            sc.get("bundle_age_seconds")
+                .and_then(|a| a.as_i64())
+                .map(|a| format!("{a}s"))
+                .unwrap_or_else(|| "-".into()),
+            at(sc, "/last_contact"),
+            at(sc, "/last_error")
+        );
+    }
+    Ok(())
+}
+
+pub fn push(file: &Path, sidecar: &str) -> Result<(), Failure> {
+    let bytes =
+        std::fs::read(file).map_err(|e| Failure::usage(format!("`{}`: {e}", file.display())))?;
+    let r = runtime()?
+        .block_on(client::push_bundle(
+            &HttpClient::default(),
+            sidecar,
+            bytes.into(),
+            Duration::from_secs(30),
+        ))
+        .map_err(Failure::usage)?;
+    match r {
+        PushOutcome::Ack {
+            revision,
+            digest,
+            noop,
+        } => {
+            println!(
+                "ACK revision {revision} {digest}{}",
+                if noop { " (already in force)" } else { "" }
+            );
+            Ok(())
+        }
+        PushOutcome::Nack {
+            code,
+            reason,
+            active_revision,
+        } => Err(Failure::violations(format!(
+            "NACK [{code}]: {reason} (in force: revision {})",
+            active_revision.map_or("none".into(), |r| r.to_string())
+        ))),
+    }
+}
+
+pub fn control_token(key: &Path, ttl: u64) -> Result<(), Failure> {
+    let key = signing_key(key)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
+    println!(
+        "{}",
+        meshgov_bundle::mint_control_token(&key, "meshgov-cli", now, ttl)
+    );
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there is one.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

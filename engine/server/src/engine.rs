@@ -1,0 +1,941 @@
+//! The engine's state: the releases, the rollout and the fleet.
+//!
+//! - **Builds.** A watch loop fingerprints the policy repository. On a
+//!   change it checks, tests and compiles it, signs revision N+1 (every
+//!   product's slice and the whole mesh) and starts a rollout. A change that
+//!   fails is recorded and never rolled out. Before the released bundle
+//!   reaches half its lifetime it is re-signed as a new revision (renewal).
+//! - **Rollouts.** Without a canary set, the new release becomes what every
+//!   sidecar should hold and is pushed to all. With one, it goes to the
+//!   canaries first; once they all ACK and stay healthy for the bake time it
+//!   is promoted to the rest. A NACK, a canary that does not ACK in time, or
+//!   a failing health check halts the rollout: the rest keep the previous
+//!   release.
+//! - **The fleet.** Sidecars register, are pushed to (with retries and
+//!   backoff), long-poll, and report; each one's ACKed revision, last
+//!   contact and last error is kept, like xDS ACK/NACK.
+//!
+//! Revisions are `max(previous + 1, now in unix seconds, highest revision
+//! the fleet reports + 1)`: strictly increasing, also across engine
+//! restarts, so sidecars never see a rollback from a restarted engine.
+
+use crate::build::{self, Compiled, Release, Signed};
+use crate::client::{self, HttpClient, PushOutcome};
+use meshgov_bundle::SigningKey;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Which sidecars get a release first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Canary {
+    /// Everyone at once.
+    Off,
+    /// This percentage of the registered sidecars (at least one), by id order.
+    Percent(u32),
+    /// These sidecar ids or product ids.
+    Named(Vec<String>),
+}
+
+impl FromStr for Canary {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Canary, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.trim().parse::<u32>() {
+                Ok(n @ 1..=100) => Ok(Canary::Percent(n)),
+                _ => Err(format!("`{s}`: expected a percentage from 1% to 100%")),
+            };
+        }
+        let names: Vec<String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        if names.is_empty() {
+            return Err("expected `N%` or a comma-separated list of sidecar or product ids".into());
+        }
+        Ok(Canary::Named(names))
+    }
+}
+
+/// How `meshgov serve` runs.
+pub struct EngineConfig {
+    pub policies: PathBuf,
+    pub key: SigningKey,
+    pub canary: Canary,
+    /// How long canaries must stay healthy after ACKing.
+    pub canary_bake: Duration,
+    /// How long canaries have to ACK.
+    pub canary_ack_timeout: Duration,
+    /// Overrides `mesh.toml`'s `[bundle] ttl_seconds`.
+    pub ttl_seconds: Option<u64>,
+    /// How often the repository is checked for changes.
+    pub watch_interval: Duration,
+    /// How long one push may take.
+    pub push_timeout: Duration,
+}
+
+impl EngineConfig {
+    /// Defaults for everything but the repository and the key.
+    pub fn new(policies: PathBuf, key: SigningKey) -> EngineConfig {
+        EngineConfig {
+            policies,
+            key,
+            canary: Canary::Off,
+            canary_bake: Duration::from_secs(30),
+            canary_ack_timeout: Duration::from_secs(30),
+            ttl_seconds: None,
+            watch_interval: Duration::from_millis(250),
+            push_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Nothing built yet.
+    Idle,
+    /// Pushed to the canaries; waiting for their ACKs.
+    Canary,
+    /// Canaries ACKed; watching their health for the bake time.
+    Baking,
+    /// Released to the whole fleet.
+    Released,
+    /// Stopped by a NACK or failing canary health; the rest keep the
+    /// previous release.
+    Halted,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    pub revision: Option<u64>,
+    pub phase: Phase,
+    pub canaries: Vec<String>,
+    pub reason: Option<String>,
+    pub started_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildStatus {
+    pub at: String,
+    /// The repository state built: `git:<commit>` or `files:<sha256>`.
+    pub fingerprint: String,
+    pub ok: bool,
+    pub revision: Option<u64>,
+    /// A re-signed revision of unchanged policies, before expiry.
+    pub renewal: bool,
+    pub error: Option<String>,
+}
+
+/// One registered sidecar.
+#[derive(Debug, Clone)]
+struct Sidecar {
+    product: String,
+    control_url: String,
+    acked: Option<(u64, String)>,
+    acked_created_at: Option<i64>,
+    last_contact: i64,
+    last_error: Option<String>,
+    /// The digest it last refused: not offered again by the long poll.
+    nacked: Option<String>,
+    /// A push of this digest is under way.
+    pushing: Option<String>,
+}
+
+struct State {
+    released: Option<Arc<Release>>,
+    candidate: Option<Arc<Release>>,
+    canaries: BTreeSet<String>,
+    compiled: Option<Arc<Compiled>>,
+    fingerprint: Option<String>,
+    last_revision: u64,
+    fleet_max_revision: u64,
+    rollout: RolloutStatus,
+    rollout_gen: u64,
+    last_build: Option<BuildStatus>,
+    sidecars: BTreeMap<String, Sidecar>,
+}
+
+/// The authoring service. Cheap to share: hold it in an `Arc`.
+pub struct Engine {
+    cfg: EngineConfig,
+    state: Mutex<State>,
+    /// Bumped whenever what some sidecar should hold changes; wakes long polls.
+    changed: watch::Sender<u64>,
+    client: HttpClient,
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// A registration, as a sidecar sends it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub id: String,
+    pub product: String,
+    pub mesh: Option<String>,
+    pub control_url: String,
+    pub revision: Option<u64>,
+    pub digest: Option<String>,
+}
+
+/// A sidecar's report after applying a bundle it pulled.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Report {
+    Ack {
+        revision: u64,
+        digest: String,
+    },
+    Nack {
+        code: String,
+        reason: String,
+        #[serde(default)]
+        active_revision: Option<u64>,
+    },
+}
+
+/// What a long poll ends with.
+pub enum PollAnswer {
+    Bundle(Signed, u64),
+    NotModified,
+    UnknownSidecar,
+}
+
+/// Characters a sidecar id may hold (it travels in URLs unescaped).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Arc<Engine> {
+        let (changed, _) = watch::channel(0);
+        Arc::new(Engine {
+            cfg,
+            state: Mutex::new(State {
+                released: None,
+                candidate: None,
+                canaries: BTreeSet::new(),
+                compiled: None,
+                fingerprint: None,
+                last_revision: 0,
+                fleet_max_revision: 0,
+                rollout: RolloutStatus {
+                    revision: None,
+                    phase: Phase::Idle,
+                    canaries: vec![],
+                    reason: None,
+                    started_at: None,
+                },
+                rollout_gen: 0,
+                last_build: None,
+                sidecars: BTreeMap::new(),
+            }),
+            changed,
+            client: HttpClient::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // INVARIANT: no code panics while holding the lock.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// The public key sidecars must trust.
+    pub fn public_key(&self) -> meshgov_bundle::PublicKey {
+        self.cfg.key.public_key()
+    }
+
+    fn target<'a>(s: &'a State, id: &str) -> Option<&'a Arc<Release>> {
+        match &s.candidate {
+            Some(c) if s.canaries.contains(id) => Some(c),
+            _ => s.released.as_ref(),
+        }
+    }
+
+    /// Records that `id` holds `digest` if it is a bundle of a known release.
+    fn note_held(s: &mut State, id: &str, digest: &str) {
+        let known = [s.released.clone(), s.candidate.clone()]
+            .into_iter()
+            .flatten()
+            .find(|r| r.holds(digest));
+        if let (Some(r), Some(sc)) = (known, s.sidecars.get_mut(id)) {
+            sc.acked = Some((r.revision, digest.to_string()));
+            sc.acked_created_at = Some(r.created_at_unix);
+            if sc.nacked.as_deref() == Some(digest) {
+                sc.nacked = None;
+            }
+        }
+    }
+
+    // ---- builds ----
+
+    /// Runs the watch loop until `shutdown`: build on change, renew before
+    /// expiry, and re-push to sidecars that are behind.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.cfg.watch_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconcile_at = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = &mut shutdown => return,
+            }
+            Arc::clone(&self).build_tick().await;
+            if reconcile_at.elapsed() >= Duration::from_secs(2) {
+                reconcile_at = std::time::Instant::now();
+                self.reconcile();
+            }
+        }
+    }
+
+    /// One look at the repository: build if it changed, renew if due.
+    pub async fn build_tick(self: Arc<Self>) {
+        let dir = self.cfg.policies.clone();
+        let fp = tokio::task::spawn_blocking(move || build::fingerprint(&dir)).await;
+        let fp = match fp {
+            Ok(Ok(fp)) => fp,
+            Ok(Err(e)) => {
+                self.record_build_failure(
+                    "unreadable",
+                    format!("cannot read the repository: {e}"),
+                    false,
+                );
+                return;
+            }
+            Err(_) => return,
+        };
+        let (changed, renew) = {
+            let s = self.lock();
+            let changed = s.fingerprint.as_deref() != Some(fp.as_str());
+            let renew = s.candidate.is_none()
+                && s.released.as_ref().is_some_and(|r| {
+                    let half = (r.expires_at_unix - r.created_at_unix) / 2;
+                    now_unix() >= r.created_at_unix + half
+                });
+            (changed, renew)
+        };
+        if changed {
+            self.lock().fingerprint = Some(fp.clone());
+            let dir = self.cfg.policies.clone();
+            let compiled = tokio::task::spawn_blocking(move || build::compile(&dir)).await;
+            match compiled {
+                Ok(Ok(c)) => {
+                    let c = Arc::new(c);
+                    self.lock().compiled = Some(Arc::clone(&c));
+                    self.release(&c, &fp, false);
+                }
+                Ok(Err(e)) => self.record_build_failure(&fp, e.to_string(), false),
+                Err(_) => self.record_build_failure(&fp, "the build task failed".into(), false),
+            }
+        } else if renew {
+            let c = self.lock().compiled.clone();
+            if let Some(c) = c {
+                self.release(&c, &fp, true);
+            }
+        }
+    }
+
+    fn record_build_failure(&self, fp: &str, error: String, renewal: bool) {
+        tracing::error!(fingerprint = fp, "not rolled out: {error}");
+        self.lock().last_build = Some(BuildStatus {
+            at: rfc3339(now_unix()),
+            fingerprint: fp.to_string(),
+            ok: false,
+            revision: None,
+            renewal,
+            error: Some(error),
+        });
+    }
+
+    /// Signs `c` as the next revision and starts its rollout.
+    fn release(self: &Arc<Self>, c: &Compiled, fp: &str, renewal: bool) {
+        let now = now_unix();
+        let revision = {
+            let s = self.lock();
+            let now_rev = u64::try_from(now).unwrap_or(0);
+            (s.last_revision + 1)
+                .max(now_rev)
+                .max(s.fleet_max_revision + 1)
+        };
+        let ttl = self.cfg.ttl_seconds.unwrap_or(c.ttl_seconds).max(1);
+        let r = match build::sign_release(c, &self.cfg.key, revision, now, ttl) {
+            Ok(r) => Arc::new(r),
+            Err(e) => return self.record_build_failure(fp, e.to_string(), renewal),
+        };
+        tracing::info!(
+            revision,
+            renewal,
+            products = r.slices.len(),
+            source_commit = r.source_commit.as_deref(),
+            "built and signed"
+        );
+        {
+            let mut s = self.lock();
+            s.last_revision = revision;
+            s.last_build = Some(BuildStatus {
+                at: rfc3339(now),
+                fingerprint: fp.to_string(),
+                ok: true,
+                revision: Some(revision),
+                renewal,
+                error: None,
+            });
+        }
+        self.start_rollout(r);
+    }
+
+    // ---- rollouts ----
+
+    fn choose_canaries(&self, s: &State) -> BTreeSet<String> {
+        match &self.cfg.canary {
+            Canary::Off => BTreeSet::new(),
+            Canary::Percent(p) => {
+                let n = s.sidecars.len();
+                let k = (n * *p as usize).div_ceil(100).max(1).min(n);
+                s.sidecars.keys().take(k).cloned().collect()
+            }
+            Canary::Named(names) => s
+                .sidecars
+                .iter()
+                .filter(|(id, sc)| names.iter().any(|n| n == *id || *n == sc.product))
+                .map(|(id, _)| id.clone())
+                .collect(),
+        }
+    }
+
+    fn start_rollout(self: &Arc<Self>, r: Arc<Release>) {
+        let (generation, canaries) = {
+            let mut s = self.lock();
+            s.rollout_gen += 1;
+            let canaries = self.choose_canaries(&s);
+            // A halted or superseded candidate's canaries keep what they
+            // hold until this release reaches them.
+            s.rollout = RolloutStatus {
+                revision: Some(r.revision),
+                phase: if canaries.is_empty() {
+                    Phase::Released
+                } else {
+                    Phase::Canary
+                },
+                canaries: canaries.iter().cloned().collect(),
+                reason: None,
+                started_at: Some(rfc3339(now_unix())),
+            };
+            if canaries.is_empty() {
+                s.released = Some(Arc::clone(&r));
+                s.candidate = None;
+                s.canaries.clear();
+            } else {
+                s.candidate = Some(Arc::clone(&r));
+                s.canaries = canaries.clone();
+            }
+            (s.rollout_gen, canaries)
+        };
+        self.notify();
+        if canaries.is_empty() {
+            self.reconcile();
+            return;
+        }
+        tracing::info!(revision = r.revision, canaries = ?canaries, "canary rollout started");
+        for id in &canaries {
+            self.push(id.clone());
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.canary(generation, r, canaries).await });
+    }
+
+    fn halt(&self, generation: u64, reason: String) {
+        let mut s = self.lock();
+        if s.rollout_gen != generation {
+            return;
+        }
+        tracing::error!(revision = s.rollout.revision, "rollout halted: {reason}");
+        s.rollout.phase = Phase::Halted;
+        s.rollout.reason = Some(reason);
+    }
+
+    async fn canary(self: Arc<Self>, generation: u64, r: Arc<Release>, canaries: BTreeSet<String>) {
+        // 1. Every canary ACKs, or the rollout halts.
+        let deadline = tokio::time::Instant::now() + self.cfg.canary_ack_timeout;
+        loop {
+            let verdict = {
+                let s = self.lock();
+                if s.rollout_gen != generation {
+                    return;
+                }
+                let mut all = true;
+                let mut nack = None;
+                for id in &canaries {
+                    let Some(sc) = s.sidecars.get(id) else {
+                        continue;
+                    };
+                    let want = &r.for_product(&sc.product).digest;
+                    if sc.nacked.as_ref() == Some(want) {
+                        nack = Some(format!(
+                            "canary `{id}` refused revision {}: {}",
+                            r.revision,
+                            sc.last_error.clone().unwrap_or_default()
+                        ));
+                    }
+                    all &= sc.acked.as_ref().is_some_and(|(_, d)| d == want);
+                }
+                (all, nack)
+            };
+            match verdict {
+                (_, Some(nack)) => return self.halt(generation, nack),
+                (true, None) => break,
+                (false, None) if tokio::time::Instant::now() >= deadline => {
+                    return self.halt(
+                        generation,
+                        format!(
+                            "canaries did not ACK revision {} within {} s",
+                            r.revision,
+                            self.cfg.canary_ack_timeout.as_secs()
+                        ),
+                    );
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        // 2. They stay healthy for the bake time.
+        {
+            let mut s = self.lock();
+            if s.rollout_gen != generation {
+                return;
+            }
+            s.rollout.phase = Phase::Baking;
+        }
+        tracing::info!(revision = r.revision, "canaries ACKed; baking");
+        let bake_end = tokio::time::Instant::now() + self.cfg.canary_bake;
+        let every =
+            (self.cfg.canary_bake / 5).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            for id in &canaries {
+                let url = self
+                    .lock()
+                    .sidecars
+                    .get(id)
+                    .map(|sc| sc.control_url.clone());
+                let Some(url) = url else { continue };
+                let token = meshgov_bundle::mint_control_token(
+                    &self.cfg.key,
+                    "meshgov-engine",
+                    now_unix(),
+                    60,
+                );
+                let healthy =
+                    match client::sidecar_status(&self.client, &url, &token, self.cfg.push_timeout)
+                        .await
+                    {
+                        Ok(st) => {
+                            let state = st.get("state").and_then(|v| v.as_str()).unwrap_or("?");
+                            let serving = state == "serving";
+                            let rev = st.pointer("/bundle/revision").and_then(|v| v.as_u64());
+                            if serving && rev == Some(r.revision) {
+                                Ok(())
+                            } else {
+                                Err(format!("state `{state}` at revision {rev:?}"))
+                            }
+                        }
+                        Err(e) => Err(e),
+                    };
+                if let Err(e) = healthy {
+                    return self.halt(
+                        generation,
+                        format!("canary `{id}` is unhealthy on revision {}: {e}", r.revision),
+                    );
+                }
+            }
+            if tokio::time::Instant::now() >= bake_end {
+                break;
+            }
+            tokio::time::sleep(every).await;
+            if self.lock().rollout_gen != generation {
+                return;
+            }
+        }
+        // 3. Promote.
+        {
+            let mut s = self.lock();
+            if s.rollout_gen != generation {
+                return;
+            }
+            s.released = Some(Arc::clone(&r));
+            s.candidate = None;
+            s.canaries.clear();
+            s.rollout.phase = Phase::Released;
+        }
+        tracing::info!(
+            revision = r.revision,
+            "canaries healthy; releasing to the fleet"
+        );
+        self.notify();
+        self.reconcile();
+    }
+
+    // ---- the fleet ----
+
+    /// Pushes to every sidecar whose ACKed bundle is not its target, unless
+    /// it refused that target or a push is under way.
+    pub fn reconcile(self: &Arc<Self>) {
+        let ids: Vec<String> = {
+            let s = self.lock();
+            s.sidecars
+                .iter()
+                .filter(|(id, sc)| {
+                    Self::target(&s, id).is_some_and(|t| {
+                        let want = &t.for_product(&sc.product).digest;
+                        sc.acked.as_ref().is_none_or(|(_, d)| d != want)
+                            && sc.nacked.as_ref() != Some(want)
+                            && sc.pushing.as_ref() != Some(want)
+                    })
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for id in ids {
+            self.push(id);
+        }
+    }
+
+    /// Pushes `id`'s target to it, retrying transport failures with backoff
+    /// (100 ms doubling, 5 tries; after that the reconcile loop and the
+    /// sidecar's long poll take over).
+    pub fn push(self: &Arc<Self>, id: String) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            for attempt in 0..5 {
+                let job = {
+                    let mut s = me.lock();
+                    let target = Self::target(&s, &id).cloned();
+                    let Some(sc) = s.sidecars.get_mut(&id) else {
+                        return;
+                    };
+                    let Some(t) = target else { return };
+                    let b = t.for_product(&sc.product).clone();
+                    let done = sc.acked.as_ref().is_some_and(|(_, d)| *d == b.digest)
+                        || sc.nacked.as_ref() == Some(&b.digest)
+                        || (attempt == 0 && sc.pushing.as_ref() == Some(&b.digest));
+                    if done {
+                        return;
+                    }
+                    sc.pushing = Some(b.digest.clone());
+                    (sc.control_url.clone(), b, t.revision, t.created_at_unix)
+                };
+                let (url, b, revision, created) = job;
+                let r = client::push_bundle(&me.client, &url, b.bytes.clone(), me.cfg.push_timeout)
+                    .await;
+                let retry = {
+                    let mut s = me.lock();
+                    let Some(sc) = s.sidecars.get_mut(&id) else {
+                        return;
+                    };
+                    sc.pushing = None;
+                    match r {
+                        Ok(PushOutcome::Ack {
+                            revision: rev,
+                            digest,
+                            ..
+                        }) => {
+                            sc.last_contact = now_unix();
+                            sc.last_error = None;
+                            if digest == b.digest {
+                                sc.acked = Some((rev, digest));
+                                sc.acked_created_at = Some(created);
+                            }
+                            false
+                        }
+                        Ok(PushOutcome::Nack { code, reason, .. }) => {
+                            sc.last_contact = now_unix();
+                            tracing::warn!(sidecar = %id, revision, code, "NACK: {reason}");
+                            sc.last_error =
+                                Some(format!("NACK {code} for revision {revision}: {reason}"));
+                            sc.nacked = Some(b.digest.clone());
+                            false
+                        }
+                        Err(e) => {
+                            tracing::debug!(sidecar = %id, revision, "push failed: {e}");
+                            sc.last_error =
+                                Some(format!("push of revision {revision} failed: {e}"));
+                            true
+                        }
+                    }
+                };
+                if !retry {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        });
+    }
+
+    /// Registers (or re-registers) a sidecar and pushes it its bundle.
+    pub fn register(self: &Arc<Self>, r: Registration) -> Result<(), String> {
+        if !valid_id(&r.id) {
+            return Err(format!(
+                "sidecar id `{}` may hold only ASCII letters, digits and `-_.@:` (at most 128)",
+                r.id.chars().take(140).collect::<String>()
+            ));
+        }
+        if !r.control_url.starts_with("http://") {
+            return Err(format!(
+                "control_url `{}` must be an `http://` URL",
+                r.control_url
+            ));
+        }
+        let now = now_unix();
+        {
+            let mut s = self.lock();
+            if let (Some(m), Some(c)) = (&r.mesh, &s.compiled)
+                && *m != c.mesh
+            {
+                return Err(format!("this engine governs mesh `{}`, not `{m}`", c.mesh));
+            }
+            if let Some(c) = &s.compiled
+                && !c.slices.contains_key(&r.product)
+            {
+                tracing::warn!(sidecar = %r.id, product = %r.product, "product not described in the policy repository; it gets the whole-mesh bundle");
+            }
+            let rev = r.revision.unwrap_or(0);
+            s.fleet_max_revision = s.fleet_max_revision.max(rev);
+            let entry = s.sidecars.entry(r.id.clone()).or_insert_with(|| Sidecar {
+                product: r.product.clone(),
+                control_url: r.control_url.clone(),
+                acked: None,
+                acked_created_at: None,
+                last_contact: now,
+                last_error: None,
+                nacked: None,
+                pushing: None,
+            });
+            entry.product = r.product.clone();
+            entry.control_url = r.control_url.trim_end_matches('/').to_string();
+            entry.last_contact = now;
+            if let Some(d) = &r.digest {
+                Self::note_held(&mut s, &r.id, d);
+            }
+        }
+        tracing::info!(sidecar = %r.id, product = %r.product, control = %r.control_url, "sidecar registered");
+        self.push(r.id);
+        Ok(())
+    }
+
+    /// Records a sidecar's report on a bundle it pulled. `false` if the
+    /// sidecar is unknown.
+    pub fn report(&self, id: &str, r: Report) -> bool {
+        let mut s = self.lock();
+        let target = Self::target(&s, id).cloned();
+        let Some(sc) = s.sidecars.get_mut(id) else {
+            return false;
+        };
+        sc.last_contact = now_unix();
+        match r {
+            Report::Ack { digest, .. } => {
+                sc.last_error = None;
+                Self::note_held(&mut s, id, &digest);
+            }
+            Report::Nack { code, reason, .. } => {
+                tracing::warn!(sidecar = %id, code, "NACK on pull: {reason}");
+                sc.last_error = Some(format!("NACK {code}: {reason}"));
+                sc.nacked = target.map(|t| t.for_product(&sc.product).digest.clone());
+            }
+        }
+        true
+    }
+
+    /// Answers a long poll: the sidecar's bundle as soon as it differs from
+    /// `held` (and was not refused), else `NotModified` after `wait`.
+    pub async fn poll(&self, id: &str, held: Option<&str>, wait: Duration) -> PollAnswer {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.changed.subscribe();
+        loop {
+            {
+                let mut s = self.lock();
+                if !s.sidecars.contains_key(id) {
+                    return PollAnswer::UnknownSidecar;
+                }
+                if let Some(h) = held {
+                    Self::note_held(&mut s, id, h);
+                }
+                let target = Self::target(&s, id).cloned();
+                let Some(sc) = s.sidecars.get_mut(id) else {
+                    return PollAnswer::UnknownSidecar;
+                };
+                sc.last_contact = now_unix();
+                if let Some(t) = target {
+                    let b = t.for_product(&sc.product);
+                    if held != Some(b.digest.as_str()) && sc.nacked.as_ref() != Some(&b.digest) {
+                        return PollAnswer::Bundle(b.clone(), t.revision);
+                    }
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return PollAnswer::NotModified },
+                () = tokio::time::sleep_until(deadline) => return PollAnswer::NotModified,
+            }
+        }
+    }
+
+    /// The fleet as `GET /v1/fleet` shows it.
+    pub fn fleet(&self) -> Fleet {
+        let now = now_unix();
+        let s = self.lock();
+        let sidecars = s
+            .sidecars
+            .iter()
+            .map(|(id, sc)| {
+                let target = Self::target(&s, id);
+                let want = target.map(|t| (t.revision, t.for_product(&sc.product).digest.clone()));
+                let in_sync = match (&want, &sc.acked) {
+                    (Some((_, w)), Some((_, d))) => w == d,
+                    (None, _) => true,
+                    _ => false,
+                };
+                let state = if sc.nacked.is_some() && !in_sync {
+                    "nacked"
+                } else if in_sync {
+                    "in_sync"
+                } else if sc.last_error.is_some() {
+                    "unreachable"
+                } else {
+                    "pending"
+                };
+                SidecarView {
+                    id: id.clone(),
+                    product: sc.product.clone(),
+                    control_url: sc.control_url.clone(),
+                    state,
+                    canary: s.canaries.contains(id),
+                    acked_revision: sc.acked.as_ref().map(|(r, _)| *r),
+                    acked_digest: sc.acked.as_ref().map(|(_, d)| d.clone()),
+                    target_revision: want.map(|(r, _)| r),
+                    last_contact: rfc3339(sc.last_contact),
+                    last_contact_seconds_ago: now - sc.last_contact,
+                    last_error: sc.last_error.clone(),
+                    bundle_age_seconds: sc.acked_created_at.map(|c| now - c),
+                }
+            })
+            .collect();
+        Fleet {
+            mesh: s.compiled.as_ref().map(|c| c.mesh.clone()),
+            key_id: self.cfg.key.keyid(),
+            released: s.released.as_ref().map(|r| ReleaseView::of(r)),
+            candidate: s.candidate.as_ref().map(|r| ReleaseView::of(r)),
+            rollout: s.rollout.clone(),
+            last_build: s.last_build.clone(),
+            sidecars,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseView {
+    pub revision: u64,
+    pub created_at: String,
+    pub expires_at: String,
+    pub source_commit: Option<String>,
+    pub products: Vec<String>,
+}
+
+impl ReleaseView {
+    fn of(r: &Release) -> ReleaseView {
+        ReleaseView {
+            revision: r.revision,
+            created_at: rfc3339(r.created_at_unix),
+            expires_at: rfc3339(r.expires_at_unix),
+            source_commit: r.source_commit.clone(),
+            products: r.slices.keys().cloned().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SidecarView {
+    pub id: String,
+    pub product: String,
+    pub control_url: String,
+    /// `in_sync`, `pending`, `nacked` or `unreachable`.
+    pub state: &'static str,
+    pub canary: bool,
+    pub acked_revision: Option<u64>,
+    pub acked_digest: Option<String>,
+    pub target_revision: Option<u64>,
+    pub last_contact: String,
+    pub last_contact_seconds_ago: i64,
+    pub last_error: Option<String>,
+    /// Seconds since the engine built the bundle the sidecar ACKed.
+    pub bundle_age_seconds: Option<i64>,
+}
+
+/// `GET /v1/fleet`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fleet {
+    pub mesh: Option<String>,
+    /// The key id bundles are signed with.
+    pub key_id: String,
+    pub released: Option<ReleaseView>,
+    pub candidate: Option<ReleaseView>,
+    pub rollout: RolloutStatus,
+    pub last_build: Option<BuildStatus>,
+    pub sidecars: Vec<SidecarView>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn canary_specs() {
+        assert_eq!("10%".parse::<Canary>().unwrap(), Canary::Percent(10));
+        assert_eq!(
+            "a, users/user-profiles".parse::<Canary>().unwrap(),
+            Canary::Named(vec!["a".into(), "users/user-profiles".into()])
+        );
+        assert!("0%".parse::<Canary>().is_err());
+        assert!("101%".parse::<Canary>().is_err());
+        assert!(" , ".parse::<Canary>().is_err());
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("users.user-profiles@127.0.0.1:8081"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(""));
+    }
+}

@@ -1,0 +1,26 @@
+//! `meshgov-server`: the authoring service behind `meshgov serve`
+//! (DESIGN.md section 7).
+//!
+//! It watches a policy repository, and for each change checks, tests,
+//! compiles and signs the next revision (a slice per product and the whole
+//! mesh), then rolls it out to every registered sidecar: pushed to each
+//! sidecar's control port, served to long polls, optionally through a
+//! canary set first. It tracks each sidecar's ACKed revision, renews
+//! bundles before they expire, and shows the fleet at `GET /v1/fleet` and
+//! as a page at `GET /`.
+//!
+//! Modules:
+//!
+//! - [`build`]: fingerprint the repository; check, test, slice, sign;
+//! - [`engine`]: releases, rollouts (canary, bake, promote, halt) and the fleet;
+//! - [`api`]: the HTTP API and the server loop;
+//! - [`page`]: the fleet page;
+//! - [`client`]: pushes and status reads (also used by `meshgov push` and `meshgov status`).
+
+pub mod api;
+pub mod build;
+pub mod client;
+pub mod engine;
+pub mod page;
+
+pub use engine::{Canary, Engine, EngineConfig, Fleet};

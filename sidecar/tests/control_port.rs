@@ -1,0 +1,414 @@
+//! The control port over real sockets: signed pushes with ACK/NACK,
+//! persistence and restart (a real process), engine-only auth, expiry, and
+//! swaps under load.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const RECORDS: &str = "/v1/ports/profiles/records";
+const DAY1: &str = concat!(
+    r#"{"user_id":"u-1","email":"alice@example.com","name":"Alice","birth_date":"1990-04-12","country":"NL","postcode":"1012AB","signed_up_at":"2026-03-01T10:00:00Z"}"#,
+    "\n",
+    r#"{"user_id":"u-2","email":"bob@example.org","name":"Bob","birth_date":"1985-11-30","country":"DE","postcode":"10115","signed_up_at":"2026-03-01T11:00:00Z"}"#,
+    "\n"
+);
+
+async fn sidecar(keys: &Keys, install_bundle: bool) -> Sidecar {
+    let s = start(
+        keys,
+        Options {
+            control: true,
+            install_bundle,
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
+    s
+}
+
+async fn push(s: &Sidecar, bundle: &[u8]) -> Resp {
+    put(s.control.unwrap(), "/control/v1/bundle", bundle, &[]).await
+}
+
+async fn status(s: &Sidecar) -> serde_json::Value {
+    let t = meshgov_bundle::mint_control_token(&s.gov, "meshgov-engine", now(), 60);
+    let r = get_as(s.control.unwrap(), "/control/v1/status", &t).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[tokio::test]
+async fn a_push_is_acked_persisted_and_enforced_and_the_same_push_is_a_noop() {
+    let keys = Keys::generate();
+    let s = sidecar(&keys, false).await;
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    assert_eq!(get_as(s.addr, RECORDS, &t).await.status, 503);
+    let bundle = signed_bundle(&s.gov, &s.app.descriptor, 8, 600);
+    let r = push(&s, &bundle).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ack = r.json();
+    assert_eq!(ack["result"], "ack");
+    assert_eq!(ack["revision"], 8);
+    assert_eq!(ack["noop"], false);
+    let digest = ack["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    // Persisted byte for byte, and served.
+    let persisted = std::fs::read(s.dir.path().join("state/bundle.dsse.json")).unwrap();
+    assert_eq!(persisted, bundle);
+    let r = get_as(s.addr, RECORDS, &t).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-meshgov-bundle-revision"), Some("8"));
+    // The same bundle again: ACK, nothing changes.
+    let again = push(&s, &bundle).await.json();
+    assert_eq!(
+        again,
+        json!({"result": "ack", "revision": 8, "digest": digest, "noop": true})
+    );
+    let st = status(&s).await;
+    assert_eq!(st["state"], "serving");
+    assert_eq!(st["bundle"]["revision"], 8);
+    assert_eq!(st["bundle"]["digest"], digest.as_str());
+    assert_eq!(st["product"], "users/user-profiles");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn tampered_foreign_rolled_back_expired_and_conflicting_bundles_are_nacked() {
+    let keys = Keys::generate();
+    let s = sidecar(&keys, true).await; // revision 7 in force
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let good = signed_bundle(&s.gov, &s.app.descriptor, 9, 600);
+    let mut env: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    let p = env["payload"].as_str().unwrap().to_string();
+    env["payload"] = json!(format!(
+        "{}{}",
+        if p.starts_with('A') { "B" } else { "A" },
+        &p[1..]
+    ));
+    let tampered = serde_json::to_vec(&env).unwrap();
+    let plays = meshgov_core::descriptor::Descriptor::parse(
+        "p",
+        &std::fs::read_to_string(repo().join("policies/products/play-events.yaml")).unwrap(),
+    )
+    .unwrap();
+    // Revision 7 again with another lifetime, so another digest.
+    let seven_again = signed_bundle(&s.gov, &s.app.descriptor, 7, 601);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("tampered", tampered, 422, "bad_signature"),
+        (
+            "wrong key",
+            signed_bundle(&governance_key(), &s.app.descriptor, 10, 600),
+            422,
+            "untrusted_key",
+        ),
+        (
+            "rollback",
+            signed_bundle(&s.gov, &s.app.descriptor, 6, 600),
+            409,
+            "rollback",
+        ),
+        (
+            "expired",
+            signed_bundle(&s.gov, &s.app.descriptor, 11, -1),
+            422,
+            "expired",
+        ),
+        (
+            "other product",
+            signed_bundle(&s.gov, &plays, 12, 600),
+            422,
+            "wrong_product",
+        ),
+        (
+            "same revision, other digest",
+            seven_again,
+            409,
+            "revision_conflict",
+        ),
+        ("not json", b"{not json".to_vec(), 422, "malformed"),
+    ];
+    for (what, bundle, status_code, code) in cases {
+        let r = push(&s, &bundle).await;
+        assert_eq!(r.status, status_code, "{what}: {}", r.text());
+        let nack = r.json();
+        assert_eq!(nack["result"], "nack", "{what}");
+        assert_eq!(nack["code"], code, "{what}: {nack}");
+        assert_eq!(nack["active_revision"], 7, "{what}");
+        assert!(!nack["reason"].as_str().unwrap().is_empty());
+        // The last good bundle stays in force and serves.
+        let r = get_as(s.addr, RECORDS, &t).await;
+        assert_eq!(r.status, 200, "{what}");
+        assert_eq!(r.header("x-meshgov-bundle-revision"), Some("7"), "{what}");
+        let st = status(&s).await;
+        assert_eq!(st["last_refusal"]["code"], code, "{what}");
+        assert_eq!(st["bundle"]["revision"], 7);
+    }
+    // The persisted bundle is still revision 7's.
+    let persisted = std::fs::read(s.dir.path().join("state/bundle.dsse.json")).unwrap();
+    assert_eq!(
+        meshgov_bundle::inspect(&persisted)
+            .unwrap()
+            .manifest
+            .revision,
+        7
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_engine_may_call_control_routes() {
+    let keys = Keys::generate();
+    let s = sidecar(&keys, true).await;
+    let c = s.control.unwrap();
+    let path = "/control/v1/status";
+    let consumer = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let stranger = meshgov_bundle::mint_control_token(&governance_key(), "x", now(), 60);
+    let stale = meshgov_bundle::mint_control_token(&s.gov, "meshgov-engine", now() - 700, 60);
+    for (what, auth) in [
+        ("no token", None),
+        ("consumer token", Some(consumer.clone())),
+        ("control token of an untrusted key", Some(stranger)),
+        ("expired control token", Some(stale)),
+    ] {
+        let r = match &auth {
+            None => get(c, path, &[]).await,
+            Some(t) => get_as(c, path, t).await,
+        };
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        assert_eq!(r.error_code(), "unauthorized", "{what}");
+    }
+    let good = meshgov_bundle::mint_control_token(&s.gov, "meshgov-engine", now(), 60);
+    assert_eq!(get_as(c, path, &good).await.status, 200);
+    // A control token is no consumer token either.
+    assert_eq!(get_as(s.addr, RECORDS, &good).await.status, 401);
+    // The data port does not serve control routes.
+    assert_eq!(get_as(s.addr, path, &good).await.status, 404);
+    assert_eq!(get(c, "/control/v1/bundle", &[]).await.status, 405);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_bundle_fails_closed_and_says_why() {
+    let keys = Keys::generate();
+    let s = sidecar(&keys, false).await;
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let r = push(&s, &signed_bundle(&s.gov, &s.app.descriptor, 8, 2)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get_as(s.addr, RECORDS, &t).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let r = get_as(s.addr, RECORDS, &t).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error_code(), "no_valid_bundle");
+    assert!(r.json()["reason"].as_str().unwrap().contains("expired"));
+    let ready = get(s.addr, "/readyz", &[]).await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("revision 8 expired")
+    );
+    let st = status(&s).await;
+    assert_eq!(st["state"], "expired");
+    assert!(st["bundle"]["expires_in_seconds"].as_i64().unwrap() <= 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swaps_under_load_drop_no_request() {
+    const SWAPS: u64 = 25;
+    const CLIENTS: usize = 4;
+    let keys = Keys::generate();
+    let s = sidecar(&keys, true).await;
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let bundles: Vec<Vec<u8>> = (0..SWAPS)
+        .map(|i| signed_bundle(&s.gov, &s.app.descriptor, 8 + i, 600))
+        .collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (addr, t, done) = (s.addr, t.clone(), done.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = get_as(addr, RECORDS, &t).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                assert_eq!(r.lines().len(), 2, "a complete body");
+                let revs: Vec<&str> = r
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("x-meshgov-bundle-revision"))
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                assert_eq!(revs.len(), 1, "exactly one revision per response");
+                seen.push(revs[0].parse::<u64>().unwrap());
+            }
+            seen
+        }));
+    }
+    for b in &bundles {
+        let r = push(&s, b).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut distinct = std::collections::BTreeSet::new();
+    for c in clients {
+        let seen = c.await.unwrap();
+        // Each client's requests are sequential, so revisions never go back.
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert!(seen.iter().all(|r| (7..8 + SWAPS).contains(r)));
+        total += seen.len();
+        distinct.extend(seen);
+    }
+    assert!(total >= 50, "only {total} requests ran");
+    assert!(
+        distinct.len() >= 10,
+        "requests saw only {distinct:?} across {SWAPS} swaps"
+    );
+    assert_eq!(status(&s).await["bundle"]["revision"], 7 + SWAPS);
+    s.stop().await;
+}
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(addr: SocketAddr, within: Duration) -> Option<Resp> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            let r = get(addr, "/readyz", &[]).await;
+            if r.status == 200 {
+                return Some(r);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_restarted_sidecar_serves_its_persisted_bundle_before_the_engine_answers() {
+    let keys = Keys::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let gov = governance_key();
+    std::fs::write(dir.path().join("k"), PSEUDONYM_KEY).unwrap();
+    let data = dir.path().join("data/profiles");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("2026-03-01.ndjson"), DAY1).unwrap();
+    let (data_addr, control_addr) = (free_port(), free_port());
+    // An engine that never answers: nothing listens there.
+    let engine = format!("http://{}", free_port());
+    let cfg = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+mesh = "media-mesh"
+descriptor = {descriptor:?}
+state_dir = "state"
+trusted_bundle_keys = ["{gov}"]
+[listen]
+data = "{data_addr}"
+control = "{control_addr}"
+[upstream]
+path = "data"
+[auth]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+[[auth.keys]]
+alg = "EdDSA"
+x = "{x}"
+[pseudonym_keys]
+user-identity = "k"
+"#,
+            descriptor = repo()
+                .join("policies/products/user-profiles.yaml")
+                .display()
+                .to_string(),
+            gov = gov.public_key(),
+            x = b64u(&keys.ed_public),
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Child(
+            std::process::Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
+                .args(["--config", cfg.to_str().unwrap(), "--engine", &engine])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let first = spawn();
+    // No bundle yet: not ready.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(control_addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(data_addr, "/readyz", &[]).await.status, 503);
+    let descriptor = meshgov_core::descriptor::Descriptor::parse(
+        "d",
+        &std::fs::read_to_string(repo().join("policies/products/user-profiles.yaml")).unwrap(),
+    )
+    .unwrap();
+    let r = put(
+        control_addr,
+        "/control/v1/bundle",
+        &signed_bundle(&gov, &descriptor, 41, 600),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A crash, not a clean stop: the bundle must already be on disk.
+    drop(first);
+    let _second = spawn();
+    let r = wait_ready(data_addr, Duration::from_secs(10))
+        .await
+        .expect("the restarted sidecar never became ready");
+    assert_eq!(r.json()["revision"], 41);
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let r = get_as(data_addr, RECORDS, &t).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-meshgov-bundle-revision"), Some("41"));
+    // Rollback protection survives the restart.
+    let r = put(
+        control_addr,
+        "/control/v1/bundle",
+        &signed_bundle(&gov, &descriptor, 40, 600),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["code"], "rollback");
+    // And the engine it cannot reach shows in status.
+    let ct = meshgov_bundle::mint_control_token(&gov, "meshgov-engine", now(), 60);
+    let st = get_as(control_addr, "/control/v1/status", &ct).await.json();
+    assert_eq!(st["engine"]["registered"], false);
+    assert!(st["engine"]["last_error"].is_string(), "{st}");
+}
