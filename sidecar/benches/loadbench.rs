@@ -375,6 +375,7 @@ fn sidecar_setup(dir: &Path, data: &Path, addr: SocketAddr) -> (PathBuf, String)
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(idp_pub);
     let cfg = format!(
         r#"mesh = "media-mesh"
+state_dir = "state"
 descriptor = {d:?}
 bundle_file = "bundle.json"
 trusted_bundle_keys = ["{g}"]

@@ -10,7 +10,9 @@
 //! - [`pipeline`]: authenticate → parse → load bundle → plan → authorize → stream;
 //! - [`shape`]: the read plan compiled into a `meshgov-anonymize` record plan, NDJSON or CSV out;
 //! - [`upstream`]: time-partitioned files or an HTTP NDJSON source;
-//! - [`server`]: hyper 1 with limits, timeouts and graceful drain.
+//! - [`server`]: hyper 1 with limits, timeouts and graceful drain;
+//! - [`audit_feed`]: `GET /control/v1/audit?after=SEQ`, the audit stream for
+//!   collection (events, then checkpoints, as NDJSON).
 //!
 //! # Exit codes
 //!
@@ -32,6 +34,7 @@
 //!   keys of its own `alg`, and only asymmetric algorithms are configurable.
 //!   `alg: none` has no key and is refused. Tests prove both.
 
+pub mod audit_feed;
 pub mod auth;
 pub mod body;
 pub mod clock;

@@ -43,6 +43,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
+    let head = app.audit.head();
+    tracing::info!(
+        dir = %app.audit.dir().display(), seq = head.seq, public_key = %head.public_key,
+        "audit log open; checkpoints are signed with this key"
+    );
+    if !cfg.audit.fsync {
+        tracing::warn!("audit.durability = \"buffered\": acknowledged audit events can be lost on power failure; use only for benchmarks");
+    }
     if let Some(f) = &cfg.bundle_file {
         load_bundle_file(&app, f);
     }
@@ -68,7 +76,10 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(addr = %cfg.listen_data, "data port listening");
-        server::serve(listener, Arc::new(app), shutdown_signal()).await;
+        let app = Arc::new(app);
+        server::serve(listener, Arc::clone(&app), shutdown_signal()).await;
+        // Writes what is queued and a final signed checkpoint.
+        app.audit.close();
         ExitCode::SUCCESS
     })
 }

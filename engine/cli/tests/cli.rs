@@ -266,7 +266,7 @@ fn a_broken_repository_exits_1_listing_every_problem() {
 /// A sidecar config around the `[[auth.keys]]` entry `meshgov token` printed.
 fn sidecar_auth(key_entry: &str) -> meshgov_sidecar::auth::Authenticator {
     let cfg = format!(
-        "mesh = \"media-mesh\"\ndescriptor = \"p.yaml\"\n[listen]\ndata = \"127.0.0.1:0\"\n[upstream]\npath = \"data\"\n[auth]\nissuer = \"https://idp.media.example\"\naudience = \"meshgov\"\n{key_entry}\n"
+        "mesh = \"media-mesh\"\nstate_dir = \"state\"\ndescriptor = \"p.yaml\"\n[listen]\ndata = \"127.0.0.1:0\"\n[upstream]\npath = \"data\"\n[auth]\nissuer = \"https://idp.media.example\"\naudience = \"meshgov\"\n{key_entry}\n"
     );
     let env = std::collections::BTreeMap::<String, String>::new();
     let cfg = meshgov_sidecar::Config::from_toml(&cfg, Path::new("/"), &env).unwrap();
