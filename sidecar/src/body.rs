@@ -104,11 +104,12 @@ impl http_body::Body for Body {
                     Poll::Ready(Some(Err(e)))
                 }
                 Poll::Ready(None) => {
-                    m.outcome.get_or_insert(if m.stalled.load(Ordering::Acquire) {
-                        "stalled"
-                    } else {
-                        "complete"
-                    });
+                    m.outcome
+                        .get_or_insert(if m.stalled.load(Ordering::Acquire) {
+                            "stalled"
+                        } else {
+                            "complete"
+                        });
                     Poll::Ready(None)
                 }
             },

@@ -555,7 +555,9 @@ impl Config {
                 Some(other) => {
                     return Err(err(
                         "audit.durability",
-                        format!("expected `fsync` (or `buffered`, for benchmarks only), got `{other}`"),
+                        format!(
+                            "expected `fsync` (or `buffered`, for benchmarks only), got `{other}`"
+                        ),
                     ));
                 }
             },
@@ -707,16 +709,36 @@ x = "abc"
         .unwrap();
         assert!(c.audit.retention_after_collection);
         for (k, v, key) in [
-            ("MESHGOV_SIDECAR_AUDIT_RETENTION", "never", "audit.retention"),
-            ("MESHGOV_SIDECAR_AUDIT_DURABILITY", "none", "audit.durability"),
-            ("MESHGOV_SIDECAR_AUDIT_CHECKPOINT_EVERY", "0", "audit.checkpoint_every"),
-            ("MESHGOV_SIDECAR_AUDIT_SEGMENT_BYTES", "10", "audit.segment_bytes"),
+            (
+                "MESHGOV_SIDECAR_AUDIT_RETENTION",
+                "never",
+                "audit.retention",
+            ),
+            (
+                "MESHGOV_SIDECAR_AUDIT_DURABILITY",
+                "none",
+                "audit.durability",
+            ),
+            (
+                "MESHGOV_SIDECAR_AUDIT_CHECKPOINT_EVERY",
+                "0",
+                "audit.checkpoint_every",
+            ),
+            (
+                "MESHGOV_SIDECAR_AUDIT_SEGMENT_BYTES",
+                "10",
+                "audit.segment_bytes",
+            ),
         ] {
             let e = Config::from_toml(BASE, Path::new("/"), &env(&[(k, v)])).unwrap_err();
             assert_eq!(e.key, key);
         }
-        let e = Config::from_toml(&BASE.replace("state_dir = \"state\"", ""), Path::new("/"), &env(&[]))
-            .unwrap_err();
+        let e = Config::from_toml(
+            &BASE.replace("state_dir = \"state\"", ""),
+            Path::new("/"),
+            &env(&[]),
+        )
+        .unwrap_err();
         assert_eq!(e.key, "state_dir");
     }
 

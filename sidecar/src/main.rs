@@ -49,7 +49,9 @@ fn main() -> ExitCode {
         "audit log open; checkpoints are signed with this key"
     );
     if !cfg.audit.fsync {
-        tracing::warn!("audit.durability = \"buffered\": acknowledged audit events can be lost on power failure; use only for benchmarks");
+        tracing::warn!(
+            "audit.durability = \"buffered\": acknowledged audit events can be lost on power failure; use only for benchmarks"
+        );
     }
     if let Some(f) = &cfg.bundle_file {
         load_bundle_file(&app, f);

@@ -271,7 +271,9 @@ async fn audited(app: &App, rid: &str, ev: Event, mut resp: Response<Body>) -> R
         Ok(_) => {
             let us = waited.elapsed().as_micros();
             // The durability wait, for operators and the load benchmark.
-            if let Ok(v) = HeaderValue::from_str(&format!("audit;dur={}.{:03}", us / 1000, us % 1000)) {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("audit;dur={}.{:03}", us / 1000, us % 1000))
+            {
                 resp.headers_mut().insert("server-timing", v);
             }
             resp

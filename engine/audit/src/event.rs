@@ -401,8 +401,7 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 /// Milliseconds since the Unix epoch for an RFC 3339 time.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let t =
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
@@ -580,7 +579,10 @@ mod tests {
         let mut out = Vec::new();
         let h1 = seal(&e, Head::EMPTY, &mut out);
         let h2 = seal(&e, h1, &mut out);
-        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&[u8]> = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
         let (a, _) = open_line(lines[0]).unwrap();
         let (b, _) = open_line(lines[1]).unwrap();
         assert_eq!(a.consumer.as_deref(), Some("quo\"te\\ \u{1} é"));
@@ -590,7 +592,15 @@ mod tests {
 
     #[test]
     fn rfc3339_matches_the_time_crate() {
-        for ms in [0i64, 1, 999, 951_782_400_000, 1_795_000_000_123, -1, 4_102_444_800_000] {
+        for ms in [
+            0i64,
+            1,
+            999,
+            951_782_400_000,
+            1_795_000_000_123,
+            -1,
+            4_102_444_800_000,
+        ] {
             let mut v = Vec::new();
             push_rfc3339_ms(&mut v, ms);
             let s = String::from_utf8(v).unwrap();

@@ -22,12 +22,13 @@ pub fn load_or_create(state_dir: &Path) -> Result<SigningKey, KeyFileError> {
     };
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     if !private.exists() {
-        let pem = SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new()).map_err(
-            |source| KeyFileError::Key {
-                path: private.clone(),
-                source,
-            },
-        )?;
+        let pem =
+            SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new()).map_err(|source| {
+                KeyFileError::Key {
+                    path: private.clone(),
+                    source,
+                }
+            })?;
         meshgov_bundle::write_private_key_file(&private, &pem)?;
     }
     let key = meshgov_bundle::read_signing_key_file(&private)?;

@@ -110,8 +110,12 @@ pub struct AuditHead {
 }
 
 enum Msg {
-    Append(Box<Event>, Option<oneshot::Sender<Result<Receipt, AuditError>>>),
-    Collected(u64),
+    Append(
+        Box<Event>,
+        Option<oneshot::Sender<Result<Receipt, AuditError>>>,
+    ),
+    /// Wakes the writer to apply retention.
+    Collected,
 }
 
 struct Shared {
@@ -280,7 +284,10 @@ impl AuditLog {
     /// Records that a collector holds every event up to `seq`; with
     /// [`Retention::AfterCollection`] this lets covered segments go.
     pub fn collected(&self, seq: u64) {
-        let _ = self.send(Msg::Collected(seq));
+        let seq = seq.min(self.durable_seq());
+        self.shared.collected_seq.fetch_max(seq, Ordering::AcqRel);
+        // Wakes the writer to apply retention.
+        let _ = self.send(Msg::Collected);
     }
 
     /// Why the log stopped accepting events, if it did.
@@ -380,22 +387,14 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut collected = None;
             let events: Vec<(Box<Event>, Option<Ack>)> = batch
                 .drain(..)
                 .filter_map(|m| match m {
                     Msg::Append(e, ack) => Some((e, ack)),
-                    Msg::Collected(s) => {
-                        collected = Some(collected.map_or(s, |c: u64| c.max(s)));
-                        None
-                    }
+                    Msg::Collected => None,
                 })
                 .collect();
             self.commit(events);
-            if let Some(c) = collected {
-                let c = c.min(self.head.seq);
-                self.shared.collected_seq.fetch_max(c, Ordering::AcqRel);
-            }
             self.maybe_rotate();
             self.maybe_checkpoint(false);
             self.maybe_retire();
@@ -503,9 +502,7 @@ impl Writer {
             Ok(()) => {
                 self.checkpointed = c.seq;
                 self.last_checkpoint_at = Instant::now();
-                self.shared
-                    .checkpoint_seq
-                    .store(c.seq, Ordering::Release);
+                self.shared.checkpoint_seq.store(c.seq, Ordering::Release);
             }
             Err(e) => self.fail(format!("cannot write an audit checkpoint: {e}")),
         }

@@ -72,7 +72,10 @@ pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
 pub fn lines(data: &[u8]) -> (Vec<(usize, &[u8])>, usize) {
     let mut out = Vec::new();
     let mut start = 0;
-    while let Some(rel) = data.get(start..).and_then(|d| d.iter().position(|&b| b == b'\n')) {
+    while let Some(rel) = data
+        .get(start..)
+        .and_then(|d| d.iter().position(|&b| b == b'\n'))
+    {
         out.push((start, data.get(start..start + rel).unwrap_or_default()));
         start += rel + 1;
     }
@@ -181,13 +184,11 @@ fn last_event(path: &Path, data: &[u8]) -> Result<Option<(StoredEvent, Hash)>, O
     let (ls, _) = lines(data);
     match ls.last() {
         None => Ok(None),
-        Some((off, line)) => open_line(line)
-            .map(Some)
-            .map_err(|e| OpenError::Damaged {
-                path: path.to_path_buf(),
-                offset: *off,
-                reason: e.to_string(),
-            }),
+        Some((off, line)) => open_line(line).map(Some).map_err(|e| OpenError::Damaged {
+            path: path.to_path_buf(),
+            offset: *off,
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -242,7 +243,10 @@ pub fn recover(dir: &Path) -> Result<Recovered, OpenError> {
                     _ => {}
                 }
             }
-            if ls.iter().any(|(off, l)| *off > keep && Checkpoint::parse(l).is_some()) {
+            if ls
+                .iter()
+                .any(|(off, l)| *off > keep && Checkpoint::parse(l).is_some())
+            {
                 return Err(OpenError::Damaged {
                     path: cp_path,
                     offset: keep,

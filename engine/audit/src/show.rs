@@ -40,10 +40,7 @@ impl Filter {
 /// The events of a directory or segment file that pass `filter`, in chain
 /// order, as `(event, stored line)`. Lines that are not sound events are
 /// skipped (`meshgov audit verify` is the tool that reports them).
-pub fn read_filtered(
-    path: &Path,
-    filter: &Filter,
-) -> std::io::Result<Vec<(StoredEvent, Vec<u8>)>> {
+pub fn read_filtered(path: &Path, filter: &Filter) -> std::io::Result<Vec<(StoredEvent, Vec<u8>)>> {
     let files: Vec<std::path::PathBuf> = if path.is_dir() {
         list_segments(path)?.into_iter().map(|s| s.path).collect()
     } else {

@@ -162,7 +162,11 @@ pub fn verify_path(path: &Path, key: &PublicKey) -> Result<Summary, VerifyError>
     };
     let meta = std::fs::metadata(path).map_err(io(path))?;
     let (segments, dir, whole) = if meta.is_dir() {
-        (list_segments(path).map_err(io(path))?, path.to_path_buf(), true)
+        (
+            list_segments(path).map_err(io(path))?,
+            path.to_path_buf(),
+            true,
+        )
     } else {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let seg = Segment {
@@ -217,12 +221,7 @@ fn verify_segments(
                     by_seq.insert(c.seq, (*line, c.clone()));
                 }
             }
-            None => breaks.add(
-                0,
-                BreakKind::Edited,
-                at,
-                "not a checkpoint line".into(),
-            ),
+            None => breaks.add(0, BreakKind::Edited, at, "not a checkpoint line".into()),
         }
     }
 

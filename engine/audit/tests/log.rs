@@ -65,9 +65,11 @@ impl Pem {
 }
 
 fn new_key() -> Pem {
-    Pem(SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new())
-        .unwrap()
-        .to_string())
+    Pem(
+        SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new())
+            .unwrap()
+            .to_string(),
+    )
 }
 
 fn seg_file(dir: &Path) -> std::path::PathBuf {
@@ -230,9 +232,7 @@ fn damage_that_is_not_a_torn_tail_refuses_to_open() {
     let mut ls = lines(&seg);
     ls[1] = ls[1].replace("req-2", "req-9");
     put_lines(&seg, &ls);
-    let err = AuditLog::open(opts(d.path()), k.key())
-        .err()
-        .unwrap();
+    let err = AuditLog::open(opts(d.path()), k.key()).err().unwrap();
     assert!(err.to_string().contains("damaged"), "{err}");
 }
 
