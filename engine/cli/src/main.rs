@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod audit_cmds;
 mod bundle_cmds;
 mod init;
 mod policy_cmds;
@@ -69,6 +70,11 @@ enum Command {
         #[arg(long)]
         created_at: Option<String>,
     },
+    /// Check and read a sidecar's audit log (a directory of segments, or one file).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Work with built bundles.
     Bundle {
         #[command(subcommand)]
@@ -120,6 +126,57 @@ enum Command {
         /// The purpose claim name (the sidecar's `auth.purpose_claim`).
         #[arg(long, default_value = "purpose")]
         purpose_claim: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints.
+    ///
+    /// Exits 0 with a summary, or 1 naming the first bad sequence and the
+    /// kind of break: edited, reordered, deleted, truncated (events a signed
+    /// checkpoint vouches for are missing) or bad signature. Exit 2: the log
+    /// or key cannot be read.
+    ///
+    /// Example:
+    ///   meshgov audit verify state/audit --key state/audit-signing.pub
+    #[command(verbatim_doc_comment)]
+    Verify {
+        /// The audit directory (`<state_dir>/audit`, or a collected store) or one segment file.
+        path: PathBuf,
+        /// The sidecar's checkpoint key (`ed25519:<base64>`, its `audit-signing.pub`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List events, filtered; a read's completion event follows its decision.
+    ///
+    /// Example:
+    ///   meshgov audit show state/audit --consumer mia --decision deny --since 2026-11-21T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Show {
+        /// The audit directory or one segment file.
+        path: PathBuf,
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long)]
+        port: Option<String>,
+        /// allow, deny or error.
+        #[arg(long)]
+        decision: Option<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events at or before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the stored events (NDJSON) instead of rows.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -182,6 +239,31 @@ fn main() -> ExitCode {
             product: product.as_deref(),
             revision,
             created_at: created_at.as_deref(),
+        }),
+        Command::Audit {
+            command: AuditCommand::Verify { path, key, json },
+        } => audit_cmds::verify(&path, &key, json),
+        Command::Audit {
+            command:
+                AuditCommand::Show {
+                    path,
+                    consumer,
+                    port,
+                    decision,
+                    request_id,
+                    since,
+                    until,
+                    json,
+                },
+        } => audit_cmds::show(audit_cmds::ShowArgs {
+            path: &path,
+            consumer,
+            port,
+            decision,
+            request_id,
+            since,
+            until,
+            json,
         }),
         Command::Bundle {
             command: BundleCommand::Inspect { file, trust, json },
