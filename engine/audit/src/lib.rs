@@ -27,5 +27,5 @@ pub mod collect;
 
 pub use checkpoint::Checkpoint;
 pub use event::{Decision, Event, Head, Kind, StoredEvent};
-pub use log::{AuditError, AuditHead, AuditLog, Durability, Options, Receipt, Retention};
+pub use log::{AuditError, AuditHead, AuditLog, Durability, Options, Pending, Receipt, Retention};
 pub use verify::{Break, BreakKind, Summary, VerifyError, verify_path};
