@@ -6,7 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-const USAGE: &str = "usage: meshgov-sidecar --config <sidecar.toml>";
+const USAGE: &str = "usage: meshgov-sidecar --config <sidecar.toml>
+
+Serves the data port for one product and enforces its policy bundle. Every
+answer is audited in <state_dir>/audit before it leaves; checkpoints are
+signed with <state_dir>/audit-signing.key (generated on first start; verify
+with `meshgov audit verify <state_dir>/audit --key <state_dir>/audit-signing.pub`).
+Config keys may be overridden by MESHGOV_SIDECAR_* environment variables.";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);

@@ -21,7 +21,6 @@
 
 use ring::digest;
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -234,15 +233,14 @@ fn encode_body(ev: &Event, seq: u64, prev: &Hash, out: &mut Vec<u8>) {
     if !ev.transforms.is_empty() {
         w.key("transforms");
         let mut sorted: Vec<&(String, String)> = ev.transforms.iter().collect();
-        sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         sorted.dedup_by(|a, b| a.0 == b.0);
-        let mut inner = Obj {
-            out: w.out,
-            first: true,
-        };
-        for (k, v) in sorted {
-            inner.key(k);
-            inner.string(v);
+        for (i, (k, v)) in sorted.into_iter().enumerate() {
+            // Field names come from descriptors: escape them like any string.
+            w.out.push(if i == 0 { b'{' } else { b',' });
+            push_json_str(w.out, k);
+            w.out.push(b':');
+            push_json_str(w.out, v);
         }
         w.out.push(b'}');
     }
@@ -255,11 +253,13 @@ struct Obj<'a> {
 }
 
 impl Obj<'_> {
+    /// A member name; `k` must need no escaping (the fixed names do).
     fn key(&mut self, k: &str) {
         self.out.push(if self.first { b'{' } else { b',' });
         self.first = false;
-        self.string(k);
-        self.out.push(b':');
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
     }
 
     fn string(&mut self, s: &str) {
@@ -381,15 +381,26 @@ pub fn push_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let mut s = String::with_capacity(24);
-    let _ = write!(
-        s,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
-    out.extend_from_slice(s.as_bytes());
+    // Every value is in range after the clamp, so each fits its digits.
+    let digits = |out: &mut Vec<u8>, v: i64, n: u32| {
+        for i in (0..n).rev() {
+            out.push(b'0' + (v / 10i64.pow(i) % 10) as u8);
+        }
+    };
+    digits(out, y, 4);
+    out.push(b'-');
+    digits(out, m, 2);
+    out.push(b'-');
+    digits(out, d, 2);
+    out.push(b'T');
+    digits(out, sod / 3600, 2);
+    out.push(b':');
+    digits(out, sod / 60 % 60, 2);
+    out.push(b':');
+    digits(out, sod % 60, 2);
+    out.push(b'.');
+    digits(out, milli, 3);
+    out.push(b'Z');
 }
 
 /// RFC 3339 text for a Unix time in milliseconds.
