@@ -38,7 +38,7 @@ pub struct Metered {
     outcome: Option<&'static str>,
     /// Set by the producer when it gave up on a client that read nothing.
     stalled: Arc<AtomicBool>,
-    completion: Option<(Arc<AuditLog>, Event)>,
+    completion: Option<(Arc<AuditLog>, Box<Event>)>,
 }
 
 impl Metered {
@@ -56,7 +56,7 @@ impl Metered {
             bytes: 0,
             outcome: None,
             stalled,
-            completion: Some((log, completion)),
+            completion: Some((log, Box::new(completion))),
         }
     }
 
@@ -74,7 +74,7 @@ impl Drop for Metered {
             ev.bytes = Some(self.bytes);
             ev.outcome = Some(self.outcome.unwrap_or("client_gone").into());
             ev.time_ms = crate::clock::now_ms();
-            if let Err(e) = log.submit_detached(ev) {
+            if let Err(e) = log.submit_detached(*ev) {
                 tracing::error!("cannot audit a stream's completion: {e}");
             }
         }

@@ -232,7 +232,8 @@ impl Collector {
         })?;
         let linked = ev.seq == want && ev.prev == hex(&self.head.hash);
         // A new store may start after events the sidecar already retired.
-        if !linked && !(self.head.seq == 0 && ev.seq > 1) {
+        let fresh_store = self.head.seq == 0 && ev.seq > 1;
+        if !(linked || fresh_store) {
             return Err(CollectError::Chain {
                 seq: want,
                 reason: format!(

@@ -332,12 +332,14 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+fn nibble(n: u8) -> u8 {
+    if n < 10 { b'0' + n } else { b'a' + n - 10 }
+}
 
 fn push_hex(out: &mut Vec<u8>, b: &[u8]) {
     for &x in b {
-        out.push(HEX[usize::from(x >> 4)]);
-        out.push(HEX[usize::from(x & 15)]);
+        out.push(nibble(x >> 4));
+        out.push(nibble(x & 15));
     }
 }
 

@@ -23,16 +23,16 @@ fn key() -> SigningKey {
 fn decision(i: u64) -> Event {
     let mut e = Event::new(Kind::Decision, 1_795_000_000_000 + i as i64);
     e.request_id = Some(format!("req-{i}"));
-    e.consumer = Some(if i % 2 == 0 { "alice" } else { "bob" }.into());
+    e.consumer = Some(if i.is_multiple_of(2) { "alice" } else { "bob" }.into());
     e.purpose = Some("campaign-analytics".into());
     e.action = Some("read".into());
     e.port = Some("profiles".into());
-    e.decision = Some(if i % 3 == 0 {
+    e.decision = Some(if i.is_multiple_of(3) {
         Decision::Deny
     } else {
         Decision::Allow
     });
-    e.status = Some(if i % 3 == 0 { 403 } else { 200 });
+    e.status = Some(if i.is_multiple_of(3) { 403 } else { 200 });
     e.policies = vec!["marketing-reads".into()];
     e.transforms = vec![("email".into(), "mask".into())];
     e.bundle_revision = Some(7);

@@ -380,11 +380,11 @@ fn audit_log(d: &Path, n: u64) {
             1_795_000_000_000 + 60_000 * i as i64,
         );
         e.request_id = Some(format!("r-{i}"));
-        e.consumer = Some(if i % 2 == 0 { "mia" } else { "fred" }.into());
+        e.consumer = Some(if i.is_multiple_of(2) { "mia" } else { "fred" }.into());
         e.purpose = Some("campaign-analytics".into());
         e.action = Some("read".into());
         e.port = Some("profiles".into());
-        let deny = i % 4 == 0;
+        let deny = i.is_multiple_of(4);
         e.decision = Some(if deny {
             meshgov_audit::Decision::Deny
         } else {
