@@ -418,3 +418,45 @@ async fn collection_resumes_after_a_restart_without_gaps_or_duplicates_and_verif
     assert!(err.to_string().contains("not signed"), "{err}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn collected_and_checkpointed_segments_are_retired_and_the_removal_is_audited() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            extra_config: "[audit]\nsegment_bytes = 4096\ncheckpoint_every = 5\nretention = \"after_collection\"\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    for i in 0..40 {
+        get_rid(&s, "/", &format!("t-{i}"), None).await;
+    }
+    let segments = || meshgov_audit::segment::list_segments(&audit_dir(&s)).unwrap();
+    let before = segments();
+    assert!(before.len() >= 3, "{} segments", before.len());
+    let addr = control(Arc::clone(&s.app)).await;
+    // Reading the feed is not acknowledging it; `after=` is.
+    get(addr, "/control/v1/audit?after=0", &[]).await;
+    assert_eq!(segments()[0].first_seq, 1);
+    get(addr, "/control/v1/audit?after=40", &[]).await;
+    let mut retired = false;
+    for _ in 0..100 {
+        if segments()[0].first_seq > 1 {
+            retired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(retired, "no segment was retired");
+    let evs = events(&s);
+    let r = evs.iter().find(|e| e.kind == Kind::Retention).unwrap();
+    assert!(r.through_seq.unwrap() <= 40);
+    assert_eq!(r.through_seq.unwrap() + 1, segments()[0].first_seq);
+    let key = s.app.audit.public_key();
+    s.app.audit.close();
+    let sum = verify_path(&audit_dir(&s), &key).unwrap();
+    assert_eq!(sum.retired_through, r.through_seq.unwrap());
+    s.stop().await;
+}

@@ -226,26 +226,29 @@ impl AuditLog {
             buf: Vec::with_capacity(1 << 20),
             failed: None,
         };
+        if torn > 0 {
+            // Recorded (durably) before anything else is accepted.
+            let mut ev = Event::new(Kind::Recovery, now_ms());
+            ev.torn_bytes = Some(torn);
+            w.commit(vec![(Box::new(ev), None)]);
+            if let Some(why) = w.failed.take() {
+                return Err(OpenError::Io {
+                    path: opts.dir.clone(),
+                    source: std::io::Error::other(why),
+                });
+            }
+        }
         let thread = std::thread::Builder::new()
             .name("meshgov-audit".into())
             .spawn(move || w.run(rx))
             .map_err(io_err)?;
-        let log = AuditLog {
+        Ok(AuditLog {
             tx: Mutex::new(Some(tx)),
             shared,
             public_key,
             dir: opts.dir,
             thread: Mutex::new(Some(thread)),
-        };
-        if torn > 0 {
-            let mut ev = Event::new(Kind::Recovery, now_ms());
-            ev.torn_bytes = Some(torn);
-            log.submit(ev).wait().map_err(|e| OpenError::Io {
-                path: log.dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        }
-        Ok(log)
+        })
     }
 
     fn send(&self, m: Msg) -> Result<(), AuditError> {
