@@ -522,15 +522,14 @@ impl Writer {
             .collected_seq
             .load(Ordering::Acquire)
             .min(self.checkpointed);
-        // A segment's last event is the one before the next segment starts.
-        let mut n = 0;
-        while let (Some(_), Some(next)) = (self.segments.get(n), self.segments.get(n + 1)) {
-            if next.first_seq.saturating_sub(1) <= safe && n + 1 < self.segments.len() {
-                n += 1;
-            } else {
-                break;
-            }
-        }
+        // A segment's last event is the one before the next segment starts;
+        // the last segment (being written) never goes.
+        let n = self
+            .segments
+            .iter()
+            .skip(1)
+            .take_while(|next| next.first_seq.saturating_sub(1) <= safe)
+            .count();
         if n == 0 {
             return;
         }
