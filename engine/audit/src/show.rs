@@ -49,7 +49,12 @@ pub fn read_filtered(path: &Path, filter: &Filter) -> std::io::Result<Vec<(Store
     let mut out = Vec::new();
     let mut shown_requests = std::collections::HashSet::new();
     for f in files {
-        let data = read_file(&f)?;
+        let data = match read_file(&f) {
+            Ok(d) => d,
+            // Retired by a live sidecar since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let (ls, _) = lines(&data);
         for (_, line) in ls {
             let Ok((e, _)) = open_line(line) else {
