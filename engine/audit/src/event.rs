@@ -233,8 +233,10 @@ fn encode_body(ev: &Event, seq: u64, prev: &Hash, out: &mut Vec<u8>) {
     if !ev.transforms.is_empty() {
         w.key("transforms");
         let mut sorted: Vec<&(String, String)> = ev.transforms.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        sorted.dedup_by(|a, b| a.0 == b.0);
+        if !sorted.is_sorted_by(|a, b| a.0 < b.0) {
+            sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            sorted.dedup_by(|a, b| a.0 == b.0);
+        }
         for (i, (k, v)) in sorted.into_iter().enumerate() {
             // Field names come from descriptors: escape them like any string.
             w.out.push(if i == 0 { b'{' } else { b',' });
@@ -336,11 +338,15 @@ fn nibble(n: u8) -> u8 {
     if n < 10 { b'0' + n } else { b'a' + n - 10 }
 }
 
-fn push_hex(out: &mut Vec<u8>, b: &[u8]) {
-    for &x in b {
-        out.push(nibble(x >> 4));
-        out.push(nibble(x & 15));
+fn push_hex(out: &mut Vec<u8>, b: &[u8; 32]) {
+    let mut s = [0u8; 64];
+    for (pair, &x) in s.chunks_exact_mut(2).zip(b) {
+        if let [hi, lo] = pair {
+            *hi = nibble(x >> 4);
+            *lo = nibble(x & 15);
+        }
     }
+    out.extend_from_slice(&s);
 }
 
 /// Lower-case hex of a hash.
@@ -383,26 +389,22 @@ pub fn push_rfc3339_ms(out: &mut Vec<u8>, ms: i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    // Every value is in range after the clamp, so each fits its digits.
-    let digits = |out: &mut Vec<u8>, v: i64, n: u32| {
-        for i in (0..n).rev() {
-            out.push(b'0' + (v / 10i64.pow(i) % 10) as u8);
-        }
-    };
-    digits(out, y, 4);
-    out.push(b'-');
-    digits(out, m, 2);
-    out.push(b'-');
-    digits(out, d, 2);
-    out.push(b'T');
-    digits(out, sod / 3600, 2);
-    out.push(b':');
-    digits(out, sod / 60 % 60, 2);
-    out.push(b':');
-    digits(out, sod % 60, 2);
-    out.push(b'.');
-    digits(out, milli, 3);
-    out.push(b'Z');
+    // Every value is in range after the clamp, so each fits its digits;
+    // constant divisors keep this free of real divisions.
+    let two = |v: i64| [b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8];
+    let [y1, y2] = two(y / 100);
+    let [y3, y4] = two(y);
+    let [m1, m2] = two(m);
+    let [d1, d2] = two(d);
+    let [h1, h2] = two(sod / 3600);
+    let [n1, n2] = two(sod / 60 % 60);
+    let [s1, s2] = two(sod % 60);
+    let [f1, f2] = two(milli / 10);
+    let f3 = b'0' + (milli % 10) as u8;
+    out.extend_from_slice(&[
+        y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T', h1, h2, b':', n1, n2, b':', s1, s2, b'.',
+        f1, f2, f3, b'Z',
+    ]);
 }
 
 /// RFC 3339 text for a Unix time in milliseconds.
