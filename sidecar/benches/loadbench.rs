@@ -588,6 +588,26 @@ async fn large_reads(t: &Target, reads: usize) -> Throughput {
     }
 }
 
+/// The device's floor for the durability wait: `n` appends of an
+/// event-sized line, each followed by `fdatasync`, in µs (sorted).
+fn fdatasync_floor(dir: &Path, n: usize) -> Vec<f64> {
+    let path = dir.join("fdatasync-probe");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let line = [b'x'; 700];
+    let mut lat: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&line).unwrap();
+            f.sync_data().unwrap();
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    drop(f);
+    let _ = std::fs::remove_file(path);
+    lat.sort_by(f64::total_cmp);
+    lat
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -745,6 +765,7 @@ fn bench() {
         p.push((p50, p99));
     }
     let (a, b, c, d) = (p[0], p[1], p[2], p[3]);
+    let floor = fdatasync_floor(tmp.path(), 500);
     let (w50, w99) = (pct(&c_wait, 0.50), pct(&c_wait, 0.99));
     let (r50, r99) = (pct(&c_rest, 0.50), pct(&c_rest, 0.99));
     println!("audit durability, (c) fsync vs (d) buffered, same rounds:");
@@ -756,6 +777,11 @@ fn bench() {
     );
     println!(
         "  (c) split: durability wait p50 {w50:.0} µs, p99 {w99:.0} µs; everything else p50 {r50:.0} µs, p99 {r99:.0} µs"
+    );
+    println!(
+        "  the disk's floor, one 700 B append + fdatasync in the same directory: p50 {:.0} µs, p99 {:.0} µs",
+        pct(&floor, 0.50),
+        pct(&floor, 0.99)
     );
     println!(
         "  (c) over (a): total p50 {:+.0} µs, p99 {:+.0} µs = durability wait p50 {w50:.0} / p99 {w99:.0} µs + the rest p50 {:+.0} / p99 {:+.0} µs",
