@@ -1,21 +1,83 @@
 //! The response body: a small JSON document, or a bounded channel of
 //! chunks fed by the streaming task. The channel's capacity is what bounds
 //! memory: a slow client makes the producer wait, never buffer.
+//!
+//! A [`Metered`] stream counts what it actually hands to the connection and,
+//! when it ends or is dropped (the client went away), records a completion
+//! event in the audit log with those counts.
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use meshgov_audit::{AuditLog, Event};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 pub enum Body {
     Full(Option<Bytes>),
     Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+    Metered(Metered),
 }
 
 impl Body {
     pub fn full(b: impl Into<Bytes>) -> Body {
         Body::Full(Some(b.into()))
+    }
+}
+
+/// A chunk of records: the bytes and how many records they hold.
+pub type Chunk = (Bytes, u64);
+
+/// A streamed response that records what was sent.
+pub struct Metered {
+    rx: mpsc::Receiver<Result<Chunk, std::io::Error>>,
+    records: u64,
+    bytes: u64,
+    outcome: Option<&'static str>,
+    /// Set by the producer when it gave up on a client that read nothing.
+    stalled: Arc<AtomicBool>,
+    completion: Option<(Arc<AuditLog>, Box<Event>)>,
+}
+
+impl Metered {
+    /// `completion` is the event to fill in (records, bytes, outcome) and
+    /// submit when the stream is over.
+    pub fn new(
+        rx: mpsc::Receiver<Result<Chunk, std::io::Error>>,
+        stalled: Arc<AtomicBool>,
+        log: Arc<AuditLog>,
+        completion: Event,
+    ) -> Metered {
+        Metered {
+            rx,
+            records: 0,
+            bytes: 0,
+            outcome: None,
+            stalled,
+            completion: Some((log, Box::new(completion))),
+        }
+    }
+
+    /// Drops the stream without recording a completion (its decision was
+    /// never made durable, so the response is replaced by a refusal).
+    pub fn disarm(mut self) {
+        self.completion = None;
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if let Some((log, mut ev)) = self.completion.take() {
+            ev.records = Some(self.records);
+            ev.bytes = Some(self.bytes);
+            ev.outcome = Some(self.outcome.unwrap_or("client_gone").into());
+            ev.time_ms = crate::clock::now_ms();
+            if let Err(e) = log.submit_detached(*ev) {
+                tracing::error!("cannot audit a stream's completion: {e}");
+            }
+        }
     }
 }
 
@@ -30,6 +92,27 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+            Body::Metered(m) => match m.rx.poll_recv(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok((b, n)))) => {
+                    m.records += n;
+                    m.bytes += b.len() as u64;
+                    Poll::Ready(Some(Ok(Frame::data(b))))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    m.outcome = Some("upstream_failed");
+                    Poll::Ready(Some(Err(e)))
+                }
+                Poll::Ready(None) => {
+                    m.outcome
+                        .get_or_insert(if m.stalled.load(Ordering::Acquire) {
+                            "stalled"
+                        } else {
+                            "complete"
+                        });
+                    Poll::Ready(None)
+                }
+            },
         }
     }
 
@@ -41,7 +124,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
-            Body::Stream(_) => SizeHint::default(),
+            Body::Stream(_) | Body::Metered(_) => SizeHint::default(),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! mesh = "media-mesh"
 //! descriptor = "products/user-profiles.yaml"
 //! bundle_file = "state/bundle.dsse.json"   # loaded at start (optional)
-//! state_dir = "state"
+//! state_dir = "state"                       # required: audit log, audit key
 //! trusted_bundle_keys = ["ed25519:…"]       # governance keys
 //!
 //! [listen]
@@ -51,6 +51,12 @@
 //! max_line_bytes = 1048576
 //! max_limit = 100000000
 //! drain_timeout_ms = 10000
+//!
+//! [audit]                                   # the log lives in <state_dir>/audit
+//! segment_bytes = 67108864                  # rotate segments past this size
+//! checkpoint_every = 10000                  # sign a checkpoint every N events …
+//! checkpoint_interval_ms = 10000            # … or every T ms, if there are new events
+//! retention = "keep"                        # or "after_collection"
 //! ```
 
 use base64::Engine as _;
@@ -215,13 +221,51 @@ pub struct EngineConfig {
     pub poll_wait_seconds: u64,
 }
 
+/// How the audit log is kept (see `meshgov_audit::Options`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval_ms: u64,
+    /// Remove segments once collected and covered by a checkpoint.
+    pub retention_after_collection: bool,
+    /// `false` only for measuring what durability costs (`audit.durability
+    /// = "buffered"`): events are written but not `fdatasync`ed before the
+    /// response. Never the default.
+    pub fsync: bool,
+}
+
+impl AuditConfig {
+    /// The writer's options.
+    pub fn options(&self) -> meshgov_audit::Options {
+        let mut o = meshgov_audit::Options::new(&self.dir);
+        o.segment_bytes = self.segment_bytes;
+        o.checkpoint_every = self.checkpoint_every;
+        o.checkpoint_interval = std::time::Duration::from_millis(self.checkpoint_interval_ms);
+        o.retention = if self.retention_after_collection {
+            meshgov_audit::Retention::AfterCollection
+        } else {
+            meshgov_audit::Retention::KeepAll
+        };
+        o.durability = if self.fsync {
+            meshgov_audit::Durability::Fsync
+        } else {
+            meshgov_audit::Durability::Buffered
+        };
+        o
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The mesh id; bundles for another mesh are refused.
     pub mesh: String,
     pub descriptor: PathBuf,
     pub bundle_file: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
+    /// Holds the audit log and the sidecar's audit signing key.
+    pub state_dir: PathBuf,
+    pub audit: AuditConfig,
     /// Governance keys (`ed25519:<base64>`) trusted to sign bundles.
     pub trusted_bundle_keys: Vec<String>,
     pub listen_data: SocketAddr,
@@ -263,6 +307,11 @@ const SCALAR_KEYS: &[&str] = &[
     "limits.max_line_bytes",
     "limits.max_limit",
     "limits.drain_timeout_ms",
+    "audit.segment_bytes",
+    "audit.checkpoint_every",
+    "audit.checkpoint_interval_ms",
+    "audit.retention",
+    "audit.durability",
 ];
 
 /// The environment variable that overrides `key`.
@@ -508,6 +557,46 @@ impl Config {
             ));
         }
 
+        let state_dir = path(v.required("state_dir")?);
+        let audit = AuditConfig {
+            dir: state_dir.join("audit"),
+            segment_bytes: v.u64("audit.segment_bytes", 64 * 1024 * 1024)?,
+            checkpoint_every: v.u64("audit.checkpoint_every", 10_000)?,
+            checkpoint_interval_ms: v.u64("audit.checkpoint_interval_ms", 10_000)?,
+            retention_after_collection: match v.str("audit.retention")?.as_deref() {
+                None | Some("keep") => false,
+                Some("after_collection") => true,
+                Some(other) => {
+                    return Err(err(
+                        "audit.retention",
+                        format!("expected `keep` or `after_collection`, got `{other}`"),
+                    ));
+                }
+            },
+            fsync: match v.str("audit.durability")?.as_deref() {
+                None | Some("fsync") => true,
+                Some("buffered") => false,
+                Some(other) => {
+                    return Err(err(
+                        "audit.durability",
+                        format!(
+                            "expected `fsync` (or `buffered`, for benchmarks only), got `{other}`"
+                        ),
+                    ));
+                }
+            },
+        };
+        if audit.segment_bytes < 4096 {
+            return Err(err("audit.segment_bytes", "must be at least 4096"));
+        }
+        if audit.checkpoint_every == 0 || audit.checkpoint_interval_ms == 0 {
+            let key = if audit.checkpoint_every == 0 {
+                "audit.checkpoint_every"
+            } else {
+                "audit.checkpoint_interval_ms"
+            };
+            return Err(err(key, "must be at least 1"));
+        }
         if v.str("bundle_file")?.is_some() && trusted_bundle_keys.is_empty() {
             return Err(err(
                 "trusted_bundle_keys",
@@ -549,7 +638,8 @@ impl Config {
             mesh: v.required("mesh")?,
             descriptor: path(v.required("descriptor")?),
             bundle_file: v.str("bundle_file")?.map(path),
-            state_dir: v.str("state_dir")?.map(path),
+            state_dir,
+            audit,
             trusted_bundle_keys,
             listen_data,
             listen_control,
@@ -644,6 +734,7 @@ mod tests {
     const BASE: &str = r#"
 mesh = "m"
 descriptor = "p.yaml"
+state_dir = "state"
 [listen]
 data = "127.0.0.1:0"
 [upstream]
@@ -669,6 +760,52 @@ x = "abc"
         assert_eq!(c.descriptor, PathBuf::from("/etc/m/p.yaml"));
         assert_eq!(c.upstream, UpstreamConfig::Dir("/etc/m/data".into()));
         assert_eq!(c.auth.groups_claim, "groups");
+        assert_eq!(c.audit.dir, PathBuf::from("/etc/m/state/audit"));
+        assert!(c.audit.fsync, "durable audit is the default");
+        assert!(!c.audit.retention_after_collection);
+    }
+
+    #[test]
+    fn audit_keys_are_checked_and_overridable() {
+        let c = Config::from_toml(
+            BASE,
+            Path::new("/"),
+            &env(&[("MESHGOV_SIDECAR_AUDIT_RETENTION", "after_collection")]),
+        )
+        .unwrap();
+        assert!(c.audit.retention_after_collection);
+        for (k, v, key) in [
+            (
+                "MESHGOV_SIDECAR_AUDIT_RETENTION",
+                "never",
+                "audit.retention",
+            ),
+            (
+                "MESHGOV_SIDECAR_AUDIT_DURABILITY",
+                "none",
+                "audit.durability",
+            ),
+            (
+                "MESHGOV_SIDECAR_AUDIT_CHECKPOINT_EVERY",
+                "0",
+                "audit.checkpoint_every",
+            ),
+            (
+                "MESHGOV_SIDECAR_AUDIT_SEGMENT_BYTES",
+                "10",
+                "audit.segment_bytes",
+            ),
+        ] {
+            let e = Config::from_toml(BASE, Path::new("/"), &env(&[(k, v)])).unwrap_err();
+            assert_eq!(e.key, key);
+        }
+        let e = Config::from_toml(
+            &BASE.replace("state_dir = \"state\"", ""),
+            Path::new("/"),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "state_dir");
     }
 
     #[test]

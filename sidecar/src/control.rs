@@ -5,7 +5,8 @@
 //! | route | auth | what |
 //! | --- | --- | --- |
 //! | `PUT /control/v1/bundle` | none: the bundle's signature is its proof | verify, persist, swap; ACK or NACK |
-//! | `GET /control/v1/status` | control token | revision, digest, times, staleness, last refusal, engine link |
+//! | `GET /control/v1/status` | control token | revision, digest, times, staleness, last refusal, engine link, audit head and checkpoint key |
+//! | `GET /control/v1/audit?after=SEQ` | control token | the audit stream for collection (see [`crate::audit_feed`]) |
 //!
 //! Every route but the bundle push needs `Authorization: Bearer mgc1.…`, a
 //! control token signed by a trusted governance key (see
@@ -54,8 +55,8 @@ pub struct ControlState {
     /// Serializes verify → persist → swap, so two deliveries (a push and a
     /// long-poll answer) cannot interleave their rollback checks.
     apply: Mutex<()>,
-    /// Where the last good bundle is persisted; `None` keeps it in memory.
-    pub state_dir: Option<PathBuf>,
+    /// Where the last good bundle is persisted.
+    pub state_dir: PathBuf,
     instance_id: OnceLock<String>,
     last_refusal: Mutex<Option<Refusal>>,
     link: Mutex<Option<LinkStatus>>,
@@ -70,7 +71,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ControlState {
-    pub fn new(state_dir: Option<PathBuf>) -> ControlState {
+    pub fn new(state_dir: PathBuf) -> ControlState {
         ControlState {
             state_dir,
             ..ControlState::default()
@@ -122,9 +123,7 @@ impl App {
     /// Loads the state directory's persisted bundle at start. Nothing to
     /// load is `Ok(None)`.
     pub fn restore_persisted(&self, now_unix: i64) -> Result<Option<Ack>, BundleError> {
-        let Some(dir) = &self.control.state_dir else {
-            return Ok(None);
-        };
+        let dir = &self.control.state_dir;
         let bytes = persist::read_bundle(dir).map_err(|e| {
             BundleError::rejected(
                 "unreadable",
@@ -201,7 +200,8 @@ impl App {
             }
         }
         let b = ActiveBundle::new(policies, &self.descriptor, meta, now_unix)?;
-        if persist && let Some(dir) = &self.control.state_dir {
+        if persist {
+            let dir = &self.control.state_dir;
             persist::write_bundle(dir, envelope).map_err(|e| {
                 BundleError::Persist(format!("`{}`: {e}", persist::bundle_path(dir).display()))
             })?;
@@ -241,6 +241,7 @@ impl App {
             last_refusal: self.control.last_refusal(),
             engine: self.control.link(),
             trusted_keys: self.trust.keyids().map(str::to_string).collect(),
+            audit: crate::audit_feed::status(&self.audit),
         }
     }
 }
@@ -285,6 +286,8 @@ pub struct ControlStatus {
     pub engine: Option<LinkStatus>,
     /// Key ids of the governance keys trusted for bundles and control tokens.
     pub trusted_keys: Vec<String>,
+    /// The audit log's head, checkpoint and checkpoint-signing public key.
+    pub audit: serde_json::Value,
 }
 
 /// The control port's routes.
@@ -292,12 +295,14 @@ pub struct ControlStatus {
 enum Route {
     PutBundle,
     Status,
+    Audit,
 }
 
 fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let (r, allowed) = match path {
         "/control/v1/bundle" => (Route::PutBundle, Method::PUT),
         "/control/v1/status" => (Route::Status, Method::GET),
+        "/control/v1/audit" => (Route::Audit, Method::GET),
         _ => return Err(ApiError::not_found()),
     };
     if *method != allowed {
@@ -347,6 +352,8 @@ where
                 &serde_json::to_value(&s).unwrap_or_default(),
             )
         }),
+        Ok(Route::Audit) => authorize_engine(app, &req)
+            .map(|()| crate::audit_feed::respond(&app.audit, req.uri().query())),
     };
     result.unwrap_or_else(|e| {
         tracing::info!(request_id = %rid, status = e.status.as_u16(), error = e.code, "control request refused");

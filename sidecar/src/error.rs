@@ -70,6 +70,16 @@ impl ApiError {
         )
     }
 
+    /// The decision could not be made durable in the audit log: nothing is
+    /// served unaudited.
+    pub fn audit_unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the sidecar cannot record this request in its audit log, so it serves nothing; the operator must check the state directory",
+        )
+    }
+
     pub fn upstream(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", reason)
     }

@@ -14,6 +14,8 @@
 //! - [`control`]: the control port: signed bundle pushes (ACK/NACK), status, engine-only auth;
 //! - [`persist`]: the last good bundle on disk, written atomically;
 //! - [`engine_link`]: registration with the engine and the long poll.
+//! - [`audit_feed`]: `GET /control/v1/audit?after=SEQ`, the audit stream for
+//!   collection (events, then checkpoints, as NDJSON).
 //!
 //! # Exit codes
 //!
@@ -35,6 +37,7 @@
 //!   keys of its own `alg`, and only asymmetric algorithms are configurable.
 //!   `alg: none` has no key and is refused. Tests prove both.
 
+pub mod audit_feed;
 pub mod auth;
 pub mod body;
 pub mod clock;

@@ -15,6 +15,11 @@ const USAGE: &str = "usage: meshgov-sidecar --config <sidecar.toml> [--engine <h
   --engine URL        register with `meshgov serve` at URL and receive bundles
                       from it (overrides `engine.url`; needs `listen.control`)
 
+Serves the data port for one product and enforces its policy bundle. Every
+answer is audited in <state_dir>/audit before it leaves; checkpoints are
+signed with <state_dir>/audit-signing.key (generated on first start; verify
+with `meshgov audit verify <state_dir>/audit --key <state_dir>/audit-signing.pub`).
+
 Every scalar config key `a.b_c` can be overridden with MESHGOV_SIDECAR_A_B_C.
 Exit codes: 0 clean shutdown, 64 bad configuration, 70 a listener could not be bound.";
 
@@ -72,6 +77,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
+    let head = app.audit.head();
+    tracing::info!(
+        dir = %app.audit.dir().display(), seq = head.seq, public_key = %head.public_key,
+        "audit log open; checkpoints are signed with this key"
+    );
+    if !cfg.audit.fsync {
+        tracing::warn!(
+            "audit.durability = \"buffered\": acknowledged audit events can be lost on power failure; use only for benchmarks"
+        );
+    }
     load_start_bundles(&app, &cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,6 +179,8 @@ async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
     for t in tasks {
         let _ = t.await;
     }
+    // Writes what is queued and a final signed checkpoint.
+    app.audit.close();
     ExitCode::SUCCESS
 }
 

@@ -11,12 +11,18 @@
 //!    key or plugin it needs is missing: fail closed);
 //! 6. **stream**: open the upstream (502), then shape record by record.
 //!
-//! Seams for later issues are marked `SEAM:` — audit (after 5 and at the end
-//! of 6), privacy aggregates (the `aggregate` route), plugins (in the
-//! record plan).
+//! Every answer except the `/healthz` and `/readyz` probes is audited: the
+//! steps fill in one decision event as they learn who asks, for what, and
+//! what was decided; [`handle`] makes it durable before the response (and so
+//! any body byte) leaves. A stream's completion event (records and bytes
+//! actually sent) follows when it ends or breaks. If the audit log cannot
+//! take the event, the answer is a 503 refusal instead.
+//!
+//! Seams for later issues are marked `SEAM:` — privacy aggregates (the
+//! `aggregate` route), plugins (in the record plan).
 
 use crate::auth::Authenticator;
-use crate::body::Body;
+use crate::body::{Body, Chunk, Metered};
 use crate::clock;
 use crate::config::{Config, ConfigError, Limits};
 use crate::control::ControlState;
@@ -28,12 +34,13 @@ use crate::upstream::{CsvSchema, Item, Upstream, Window, record_time};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use meshgov_anonymize::Outcome;
+use meshgov_audit::{AuditLog, Decision, Event, Kind};
 use meshgov_core::descriptor::Descriptor;
 use meshgov_core::plan::{Asker, PlanError};
 use meshgov_core::records::{KeyRing, RecordPlanError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Counters for operations (Prometheus `/metrics` is a later issue).
@@ -63,6 +70,8 @@ pub struct App {
     /// The control port's state: the apply lock, the state directory, the
     /// last refusal and the engine link.
     pub control: ControlState,
+    /// The tamper-evident audit log (group commit; see `meshgov-audit`).
+    pub audit: Arc<AuditLog>,
 }
 
 /// Responses are flushed to the client in chunks of about this size.
@@ -105,6 +114,10 @@ impl App {
         }
         let trust = meshgov_bundle::TrustStore::from_keys(keys)
             .map_err(|e| bad("trusted_bundle_keys", e.to_string()))?;
+        let audit_key = meshgov_audit::keyfile::load_or_create(&c.state_dir)
+            .map_err(|e| bad("state_dir", format!("the audit signing key: {e}")))?;
+        let audit = AuditLog::open(c.audit.options(), audit_key)
+            .map_err(|e| bad("state_dir", format!("the audit log: {e}")))?;
         Ok(App {
             bundle: BundleSlot::default(),
             mesh: c.mesh.clone(),
@@ -117,6 +130,7 @@ impl App {
             limits: c.limits.clone(),
             stats: Stats::default(),
             control: ControlState::new(c.state_dir.clone()),
+            audit: Arc::new(audit),
         })
     }
 }
@@ -199,54 +213,93 @@ pub(crate) fn error(rid: &str, e: &ApiError) -> Response<Body> {
 pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
     let rid = request_id(&req);
-    let route = match request::route(req.method(), req.uri().path()) {
-        Ok(r) => r,
-        Err(RouteError::NotFound) => return error(&rid, &ApiError::not_found()),
-        Err(RouteError::MethodNotAllowed) => {
-            return error(
-                &rid,
-                &ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    "this method is not allowed here",
-                ),
-            );
+    let mut ev = Event::new(Kind::Decision, clock::now_ms());
+    ev.request_id = Some(rid.clone());
+    let result = match request::route(req.method(), req.uri().path()) {
+        // Probes are operations, not decisions: not audited.
+        Ok(Route::Healthz) => {
+            return json(StatusCode::OK, &rid, &serde_json::json!({"status": "ok"}));
         }
-        Err(RouteError::BadPort(_)) => {
-            return error(
-                &rid,
-                &ApiError::bad_request(
-                    "port names are ASCII letters, digits, `-` and `_`, at most 64 long",
-                ),
-            );
+        Ok(Route::Readyz) => return readyz(app, &rid),
+        Ok(Route::Discovery) => {
+            ev.action = Some("discover".into());
+            Ok(discovery(app, &rid))
         }
-    };
-    let result = match route {
-        Route::Healthz => Ok(json(
-            StatusCode::OK,
-            &rid,
-            &serde_json::json!({"status": "ok"}),
-        )),
-        Route::Readyz => Ok(readyz(app, &rid)),
-        Route::Discovery => Ok(discovery(app, &rid)),
-        Route::Records { port } => records(app, &req, &port, &rid).await,
+        Ok(Route::Records { port }) => records(app, &req, &port, &rid, &mut ev).await,
         // SEAM: privacy — differentially private aggregates (separate issue).
-        Route::Aggregate { .. } => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "aggregates are not served by this sidecar version",
+        Ok(Route::Aggregate { port }) => {
+            ev.action = Some("aggregate".into());
+            ev.port = Some(port);
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "aggregates are not served by this sidecar version",
+            ))
+        }
+        Err(RouteError::NotFound) => Err(ApiError::not_found()),
+        Err(RouteError::MethodNotAllowed) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed here",
+        )),
+        Err(RouteError::BadPort(_)) => Err(ApiError::bad_request(
+            "port names are ASCII letters, digits, `-` and `_`, at most 64 long",
         )),
     };
-    match result {
-        Ok(r) => r,
+    let resp = match result {
+        Ok(r) => {
+            ev.decision.get_or_insert(Decision::Allow);
+            r
+        }
         Err(e) => {
             tracing::info!(request_id = %rid, status = e.status.as_u16(), error = e.code, "refused");
+            ev.decision = Some(if e.status == StatusCode::FORBIDDEN {
+                Decision::Deny
+            } else {
+                Decision::Error
+            });
+            ev.error = Some(e.code.into());
             error(&rid, &e)
+        }
+    };
+    ev.status = Some(resp.status().as_u16());
+    audited(app, &rid, ev, resp).await
+}
+
+/// Makes the decision event durable, then lets the response go. If the log
+/// cannot take it, the response is dropped (its stream never starts) and
+/// the answer is a 503: nothing leaves unaudited.
+async fn audited(app: &App, rid: &str, ev: Event, mut resp: Response<Body>) -> Response<Body> {
+    let waited = Instant::now();
+    match app.audit.submit(ev).await {
+        Ok(_) => {
+            let us = waited.elapsed().as_micros();
+            // The durability wait, for operators and the load benchmark.
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("audit;dur={}.{:03}", us / 1000, us % 1000))
+            {
+                resp.headers_mut().insert("server-timing", v);
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::error!(request_id = %rid, "cannot audit the decision, refusing: {e}");
+            if let Body::Metered(m) = resp.into_body() {
+                m.disarm();
+            }
+            error(rid, &ApiError::audit_unavailable())
         }
     }
 }
 
 fn readyz(app: &App, rid: &str) -> Response<Body> {
+    if let Some(why) = app.audit.failure() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            rid,
+            &serde_json::json!({"ready": false, "reason": format!("the audit log failed: {why}")}),
+        );
+    }
     match app.bundle.valid_at(clock::now_unix()) {
         Ok(b) => json(
             StatusCode::OK,
@@ -341,7 +394,10 @@ async fn records<B>(
     req: &Request<B>,
     port: &str,
     rid: &str,
+    ev: &mut Event,
 ) -> Result<Response<Body>, ApiError> {
+    ev.action = Some("read".into());
+    ev.port = Some(port.to_string());
     // 1. authenticate
     let auth = req
         .headers()
@@ -351,6 +407,11 @@ async fn records<B>(
         .auth
         .authenticate(auth)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    // INVARIANT: the audit gets who asked (subject, groups, purpose), never
+    // the token.
+    ev.consumer = Some(who.principal.id.clone());
+    ev.groups = who.principal.groups.clone();
+    ev.purpose = Some(who.purpose.clone());
     // 2. parse
     let q = request::parse_records_query(req.uri().query(), app.limits.max_limit)
         .map_err(ApiError::bad_request)?;
@@ -365,6 +426,8 @@ async fn records<B>(
         .bundle
         .valid_at(now)
         .map_err(|u| ApiError::unavailable(u.reason()))?;
+    ev.bundle_revision = Some(bundle.meta.revision);
+    ev.bundle_digest = Some(bundle.meta.digest.clone());
     let port_info = bundle
         .view
         .info
@@ -395,11 +458,16 @@ async fn records<B>(
             _ => ApiError::forbidden(),
         })?;
     // 5. authorize
-    // SEAM: audit — record the decision, its policies and the field treatments.
+    ev.policies = plan.decision.policies.clone();
     if !plan.decision.allowed {
         tracing::info!(request_id = %rid, consumer = %who.principal.id, purpose = %who.purpose, port, "denied");
         return Err(ApiError::forbidden());
     }
+    ev.transforms = plan
+        .fields
+        .iter()
+        .map(|f| (f.name.clone(), f.treatment.label()))
+        .collect();
     // SEAM: plugins — plugin transforms compile here once they are hosted.
     let record_plan = plan.record_plan(&app.pseudonym_keys).map_err(|e| {
         tracing::error!(request_id = %rid, port, "cannot apply the read plan: {e}");
@@ -431,6 +499,11 @@ async fn records<B>(
             ApiError::upstream("the product's upstream could not be read")
         })?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let stalled = Arc::new(AtomicBool::new(false));
+    let mut completion = Event::new(Kind::Completion, 0);
+    completion.request_id = Some(rid.to_string());
+    completion.consumer = ev.consumer.clone();
+    completion.port = Some(port.to_string());
     let job = StreamJob {
         app: Arc::clone(app),
         shaper,
@@ -442,13 +515,15 @@ async fn records<B>(
         port: port.to_string(),
         consumer: who.principal.id.clone(),
         stall: Duration::from_millis(app.limits.write_stall_timeout_ms),
+        stalled: Arc::clone(&stalled),
     };
     tokio::spawn(job.run(tx));
     let ct = match format {
         Format::Ndjson => "application/x-ndjson",
         Format::Csv => "text/csv; charset=utf-8",
     };
-    let mut resp = respond(StatusCode::OK, ct, rid, Body::Stream(rx));
+    let body = Metered::new(rx, stalled, Arc::clone(&app.audit), completion);
+    let mut resp = respond(StatusCode::OK, ct, rid, Body::Metered(body));
     if let Ok(v) = HeaderValue::from_str(&bundle.meta.revision.to_string()) {
         resp.headers_mut().insert("x-meshgov-bundle-revision", v);
     }
@@ -466,29 +541,38 @@ struct StreamJob {
     port: String,
     consumer: String,
     stall: Duration,
+    stalled: Arc<AtomicBool>,
 }
 
 impl StreamJob {
+    /// Hands `buf` (holding `records` records) to the connection.
     async fn send(
         &self,
-        tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+        tx: &mpsc::Sender<Result<Chunk, std::io::Error>>,
         buf: &mut Vec<u8>,
+        records: &mut u64,
     ) -> bool {
         let chunk = Bytes::from(std::mem::replace(
             buf,
             Vec::with_capacity(FLUSH_BYTES + 4096),
         ));
+        let n = std::mem::take(records);
         // A client that reads nothing for `stall` loses the response.
-        matches!(
-            tokio::time::timeout(self.stall, tx.send(Ok(chunk))).await,
-            Ok(Ok(()))
-        )
+        match tokio::time::timeout(self.stall, tx.send(Ok((chunk, n)))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.stalled.store(true, Ordering::Release);
+                false
+            }
+        }
     }
 
-    async fn run(mut self, tx: mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    async fn run(mut self, tx: mpsc::Sender<Result<Chunk, std::io::Error>>) {
         let mut buf = Vec::with_capacity(FLUSH_BYTES + 4096);
         self.shaper.write_preamble(&mut buf);
         let (mut out, mut skipped, mut failed, mut gone) = (0u64, 0u64, false, false);
+        let mut pending = 0u64;
         loop {
             if self.limit.is_some_and(|l| out >= l) {
                 break;
@@ -508,7 +592,10 @@ impl StreamJob {
                         }
                     }
                     match self.shaper.write(line, &mut buf) {
-                        Ok(Outcome::Emitted) => out += 1,
+                        Ok(Outcome::Emitted) => {
+                            out += 1;
+                            pending += 1;
+                        }
                         Ok(Outcome::Filtered) => {}
                         Err(_) => skipped += 1,
                     }
@@ -519,12 +606,12 @@ impl StreamJob {
                     break;
                 }
             }
-            if buf.len() >= FLUSH_BYTES && !self.send(&tx, &mut buf).await {
+            if buf.len() >= FLUSH_BYTES && !self.send(&tx, &mut buf, &mut pending).await {
                 gone = true;
                 break;
             }
         }
-        if !gone && !buf.is_empty() && !self.send(&tx, &mut buf).await {
+        if !gone && !buf.is_empty() && !self.send(&tx, &mut buf, &mut pending).await {
             gone = true;
         }
         if failed && !gone {
@@ -537,7 +624,8 @@ impl StreamJob {
             .stats
             .malformed_skipped
             .fetch_add(skipped, Ordering::Relaxed);
-        // SEAM: audit — records out, malformed skipped, completion state.
+        // The completion event is the body's: it counts what the
+        // connection actually took.
         tracing::info!(
             request_id = %self.rid, consumer = %self.consumer, port = %self.port,
             records_out = out, malformed_skipped = skipped, upstream_failed = failed, client_gone = gone,

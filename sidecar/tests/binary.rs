@@ -25,6 +25,7 @@ fn run(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
 }
 
 const OK: &str = r#"mesh = "m"
+state_dir = "state"
 descriptor = "missing.yaml"
 [listen]
 data = "127.0.0.1:0"

@@ -174,21 +174,34 @@ async fn only_the_engine_may_call_control_routes() {
     let consumer = token(&keys, "mia", &["marketing"], "campaign-analytics");
     let stranger = meshgov_bundle::mint_control_token(&governance_key(), "x", now(), 60);
     let stale = meshgov_bundle::mint_control_token(&s.gov, "meshgov-engine", now() - 700, 60);
-    for (what, auth) in [
-        ("no token", None),
-        ("consumer token", Some(consumer.clone())),
-        ("control token of an untrusted key", Some(stranger)),
-        ("expired control token", Some(stale)),
-    ] {
-        let r = match &auth {
-            None => get(c, path, &[]).await,
-            Some(t) => get_as(c, path, t).await,
-        };
-        assert_eq!(r.status, 401, "{what}: {}", r.text());
-        assert_eq!(r.error_code(), "unauthorized", "{what}");
+    for route in [path, "/control/v1/audit?after=0"] {
+        for (what, auth) in [
+            ("no token", None),
+            ("consumer token", Some(consumer.clone())),
+            ("control token of an untrusted key", Some(stranger.clone())),
+            ("expired control token", Some(stale.clone())),
+        ] {
+            let r = match &auth {
+                None => get(c, route, &[]).await,
+                Some(t) => get_as(c, route, t).await,
+            };
+            assert_eq!(r.status, 401, "{route}, {what}: {}", r.text());
+            assert_eq!(r.error_code(), "unauthorized", "{route}, {what}");
+        }
     }
     let good = meshgov_bundle::mint_control_token(&s.gov, "meshgov-engine", now(), 60);
-    assert_eq!(get_as(c, path, &good).await.status, 200);
+    let st = get_as(c, path, &good).await;
+    assert_eq!(st.status, 200);
+    // The status publishes the audit head and the checkpoint key.
+    let audit = &st.json()["audit"];
+    assert_eq!(
+        audit["public_key"],
+        s.app.audit.head().public_key,
+        "{audit}"
+    );
+    assert!(audit["head_seq"].as_u64().is_some(), "{audit}");
+    let feed = get_as(c, "/control/v1/audit?after=0", &good).await;
+    assert_eq!(feed.status, 200, "{}", feed.text());
     // A control token is no consumer token either.
     assert_eq!(get_as(s.addr, RECORDS, &good).await.status, 401);
     // The data port does not serve control routes.

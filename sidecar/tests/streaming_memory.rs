@@ -67,6 +67,7 @@ async fn a_file_much_larger_than_the_memory_ceiling_streams_through() {
         .port();
     let cfg = format!(
         r#"mesh = "media-mesh"
+state_dir = "state"
 descriptor = {d:?}
 bundle_file = "bundle.json"
 trusted_bundle_keys = ["{g}"]

@@ -123,7 +123,7 @@ impl PublicKey {
     }
 
     /// Checks an Ed25519 signature over `message`.
-    pub(crate) fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
+    pub fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
         signature::UnparsedPublicKey::new(&signature::ED25519, &self.raw)
             .verify(message, sig)
             .is_ok()
@@ -220,8 +220,9 @@ impl SigningKey {
     }
 
     /// Signs `message` (Ed25519 is deterministic: same key and message, same
-    /// signature).
-    pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
+    /// signature). Callers sign their own domain-separated messages (the
+    /// audit log's checkpoints); bundles are signed with [`crate::sign`].
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         let mut sig = [0u8; 64];
         sig.copy_from_slice(self.pair.sign(message).as_ref());
         sig

@@ -28,6 +28,8 @@ pub struct ServeArgs {
     pub ttl: Option<u64>,
     pub watch_interval_ms: u64,
     pub log_json: bool,
+    pub collect_audit: Option<PathBuf>,
+    pub collect_interval_ms: u64,
 }
 
 pub fn serve(a: ServeArgs) -> Result<(), Failure> {
@@ -57,6 +59,8 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     cfg.canary_ack_timeout = Duration::from_secs(a.canary_ack_timeout.max(1));
     cfg.ttl_seconds = a.ttl;
     cfg.watch_interval = Duration::from_millis(a.watch_interval_ms.max(10));
+    cfg.audit_dir = a.collect_audit;
+    cfg.audit_interval = Duration::from_millis(a.collect_interval_ms.max(100));
     let addr: std::net::SocketAddr = a.listen.parse().map_err(|_| {
         Failure::usage(format!(
             "--listen `{}`: expected host:port with an IP host",

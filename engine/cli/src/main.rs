@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod audit_cmds;
 mod bundle_cmds;
 mod conformance_cmds;
 mod diff_cmd;
@@ -142,6 +143,13 @@ enum Command {
         /// Log JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        /// Collect every registered sidecar's audit stream into DIR/<sidecar id>/,
+        /// verifying each chain as it arrives (check with `meshgov audit verify`).
+        #[arg(long, value_name = "DIR")]
+        collect_audit: Option<PathBuf>,
+        /// How often to collect audit streams, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        collect_interval_ms: u64,
     },
     /// Show the fleet: each sidecar's product, ACKed revision, last contact,
     /// last error and bundle age, and the rollout's state.
@@ -173,6 +181,11 @@ enum Command {
         /// Lifetime in seconds (at most 600).
         #[arg(long, default_value_t = 300)]
         ttl: u64,
+    },
+    /// Check and read a sidecar's audit log (a directory of segments, or one file).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Work with built bundles.
     Bundle {
@@ -259,6 +272,57 @@ enum ConformanceCommand {
         /// The lowest severity that fails the run.
         #[arg(long, value_enum, default_value = "error")]
         fail_on: conformance_cmds::FailOn,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints.
+    ///
+    /// Exits 0 with a summary, or 1 naming the first bad sequence and the
+    /// kind of break: edited, reordered, deleted, truncated (events a signed
+    /// checkpoint vouches for are missing) or bad signature. Exit 2: the log
+    /// or key cannot be read.
+    ///
+    /// Example:
+    ///   meshgov audit verify state/audit --key state/audit-signing.pub
+    #[command(verbatim_doc_comment)]
+    Verify {
+        /// The audit directory (`<state_dir>/audit`, or a collected store) or one segment file.
+        path: PathBuf,
+        /// The sidecar's checkpoint key (`ed25519:<base64>`, its `audit-signing.pub`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List events, filtered; a read's completion event follows its decision.
+    ///
+    /// Example:
+    ///   meshgov audit show state/audit --consumer mia --decision deny --since 2026-11-21T00:00:00Z
+    #[command(verbatim_doc_comment)]
+    Show {
+        /// The audit directory or one segment file.
+        path: PathBuf,
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long)]
+        port: Option<String>,
+        /// allow, deny or error.
+        #[arg(long)]
+        decision: Option<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Only events at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events at or before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the stored events (NDJSON) instead of rows.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -358,6 +422,8 @@ fn main() -> ExitCode {
             ttl,
             watch_interval_ms,
             log_json,
+            collect_audit,
+            collect_interval_ms,
         } => fleet_cmds::serve(fleet_cmds::ServeArgs {
             policies,
             key,
@@ -368,10 +434,37 @@ fn main() -> ExitCode {
             ttl,
             watch_interval_ms,
             log_json,
+            collect_audit,
+            collect_interval_ms,
         }),
         Command::Status { engine, json } => fleet_cmds::status(&engine, json),
         Command::Push { file, sidecar } => fleet_cmds::push(&file, &sidecar),
         Command::ControlToken { key, ttl } => fleet_cmds::control_token(&key, ttl),
+        Command::Audit {
+            command: AuditCommand::Verify { path, key, json },
+        } => audit_cmds::verify(&path, &key, json),
+        Command::Audit {
+            command:
+                AuditCommand::Show {
+                    path,
+                    consumer,
+                    port,
+                    decision,
+                    request_id,
+                    since,
+                    until,
+                    json,
+                },
+        } => audit_cmds::show(audit_cmds::ShowArgs {
+            path: &path,
+            consumer,
+            port,
+            decision,
+            request_id,
+            since,
+            until,
+            json,
+        }),
         Command::Bundle {
             command: BundleCommand::Inspect { file, trust, json },
         } => bundle_cmds::inspect(&file, &trust, json),

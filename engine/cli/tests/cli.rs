@@ -267,7 +267,7 @@ fn a_broken_repository_exits_1_listing_every_problem() {
 /// A sidecar config around the `[[auth.keys]]` entry `meshgov token` printed.
 fn sidecar_auth(key_entry: &str) -> meshgov_sidecar::auth::Authenticator {
     let cfg = format!(
-        "mesh = \"media-mesh\"\ndescriptor = \"p.yaml\"\n[listen]\ndata = \"127.0.0.1:0\"\n[upstream]\npath = \"data\"\n[auth]\nissuer = \"https://idp.media.example\"\naudience = \"meshgov\"\n{key_entry}\n"
+        "mesh = \"media-mesh\"\nstate_dir = \"state\"\ndescriptor = \"p.yaml\"\n[listen]\ndata = \"127.0.0.1:0\"\n[upstream]\npath = \"data\"\n[auth]\nissuer = \"https://idp.media.example\"\naudience = \"meshgov\"\n{key_entry}\n"
     );
     let env = std::collections::BTreeMap::<String, String>::new();
     let cfg = meshgov_sidecar::Config::from_toml(&cfg, Path::new("/"), &env).unwrap();
@@ -366,4 +366,137 @@ fn token_refuses_bad_input_with_exit_2() {
     assert!(text(&o).contains("EdDSA, ES256 or RS256"), "{}", text(&o));
     let o = meshgov(&["token", "--help"], d);
     assert!(text(&o).contains("development aid"), "{}", text(&o));
+}
+
+/// Writes a sidecar-style audit log of `n` reads with its key files.
+fn audit_log(d: &Path, n: u64) {
+    let state = d.join("state");
+    let key = meshgov_audit::keyfile::load_or_create(&state).unwrap();
+    let mut o = meshgov_audit::Options::new(state.join("audit"));
+    o.checkpoint_every = 5;
+    let log = meshgov_audit::AuditLog::open(o, key).unwrap();
+    for i in 1..=n {
+        let mut e = meshgov_audit::Event::new(
+            meshgov_audit::Kind::Decision,
+            1_795_000_000_000 + 60_000 * i as i64,
+        );
+        e.request_id = Some(format!("r-{i}"));
+        e.consumer = Some(if i.is_multiple_of(2) { "mia" } else { "fred" }.into());
+        e.purpose = Some("campaign-analytics".into());
+        e.action = Some("read".into());
+        e.port = Some("profiles".into());
+        let deny = i.is_multiple_of(4);
+        e.decision = Some(if deny {
+            meshgov_audit::Decision::Deny
+        } else {
+            meshgov_audit::Decision::Allow
+        });
+        e.status = Some(if deny { 403 } else { 200 });
+        log.submit(e).wait().unwrap();
+    }
+}
+
+#[test]
+fn audit_verify_and_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    audit_log(d, 12);
+    let ok = meshgov(
+        &[
+            "audit",
+            "verify",
+            "state/audit",
+            "--key",
+            "state/audit-signing.pub",
+        ],
+        d,
+    );
+    assert_eq!(code(&ok), 0, "{}", text(&ok));
+    assert!(text(&ok).contains("ok: 12 events"), "{}", text(&ok));
+    let json = meshgov(
+        &[
+            "audit",
+            "verify",
+            "state/audit",
+            "--key",
+            "state/audit-signing.pub",
+            "--json",
+        ],
+        d,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["last_checkpoint_seq"], 12);
+
+    let show = meshgov(
+        &[
+            "audit",
+            "show",
+            "state/audit",
+            "--consumer",
+            "mia",
+            "--decision",
+            "deny",
+        ],
+        d,
+    );
+    assert_eq!(code(&show), 0, "{}", text(&show));
+    let rows: Vec<String> = String::from_utf8_lossy(&show.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r.contains("deny") && r.contains("mia")));
+    let since = meshgov(
+        &[
+            "audit",
+            "show",
+            "state/audit",
+            "--json",
+            "--since",
+            "2026-11-18T11:15:40Z",
+        ],
+        d,
+    );
+    let seqs: Vec<u64> = String::from_utf8_lossy(&since.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, vec![9, 10, 11, 12]);
+    let bad = meshgov(&["audit", "show", "state/audit", "--since", "yesterday"], d);
+    assert_eq!(code(&bad), 2);
+    assert!(text(&bad).contains("--since"));
+
+    // One byte of event 3 changed: exit 1, naming sequence 3 and the kind.
+    let seg = std::fs::read_dir(d.join("state/audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("seg-"))
+        .unwrap();
+    let t = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(&seg, t.replacen("\"r-3\"", "\"r-8\"", 1)).unwrap();
+    let broken = meshgov(
+        &[
+            "audit",
+            "verify",
+            "state/audit",
+            "--key",
+            "state/audit-signing.pub",
+        ],
+        d,
+    );
+    assert_eq!(code(&broken), 1, "{}", text(&broken));
+    assert!(
+        text(&broken).contains("sequence 3: edited"),
+        "{}",
+        text(&broken)
+    );
+    let nokey = meshgov(
+        &["audit", "verify", "state/audit", "--key", "missing.pub"],
+        d,
+    );
+    assert_eq!(code(&nokey), 2);
 }

@@ -184,6 +184,7 @@ async fn sidecar(d: &Path, key: &str) -> std::net::SocketAddr {
         r#"
 mesh = "media-mesh"
 descriptor = "pol/products/user-profiles.yaml"
+state_dir = "state"
 trusted_bundle_keys = ["{key}"]
 [listen]
 data = "127.0.0.1:0"

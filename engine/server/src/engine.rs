@@ -80,6 +80,10 @@ pub struct EngineConfig {
     pub watch_interval: Duration,
     /// How long one push may take.
     pub push_timeout: Duration,
+    /// Collect every sidecar's audit stream into this directory.
+    pub audit_dir: Option<PathBuf>,
+    /// How often audit streams are collected.
+    pub audit_interval: Duration,
 }
 
 impl EngineConfig {
@@ -94,6 +98,8 @@ impl EngineConfig {
             ttl_seconds: None,
             watch_interval: Duration::from_millis(250),
             push_timeout: Duration::from_secs(10),
+            audit_dir: None,
+            audit_interval: Duration::from_secs(5),
         }
     }
 }
@@ -147,6 +153,8 @@ struct Sidecar {
     last_error: Option<String>,
     /// The digest it last refused: not offered again by the long poll.
     nacked: Option<String>,
+    /// The last audit sequence collected, or why collection failed.
+    audit: Option<Result<u64, String>>,
     /// A push of this digest is under way.
     pushing: Option<String>,
 }
@@ -167,11 +175,11 @@ struct State {
 
 /// The authoring service. Cheap to share: hold it in an `Arc`.
 pub struct Engine {
-    cfg: EngineConfig,
+    pub(crate) cfg: EngineConfig,
     state: Mutex<State>,
     /// Bumped whenever what some sidecar should hold changes; wakes long polls.
     changed: watch::Sender<u64>,
-    client: HttpClient,
+    pub(crate) client: HttpClient,
 }
 
 fn now_unix() -> i64 {
@@ -305,6 +313,19 @@ impl Engine {
     /// expiry, and re-push to sidecars that are behind.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let collection = self.cfg.audit_dir.clone().map(|dir| {
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                let collectors = crate::collect::Collectors::default();
+                let mut tick = tokio::time::interval(me.cfg.audit_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    me.collect_audit(&dir, &collectors).await;
+                }
+            })
+        });
+        let _stop_collection = AbortOnDrop(collection);
         let mut tick = tokio::time::interval(self.cfg.watch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconcile_at = std::time::Instant::now();
@@ -550,12 +571,7 @@ impl Engine {
                     .get(id)
                     .map(|sc| sc.control_url.clone());
                 let Some(url) = url else { continue };
-                let token = meshgov_bundle::mint_control_token(
-                    &self.cfg.key,
-                    "meshgov-engine",
-                    now_unix(),
-                    60,
-                );
+                let token = self.control_token();
                 let healthy =
                     match client::sidecar_status(&self.client, &url, &token, self.cfg.push_timeout)
                         .await
@@ -705,6 +721,26 @@ impl Engine {
     }
 
     /// Registers (or re-registers) a sidecar and pushes it its bundle.
+    /// `(id, control URL)` of every registered sidecar.
+    pub fn control_urls(&self) -> Vec<(String, String)> {
+        self.lock()
+            .sidecars
+            .iter()
+            .map(|(id, sc)| (id.clone(), sc.control_url.clone()))
+            .collect()
+    }
+
+    /// A fresh control token for calling sidecars' control ports.
+    pub fn control_token(&self) -> String {
+        meshgov_bundle::mint_control_token(&self.cfg.key, "meshgov-engine", now_unix(), 60)
+    }
+
+    pub(crate) fn record_audit(&self, id: &str, result: Result<u64, String>) {
+        if let Some(sc) = self.lock().sidecars.get_mut(id) {
+            sc.audit = Some(result);
+        }
+    }
+
     pub fn register(self: &Arc<Self>, r: Registration) -> Result<(), String> {
         if !valid_id(&r.id) {
             return Err(format!(
@@ -741,6 +777,7 @@ impl Engine {
                 last_contact: now,
                 last_error: None,
                 nacked: None,
+                audit: None,
                 pushing: None,
             });
             entry.product = r.product.clone();
@@ -848,6 +885,8 @@ impl Engine {
                     last_contact_seconds_ago: now - sc.last_contact,
                     last_error: sc.last_error.clone(),
                     bundle_age_seconds: sc.acked_created_at.map(|c| now - c),
+                    audit_collected_seq: sc.audit.as_ref().and_then(|a| a.as_ref().ok().copied()),
+                    audit_error: sc.audit.as_ref().and_then(|a| a.as_ref().err().cloned()),
                 }
             })
             .collect();
@@ -900,6 +939,10 @@ pub struct SidecarView {
     pub last_error: Option<String>,
     /// Seconds since the engine built the bundle the sidecar ACKed.
     pub bundle_age_seconds: Option<i64>,
+    /// With `--collect-audit`: the last audit sequence collected.
+    pub audit_collected_seq: Option<u64>,
+    /// With `--collect-audit`: why the last collection failed.
+    pub audit_error: Option<String>,
 }
 
 /// `GET /v1/fleet`.
@@ -937,5 +980,16 @@ mod tests {
         assert!(valid_id("users.user-profiles@127.0.0.1:8081"));
         assert!(!valid_id("a/b"));
         assert!(!valid_id(""));
+    }
+}
+
+/// Stops a background task when the loop that owns it returns.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
     }
 }

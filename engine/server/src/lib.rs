@@ -15,11 +15,13 @@
 //! - [`engine`]: releases, rollouts (canary, bake, promote, halt) and the fleet;
 //! - [`api`]: the HTTP API and the server loop;
 //! - [`page`]: the fleet page;
-//! - [`client`]: pushes and status reads (also used by `meshgov push` and `meshgov status`).
+//! - [`client`]: pushes and status reads (also used by `meshgov push` and `meshgov status`);
+//! - [`collect`]: audit collection from every registered sidecar.
 
 pub mod api;
 pub mod build;
 pub mod client;
+pub mod collect;
 pub mod engine;
 pub mod page;
 

@@ -371,3 +371,51 @@ async fn the_fleet_page_renders_in_headless_chromium() {
     a.stop().await;
     e.stop().await;
 }
+
+/// `--collect-audit`: every registered sidecar's audit stream is pulled into
+/// the engine's store, resumes where it stopped, and verifies there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_streams_are_collected_from_every_sidecar() {
+    let repo = PolicyRepo::new();
+    let store = tempfile::tempdir().unwrap();
+    let mut cfg = engine_config(&repo, new_key());
+    cfg.audit_dir = Some(store.path().to_path_buf());
+    cfg.audit_interval = Duration::from_millis(200);
+    let e = start_engine(cfg).await;
+    wait_for("the first build", T, || e.released().is_some()).await;
+    let a = start_sidecar(repo.path(), options("profiles-0", "user-profiles", &e)).await;
+    wait_for("the bundle in force", T, || a.revision().is_some()).await;
+    // Two audited answers on the data port: discovery, and a refused read.
+    for path in ["/", "/v1/ports/profiles/records"] {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(a.data).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1"), "{answer}");
+    }
+    let head = a.app.audit.head().seq;
+    assert!(head >= 2, "two answers audited, head {head}");
+    let collected = || {
+        e.fleet()["sidecars"][0]["audit_collected_seq"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_for("the engine to hold the sidecar's events", T, || {
+        collected() >= head
+    })
+    .await;
+    assert_eq!(
+        e.fleet()["sidecars"][0]["audit_error"],
+        serde_json::Value::Null
+    );
+    let key: meshgov_bundle::PublicKey = a.app.audit.head().public_key.parse().unwrap();
+    let summary = meshgov_audit::verify_path(&store.path().join("profiles-0"), &key).unwrap();
+    assert!(summary.last_seq >= head, "{summary:?}");
+    a.stop().await;
+    e.stop().await;
+}

@@ -210,8 +210,8 @@ pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
     let cfg = format!(
         r#"
 mesh = "media-mesh"
+state_dir = "state"
 trusted_bundle_keys = ["{gov_pub}"]
-{state_dir}
 descriptor = {descriptor:?}
 [listen]
 data = "127.0.0.1:0"
@@ -243,11 +243,6 @@ pem_file = {rsa:?}
         pseudonym_keys = opts.pseudonym_keys,
         extra = opts.extra_config,
         gov_pub = gov.public_key(),
-        state_dir = if opts.control {
-            "state_dir = \"state\""
-        } else {
-            ""
-        },
     );
     let cfg = Config::from_toml(
         &cfg,

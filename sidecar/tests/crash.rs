@@ -1,0 +1,244 @@
+//! Crash safety of the audit log with a real `meshgov-sidecar` process: it
+//! is killed with SIGKILL at random moments while readers stream from it,
+//! then restarted. After every restart, each request whose client received
+//! any byte of a body has its decision event in the log, and the chain
+//! (with the torn tail the kill left, cut and recorded) verifies.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+use meshgov_audit::show::{Filter, read_filtered};
+use meshgov_audit::{Kind, verify_path};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 24;
+const READERS: usize = 4;
+
+/// A small deterministic generator (the seed is printed for reruns).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ready(addr: SocketAddr) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        if let Ok(mut c) = TcpStream::connect(addr) {
+            let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let mut b = Vec::new();
+            let _ = c.read_to_end(&mut b);
+            if b.starts_with(b"HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the sidecar did not become ready");
+}
+
+/// One read; returns whether any byte of the body arrived.
+fn read_once(addr: SocketAddr, rid: &str, token: &str, limit: u64) -> bool {
+    let Ok(mut c) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = format!(
+        "GET /v1/ports/profiles/records?limit={limit} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nx-request-id: {rid}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    if c.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    match got.windows(4).position(|w| w == b"\r\n\r\n") {
+        // Chunked: a body byte is more than the terminating `0\r\n\r\n`
+        // alone; any chunk-size line other than `0` means data followed.
+        Some(end) => {
+            let rest = &got[end + 4..];
+            !rest.is_empty() && !rest.starts_with(b"0\r\n")
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_no_acknowledged_decision() {
+    let keys = Keys::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let descriptor_path = repo().join("policies/products/user-profiles.yaml");
+    let descriptor = meshgov_core::descriptor::Descriptor::parse(
+        "user-profiles.yaml",
+        &std::fs::read_to_string(&descriptor_path).unwrap(),
+    )
+    .unwrap();
+    let gov = governance_key();
+    std::fs::write(
+        d.join("bundle.json"),
+        signed_bundle(&gov, &descriptor, 7, 3600),
+    )
+    .unwrap();
+    std::fs::write(d.join("user-identity.key"), PSEUDONYM_KEY).unwrap();
+    let rec = r#"{"user_id":"u-1","email":"alice@example.com","name":"Alice","birth_date":"1990-04-12","country":"NL","postcode":"1012AB","signed_up_at":"2026-03-01T10:00:00Z"}"#;
+    let text: String = (0..3000).map(|_| format!("{rec}\n")).collect();
+    write_upstream(d, "profiles", "a.ndjson", &text);
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = d.join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"mesh = "media-mesh"
+state_dir = "state"
+descriptor = {desc:?}
+bundle_file = "bundle.json"
+trusted_bundle_keys = ["{gov}"]
+[listen]
+data = "{addr}"
+[upstream]
+path = "data"
+[auth]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+[[auth.keys]]
+alg = "EdDSA"
+x = "{x}"
+[pseudonym_keys]
+user-identity = "user-identity.key"
+[audit]
+checkpoint_every = 50
+checkpoint_interval_ms = 100
+"#,
+            desc = descriptor_path.display().to_string(),
+            gov = gov.public_key(),
+            x = b64u(&keys.ed_public),
+        ),
+    )
+    .unwrap();
+    let token = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let counter = Arc::new(AtomicU64::new(0));
+    let audit = d.join("state/audit");
+    let mut child = spawn(&config);
+    wait_ready(addr);
+    let pubkey: meshgov_bundle::PublicKey =
+        std::fs::read_to_string(d.join("state/audit-signing.pub"))
+            .unwrap()
+            .parse()
+            .unwrap();
+    for round in 0..ROUNDS {
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..READERS)
+            .map(|r| {
+                let (stop, ack, counter, token) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&acknowledged),
+                    Arc::clone(&counter),
+                    token.clone(),
+                );
+                let mut rng = Rng(seed ^ ((round * READERS + r + 1) as u64) << 17 | 1);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let rid = format!("k-{}", counter.fetch_add(1, Ordering::Relaxed));
+                        let limit = 1 + rng.below(500);
+                        if read_once(addr, &rid, &token, limit) {
+                            ack.lock().unwrap().push(rid);
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        // Restart: the torn tail is cut and recorded, and the log goes on.
+        child = spawn(&config);
+        wait_ready(addr);
+        let events = read_filtered(&audit, &Filter::default()).unwrap();
+        let decided: HashSet<&str> = events
+            .iter()
+            .filter(|(e, _)| e.kind == Kind::Decision)
+            .filter_map(|(e, _)| e.request_id.as_deref())
+            .collect();
+        let ack = acknowledged.lock().unwrap();
+        for rid in ack.iter() {
+            assert!(
+                decided.contains(rid.as_str()),
+                "round {round} (seed {seed}): {rid} got body bytes but has no decision event"
+            );
+        }
+        let s = verify_path(&audit, &pubkey)
+            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {e}"));
+        println!(
+            "round {round}: {} reads acknowledged so far, log at {}",
+            ack.len(),
+            s.last_seq
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let n = acknowledged.lock().unwrap().len();
+    let recoveries = read_filtered(&audit, &Filter::default())
+        .unwrap()
+        .iter()
+        .filter(|(e, _)| e.kind == Kind::Recovery)
+        .count();
+    assert!(n >= ROUNDS * 3, "too few reads to mean anything: {n}");
+    println!("{n} acknowledged reads, {recoveries} recovery events over {ROUNDS} kills");
+}
