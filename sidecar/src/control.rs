@@ -60,6 +60,10 @@ pub struct ControlState {
     instance_id: OnceLock<String>,
     last_refusal: Mutex<Option<Refusal>>,
     link: Mutex<Option<LinkStatus>>,
+    /// The bundle replaced by the last swap. Kept until the next swap so
+    /// that freeing it (thousands of compiled policies) happens here, on the
+    /// control path, and not in whichever read drops the last reference.
+    retired: Mutex<Option<Arc<ActiveBundle>>>,
     /// The last serving state the expiry watch logged (see [`watch_expiry`]).
     logged_state: AtomicU8,
 }
@@ -211,7 +215,9 @@ impl App {
             digest: b.meta.digest.clone(),
             noop: false,
         };
-        self.bundle.install(b);
+        let replaced = self.bundle.install(b);
+        // The bundle retired by the previous swap is freed here.
+        *lock(&self.control.retired) = replaced;
         Ok(ack)
     }
 

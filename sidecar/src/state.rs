@@ -169,9 +169,10 @@ impl BundleSlot {
         self.current.load_full()
     }
 
-    /// Swaps in a new bundle. Requests in flight keep the one they loaded.
-    pub fn install(&self, b: ActiveBundle) {
-        self.current.store(Some(Arc::new(b)));
+    /// Swaps in a new bundle and returns the one it replaces. Requests in
+    /// flight keep the one they loaded.
+    pub fn install(&self, b: ActiveBundle) -> Option<Arc<ActiveBundle>> {
+        self.current.swap(Some(Arc::new(b)))
     }
 }
 

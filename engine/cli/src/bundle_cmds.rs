@@ -5,7 +5,6 @@ use crate::policy_cmds::load_checked;
 use meshgov_bundle::{BundleMeta, BundlePayload, Expect, SigningKey, TrustStore};
 use meshgov_core::descriptor::ProductInfo;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -57,30 +56,6 @@ pub struct BuildArgs<'a> {
     pub product: Option<&'a str>,
     pub revision: Option<u64>,
     pub created_at: Option<&'a str>,
-}
-
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// The commit the repository is at, marked `+dirty` when files under it
-/// differ from that commit, so an audit never mistakes local edits for it.
-fn source_commit(dir: &Path) -> Option<String> {
-    let commit = git(dir, &["rev-parse", "HEAD"])?;
-    let dirty = git(dir, &["status", "--porcelain", "--", "."]).is_some_and(|s| !s.is_empty());
-    Some(if dirty {
-        format!("{commit}+dirty")
-    } else {
-        commit
-    })
 }
 
 fn build_time(created_at: Option<&str>) -> Result<i64, Failure> {
@@ -149,7 +124,7 @@ pub fn build(a: BuildArgs<'_>) -> Result<(), Failure> {
         revision,
         created_at_unix: created,
         expires_at_unix: created.saturating_add(ttl),
-        source_commit: source_commit(a.dir),
+        source_commit: meshgov_server::build::source_commit(a.dir),
         product: policies.product.clone(),
     };
     let payload = BundlePayload::new(meta, policies.components())

@@ -39,11 +39,6 @@ pub fn source_commit(dir: &Path) -> Option<String> {
     })
 }
 
-/// The number of commits, `meshgov build`'s default revision.
-pub fn commit_count(dir: &Path) -> Option<u64> {
-    git(dir, &["rev-list", "--count", "HEAD"]).and_then(|n| n.parse().ok())
-}
-
 /// What identifies the repository's current state: the `HEAD` commit in a
 /// git repository (a new commit is a change; uncommitted edits are not),
 /// else a SHA-256 over every file's path and content.

@@ -958,6 +958,17 @@ pub struct Fleet {
     pub sidecars: Vec<SidecarView>,
 }
 
+/// Stops a background task when the loop that owns it returns.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -980,16 +991,5 @@ mod tests {
         assert!(valid_id("users.user-profiles@127.0.0.1:8081"));
         assert!(!valid_id("a/b"));
         assert!(!valid_id(""));
-    }
-}
-
-/// Stops a background task when the loop that owns it returns.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            t.abort();
-        }
     }
 }
