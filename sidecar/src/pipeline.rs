@@ -59,6 +59,8 @@ pub struct App {
     pub pseudonym_keys: KeyRing,
     pub limits: Limits,
     pub stats: Stats,
+    /// The privacy-budget ledger; `None` refuses aggregates (503).
+    pub ledger: Option<Arc<dyn meshgov_privacy::ledger::Ledger>>,
 }
 
 /// Responses are flushed to the client in chunks of about this size.
@@ -112,6 +114,8 @@ impl App {
             pseudonym_keys,
             limits: c.limits.clone(),
             stats: Stats::default(),
+            ledger: crate::aggregate::open_ledger(&c.ledger, c.state_dir.as_deref())
+                .map_err(|(key, reason)| bad(&key, reason))?,
         })
     }
 }
@@ -178,7 +182,7 @@ fn respond(
     r
 }
 
-fn json(status: StatusCode, rid: &str, v: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, rid: &str, v: &serde_json::Value) -> Response<Body> {
     respond(
         status,
         "application/json",
@@ -192,7 +196,11 @@ fn error(rid: &str, e: &ApiError) -> Response<Body> {
 }
 
 /// Handles one request. Never panics; every failure is an error document.
-pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
+pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
     let rid = request_id(&req);
     let route = match request::route(req.method(), req.uri().path()) {
@@ -226,12 +234,8 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
         Route::Readyz => Ok(readyz(app, &rid)),
         Route::Discovery => Ok(discovery(app, &rid)),
         Route::Records { port } => records(app, &req, &port, &rid).await,
-        // SEAM: privacy — differentially private aggregates (separate issue).
-        Route::Aggregate { .. } => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not_implemented",
-            "aggregates are not served by this sidecar version",
-        )),
+        // privacy: differentially private aggregates (see `aggregate`).
+        Route::Aggregate { port } => crate::aggregate::aggregate(app, req, &port, &rid).await,
     };
     match result {
         Ok(r) => r,

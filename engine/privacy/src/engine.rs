@@ -238,8 +238,8 @@ struct Acc {
 
 /// Reads records for one plan: bounds contributions per privacy unit,
 /// keeps only listed keys (when the policy lists them), clamps values.
-pub struct Accumulator<'p> {
-    plan: &'p Plan,
+pub struct Accumulator {
+    plan: Plan,
     /// Clamping bounds in fixed point, per plan field.
     bounds: Vec<(i64, i64)>,
     known: Option<HashSet<String>>,
@@ -261,8 +261,8 @@ fn join(parts: &[&str]) -> String {
     s
 }
 
-impl<'p> Accumulator<'p> {
-    pub fn new(plan: &'p Plan) -> Accumulator<'p> {
+impl Accumulator {
+    pub fn new(plan: &Plan) -> Accumulator {
         let bounds = plan
             .fields
             .iter()
@@ -289,7 +289,7 @@ impl<'p> Accumulator<'p> {
                 .collect()
         });
         Accumulator {
-            plan,
+            plan: plan.clone(),
             bounds,
             known,
             units: HashMap::new(),
@@ -406,7 +406,7 @@ fn noisy(m: &Mechanism, values: Vec<i64>) -> Result<Vec<i64>, EngineError> {
 
 /// Draws the noise for `plan` over what `acc` gathered. Call only after
 /// the cost from [`cost`] is reserved in the ledger.
-pub fn release(plan: &Plan, costed: &Costed, acc: Accumulator<'_>) -> Result<Released, EngineError> {
+pub fn release(plan: &Plan, costed: &Costed, acc: Accumulator) -> Result<Released, EngineError> {
     let by_name = |n: &str| {
         costed
             .mechanisms
