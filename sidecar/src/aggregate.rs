@@ -49,9 +49,14 @@ pub fn open_ledger(
                 .map(|l| Some(Arc::new(l) as Arc<dyn Ledger>))
                 .map_err(|e| ("state_dir".to_string(), e.to_string())),
         },
-        LedgerConfig::Postgres(url) => meshgov_privacy::pg::PgLedger::connect(url)
-            .map(|l| Some(Arc::new(l) as Arc<dyn Ledger>))
-            .map_err(|e| ("privacy.postgres_url".to_string(), e.to_string())),
+        // The synchronous client must not run on a runtime thread.
+        LedgerConfig::Postgres(url) => std::thread::scope(|s| {
+            s.spawn(|| meshgov_privacy::pg::PgLedger::connect(url))
+                .join()
+                .unwrap_or_else(|_| Err(LedgerError::Unavailable("connect failed".into())))
+        })
+        .map(|l| Some(Arc::new(l) as Arc<dyn Ledger>))
+        .map_err(|e| ("privacy.postgres_url".to_string(), e.to_string())),
     }
 }
 
@@ -111,15 +116,18 @@ fn rule_for<'a>(rules: &'a [PrivacyRule], domain: &str, product: &str, port: &st
 }
 
 fn budget_doc(accounts: &[Account], remaining: &[Units], window: (i64, i64)) -> serde_json::Value {
-    let one = |i: usize| {
-        remaining.get(i).map(|u| {
-            serde_json::json!({"epsilon_remaining": u.epsilon_f64(), "delta_remaining": u.delta_f64()})
-        })
-    };
+    let consumer = remaining.first().map(|u| {
+        serde_json::json!({"epsilon_remaining": u.epsilon_f64(), "delta_remaining": u.delta_f64()})
+    });
+    // The product-wide cap is on epsilon only.
+    let product = remaining
+        .get(1)
+        .filter(|_| accounts.len() > 1)
+        .map(|u| serde_json::json!({"epsilon_remaining": u.epsilon_f64()}));
     serde_json::json!({
         "window": {"start": clock::rfc3339(window.0), "end": clock::rfc3339(window.1)},
-        "consumer": one(0),
-        "product": if accounts.len() > 1 { one(1) } else { None },
+        "consumer": consumer,
+        "product": product,
     })
 }
 

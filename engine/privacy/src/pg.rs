@@ -187,6 +187,21 @@ impl PgLedger {
     }
 }
 
+impl Drop for PgLedger {
+    /// The synchronous client closes its connection with a blocking call,
+    /// which must not happen on an async runtime thread: close it on a
+    /// thread of its own.
+    fn drop(&mut self) {
+        let slot = match self.client.get_mut() {
+            Ok(s) => s.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(c) = slot {
+            let _ = std::thread::spawn(move || drop(c)).join();
+        }
+    }
+}
+
 fn retryable(e: &postgres::Error) -> bool {
     matches!(
         e.code(),

@@ -202,6 +202,7 @@ pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
     let cfg = format!(
         r#"
 mesh = "media-mesh"
+state_dir = "state"
 trusted_bundle_keys = ["{gov_pub}"]
 descriptor = {descriptor:?}
 [listen]
