@@ -108,7 +108,12 @@ fn engine_failed(rid: &str, e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The port's privacy rule: the first that applies to this product and port.
-fn rule_for<'a>(rules: &'a [PrivacyRule], domain: &str, product: &str, port: &str) -> Option<&'a PrivacyRule> {
+fn rule_for<'a>(
+    rules: &'a [PrivacyRule],
+    domain: &str,
+    product: &str,
+    port: &str,
+) -> Option<&'a PrivacyRule> {
     rules.iter().find(|r| {
         meshgov_core::scope::applies(&r.domains, &r.products, domain, product)
             && (r.ports.is_empty() || r.ports.iter().any(|p| p == port))
@@ -204,15 +209,20 @@ where
         return Err(ApiError::forbidden());
     }
     let product = bundle.view.info.id.clone();
-    let rule = rule_for(&bundle.policies.privacy, &bundle.view.info.domain, &product, port)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "no_aggregates",
-                "this port offers no differentially private aggregates",
-            )
-        })?
-        .clone();
+    let rule = rule_for(
+        &bundle.policies.privacy,
+        &bundle.view.info.domain,
+        &product,
+        port,
+    )
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_aggregates",
+            "this port offers no differentially private aggregates",
+        )
+    })?
+    .clone();
     // 4. validate
     let caps = Caps {
         max_epsilon_per_query: Some(bundle.policies.mesh.privacy.max_epsilon_per_query),
@@ -233,9 +243,14 @@ where
         .purpose_budgets
         .iter()
         .find(|b| b.purpose == who.purpose)
-        .map_or(rule.epsilon_budget, |b| b.epsilon_budget.min(rule.epsilon_budget));
+        .map_or(rule.epsilon_budget, |b| {
+            b.epsilon_budget.min(rule.epsilon_budget)
+        });
     let mut accounts = vec![Account {
-        key: format!("{product}|{}|consumer|{}|{}", rule.id, who.principal.id, who.purpose),
+        key: format!(
+            "{product}|{}|consumer|{}|{}",
+            rule.id, who.principal.id, who.purpose
+        ),
         limit: Units::budget(consumer_limit, rule.delta_budget).unwrap_or_default(),
     }];
     if let Some(p) = rule.product_epsilon_budget {
@@ -249,28 +264,41 @@ where
     }
     let fingerprint = {
         let mut h = sha2::Sha256::new();
-        for part in [&who.principal.id, &who.purpose, &product, port, &plan.canonical()] {
+        for part in [
+            &who.principal.id,
+            &who.purpose,
+            &product,
+            port,
+            &plan.canonical(),
+        ] {
             h.update(part.as_bytes());
             h.update([0]);
         }
         hex::encode(h.finalize())
     };
     let (costed, reserved, reservation) = {
-        let (plan, ledger, accounts, rid2) = (plan.clone(), Arc::clone(&ledger), accounts.clone(), rid.to_string());
-        tokio::task::spawn_blocking(move || -> Result<(Costed, Reserved, Reservation), ApiError> {
-            let costed = engine::cost(&plan).map_err(|e| engine_failed(&rid2, e))?;
-            let cost = Units::cost(costed.epsilon, costed.delta)
-                .ok_or_else(|| engine_failed(&rid2, "cost out of range"))?;
-            let r = Reservation {
-                query: fingerprint,
-                window_start: window.0,
-                window_end: window.1,
-                cost,
-                accounts,
-            };
-            let reserved = ledger.reserve(&r).map_err(|e| ledger_failed(&rid2, &e))?;
-            Ok((costed, reserved, r))
-        })
+        let (plan, ledger, accounts, rid2) = (
+            plan.clone(),
+            Arc::clone(&ledger),
+            accounts.clone(),
+            rid.to_string(),
+        );
+        tokio::task::spawn_blocking(
+            move || -> Result<(Costed, Reserved, Reservation), ApiError> {
+                let costed = engine::cost(&plan).map_err(|e| engine_failed(&rid2, e))?;
+                let cost = Units::cost(costed.epsilon, costed.delta)
+                    .ok_or_else(|| engine_failed(&rid2, "cost out of range"))?;
+                let r = Reservation {
+                    query: fingerprint,
+                    window_start: window.0,
+                    window_end: window.1,
+                    cost,
+                    accounts,
+                };
+                let reserved = ledger.reserve(&r).map_err(|e| ledger_failed(&rid2, &e))?;
+                Ok((costed, reserved, r))
+            },
+        )
         .await
         .map_err(|e| engine_failed(rid, e))??
     };
@@ -281,7 +309,11 @@ where
             purpose: &who.purpose,
             port,
             outcome,
-            cost: if outcome == "granted" { reservation.cost } else { Units::default() },
+            cost: if outcome == "granted" {
+                reservation.cost
+            } else {
+                Units::default()
+            },
             remaining,
             window_start: window.0,
             revision: bundle.meta.revision,
@@ -290,7 +322,11 @@ where
     match &reserved {
         Reserved::Exhausted { account, remaining } => {
             event("exhausted", remaining);
-            let which = if *account == 0 { "this consumer and purpose" } else { "this product (all consumers together)" };
+            let which = if *account == 0 {
+                "this consumer and purpose"
+            } else {
+                "this product (all consumers together)"
+            };
             return Ok(json(
                 StatusCode::TOO_MANY_REQUESTS,
                 rid,
@@ -316,8 +352,8 @@ where
         }
         Reserved::Cached { answer, remaining } => {
             event("cached", remaining);
-            let mut doc: serde_json::Value = serde_json::from_str(answer)
-                .map_err(|e| engine_failed(rid, e))?;
+            let mut doc: serde_json::Value =
+                serde_json::from_str(answer).map_err(|e| engine_failed(rid, e))?;
             doc["request_id"] = serde_json::json!(rid);
             doc["cached"] = serde_json::json!(true);
             doc["cost"] = serde_json::json!({"epsilon": 0.0, "delta": 0.0});
@@ -332,16 +368,27 @@ where
     // 7. read: the budget is spent from here on, whatever happens.
     let time_field = port_info.time_field.clone();
     let win = Window {
-        from: plan.from.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
-        to: plan.to.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
+        from: plan
+            .from
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
+        to: plan
+            .to
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
     };
     let mut reader = app
         .upstream
-        .open(port, win, app.limits.max_line_bytes, CsvSchema::new(&port_info.fields))
+        .open(
+            port,
+            win,
+            app.limits.max_line_bytes,
+            CsvSchema::new(&port_info.fields),
+        )
         .await
         .map_err(|e| {
             tracing::error!(request_id = %rid, port, "upstream failed: {e}");
-            ApiError::upstream("the product's upstream could not be read; the reserved budget stays spent")
+            ApiError::upstream(
+                "the product's upstream could not be read; the reserved budget stays spent",
+            )
         })?;
     let mut acc = Accumulator::new(&plan);
     loop {
@@ -372,9 +419,9 @@ where
         let plan = plan.clone();
         let costed = costed.clone();
         tokio::task::spawn_blocking(move || engine::release(&plan, &costed, acc))
-        .await
-        .map_err(|e| engine_failed(rid, e))?
-        .map_err(|e| engine_failed(rid, e))?
+            .await
+            .map_err(|e| engine_failed(rid, e))?
+            .map_err(|e| engine_failed(rid, e))?
     };
     let groups: Vec<serde_json::Value> = released
         .groups

@@ -677,7 +677,10 @@ x = "abc"
             Path::new("/etc/meshgov"),
             &env(&[
                 ("MESHGOV_SIDECAR_PRIVACY_LEDGER", "postgres"),
-                ("MESHGOV_SIDECAR_PRIVACY_POSTGRES_URL", "postgresql://m@127.0.0.1:5432/m"),
+                (
+                    "MESHGOV_SIDECAR_PRIVACY_POSTGRES_URL",
+                    "postgresql://m@127.0.0.1:5432/m",
+                ),
             ]),
         )
         .unwrap();
@@ -686,8 +689,14 @@ x = "abc"
             LedgerConfig::Postgres("postgresql://m@127.0.0.1:5432/m".into())
         );
         for (pairs, key) in [
-            (vec![("MESHGOV_SIDECAR_PRIVACY_LEDGER", "sqlite")], "privacy.ledger"),
-            (vec![("MESHGOV_SIDECAR_PRIVACY_LEDGER", "postgres")], "privacy.postgres_url"),
+            (
+                vec![("MESHGOV_SIDECAR_PRIVACY_LEDGER", "sqlite")],
+                "privacy.ledger",
+            ),
+            (
+                vec![("MESHGOV_SIDECAR_PRIVACY_LEDGER", "postgres")],
+                "privacy.postgres_url",
+            ),
             (
                 vec![
                     ("MESHGOV_SIDECAR_PRIVACY_LEDGER", "postgres"),

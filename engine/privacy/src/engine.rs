@@ -117,7 +117,10 @@ type ThresholdMeasurement = opendp::core::Measurement<
 
 fn threshold_measurement(scale: f64, threshold: i64) -> Result<ThresholdMeasurement, EngineError> {
     make_laplace_threshold(
-        MapDomain::new(AtomDomain::<String>::default(), AtomDomain::<i64>::default()),
+        MapDomain::new(
+            AtomDomain::<String>::default(),
+            AtomDomain::<i64>::default(),
+        ),
         L0PInfDistance::default(),
         scale,
         threshold,
@@ -138,7 +141,11 @@ fn laplace_mechanism(
     Ok(Mechanism {
         name,
         kind: "discrete_laplace",
-        scale: if fixed_point { scale / FIXED_POINT } else { scale },
+        scale: if fixed_point {
+            scale / FIXED_POINT
+        } else {
+            scale
+        },
         sensitivity,
         epsilon: eps,
         delta: 0.0,
@@ -152,7 +159,9 @@ fn laplace_mechanism(
 fn partition_selection(k: i64, epsilon: f64, delta: f64) -> Result<Mechanism, EngineError> {
     let scale = k as f64 / epsilon;
     let d_in = (u32::try_from(k).unwrap_or(u32::MAX), k, k);
-    let guess = (k as f64 + scale * (k as f64 / (2.0 * delta)).ln()).ceil().max(1.0);
+    let guess = (k as f64 + scale * (k as f64 / (2.0 * delta)).ln())
+        .ceil()
+        .max(1.0);
     let mut t = guess as i64;
     for _ in 0..200 {
         let m = threshold_measurement(scale, t)?;
@@ -199,7 +208,16 @@ pub fn cost(plan: &Plan) -> Result<Costed, EngineError> {
         match s {
             Stat::Count if selecting => {}
             Stat::Count => mechanisms.push(laplace_mechanism("count".into(), k, share, false)?),
-            Stat::Sum { field, lower, upper } | Stat::Mean { field, lower, upper } => {
+            Stat::Sum {
+                field,
+                lower,
+                upper,
+            }
+            | Stat::Mean {
+                field,
+                lower,
+                upper,
+            } => {
                 let sens = k
                     .checked_mul(per_record_max(*lower, *upper)?)
                     .ok_or_else(|| EngineError("the policy's bounds are too wide".into()))?;
@@ -270,14 +288,19 @@ impl Accumulator {
                 plan.stats
                     .iter()
                     .find_map(|s| match s {
-                        Stat::Sum { field, lower, upper } | Stat::Mean { field, lower, upper }
-                            if field == f =>
-                        {
-                            Some((
-                                (lower * FIXED_POINT).round() as i64,
-                                (upper * FIXED_POINT).round() as i64,
-                            ))
+                        Stat::Sum {
+                            field,
+                            lower,
+                            upper,
                         }
+                        | Stat::Mean {
+                            field,
+                            lower,
+                            upper,
+                        } if field == f => Some((
+                            (lower * FIXED_POINT).round() as i64,
+                            (upper * FIXED_POINT).round() as i64,
+                        )),
                         _ => None,
                     })
                     .unwrap_or((0, 0))
@@ -453,10 +476,7 @@ pub fn release(plan: &Plan, costed: &Costed, acc: Accumulator) -> Result<Release
         let name = s.name();
         let values: Vec<Option<f64>> = match s {
             Stat::Count => match &selected_counts {
-                Some(c) => keys
-                    .iter()
-                    .map(|k| c.get(k).map(|v| *v as f64))
-                    .collect(),
+                Some(c) => keys.iter().map(|k| c.get(k).map(|v| *v as f64)).collect(),
                 None => noisy(by_name("count")?, accs.iter().map(|a| a.count).collect())?
                     .into_iter()
                     .map(|v| Some(v as f64))
@@ -473,7 +493,11 @@ pub fn release(plan: &Plan, costed: &Costed, acc: Accumulator) -> Result<Release
                     .map(|v| Some(v as f64 / FIXED_POINT))
                     .collect()
             }
-            Stat::Mean { field, lower, upper } => {
+            Stat::Mean {
+                field,
+                lower,
+                upper,
+            } => {
                 let i = field_index(field);
                 let raw = accs
                     .iter()

@@ -530,7 +530,10 @@ mod tests {
             Reserved::Exhausted { account, remaining } => {
                 assert_eq!(account, 0);
                 assert_eq!(remaining[0].epsilon, 0);
-                assert_eq!(remaining[1].epsilon, Units::budget(0.5, 0.0).unwrap().epsilon);
+                assert_eq!(
+                    remaining[1].epsilon,
+                    Units::budget(0.5, 0.0).unwrap().epsilon
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -557,7 +560,10 @@ mod tests {
         // Another window is a fresh query.
         let mut next = r.clone();
         next.window_start = 4_000_000_000;
-        assert!(matches!(l.reserve(&next).unwrap(), Reserved::Granted { .. }));
+        assert!(matches!(
+            l.reserve(&next).unwrap(),
+            Reserved::Granted { .. }
+        ));
     }
 
     #[test]

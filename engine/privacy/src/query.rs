@@ -46,8 +46,16 @@ pub struct AggregateRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stat {
     Count,
-    Sum { field: String, lower: f64, upper: f64 },
-    Mean { field: String, lower: f64, upper: f64 },
+    Sum {
+        field: String,
+        lower: f64,
+        upper: f64,
+    },
+    Mean {
+        field: String,
+        lower: f64,
+        upper: f64,
+    },
 }
 
 impl Stat {
@@ -159,7 +167,9 @@ pub fn validate(
             c.min(rule.max_epsilon_per_query)
         });
     if !eps.is_finite() || eps <= 0.0 {
-        return Err(bad(format!("`epsilon` must be a positive number, got {eps}")));
+        return Err(bad(format!(
+            "`epsilon` must be a positive number, got {eps}"
+        )));
     }
     if eps > cap {
         return Err(bad(format!(
@@ -169,17 +179,25 @@ pub fn validate(
 
     // aggregations
     if req.aggregations.is_empty() {
-        return Err(bad("`aggregations` is empty; ask for at least one of count, sum, mean"));
+        return Err(bad(
+            "`aggregations` is empty; ask for at least one of count, sum, mean",
+        ));
     }
     if req.aggregations.len() > MAX_AGGREGATIONS {
-        return Err(bad(format!("at most {MAX_AGGREGATIONS} aggregations per request")));
+        return Err(bad(format!(
+            "at most {MAX_AGGREGATIONS} aggregations per request"
+        )));
     }
     let field_of = |name: &str, v: &serde_json::Value| -> Result<String, QueryError> {
         let obj = v.as_object().ok_or_else(|| {
-            bad(format!("`{name}` takes an object like {{\"field\": \"…\"}}"))
+            bad(format!(
+                "`{name}` takes an object like {{\"field\": \"…\"}}"
+            ))
         })?;
         if let Some(k) = obj.keys().find(|k| k.as_str() != "field") {
-            return Err(bad(format!("`{name}` has an unknown key `{k}`; it takes `field`")));
+            return Err(bad(format!(
+                "`{name}` has an unknown key `{k}`; it takes `field`"
+            )));
         }
         obj.get("field")
             .and_then(|f| f.as_str())
@@ -205,15 +223,21 @@ pub fn validate(
                 let field = field_of(name, arg)?;
                 let (lower, upper) = numeric_field(rule, port, &field)?;
                 if name == "sum" {
-                    Stat::Sum { field, lower, upper }
+                    Stat::Sum {
+                        field,
+                        lower,
+                        upper,
+                    }
                 } else {
-                    Stat::Mean { field, lower, upper }
+                    Stat::Mean {
+                        field,
+                        lower,
+                        upper,
+                    }
                 }
             }
             "histogram" => {
-                return Err(bad(
-                    "ask for a histogram as {\"count\":{}} with `group_by`",
-                ));
+                return Err(bad("ask for a histogram as {\"count\":{}} with `group_by`"));
             }
             "quantile" => return Err(bad("`quantile` is not offered by this sidecar")),
             other => {
@@ -223,10 +247,15 @@ pub fn validate(
             }
         };
         if !rule.aggregations.iter().any(|x| x == name) {
-            return Err(bad(format!("aggregation `{name}` is not allowed on this port")));
+            return Err(bad(format!(
+                "aggregation `{name}` is not allowed on this port"
+            )));
         }
         if stats.contains(&stat) {
-            return Err(bad(format!("aggregation `{}` is asked for twice", stat.name())));
+            return Err(bad(format!(
+                "aggregation `{}` is asked for twice",
+                stat.name()
+            )));
         }
         stats.push(stat);
     }
@@ -258,7 +287,11 @@ pub fn validate(
             .group_by
             .iter()
             .find(|s| &s.field == g)
-            .ok_or_else(|| bad(format!("`group_by`: grouping by `{g}` is not allowed on this port")))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "`group_by`: grouping by `{g}` is not allowed on this port"
+                ))
+            })?;
         keys = match (keys, &spec.keys) {
             (Some(prefixes), Some(ks)) => Some(
                 prefixes
@@ -279,7 +312,9 @@ pub fn validate(
     // delta: only partition selection spends it
     let delta = if keys.is_none() {
         let d = req.delta.unwrap_or(rule.delta_budget * DEFAULT_DELTA_SHARE);
-        let dcap = caps.max_delta.map_or(rule.delta_budget, |c| c.min(rule.delta_budget));
+        let dcap = caps
+            .max_delta
+            .map_or(rule.delta_budget, |c| c.min(rule.delta_budget));
         if !d.is_finite() || d <= 0.0 || d >= 1.0 {
             return Err(bad(format!(
                 "grouping by fields without public keys selects groups privately and needs a `delta` in (0, 1); got {d} (this port's delta budget is {})",
@@ -303,7 +338,9 @@ pub fn validate(
     let (from, to) = (time_arg("from", &req.from)?, time_arg("to", &req.to)?);
     let (from, to) = if port.time_field.is_some() {
         let to = to.unwrap_or(now_unix);
-        let longest = rule.max_window_seconds.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+        let longest = rule
+            .max_window_seconds
+            .map(|s| i64::try_from(s).unwrap_or(i64::MAX));
         let from = match (from, longest) {
             (Some(f), _) => f,
             (None, Some(l)) => to.saturating_sub(l),
@@ -322,13 +359,18 @@ pub fn validate(
         (Some(from).filter(|f| *f != i64::MIN), Some(to))
     } else {
         if from.is_some() || to.is_some() {
-            return Err(bad("this port has no time field, so `from` and `to` cannot be used"));
+            return Err(bad(
+                "this port has no time field, so `from` and `to` cannot be used",
+            ));
         }
         (None, None)
     };
 
     let (unit, max_contributions) = match &rule.privacy_unit_column {
-        Some(c) => (Some(c.clone()), rule.max_groups_contributed.unwrap_or(1).max(1)),
+        Some(c) => (
+            Some(c.clone()),
+            rule.max_groups_contributed.unwrap_or(1).max(1),
+        ),
         None => (None, 1),
     };
     let mut fields: Vec<String> = Vec::new();
@@ -379,7 +421,9 @@ fn numeric_field(
         return Err(bad(format!("`{field}` is not a numeric field")));
     }
     if rule.privacy_unit_column.as_deref() == Some(field) {
-        return Err(bad(format!("`{field}` is the privacy unit and cannot be aggregated")));
+        return Err(bad(format!(
+            "`{field}` is the privacy unit and cannot be aggregated"
+        )));
     }
     let [lower, upper] = *rule.bounds.get(field).ok_or_else(|| {
         bad(format!(
@@ -387,7 +431,9 @@ fn numeric_field(
         ))
     })?;
     if !(lower.is_finite() && upper.is_finite() && lower <= upper) {
-        return Err(bad(format!("the privacy policy's bounds for `{field}` are unusable")));
+        return Err(bad(format!(
+            "the privacy policy's bounds for `{field}` are unusable"
+        )));
     }
     Ok((lower, upper))
 }

@@ -51,7 +51,8 @@ fn plan(body: &str) -> Plan {
 
 #[test]
 fn scales_match_opendp_privacy_maps() {
-    let p = plan(r#"{"aggregations":[{"count":{}},{"sum":{"field":"duration_ms"}}],"epsilon":0.5}"#);
+    let p =
+        plan(r#"{"aggregations":[{"count":{}},{"sum":{"field":"duration_ms"}}],"epsilon":0.5}"#);
     let c = engine::cost(&p).unwrap();
     // Two releases share 0.5; k = 2 contributions per user.
     let count = &c.mechanisms[0];
@@ -92,7 +93,11 @@ fn noisy_counts_follow_the_discrete_laplace() {
     };
     for x in [-6, -3, -1, 0, 1, 3, 6] {
         let emp = noise.iter().filter(|v| **v <= x as f64).count() as f64 / n as f64;
-        assert!((emp - cdf(x)).abs() < 0.02, "x={x}: empirical {emp}, expected {}", cdf(x));
+        assert!(
+            (emp - cdf(x)).abs() < 0.02,
+            "x={x}: empirical {emp}, expected {}",
+            cdf(x)
+        );
     }
     let mean = noise.iter().sum::<f64>() / n as f64;
     assert!(mean.abs() < 0.15, "mean noise {mean}");
@@ -100,7 +105,8 @@ fn noisy_counts_follow_the_discrete_laplace() {
 
 #[test]
 fn partition_selection_hides_a_key_held_by_one_person() {
-    let p = plan(r#"{"aggregations":[{"count":{}}],"group_by":["device"],"epsilon":1.0,"delta":1e-7}"#);
+    let p =
+        plan(r#"{"aggregations":[{"count":{}}],"group_by":["device"],"epsilon":1.0,"delta":1e-7}"#);
     let c = engine::cost(&p).unwrap();
     let sel = &c.mechanisms[0];
     assert_eq!(sel.kind, "laplace_threshold");
@@ -141,16 +147,40 @@ fn contributions_are_bounded_per_unit() {
 fn bad_requests_are_refused_with_reasons() {
     let r = rule();
     let cases = [
-        (r#"{"aggregations":[{"median":{}}],"epsilon":0.5}"#, "unknown aggregation"),
-        (r#"{"aggregations":[{"sum":{"field":"country"}}],"epsilon":0.5}"#, "not a numeric"),
-        (r#"{"aggregations":[{"sum":{"field":"email"}}],"epsilon":0.5}"#, "direct identifier"),
-        (r#"{"aggregations":[{"sum":{"field":"nope"}}],"epsilon":0.5}"#, "no field"),
+        (
+            r#"{"aggregations":[{"median":{}}],"epsilon":0.5}"#,
+            "unknown aggregation",
+        ),
+        (
+            r#"{"aggregations":[{"sum":{"field":"country"}}],"epsilon":0.5}"#,
+            "not a numeric",
+        ),
+        (
+            r#"{"aggregations":[{"sum":{"field":"email"}}],"epsilon":0.5}"#,
+            "direct identifier",
+        ),
+        (
+            r#"{"aggregations":[{"sum":{"field":"nope"}}],"epsilon":0.5}"#,
+            "no field",
+        ),
         (r#"{"aggregations":[{"count":{}}],"epsilon":0}"#, "positive"),
-        (r#"{"aggregations":[{"count":{}}],"epsilon":-1}"#, "positive"),
+        (
+            r#"{"aggregations":[{"count":{}}],"epsilon":-1}"#,
+            "positive",
+        ),
         (r#"{"aggregations":[{"count":{}}],"epsilon":1.5}"#, "cap"),
-        (r#"{"aggregations":[{"count":{}}],"group_by":["email"],"epsilon":0.5}"#, "direct identifier"),
-        (r#"{"aggregations":[{"count":{}}],"group_by":["user_id"],"epsilon":0.5}"#, "not allowed"),
-        (r#"{"aggregations":[{"count":{}}],"epsilon":0.5,"from":"2026-01-01T00:00:00Z"}"#, "no time field"),
+        (
+            r#"{"aggregations":[{"count":{}}],"group_by":["email"],"epsilon":0.5}"#,
+            "direct identifier",
+        ),
+        (
+            r#"{"aggregations":[{"count":{}}],"group_by":["user_id"],"epsilon":0.5}"#,
+            "not allowed",
+        ),
+        (
+            r#"{"aggregations":[{"count":{}}],"epsilon":0.5,"from":"2026-01-01T00:00:00Z"}"#,
+            "no time field",
+        ),
     ];
     for (body, want) in cases {
         let req = query::parse(body.as_bytes()).unwrap();
@@ -160,10 +190,21 @@ fn bad_requests_are_refused_with_reasons() {
     // Missing bounds.
     let mut nb = rule();
     nb.bounds.clear();
-    let req = query::parse(br#"{"aggregations":[{"mean":{"field":"duration_ms"}}],"epsilon":0.5}"#).unwrap();
-    assert!(query::validate(&req, &nb, &port(), Caps::default(), 0).unwrap_err().0.contains("bounds"));
+    let req = query::parse(br#"{"aggregations":[{"mean":{"field":"duration_ms"}}],"epsilon":0.5}"#)
+        .unwrap();
+    assert!(
+        query::validate(&req, &nb, &port(), Caps::default(), 0)
+            .unwrap_err()
+            .0
+            .contains("bounds")
+    );
     // Malformed bodies, NaN included (JSON has no NaN).
-    for body in [&b"{"[..], br#"{"aggregations":[],"epsilon":"NaN"}"#, br#"{"epsilon":NaN}"#, br#"{"aggregations":[],"epsilon":1,"x":1}"#] {
+    for body in [
+        &b"{"[..],
+        br#"{"aggregations":[],"epsilon":"NaN"}"#,
+        br#"{"epsilon":NaN}"#,
+        br#"{"aggregations":[],"epsilon":1,"x":1}"#,
+    ] {
         assert!(query::parse(body).is_err());
     }
     // Too large a window on a timed port.
@@ -172,5 +213,10 @@ fn bad_requests_are_refused_with_reasons() {
     let mut wr = rule();
     wr.max_window_seconds = Some(86_400);
     let req = query::parse(br#"{"aggregations":[{"count":{}}],"epsilon":0.5,"from":"2026-01-01T00:00:00Z","to":"2026-01-03T00:00:00Z"}"#).unwrap();
-    assert!(query::validate(&req, &wr, &timed, Caps::default(), 0).unwrap_err().0.contains("too large"));
+    assert!(
+        query::validate(&req, &wr, &timed, Caps::default(), 0)
+            .unwrap_err()
+            .0
+            .contains("too large")
+    );
 }

@@ -132,7 +132,10 @@ fn postgres_repeats_are_cached_and_free() {
     match other.reserve(&r).unwrap() {
         Reserved::Cached { answer, remaining } => {
             assert_eq!(answer, "answer");
-            assert_eq!(remaining[0].epsilon, Units::budget(0.5, 0.0).unwrap().epsilon);
+            assert_eq!(
+                remaining[0].epsilon,
+                Units::budget(0.5, 0.0).unwrap().epsilon
+            );
         }
         x => panic!("{x:?}"),
     }
@@ -198,7 +201,12 @@ fn sigkill_run(mode: &str, account: &str, check: impl Fn() -> u64) {
     let mut acknowledged = 0u64;
     for kill_after in [7u64, 13, 21, u64::MAX] {
         let mut child = Command::new(&exe)
-            .args(["--exact", "sigkill_child", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "sigkill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("MESHGOV_LEDGER_CHILD", mode)
             .env("MESHGOV_LEDGER_ACCOUNT", account)
             .stdout(Stdio::piped())
@@ -228,7 +236,10 @@ fn sigkill_run(mode: &str, account: &str, check: impl Fn() -> u64) {
     // 100 spends of 0.01 fit in 1.0; a kill can lose one spend (reserved,
     // not acknowledged), never grant one twice.
     let spent = check();
-    assert!(spent <= 100, "overspent: {spent} spends of 0.01 against 1.0");
+    assert!(
+        spent <= 100,
+        "overspent: {spent} spends of 0.01 against 1.0"
+    );
     assert!(acknowledged <= spent);
     assert!(spent >= 100 - 4, "spent only {spent}");
 }
