@@ -136,6 +136,13 @@ fn budget_doc(accounts: &[Account], remaining: &[Units], window: (i64, i64)) -> 
     })
 }
 
+/// Sets a key of a JSON object; other values are left alone.
+fn set(doc: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    if let Some(o) = doc.as_object_mut() {
+        o.insert(key.to_string(), value);
+    }
+}
+
 fn mechanism_doc(m: &Mechanism) -> serde_json::Value {
     let mut v = serde_json::json!({
         "statistic": m.name,
@@ -144,11 +151,15 @@ fn mechanism_doc(m: &Mechanism) -> serde_json::Value {
         "epsilon": m.epsilon,
     });
     if m.kind == "discrete_laplace" {
-        v["ci95"] = serde_json::json!(engine::laplace_ci95(m.scale));
+        set(
+            &mut v,
+            "ci95",
+            serde_json::json!(engine::laplace_ci95(m.scale)),
+        );
     }
     if let Some(t) = m.threshold {
-        v["threshold"] = serde_json::json!(t);
-        v["delta"] = serde_json::json!(m.delta);
+        set(&mut v, "threshold", serde_json::json!(t));
+        set(&mut v, "delta", serde_json::json!(m.delta));
     }
     v
 }
@@ -354,10 +365,14 @@ where
             event("cached", remaining);
             let mut doc: serde_json::Value =
                 serde_json::from_str(answer).map_err(|e| engine_failed(rid, e))?;
-            doc["request_id"] = serde_json::json!(rid);
-            doc["cached"] = serde_json::json!(true);
-            doc["cost"] = serde_json::json!({"epsilon": 0.0, "delta": 0.0});
-            doc["budget"] = budget_doc(&accounts, remaining, window);
+            set(&mut doc, "request_id", serde_json::json!(rid));
+            set(&mut doc, "cached", serde_json::json!(true));
+            set(
+                &mut doc,
+                "cost",
+                serde_json::json!({"epsilon": 0.0, "delta": 0.0}),
+            );
+            set(&mut doc, "budget", budget_doc(&accounts, remaining, window));
             return Ok(json(StatusCode::OK, rid, &doc));
         }
         Reserved::Granted { remaining } => event("granted", remaining),
@@ -470,8 +485,12 @@ where
             .map_err(|e| engine_failed(rid, e))?
             .map_err(|e| ledger_failed(rid, &e))?;
     }
-    doc["request_id"] = serde_json::json!(rid);
-    doc["cached"] = serde_json::json!(false);
-    doc["budget"] = budget_doc(&accounts, &remaining, window);
+    set(&mut doc, "request_id", serde_json::json!(rid));
+    set(&mut doc, "cached", serde_json::json!(false));
+    set(
+        &mut doc,
+        "budget",
+        budget_doc(&accounts, &remaining, window),
+    );
     Ok(json(StatusCode::OK, rid, &doc))
 }

@@ -88,17 +88,14 @@ fn per_record_max(lower: f64, upper: f64) -> Result<i64, EngineError> {
     Ok(m as i64)
 }
 
-fn vector_laplace(
-    scale: f64,
-) -> Result<
-    opendp::core::Measurement<
-        VectorDomain<AtomDomain<i64>>,
-        L1Distance<i64>,
-        MaxDivergence,
-        Vec<i64>,
-    >,
-    EngineError,
-> {
+type VectorLaplace = opendp::core::Measurement<
+    VectorDomain<AtomDomain<i64>>,
+    L1Distance<i64>,
+    MaxDivergence,
+    Vec<i64>,
+>;
+
+fn vector_laplace(scale: f64) -> Result<VectorLaplace, EngineError> {
     make_laplace(
         VectorDomain::new(AtomDomain::<i64>::default()),
         L1Distance::<i64>::default(),
@@ -408,11 +405,14 @@ impl Accumulator {
     }
 }
 
+/// One group's key (in `group_by` order) and its `(statistic, value)`s;
+/// a mean is `None` when its noisy count is not positive.
+pub type Group = (Vec<String>, Vec<(String, Option<f64>)>);
+
 /// The released answer: noisy values per group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Released {
-    /// Group keys (in `group_by` order) with `(statistic name, value)`.
-    pub groups: Vec<(Vec<String>, Vec<(String, Option<f64>)>)>,
+    pub groups: Vec<Group>,
     pub mechanisms: Vec<Mechanism>,
     pub epsilon: f64,
     pub delta: f64,

@@ -1,4 +1,10 @@
 //! The mechanisms against OpenDP's privacy maps and their distributions.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use meshgov_core::descriptor::{FieldInfo, PortInfo};
 use meshgov_core::privacy::PrivacyRule;
