@@ -337,7 +337,10 @@ pub fn validate(
     // window
     let (from, to) = (time_arg("from", &req.from)?, time_arg("to", &req.to)?);
     let (from, to) = if port.time_field.is_some() {
-        let to = to.unwrap_or(now_unix);
+        // Without `to`, the query covers up to the end of the budget
+        // window, so that the same body asked again in the window is the
+        // same query (answered from the ledger, at no cost).
+        let to = to.unwrap_or_else(|| crate::ledger::window_of(now_unix, rule.window_seconds).1);
         let longest = rule
             .max_window_seconds
             .map(|s| i64::try_from(s).unwrap_or(i64::MAX));
