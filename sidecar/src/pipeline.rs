@@ -12,8 +12,8 @@
 //! 6. **stream**: open the upstream (502), then shape record by record.
 //!
 //! Seams for later issues are marked `SEAM:` — audit (after 5 and at the end
-//! of 6), privacy aggregates (the `aggregate` route), plugins (in the
-//! record plan).
+//! of 6), plugins (in the record plan). Aggregates have their own steps in
+//! [`crate::aggregate`].
 
 use crate::auth::Authenticator;
 use crate::body::Body;
@@ -234,7 +234,6 @@ where
         Route::Readyz => Ok(readyz(app, &rid)),
         Route::Discovery => Ok(discovery(app, &rid)),
         Route::Records { port } => records(app, &req, &port, &rid).await,
-        // privacy: differentially private aggregates (see `aggregate`).
         Route::Aggregate { port } => crate::aggregate::aggregate(app, req, &port, &rid).await,
     };
     match result {
