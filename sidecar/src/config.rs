@@ -44,6 +44,11 @@
 //! # artist-identity = { base64 = "…" }      # or inline, standard base64
 //! # artist-identity = "keys/artist.key"    # a bare string is a file
 //!
+//! [privacy]
+//! ledger = "embedded"                       # privacy budgets in `state_dir` (one replica)
+//! # ledger = "postgres"                     # shared by several replicas:
+//! # postgres_url = "postgresql://meshgov@db:5432/meshgov"
+//!
 //! [limits]
 //! max_header_bytes = 16384
 //! header_read_timeout_ms = 5000
@@ -278,6 +283,18 @@ pub struct Config {
     pub limits: Limits,
     /// `json` for JSON logs.
     pub log_format: String,
+    /// Where privacy budgets are kept.
+    pub ledger: LedgerConfig,
+}
+
+/// Where the privacy-budget ledger lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerConfig {
+    /// A durable journal in `state_dir`; with no `state_dir`, aggregates are
+    /// refused (503) for want of a ledger.
+    Embedded,
+    /// PostgreSQL, shared by every replica of the product.
+    Postgres(String),
 }
 
 /// Every scalar key the file may hold, and so every env override.
@@ -301,6 +318,8 @@ const SCALAR_KEYS: &[&str] = &[
     "auth.groups_claim",
     "auth.purpose_claim",
     "auth.leeway_seconds",
+    "privacy.ledger",
+    "privacy.postgres_url",
     "limits.max_header_bytes",
     "limits.header_read_timeout_ms",
     "limits.write_stall_timeout_ms",
@@ -597,6 +616,34 @@ impl Config {
             };
             return Err(err(key, "must be at least 1"));
         }
+        let ledger = match v.str("privacy.ledger")?.as_deref().unwrap_or("embedded") {
+            "embedded" => {
+                if v.str("privacy.postgres_url")?.is_some() {
+                    return Err(err(
+                        "privacy.postgres_url",
+                        "set only with `privacy.ledger = \"postgres\"`",
+                    ));
+                }
+                LedgerConfig::Embedded
+            }
+            "postgres" => {
+                let url = v.required("privacy.postgres_url")?;
+                if !(url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+                    return Err(err(
+                        "privacy.postgres_url",
+                        "expected a `postgresql://user@host:port/database` URL",
+                    ));
+                }
+                LedgerConfig::Postgres(url)
+            }
+            other => {
+                return Err(err(
+                    "privacy.ledger",
+                    format!("expected `embedded` or `postgres`, got `{other}`"),
+                ));
+            }
+        };
+
         if v.str("bundle_file")?.is_some() && trusted_bundle_keys.is_empty() {
             return Err(err(
                 "trusted_bundle_keys",
@@ -649,6 +696,7 @@ impl Config {
             pseudonym_keys,
             limits,
             log_format,
+            ledger,
         })
     }
 }
@@ -853,6 +901,48 @@ x = "abc"
         .unwrap();
         assert_eq!(c.auth.issuer, "other");
         assert_eq!(c.limits.max_limit, 5);
+    }
+
+    #[test]
+    fn the_ledger_is_embedded_or_postgres() {
+        let c = Config::from_toml(BASE, Path::new("/etc/meshgov"), &env(&[])).unwrap();
+        assert_eq!(c.ledger, LedgerConfig::Embedded);
+        let c = Config::from_toml(
+            BASE,
+            Path::new("/etc/meshgov"),
+            &env(&[
+                ("MESHGOV_SIDECAR_PRIVACY_LEDGER", "postgres"),
+                (
+                    "MESHGOV_SIDECAR_PRIVACY_POSTGRES_URL",
+                    "postgresql://m@127.0.0.1:5432/m",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.ledger,
+            LedgerConfig::Postgres("postgresql://m@127.0.0.1:5432/m".into())
+        );
+        for (pairs, key) in [
+            (
+                vec![("MESHGOV_SIDECAR_PRIVACY_LEDGER", "sqlite")],
+                "privacy.ledger",
+            ),
+            (
+                vec![("MESHGOV_SIDECAR_PRIVACY_LEDGER", "postgres")],
+                "privacy.postgres_url",
+            ),
+            (
+                vec![
+                    ("MESHGOV_SIDECAR_PRIVACY_LEDGER", "postgres"),
+                    ("MESHGOV_SIDECAR_PRIVACY_POSTGRES_URL", "mysql://x"),
+                ],
+                "privacy.postgres_url",
+            ),
+        ] {
+            let e = Config::from_toml(BASE, Path::new("/etc/meshgov"), &env(&pairs)).unwrap_err();
+            assert_eq!(e.key, key);
+        }
     }
 
     #[test]

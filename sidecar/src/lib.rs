@@ -7,6 +7,7 @@
 //! - [`auth`]: consumer JWTs (EdDSA, ES256, RS256);
 //! - [`request`]: routes, ports, windows and limits, parsed purely;
 //! - [`state`]: the active bundle behind an `ArcSwap`;
+//! - [`aggregate`]: differentially private aggregates and their budget ledger;
 //! - [`pipeline`]: authenticate → parse → load bundle → plan → authorize → stream;
 //! - [`shape`]: the read plan compiled into a `meshgov-anonymize` record plan, NDJSON or CSV out;
 //! - [`upstream`]: time-partitioned files or an HTTP NDJSON source;
@@ -37,6 +38,7 @@
 //!   keys of its own `alg`, and only asymmetric algorithms are configurable.
 //!   `alg: none` has no key and is refused. Tests prove both.
 
+pub mod aggregate;
 pub mod audit_feed;
 pub mod auth;
 pub mod body;

@@ -18,8 +18,8 @@
 //! actually sent) follows when it ends or breaks. If the audit log cannot
 //! take the event, the answer is a 503 refusal instead.
 //!
-//! Seams for later issues are marked `SEAM:` — privacy aggregates (the
-//! `aggregate` route), plugins (in the record plan).
+//! Seams for later issues are marked `SEAM:` — plugins (in the record
+//! plan). Aggregates have their own steps in [`crate::aggregate`].
 
 use crate::auth::Authenticator;
 use crate::body::{Body, Chunk, Metered};
@@ -72,6 +72,8 @@ pub struct App {
     pub control: ControlState,
     /// The tamper-evident audit log (group commit; see `meshgov-audit`).
     pub audit: Arc<AuditLog>,
+    /// The privacy-budget ledger; `None` refuses aggregates (503).
+    pub ledger: Option<Arc<dyn meshgov_privacy::ledger::Ledger>>,
 }
 
 /// Responses are flushed to the client in chunks of about this size.
@@ -131,6 +133,8 @@ impl App {
             stats: Stats::default(),
             control: ControlState::new(c.state_dir.clone()),
             audit: Arc::new(audit),
+            ledger: crate::aggregate::open_ledger(&c.ledger, Some(c.state_dir.as_path()))
+                .map_err(|(key, reason)| bad(&key, reason))?,
         })
     }
 }
@@ -210,7 +214,11 @@ pub(crate) fn error(rid: &str, e: &ApiError) -> Response<Body> {
 }
 
 /// Handles one request. Never panics; every failure is an error document.
-pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
+pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     app.stats.requests.fetch_add(1, Ordering::Relaxed);
     let rid = request_id(&req);
     let mut ev = Event::new(Kind::Decision, clock::now_ms());
@@ -226,15 +234,10 @@ pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body> {
             Ok(discovery(app, &rid))
         }
         Ok(Route::Records { port }) => records(app, &req, &port, &rid, &mut ev).await,
-        // SEAM: privacy — differentially private aggregates (separate issue).
         Ok(Route::Aggregate { port }) => {
             ev.action = Some("aggregate".into());
-            ev.port = Some(port);
-            Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
-                "aggregates are not served by this sidecar version",
-            ))
+            ev.port = Some(port.clone());
+            crate::aggregate::aggregate(app, req, &port, &rid, &mut ev).await
         }
         Err(RouteError::NotFound) => Err(ApiError::not_found()),
         Err(RouteError::MethodNotAllowed) => Err(ApiError::new(

@@ -1,0 +1,513 @@
+//! `POST /v1/ports/{port}/aggregate`: differentially private aggregates.
+//!
+//! 1. **authenticate** (401) and read the body (400, at most 64 KiB);
+//! 2. **load** the bundle (503) and the port (404);
+//! 3. **authorize** with Cedar's `aggregate` action for the purpose (403),
+//!    then find the port's privacy rule (403 when it has none);
+//! 4. **validate** the query against the rule (400);
+//! 5. **cost** it with OpenDP's privacy maps, on a blocking thread;
+//! 6. **reserve** the cost in the ledger, durably, before any noise or
+//!    data: 429 with the remaining budget if it does not fit, the stored
+//!    answer at no cost if the same query was answered in this window;
+//! 7. **read** the upstream, bounding contributions per privacy unit;
+//! 8. **release**: draw the noise (blocking thread), store the answer in
+//!    the ledger for repeats, answer.
+//!
+//! A ledger error at any step refuses the query (503): fail closed. The
+//! spend (cost and budget left) goes into the request's audit event, which
+//! is durable before the answer leaves.
+
+use crate::body::Body;
+use crate::clock;
+use crate::config::LedgerConfig;
+use crate::error::ApiError;
+use crate::pipeline::{App, json};
+use crate::upstream::{CsvSchema, Item, Window, record_time};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use meshgov_audit::{Decision, Event};
+use meshgov_core::plan::{Asker, PlanError};
+use meshgov_core::privacy::PrivacyRule;
+use meshgov_privacy::engine::{self, Accumulator, Costed, Mechanism};
+use meshgov_privacy::ledger::{
+    Account, FileLedger, Ledger, LedgerError, Reservation, Reserved, Units, window_of,
+};
+use meshgov_privacy::query::{self, Caps};
+use sha2::Digest;
+use std::sync::Arc;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Opens the configured ledger. With the embedded ledger and no state
+/// directory there is none, and aggregates are refused.
+pub fn open_ledger(
+    cfg: &LedgerConfig,
+    state_dir: Option<&std::path::Path>,
+) -> Result<Option<Arc<dyn Ledger>>, (String, String)> {
+    match cfg {
+        LedgerConfig::Embedded => match state_dir {
+            None => Ok(None),
+            Some(dir) => FileLedger::open(dir, clock::now_unix())
+                .map(|l| Some(Arc::new(l) as Arc<dyn Ledger>))
+                .map_err(|e| ("state_dir".to_string(), e.to_string())),
+        },
+        // The synchronous client must not run on a runtime thread.
+        LedgerConfig::Postgres(url) => std::thread::scope(|s| {
+            s.spawn(|| meshgov_privacy::pg::PgLedger::connect(url))
+                .join()
+                .unwrap_or_else(|_| Err(LedgerError::Unavailable("connect failed".into())))
+        })
+        .map(|l| Some(Arc::new(l) as Arc<dyn Ledger>))
+        .map_err(|e| ("privacy.postgres_url".to_string(), e.to_string())),
+    }
+}
+
+/// One spend (or refusal) of privacy budget, for the audit log.
+#[derive(Debug, Clone)]
+pub struct SpendEvent<'a> {
+    pub request_id: &'a str,
+    pub consumer: &'a str,
+    pub purpose: &'a str,
+    pub port: &'a str,
+    /// `granted`, `cached`, `exhausted` or `pending`.
+    pub outcome: &'static str,
+    pub cost: Units,
+    /// Remaining per account after the outcome: consumer, then product.
+    pub remaining: &'a [Units],
+    pub window_start: i64,
+    pub revision: u64,
+}
+
+/// Records a spend decision in the request's audit event (made durable
+/// before the answer leaves) and in the structured log.
+pub fn audit_spend(ev: &mut Event, e: &SpendEvent<'_>) {
+    ev.privacy_cost = Some(e.cost.epsilon_f64());
+    ev.budget_remaining = e.remaining.iter().map(Units::epsilon_f64).reduce(f64::min);
+    if e.outcome == "exhausted" {
+        ev.decision = Some(Decision::Deny);
+    }
+    tracing::info!(
+        request_id = %e.request_id, consumer = %e.consumer, purpose = %e.purpose, port = %e.port,
+        outcome = e.outcome, epsilon = e.cost.epsilon_f64(), delta = e.cost.delta_f64(),
+        remaining = ?e.remaining.iter().map(|u| (u.epsilon_f64(), u.delta_f64())).collect::<Vec<_>>(),
+        window_start = e.window_start, revision = e.revision,
+        "privacy spend"
+    );
+}
+
+fn ledger_failed(rid: &str, e: &LedgerError) -> ApiError {
+    tracing::error!(request_id = %rid, "privacy ledger: {e}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ledger_unavailable",
+        "the privacy budget ledger is unavailable, so no aggregate can be answered; retry later",
+    )
+}
+
+fn engine_failed(rid: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(request_id = %rid, "privacy engine: {e}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "privacy_failed",
+        "the privacy mechanism failed; nothing was released",
+    )
+}
+
+/// The port's privacy rule: the first that applies to this product and port.
+fn rule_for<'a>(
+    rules: &'a [PrivacyRule],
+    domain: &str,
+    product: &str,
+    port: &str,
+) -> Option<&'a PrivacyRule> {
+    rules.iter().find(|r| {
+        meshgov_core::scope::applies(&r.domains, &r.products, domain, product)
+            && (r.ports.is_empty() || r.ports.iter().any(|p| p == port))
+    })
+}
+
+fn budget_doc(accounts: &[Account], remaining: &[Units], window: (i64, i64)) -> serde_json::Value {
+    let consumer = remaining.first().map(|u| {
+        serde_json::json!({"epsilon_remaining": u.epsilon_f64(), "delta_remaining": u.delta_f64()})
+    });
+    // The product-wide cap is on epsilon only.
+    let product = remaining
+        .get(1)
+        .filter(|_| accounts.len() > 1)
+        .map(|u| serde_json::json!({"epsilon_remaining": u.epsilon_f64()}));
+    serde_json::json!({
+        "window": {"start": clock::rfc3339(window.0), "end": clock::rfc3339(window.1)},
+        "consumer": consumer,
+        "product": product,
+    })
+}
+
+/// Sets a key of a JSON object; other values are left alone.
+fn set(doc: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    if let Some(o) = doc.as_object_mut() {
+        o.insert(key.to_string(), value);
+    }
+}
+
+fn mechanism_doc(m: &Mechanism) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "statistic": m.name,
+        "mechanism": m.kind,
+        "scale": m.scale,
+        "epsilon": m.epsilon,
+    });
+    if m.kind == "discrete_laplace" {
+        set(
+            &mut v,
+            "ci95",
+            serde_json::json!(engine::laplace_ci95(m.scale)),
+        );
+    }
+    if let Some(t) = m.threshold {
+        set(&mut v, "threshold", serde_json::json!(t));
+        set(&mut v, "delta", serde_json::json!(m.delta));
+    }
+    v
+}
+
+/// Serves one aggregate request.
+pub async fn aggregate<B>(
+    app: &Arc<App>,
+    req: Request<B>,
+    port: &str,
+    rid: &str,
+    ev: &mut Event,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // 1. authenticate, read the body
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let who = app
+        .auth
+        .authenticate(auth)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    ev.consumer = Some(who.principal.id.clone());
+    ev.groups = who.principal.groups.clone();
+    ev.purpose = Some(who.purpose.clone());
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?
+        .to_bytes();
+    let request = query::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
+    // 2. load
+    let now = clock::now_unix();
+    let bundle = app
+        .bundle
+        .valid_at(now)
+        .map_err(|u| ApiError::unavailable(u.reason()))?;
+    ev.bundle_revision = Some(bundle.meta.revision);
+    ev.bundle_digest = Some(bundle.meta.digest.clone());
+    let port_info = bundle
+        .view
+        .info
+        .port(port)
+        .ok_or_else(|| ApiError::unknown_port(port))?
+        .clone();
+    // 3. authorize
+    let asker = Asker {
+        principal: &who.principal,
+        purpose: &who.purpose,
+        now_unix: now,
+    };
+    let decision = bundle
+        .policies
+        .decide(&bundle.view, "aggregate", port, None, asker)
+        .map_err(|e| match e {
+            PlanError::UnknownPort(_) => ApiError::unknown_port(port),
+            _ => ApiError::forbidden(),
+        })?;
+    ev.policies = decision.policies.clone();
+    if !decision.allowed {
+        tracing::info!(request_id = %rid, consumer = %who.principal.id, purpose = %who.purpose, port, "aggregate denied");
+        return Err(ApiError::forbidden());
+    }
+    let product = bundle.view.info.id.clone();
+    let rule = rule_for(
+        &bundle.policies.privacy,
+        &bundle.view.info.domain,
+        &product,
+        port,
+    )
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_aggregates",
+            "this port offers no differentially private aggregates",
+        )
+    })?
+    .clone();
+    // 4. validate
+    let caps = Caps {
+        max_epsilon_per_query: Some(bundle.policies.mesh.privacy.max_epsilon_per_query),
+        max_delta: Some(bundle.policies.mesh.privacy.max_delta),
+    };
+    let plan = query::validate(&request, &rule, &port_info, caps, now)
+        .map_err(|e| ApiError::bad_request(e.0))?;
+    let Some(ledger) = app.ledger.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ledger_unavailable",
+            "this sidecar has no privacy budget ledger (set `state_dir` or `privacy.ledger`), so it answers no aggregates",
+        ));
+    };
+    // 5. cost, 6. reserve: before any data is read or noise drawn.
+    let window = window_of(now, rule.window_seconds);
+    let consumer_limit = rule
+        .purpose_budgets
+        .iter()
+        .find(|b| b.purpose == who.purpose)
+        .map_or(rule.epsilon_budget, |b| {
+            b.epsilon_budget.min(rule.epsilon_budget)
+        });
+    let mut accounts = vec![Account {
+        key: format!(
+            "{product}|{}|consumer|{}|{}",
+            rule.id, who.principal.id, who.purpose
+        ),
+        limit: Units::budget(consumer_limit, rule.delta_budget).unwrap_or_default(),
+    }];
+    if let Some(p) = rule.product_epsilon_budget {
+        accounts.push(Account {
+            key: format!("{product}|{}|product", rule.id),
+            limit: Units {
+                delta: u64::MAX >> 1,
+                ..Units::budget(p, 0.0).unwrap_or_default()
+            },
+        });
+    }
+    let fingerprint = {
+        let mut h = sha2::Sha256::new();
+        for part in [
+            &who.principal.id,
+            &who.purpose,
+            &product,
+            port,
+            &plan.canonical(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    };
+    let (costed, reserved, reservation) = {
+        let (plan, ledger, accounts, rid2) = (
+            plan.clone(),
+            Arc::clone(&ledger),
+            accounts.clone(),
+            rid.to_string(),
+        );
+        tokio::task::spawn_blocking(
+            move || -> Result<(Costed, Reserved, Reservation), ApiError> {
+                let costed = engine::cost(&plan).map_err(|e| engine_failed(&rid2, e))?;
+                let cost = Units::cost(costed.epsilon, costed.delta)
+                    .ok_or_else(|| engine_failed(&rid2, "cost out of range"))?;
+                let r = Reservation {
+                    query: fingerprint,
+                    window_start: window.0,
+                    window_end: window.1,
+                    cost,
+                    accounts,
+                };
+                let reserved = ledger.reserve(&r).map_err(|e| ledger_failed(&rid2, &e))?;
+                Ok((costed, reserved, r))
+            },
+        )
+        .await
+        .map_err(|e| engine_failed(rid, e))??
+    };
+    let event = |ev: &mut Event, outcome, remaining: &[Units]| {
+        audit_spend(
+            ev,
+            &SpendEvent {
+                request_id: rid,
+                consumer: &who.principal.id,
+                purpose: &who.purpose,
+                port,
+                outcome,
+                cost: if outcome == "granted" {
+                    reservation.cost
+                } else {
+                    Units::default()
+                },
+                remaining,
+                window_start: window.0,
+                revision: bundle.meta.revision,
+            },
+        );
+    };
+    match &reserved {
+        Reserved::Exhausted { account, remaining } => {
+            event(ev, "exhausted", remaining);
+            let which = if *account == 0 {
+                "this consumer and purpose"
+            } else {
+                "this product (all consumers together)"
+            };
+            return Ok(json(
+                StatusCode::TOO_MANY_REQUESTS,
+                rid,
+                &serde_json::json!({
+                    "request_id": rid,
+                    "error": "budget_exhausted",
+                    "reason": format!(
+                        "this query costs epsilon {} and delta {}, more than the privacy budget left for {which} in this window; nothing was computed",
+                        reservation.cost.epsilon_f64(), reservation.cost.delta_f64()
+                    ),
+                    "cost": {"epsilon": reservation.cost.epsilon_f64(), "delta": reservation.cost.delta_f64()},
+                    "budget": budget_doc(&accounts, remaining, window),
+                }),
+            ));
+        }
+        Reserved::Pending { remaining } => {
+            event(ev, "pending", remaining);
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "query_pending",
+                "the same query is being answered, or its answer was lost in a crash; it cannot be answered again in this budget window",
+            ));
+        }
+        Reserved::Cached { answer, remaining } => {
+            event(ev, "cached", remaining);
+            let mut doc: serde_json::Value =
+                serde_json::from_str(answer).map_err(|e| engine_failed(rid, e))?;
+            set(&mut doc, "request_id", serde_json::json!(rid));
+            set(&mut doc, "cached", serde_json::json!(true));
+            set(
+                &mut doc,
+                "cost",
+                serde_json::json!({"epsilon": 0.0, "delta": 0.0}),
+            );
+            set(&mut doc, "budget", budget_doc(&accounts, remaining, window));
+            return Ok(json(StatusCode::OK, rid, &doc));
+        }
+        Reserved::Granted { remaining } => event(ev, "granted", remaining),
+    }
+    let Reserved::Granted { remaining } = reserved else {
+        return Err(engine_failed(rid, "unreachable reservation state"));
+    };
+    // 7. read: the budget is spent from here on, whatever happens.
+    let time_field = port_info.time_field.clone();
+    let win = Window {
+        from: plan
+            .from
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
+        to: plan
+            .to
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
+    };
+    let mut reader = app
+        .upstream
+        .open(
+            port,
+            win,
+            app.limits.max_line_bytes,
+            CsvSchema::new(&port_info.fields),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(request_id = %rid, port, "upstream failed: {e}");
+            ApiError::upstream(
+                "the product's upstream could not be read; the reserved budget stays spent",
+            )
+        })?;
+    let mut acc = Accumulator::new(&plan);
+    loop {
+        match reader.next().await {
+            Ok(None) => break,
+            Ok(Some(Item::Malformed)) => {}
+            Ok(Some(Item::Record(line))) => {
+                if let Some(tf) = &time_field {
+                    match record_time(line, tf) {
+                        Some(t) if win.contains(t) => {}
+                        _ => continue,
+                    }
+                }
+                if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(line) {
+                    acc.add_json(&m);
+                }
+            }
+            Err(e) => {
+                tracing::error!(request_id = %rid, port, "upstream failed mid-read: {e}");
+                return Err(ApiError::upstream(
+                    "the product's upstream failed; the reserved budget stays spent",
+                ));
+            }
+        }
+    }
+    // 8. release
+    let released = {
+        let plan = plan.clone();
+        let costed = costed.clone();
+        tokio::task::spawn_blocking(move || engine::release(&plan, &costed, acc))
+            .await
+            .map_err(|e| engine_failed(rid, e))?
+            .map_err(|e| engine_failed(rid, e))?
+    };
+    let groups: Vec<serde_json::Value> = released
+        .groups
+        .iter()
+        .map(|(key, stats)| {
+            let mut g = serde_json::Map::new();
+            g.insert(
+                "key".into(),
+                serde_json::Value::Object(
+                    plan.group_by
+                        .iter()
+                        .zip(key)
+                        .map(|(f, k)| (f.clone(), serde_json::json!(k)))
+                        .collect(),
+                ),
+            );
+            for (n, v) in stats {
+                g.insert(n.clone(), serde_json::json!(v));
+            }
+            serde_json::Value::Object(g)
+        })
+        .collect();
+    let mut doc = serde_json::json!({
+        "port": port,
+        "window": {
+            "from": plan.from.map(clock::rfc3339),
+            "to": plan.to.map(clock::rfc3339),
+        },
+        "group_by": plan.group_by,
+        "groups": groups,
+        "statistics": released.mechanisms.iter().map(mechanism_doc).collect::<Vec<_>>(),
+        "privacy_unit": {
+            "column": plan.unit,
+            "max_contributions": plan.max_contributions,
+        },
+        "epsilon": plan.epsilon,
+        "cost": {"epsilon": reservation.cost.epsilon_f64(), "delta": reservation.cost.delta_f64()},
+        "bundle_revision": bundle.meta.revision,
+    });
+    let stored = doc.to_string();
+    {
+        let ledger = Arc::clone(&ledger);
+        let (q, ws) = (reservation.query.clone(), reservation.window_start);
+        tokio::task::spawn_blocking(move || ledger.release(&q, ws, &stored))
+            .await
+            .map_err(|e| engine_failed(rid, e))?
+            .map_err(|e| ledger_failed(rid, &e))?;
+    }
+    set(&mut doc, "request_id", serde_json::json!(rid));
+    set(&mut doc, "cached", serde_json::json!(false));
+    set(
+        &mut doc,
+        "budget",
+        budget_doc(&accounts, &remaining, window),
+    );
+    Ok(json(StatusCode::OK, rid, &doc))
+}
