@@ -27,6 +27,8 @@ pub struct ActiveBundle {
     /// Read plans of this bundle by consumer, purpose and port; dropped
     /// with the bundle, so a swap never serves a stale plan.
     pub plans: PlanCache,
+    /// The bundle's plugins, compiled when it loaded (never per request).
+    pub plugins: meshgov_wasm::Plugins,
     pub meta: BundleMeta,
     pub loaded_at_unix: i64,
 }
@@ -44,10 +46,13 @@ pub enum BundleError {
     Descriptor(String),
     #[error("bundle rejected: {0}")]
     Rejected(String),
+    #[error("bundle rejected: {0}")]
+    Plugin(#[from] meshgov_wasm::LoadError),
 }
 
 impl ActiveBundle {
-    /// Compiles the product view for `descriptor` against `policies`.
+    /// Compiles the product view for `descriptor` against `policies`, and
+    /// every plugin the bundle carries.
     pub fn new(
         policies: Policies,
         descriptor: &Descriptor,
@@ -65,8 +70,10 @@ impl ActiveBundle {
         }
         let info =
             ProductInfo::resolve(descriptor, &policies.mesh).map_err(BundleError::Descriptor)?;
+        let plugins = meshgov_wasm::Plugins::compile(&policies)?;
         Ok(ActiveBundle {
             plans: PlanCache::new(&policies, PLAN_CACHE_CAPACITY),
+            plugins,
             view: ProductView::new(info, &policies),
             policies,
             meta,

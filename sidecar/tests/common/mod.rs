@@ -95,7 +95,15 @@ pub fn token(keys: &Keys, sub: &str, groups: &[&str], purpose: &str) -> String {
 
 /// Compiles the example mesh and slices it for `product_file`.
 pub fn policies_for(descriptor: &meshgov_core::descriptor::Descriptor) -> meshgov_core::Policies {
-    let src = SourceSet::read_dir(&repo().join("policies")).unwrap();
+    policies_in(&repo().join("policies"), descriptor)
+}
+
+/// Compiles the policy repository at `dir` and slices it for `descriptor`.
+pub fn policies_in(
+    dir: &Path,
+    descriptor: &meshgov_core::descriptor::Descriptor,
+) -> meshgov_core::Policies {
+    let src = SourceSet::read_dir(dir).unwrap();
     let checked = check(&src);
     let all = checked.policies.expect("the example mesh checks clean");
     let info = ProductInfo::resolve(descriptor, &all.mesh).unwrap();
@@ -115,7 +123,16 @@ pub fn signed_bundle(
     revision: u64,
     expires_in: i64,
 ) -> Vec<u8> {
-    let policies = policies_for(descriptor);
+    sign_policies(key, &policies_for(descriptor), revision, expires_in)
+}
+
+/// Signs `policies` into a bundle envelope.
+pub fn sign_policies(
+    key: &meshgov_bundle::SigningKey,
+    policies: &meshgov_core::Policies,
+    revision: u64,
+    expires_in: i64,
+) -> Vec<u8> {
     let payload = meshgov_bundle::BundlePayload::new(
         meshgov_bundle::BundleMeta {
             mesh: "media-mesh".into(),
@@ -162,6 +179,9 @@ pub struct Options {
     /// The body of `[pseudonym_keys]`.
     pub pseudonym_keys: String,
     pub extra_config: String,
+    /// A policy repository other than `policies/`: the descriptor is
+    /// `<repo>/products/<product>.yaml` and the bundle is built from it.
+    pub repo: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -173,6 +193,7 @@ impl Default for Options {
             upstream: None,
             pseudonym_keys: r#"user-identity = { file = "user-identity.key" }"#.into(),
             extra_config: String::new(),
+            repo: None,
         }
     }
 }
@@ -192,7 +213,8 @@ pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
         format!("{PSEUDONYM_KEY}\n"),
     )
     .unwrap();
-    let descriptor = repo().join(format!("policies/products/{}.yaml", opts.product));
+    let policy_repo = opts.repo.clone().unwrap_or_else(|| repo().join("policies"));
+    let descriptor = policy_repo.join(format!("products/{}.yaml", opts.product));
     let upstream = opts
         .upstream
         .clone()
@@ -243,7 +265,8 @@ pem_file = {rsa:?}
     .unwrap();
     let app = App::from_config(&cfg).unwrap();
     if opts.install_bundle {
-        let envelope = signed_bundle(&gov, &app.descriptor, 7, opts.expires_in);
+        let policies = policies_in(&policy_repo, &app.descriptor);
+        let envelope = sign_policies(&gov, &policies, 7, opts.expires_in);
         std::fs::write(dir.path().join("bundle.dsse.json"), &envelope).unwrap();
         if let Err(e) = app.load_bundle_file(&dir.path().join("bundle.dsse.json"), now()) {
             assert!(opts.expires_in <= 0, "a fresh signed bundle must load: {e}");
@@ -376,4 +399,13 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp
 
 pub async fn get_as(addr: SocketAddr, path: &str, token: &str) -> Resp {
     get(addr, path, &[("Authorization", &format!("Bearer {token}"))]).await
+}
+
+pub async fn get_with(addr: SocketAddr, path: &str, token: &str, accept: &str) -> Resp {
+    get(
+        addr,
+        path,
+        &[("Authorization", &format!("Bearer {token}")), ("Accept", accept)],
+    )
+    .await
 }
