@@ -616,7 +616,10 @@ impl StreamJob {
         let batched = self.shaper.uses_plugins();
         let (mut batch, mut tally) = (Batch::default(), Tally::default());
         loop {
-            if self.limit.is_some_and(|l| out + tally.out + batch.ends.len() as u64 >= l) {
+            if self
+                .limit
+                .is_some_and(|l| out + tally.out + batch.ends.len() as u64 >= l)
+            {
                 if self.flush_batch(&mut batch, &mut buf, &mut tally).is_err() {
                     failed = true;
                 }

@@ -44,14 +44,21 @@ async fn plugin_sidecar(keys: &Keys, fixture: &str) -> Option<(Sidecar, tempfile
     .await;
     assert!(s.app.bundle.current().is_some(), "the plugin bundle loaded");
     write_upstream(s.dir.path(), "listeners", "a.ndjson", LISTENER_RECORDS);
-    write_upstream(s.dir.path(), "hostile", "a.ndjson", "{\"id\":\"h-1\",\"x\":\"secret\"}\n");
+    write_upstream(
+        s.dir.path(),
+        "hostile",
+        "a.ndjson",
+        "{\"id\":\"h-1\",\"x\":\"secret\"}\n",
+    );
     Some((s, policies))
 }
 
 #[tokio::test]
 async fn example_plugins_shape_the_read() {
     let keys = Keys::generate();
-    let Some((s, _repo)) = plugin_sidecar(&keys, "trap").await else { return };
+    let Some((s, _repo)) = plugin_sidecar(&keys, "trap").await else {
+        return;
+    };
     let t = token(&keys, "ana", &["analysts"], "product-analytics");
     for format in ["application/x-ndjson", "text/csv"] {
         let r = get_with(s.addr, "/v1/ports/listeners/records", &t, format).await;
@@ -74,7 +81,10 @@ async fn example_plugins_shape_the_read() {
         assert_eq!(recs[1]["age"], "65+");
         assert_eq!(recs[1]["artist_id"], serde_json::Value::Null);
     }
-    assert_eq!(s.app.stats.nonconforming_withheld.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        s.app.stats.nonconforming_withheld.load(Ordering::Relaxed),
+        2
+    );
     s.stop().await;
 }
 
@@ -87,7 +97,9 @@ async fn hostile_plugins_fail_their_read_closed_and_the_sidecar_keeps_serving() 
         ("grow", "exceeded its memory limit"),
         ("malformed", "returned malformed output"),
     ] {
-        let Some((s, _repo)) = plugin_sidecar(&keys, fixture).await else { return };
+        let Some((s, _repo)) = plugin_sidecar(&keys, fixture).await else {
+            return;
+        };
         let t = token(&keys, "ana", &["analysts"], "product-analytics");
         for round in 1..=2u64 {
             let r = get_as(s.addr, "/v1/ports/hostile/records", &t).await;
@@ -95,7 +107,11 @@ async fn hostile_plugins_fail_their_read_closed_and_the_sidecar_keeps_serving() 
             assert_eq!(r.error_code(), "plugin_failed");
             let reason = r.json()["reason"].as_str().unwrap().to_string();
             assert!(reason.contains(says), "{fixture}: {reason}");
-            assert!(!r.text().contains("secret") && !r.text().contains("hostile"), "{}", r.text());
+            assert!(
+                !r.text().contains("secret") && !r.text().contains("hostile"),
+                "{}",
+                r.text()
+            );
             assert_eq!(s.app.stats.plugin_failures.total(), round);
             // The next request, on the same bundle, is served.
             let ok = get_as(s.addr, "/v1/ports/listeners/records", &t).await;
@@ -109,12 +125,16 @@ async fn hostile_plugins_fail_their_read_closed_and_the_sidecar_keeps_serving() 
 #[tokio::test]
 async fn a_bundle_whose_module_does_not_match_its_pin_is_refused() {
     let keys = Keys::generate();
-    let Some((s, repo_dir)) = plugin_sidecar(&keys, "trap").await else { return };
+    let Some((s, repo_dir)) = plugin_sidecar(&keys, "trap").await else {
+        return;
+    };
     let mut policies = policies_in(repo_dir.path(), &s.app.descriptor);
     // A bundle signed with a module other than the one its manifest pins:
     // the bundle's own digests match (the signer sent these bytes), the pin
     // does not.
-    policies.modules.insert("age-band".into(), b"\0asm\x01\0\0\0".to_vec());
+    policies
+        .modules
+        .insert("age-band".into(), b"\0asm\x01\0\0\0".to_vec());
     let envelope = sign_policies(&s.gov, &policies, 8, 3600);
     let e = s.app.load_bundle(&envelope, now()).unwrap_err();
     assert!(e.to_string().contains("plugin `age-band`"), "{e}");

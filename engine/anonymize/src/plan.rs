@@ -374,7 +374,11 @@ impl RecordPlan {
                 }
                 let verdicts = validator.validate(&names, &records)?;
                 if verdicts.len() != records.len() {
-                    return Err(count_mismatch(validator.name(), records.len(), verdicts.len()));
+                    return Err(count_mismatch(
+                        validator.name(),
+                        records.len(),
+                        verdicts.len(),
+                    ));
                 }
                 for (&i, verdict) in kept.iter().zip(&verdicts) {
                     if verdict.is_some()

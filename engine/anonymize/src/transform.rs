@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::KeyError;
-use crate::plugin::PluginTransform;
 use crate::output::{JsonSink, Sink};
+use crate::plugin::PluginTransform;
 use crate::value::{Num, RawKind, Text, classify, format_i128};
 
 /// The smallest HMAC secret [`Transform::hmac_sha256`] accepts, in bytes.

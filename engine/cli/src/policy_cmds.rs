@@ -56,10 +56,9 @@ pub fn test(dir: &Path, junit: Option<&Path>) -> Result<(), Failure> {
         ));
     };
     // Plugins run in the same sandbox, with the same limits, as in a sidecar.
-    let plugins = meshgov_wasm::Plugins::compile(policies)
-        .map_err(|e| Failure::violations(e.to_string()))?;
-    let results =
-        meshgov_core::testing::run(policies, &plugins, &checked.products, &checked.tests);
+    let plugins =
+        meshgov_wasm::Plugins::compile(policies).map_err(|e| Failure::violations(e.to_string()))?;
+    let results = meshgov_core::testing::run(policies, &plugins, &checked.products, &checked.tests);
     let mut failed = 0;
     for r in &results {
         if r.passed() {

@@ -391,7 +391,11 @@ fn plugins_are_checked_tested_and_built_into_bundles() {
 
     // `test` catches a plugin whose output differs from the expectation.
     let tests = std::fs::read_to_string(repo.join("tests/plugins.toml")).unwrap();
-    std::fs::write(repo.join("tests/plugins.toml"), tests.replace("\"35-44\"", "\"25-34\"")).unwrap();
+    std::fs::write(
+        repo.join("tests/plugins.toml"),
+        tests.replace("\"35-44\"", "\"25-34\""),
+    )
+    .unwrap();
     let o = meshgov(&["test", "repo"], d);
     assert_eq!(code(&o), 1, "{}", text(&o));
     assert!(text(&o).contains("\"35-44\""), "{}", text(&o));
@@ -399,13 +403,31 @@ fn plugins_are_checked_tested_and_built_into_bundles() {
 
     // The bundle carries the module bytes.
     assert_eq!(code(&meshgov(&["keygen", "--out", "k"], d)), 0);
-    let o = meshgov(&["build", "repo", "--key", "k", "--out", "b.json", "--product", "playback/listeners"], d);
+    let o = meshgov(
+        &[
+            "build",
+            "repo",
+            "--key",
+            "k",
+            "--out",
+            "b.json",
+            "--product",
+            "playback/listeners",
+        ],
+        d,
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
-    let o = meshgov(&["bundle", "inspect", "b.json", "--trust", "k.pub", "--json"], d);
+    let o = meshgov(
+        &["bundle", "inspect", "b.json", "--trust", "k.pub", "--json"],
+        d,
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
     let inspected = String::from_utf8_lossy(&o.stdout).into_owned();
     for name in ["phone-mask", "age-band", "artist-urn"] {
-        assert!(inspected.contains(&format!("plugins/{name}.wasm.b64")), "{inspected}");
+        assert!(
+            inspected.contains(&format!("plugins/{name}.wasm.b64")),
+            "{inspected}"
+        );
     }
 }
 
@@ -421,8 +443,16 @@ fn plugin_modules_that_do_not_match_their_pin_or_the_abi_are_refused_at_check() 
     std::fs::write(&age, &bytes).unwrap();
     let o = meshgov(&["check", "repo"], d);
     assert_eq!(code(&o), 1, "{}", text(&o));
-    assert!(text(&o).contains("error[PLUGIN-DIGEST]: plugin `age-band`"), "{}", text(&o));
-    assert!(text(&o).starts_with("plugins/plugins.toml:"), "{}", text(&o));
+    assert!(
+        text(&o).contains("error[PLUGIN-DIGEST]: plugin `age-band`"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).starts_with("plugins/plugins.toml:"),
+        "{}",
+        text(&o)
+    );
 
     // A module pinned correctly that speaks another ABI version.
     let fixtures = meshgov_wasm::examples::source_dir().join("fixtures");
@@ -434,11 +464,23 @@ fn plugin_modules_that_do_not_match_their_pin_or_the_abi_are_refused_at_check() 
     let manifest = std::fs::read_to_string(repo.join("plugins/plugins.toml")).unwrap();
     let echo_sha = {
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(std::fs::read(repo.join("plugins/hostile.wasm")).unwrap()))
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(repo.join("plugins/hostile.wasm")).unwrap(),
+        ))
     };
     std::fs::write(repo.join("plugins/hostile.wasm"), &wrong).unwrap();
-    std::fs::write(repo.join("plugins/plugins.toml"), manifest.replace(&echo_sha, &sha)).unwrap();
+    std::fs::write(
+        repo.join("plugins/plugins.toml"),
+        manifest.replace(&echo_sha, &sha),
+    )
+    .unwrap();
     let o = meshgov(&["check", "repo"], d);
     assert_eq!(code(&o), 1, "{}", text(&o));
-    assert!(text(&o).contains("error[PLUGIN-ABI]: plugin `hostile`: the module speaks plugin ABI version 2"), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "error[PLUGIN-ABI]: plugin `hostile`: the module speaks plugin ABI version 2"
+        ),
+        "{}",
+        text(&o)
+    );
 }

@@ -10,8 +10,8 @@ use crate::privacy::{PrivacyFile, PrivacyRule};
 use crate::scope;
 use crate::standards::{StandardRule, StandardsFile};
 use base64::Engine as _;
-use sha2::Digest as _;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]

@@ -96,7 +96,10 @@ pub fn encode_values(values: &[&RawValue]) -> Result<Vec<u8>, String> {
 }
 
 /// A validator request: per record, the fields it has, by name.
-pub fn encode_records(fields: &[&str], records: &[&[Option<&RawValue>]]) -> Result<Vec<u8>, String> {
+pub fn encode_records(
+    fields: &[&str],
+    records: &[&[Option<&RawValue>]],
+) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     put_u32(&mut out, records.len())?;
     for record in records {
@@ -195,7 +198,11 @@ fn value(r: &mut Reader<'_>) -> Result<Box<RawValue>, Rejection> {
     let t = r.u8()?;
     let len = r.u32()?;
     let bytes = r.take(len)?;
-    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).map_err(|_| bad("not UTF-8"));
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| bad("not UTF-8"))
+    };
     let raw = match t {
         tag::NULL | tag::FALSE | tag::TRUE if !bytes.is_empty() => {
             return Err(bad("a null or boolean with a payload"));
@@ -262,7 +269,13 @@ mod tests {
 
     #[test]
     fn values_are_tagged_and_strings_unescaped() {
-        let vals = [raw("null"), raw("true"), raw("-1.5e3"), raw(r#""a\"é""#), raw("[1]")];
+        let vals = [
+            raw("null"),
+            raw("true"),
+            raw("-1.5e3"),
+            raw(r#""a\"é""#),
+            raw("[1]"),
+        ];
         let refs: Vec<&RawValue> = vals.iter().map(|b| &**b).collect();
         let enc = encode_values(&refs).unwrap();
         let mut want = vec![5, 0, 0, 0];
@@ -323,14 +336,20 @@ mod tests {
         assert!(malformed(&huge, 1));
         let mut refused = vec![status::ERROR, 3, 0, 0, 0];
         refused.extend_from_slice(b"bad");
-        assert_eq!(decode_values(&refused, 1).unwrap_err(), Rejection::Refused("bad".into()));
+        assert_eq!(
+            decode_values(&refused, 1).unwrap_err(),
+            Rejection::Refused("bad".into())
+        );
     }
 
     #[test]
     fn verdicts_decode() {
         let mut d = vec![status::OK, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0];
         d.extend_from_slice(b"no");
-        assert_eq!(decode_verdicts(&d, 2).unwrap(), vec![None, Some("no".into())]);
+        assert_eq!(
+            decode_verdicts(&d, 2).unwrap(),
+            vec![None, Some("no".into())]
+        );
         let mut bad = d.clone();
         bad[10] = 3;
         assert!(decode_verdicts(&bad, 2).is_err());

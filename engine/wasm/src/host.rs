@@ -136,7 +136,9 @@ impl Runtime {
         let func = |name: &str, params: &[ValType], results: &[ValType]| {
             let ok = match module.get_export(name) {
                 Some(ExternType::Func(f)) => {
-                    f.params().map(|p| p.to_string()).eq(params.iter().map(ToString::to_string))
+                    f.params()
+                        .map(|p| p.to_string())
+                        .eq(params.iter().map(ToString::to_string))
                         && f.results()
                             .map(|p| p.to_string())
                             .eq(results.iter().map(ToString::to_string))
@@ -187,7 +189,8 @@ impl Runtime {
                     .and_then(Extern::into_func)
                     .and_then(|f| f.typed::<(), i32>(&store).ok())
                     .ok_or_else(|| plugin.malformed("`meshgov_abi_version` is not callable"))?;
-                f.call(&mut store, ()).map_err(|e| plugin.failure(&store, &e))
+                f.call(&mut store, ())
+                    .map_err(|e| plugin.failure(&store, &e))
             })
             .map_err(|f| invalid(format!("loading failed: {}", f.detail)))?;
         if found != abi::ABI_VERSION {
@@ -346,7 +349,10 @@ impl Plugin {
             let f = self.failure(&store, &e);
             match f.kind {
                 FailureKind::OutOfMemory => f,
-                _ => self.fail(FailureKind::Unavailable, format!("could not instantiate: {}", root(&e))),
+                _ => self.fail(
+                    FailureKind::Unavailable,
+                    format!("could not instantiate: {}", root(&e)),
+                ),
             }
         })?;
         let memory = instance
@@ -392,13 +398,29 @@ impl Plugin {
         })
     }
 
+    /// Instantiates the plugin in a fresh store and drops it: the fixed cost
+    /// every call pays before guest code runs (for benchmarks and health
+    /// checks).
+    pub fn probe(&self) -> Result<(), PluginFailure> {
+        let mut store = self
+            .store(PROBE_FUEL)
+            .map_err(|e| self.fail(FailureKind::Unavailable, e.to_string()))?;
+        self.pre
+            .instantiate(&mut store)
+            .map(drop)
+            .map_err(|e| self.failure(&store, &e))
+    }
+
     /// Transforms a batch of values (a transform plugin).
     pub fn transform(&self, values: &[&RawValue]) -> Result<Vec<Box<RawValue>>, PluginFailure> {
         if self.kind != Kind::Transform {
             return Err(self.fail(FailureKind::Unavailable, "not a transform plugin"));
         }
-        let request = abi::encode_values(values).map_err(|e| self.fail(FailureKind::Unavailable, e))?;
-        self.call(&request, values.len(), |r| abi::decode_values(r, values.len()))
+        let request =
+            abi::encode_values(values).map_err(|e| self.fail(FailureKind::Unavailable, e))?;
+        self.call(&request, values.len(), |r| {
+            abi::decode_values(r, values.len())
+        })
     }
 
     /// Judges a batch of records (a validator plugin).

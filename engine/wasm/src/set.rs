@@ -60,12 +60,18 @@ impl Plugins {
 
 impl PluginSet for Plugins {
     fn transform(&self, name: &str) -> Option<Arc<dyn PluginTransform>> {
-        let p = self.by_name.get(name).filter(|p| p.kind() == Kind::Transform)?;
+        let p = self
+            .by_name
+            .get(name)
+            .filter(|p| p.kind() == Kind::Transform)?;
         Some(Arc::clone(p) as Arc<dyn PluginTransform>)
     }
 
     fn validator(&self, name: &str) -> Option<Arc<dyn PluginValidator>> {
-        let p = self.by_name.get(name).filter(|p| p.kind() == Kind::Validator)?;
+        let p = self
+            .by_name
+            .get(name)
+            .filter(|p| p.kind() == Kind::Validator)?;
         Some(Arc::clone(p) as Arc<dyn PluginValidator>)
     }
 }

@@ -1,7 +1,12 @@
 //! The host against real modules: the example plugins built from source,
 //! and tiny hostile WAT fixtures. Every failure is contained and classified,
 //! and the same plugin keeps working on the next call.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use meshgov_anonymize::FailureKind;
 use meshgov_core::plugins::PluginManifest;
@@ -22,23 +27,31 @@ fn manifest(name: &str, kind: &str, bytes: &[u8]) -> PluginManifest {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = meshgov_wasm::examples::source_dir().join("fixtures").join(format!("{name}.wat"));
+    let path = meshgov_wasm::examples::source_dir()
+        .join("fixtures")
+        .join(format!("{name}.wat"));
     wat::parse_file(&path).unwrap()
 }
 
 fn load_fixture(name: &str) -> Result<Plugin, LoadError> {
     let bytes = fixture(name);
-    Runtime::global().unwrap().load(&manifest(name, "transform", &bytes), &bytes)
+    Runtime::global()
+        .unwrap()
+        .load(&manifest(name, "transform", &bytes), &bytes)
 }
 
 fn raws(texts: &[&str]) -> Vec<Box<RawValue>> {
-    texts.iter().map(|t| RawValue::from_string((*t).into()).unwrap()).collect()
+    texts
+        .iter()
+        .map(|t| RawValue::from_string((*t).into()).unwrap())
+        .collect()
 }
 
 fn call(p: &Plugin, texts: &[&str]) -> Result<Vec<String>, meshgov_anonymize::PluginFailure> {
     let vals = raws(texts);
     let refs: Vec<&RawValue> = vals.iter().map(|b| &**b).collect();
-    p.transform(&refs).map(|out| out.iter().map(|v| v.get().to_string()).collect())
+    p.transform(&refs)
+        .map(|out| out.iter().map(|v| v.get().to_string()).collect())
 }
 
 fn examples() -> Option<meshgov_wasm::examples::Built> {
@@ -47,8 +60,15 @@ fn examples() -> Option<meshgov_wasm::examples::Built> {
 
 fn example(built: &meshgov_wasm::examples::Built, name: &str) -> Plugin {
     let bytes = built.bytes(name).unwrap();
-    let kind = meshgov_wasm::examples::EXAMPLES.iter().find(|e| e.0 == name).unwrap().2;
-    Runtime::global().unwrap().load(&manifest(name, kind, &bytes), &bytes).unwrap()
+    let kind = meshgov_wasm::examples::EXAMPLES
+        .iter()
+        .find(|e| e.0 == name)
+        .unwrap()
+        .2;
+    Runtime::global()
+        .unwrap()
+        .load(&manifest(name, kind, &bytes), &bytes)
+        .unwrap()
 }
 
 #[test]
@@ -56,8 +76,26 @@ fn phone_mask_preserves_the_format() {
     let Some(built) = examples() else { return };
     let p = example(&built, "phone-mask");
     assert_eq!(
-        call(&p, &[r#""+44 20 7946 0958""#, r#""(555) 010-4477""#, "null", r#""12""#, "5550104477", r#""call me""#]).unwrap(),
-        [r#""+44 XX XXXX XX58""#, r#""(XXX) XXX-XX77""#, "null", "null", r#""XXXXXXXX77""#, "null"]
+        call(
+            &p,
+            &[
+                r#""+44 20 7946 0958""#,
+                r#""(555) 010-4477""#,
+                "null",
+                r#""12""#,
+                "5550104477",
+                r#""call me""#
+            ]
+        )
+        .unwrap(),
+        [
+            r#""+44 XX XXXX XX58""#,
+            r#""(XXX) XXX-XX77""#,
+            "null",
+            "null",
+            r#""XXXXXXXX77""#,
+            "null"
+        ]
     );
     assert_eq!(call(&p, &[]).unwrap(), Vec::<String>::new());
 }
@@ -67,8 +105,24 @@ fn age_band_generalizes_ages() {
     let Some(built) = examples() else { return };
     let p = example(&built, "age-band");
     assert_eq!(
-        call(&p, &["7", "18", "24.9", r#""40""#, "64", "99", "-1", r#""old""#, "true"]).unwrap(),
-        [r#""under-18""#, r#""18-24""#, r#""18-24""#, r#""35-44""#, r#""55-64""#, r#""65+""#, "null", "null", "null"]
+        call(
+            &p,
+            &[
+                "7", "18", "24.9", r#""40""#, "64", "99", "-1", r#""old""#, "true"
+            ]
+        )
+        .unwrap(),
+        [
+            r#""under-18""#,
+            r#""18-24""#,
+            r#""18-24""#,
+            r#""35-44""#,
+            r#""55-64""#,
+            r#""65+""#,
+            "null",
+            "null",
+            "null"
+        ]
     );
 }
 
@@ -85,7 +139,12 @@ fn artist_urn_validates_records() {
     let r4 = [None, Some(&*good[1])];
     let verdicts = p.validate(&fields, &[&r1, &r2, &r3, &r4]).unwrap();
     assert_eq!(verdicts[0], None);
-    assert!(verdicts[1].as_deref().unwrap().contains("not a urn:mesh:artist: URN"));
+    assert!(
+        verdicts[1]
+            .as_deref()
+            .unwrap()
+            .contains("not a urn:mesh:artist: URN")
+    );
     assert!(verdicts[2].as_deref().unwrap().contains("not a string"));
     assert_eq!(verdicts[3], None);
     // A validator is not a transform.
@@ -109,20 +168,35 @@ fn hostile_guests_fail_the_call_and_the_host_keeps_serving() {
         ("trap", FailureKind::Trap, "unreachable"),
         ("loop", FailureKind::OutOfFuel, "fuel"),
         ("grow", FailureKind::OutOfMemory, "16777216"),
-        ("malformed", FailureKind::Malformed, "5 items for a batch of 2"),
-        ("out-of-bounds", FailureKind::Malformed, "outside guest memory"),
+        (
+            "malformed",
+            FailureKind::Malformed,
+            "5 items for a batch of 2",
+        ),
+        (
+            "out-of-bounds",
+            FailureKind::Malformed,
+            "outside guest memory",
+        ),
     ] {
         let p = load_fixture(name).unwrap();
         for _ in 0..3 {
             let e = call(&p, &["1", r#""x""#]).unwrap_err();
             assert_eq!(e.kind, kind, "{name}: {e}");
             assert!(e.to_string().contains(detail), "{name}: {e}");
-            assert!(e.to_string().starts_with(&format!("plugin `{name}` failed")), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("plugin `{name}` failed")),
+                "{e}"
+            );
         }
     }
     // The runtime still runs well-behaved plugins afterwards.
     let echo = load_fixture("echo").unwrap();
-    assert_eq!(call(&echo, &["1", r#""a\"b""#]).unwrap(), ["1", r#""a\"b""#]);
+    assert_eq!(
+        call(&echo, &["1", r#""a\"b""#]).unwrap(),
+        ["1", r#""a\"b""#]
+    );
 }
 
 #[test]
@@ -133,16 +207,35 @@ fn modules_that_break_the_abi_are_refused_at_load() {
     };
     assert!(reason("wrong-version").contains("ABI version 2"));
     assert!(reason("imports").contains("imports `wasi_snapshot_preview1::fd_write`"));
-    assert!(reason("big-initial").contains("memory"), "{}", reason("big-initial"));
+    assert!(
+        reason("big-initial").contains("memory"),
+        "{}",
+        reason("big-initial")
+    );
     let b = wat::parse_str("(module (memory (export \"memory\") 1))").unwrap();
-    let e = Runtime::global().unwrap().load(&manifest("m", "transform", &b), &b).unwrap_err();
+    let e = Runtime::global()
+        .unwrap()
+        .load(&manifest("m", "transform", &b), &b)
+        .unwrap_err();
     assert!(e.to_string().contains("meshgov_abi_version"), "{e}");
-    let e = Runtime::global().unwrap().load(&manifest("m", "transform", b"\0asm junk"), b"\0asm junk").unwrap_err();
-    assert!(e.to_string().contains("not a valid WebAssembly module"), "{e}");
+    let e = Runtime::global()
+        .unwrap()
+        .load(&manifest("m", "transform", b"\0asm junk"), b"\0asm junk")
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not a valid WebAssembly module"),
+        "{e}"
+    );
     // The text format is not accepted: only reviewed binary modules run.
     let text = b"(module)";
-    let e = Runtime::global().unwrap().load(&manifest("m", "transform", text), text).unwrap_err();
-    assert!(e.to_string().contains("not a valid WebAssembly module"), "{e}");
+    let e = Runtime::global()
+        .unwrap()
+        .load(&manifest("m", "transform", text), text)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not a valid WebAssembly module"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -405,7 +405,10 @@ pub async fn get_with(addr: SocketAddr, path: &str, token: &str, accept: &str) -
     get(
         addr,
         path,
-        &[("Authorization", &format!("Bearer {token}")), ("Accept", accept)],
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Accept", accept),
+        ],
     )
     .await
 }
