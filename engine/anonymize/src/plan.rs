@@ -337,8 +337,10 @@ impl RecordPlan {
         let count = self.slot_names.len();
         let mut slots: Vec<Option<&'a RawValue>> = vec![None; count * lines.len()];
         let mut outcomes: Vec<Result<Outcome, RecordError>> = Vec::with_capacity(lines.len());
-        for (line, record) in lines.iter().zip(slots.chunks_mut(count.max(1))) {
-            let record = record.get_mut(..count).unwrap_or_default();
+        for (i, line) in lines.iter().enumerate() {
+            let record = slots
+                .get_mut(i * count..(i + 1) * count)
+                .unwrap_or_default();
             outcomes.push(self.read(line, record).map(|()| {
                 if self.keeps(record) {
                     Outcome::Emitted

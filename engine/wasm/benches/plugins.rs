@@ -11,7 +11,12 @@
 //!
 //! The example plugins are built from source first (see
 //! `meshgov_wasm::examples`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meshgov_anonymize::{RawValue, Transform};

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use std::sync::OnceLock;
 use wasmtime::{
     Config, Engine, Extern, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, Trap, ValType,
+    ModuleExport, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
 
 /// Plugin instances that can be live at once (concurrent calls); a call
@@ -133,15 +133,16 @@ impl Runtime {
                 import.name()
             )));
         }
-        let func = |name: &str, params: &[ValType], results: &[ValType]| {
+        // Types compared by name (`i32`, `i64`), as the error shows them.
+        let func = |name: &str, params: &[&str], results: &[&str]| {
             let ok = match module.get_export(name) {
                 Some(ExternType::Func(f)) => {
                     f.params()
                         .map(|p| p.to_string())
-                        .eq(params.iter().map(ToString::to_string))
+                        .eq(params.iter().map(|p| p.to_string()))
                         && f.results()
-                            .map(|p| p.to_string())
-                            .eq(results.iter().map(ToString::to_string))
+                            .map(|r| r.to_string())
+                            .eq(results.iter().map(|r| r.to_string()))
                 }
                 _ => false,
             };
@@ -154,10 +155,9 @@ impl Runtime {
                 .get_export_index(name)
                 .ok_or_else(|| invalid(format!("export `{name}` is missing")))
         };
-        let (i32_, i64_) = (ValType::I32, ValType::I64);
-        let version = func(export::ABI_VERSION, &[], &[i32_.clone()])?;
-        let alloc = func(export::ALLOC, &[i32_.clone()], &[i32_.clone()])?;
-        let entry = func(kind.entry(), &[i32_.clone(), i32_], &[i64_])?;
+        let version = func(export::ABI_VERSION, &[], &["i32"])?;
+        let alloc = func(export::ALLOC, &["i32"], &["i32"])?;
+        let entry = func(kind.entry(), &["i32", "i32"], &["i64"])?;
         let memory = match module.get_export(export::MEMORY) {
             Some(ExternType::Memory(m)) if !m.is_64() && !m.is_shared() => module
                 .get_export_index(export::MEMORY)
