@@ -9,11 +9,14 @@
 //! 5. **authorize** (403), then compile the plan into the per-record
 //!    program with the pseudonym keys bound in (500 `cannot_anonymize` if a
 //!    key or plugin it needs is missing: fail closed);
-//! 6. **stream**: open the upstream (502), then shape record by record.
+//! 6. **stream**: open the upstream (502), then shape record by record; a
+//!    plan that calls plugins shapes batches of up to `PLUGIN_BATCH`
+//!    records, one sandboxed call per plugin per batch, and answers only
+//!    once the first batch went through (500 `plugin_failed` if a plugin
+//!    failed; a later failure aborts the body).
 //!
-//! Seams for later issues are marked `SEAM:` — audit (after 5 and at the end
-//! of 6), privacy aggregates (the `aggregate` route), plugins (in the
-//! record plan).
+//! Seams for later issues are marked `SEAM:` — audit (after 5, on a plugin
+//! failure and at the end of 6), privacy aggregates (the `aggregate` route).
 
 use crate::auth::Authenticator;
 use crate::body::Body;
@@ -620,10 +623,16 @@ impl StreamJob {
                 .limit
                 .is_some_and(|l| out + tally.out + batch.ends.len() as u64 >= l)
             {
+                // Enough lines for the limit: shape them, then read on only
+                // if filters or validators dropped some.
+                if batch.ends.is_empty() {
+                    break;
+                }
                 if self.flush_batch(&mut batch, &mut buf, &mut tally).is_err() {
                     failed = true;
+                    break;
                 }
-                break;
+                continue;
             }
             match self.reader.next().await {
                 Ok(None) => {

@@ -19,6 +19,10 @@ impl Plugins {
     /// (a digest mismatch, a missing module, a bad export) refuses the
     /// whole set: a bundle is enforced with all its plugins or not at all.
     pub fn compile(policies: &Policies) -> Result<Plugins, LoadError> {
+        if policies.plugins.is_empty() {
+            // No engine (and no instance pool) for bundles without plugins.
+            return Ok(Plugins::default());
+        }
         let runtime = Runtime::global()?;
         let mut by_name = BTreeMap::new();
         for manifest in &policies.plugins {
