@@ -491,8 +491,8 @@ async fn records<B>(
         first_batch: Some(first_tx),
     };
     tokio::spawn(job.run(tx));
+    // (The job has logged and counted a failure.)
     if uses_plugins && let Ok(Err(failure)) = first_rx.await {
-        tracing::error!(request_id = %rid, port, plugin = %failure.plugin, kind = failure.kind.label(), "{failure}");
         return Err(ApiError::plugin_failed(&failure));
     }
     let ct = match format {
