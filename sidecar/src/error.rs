@@ -80,6 +80,25 @@ impl ApiError {
         )
     }
 
+    /// A plugin the read needs failed (trapped, ran out of fuel or memory,
+    /// or broke the ABI). Nothing was served.
+    pub fn plugin_failed(failure: &meshgov_anonymize::PluginFailure) -> ApiError {
+        let what = match failure.kind {
+            meshgov_anonymize::FailureKind::OutOfFuel => "ran out of fuel",
+            meshgov_anonymize::FailureKind::OutOfMemory => "exceeded its memory limit",
+            meshgov_anonymize::FailureKind::Trap => "trapped",
+            meshgov_anonymize::FailureKind::Malformed => "returned malformed output",
+            meshgov_anonymize::FailureKind::Refused => "refused the data",
+            _ => "could not run",
+        };
+        // INVARIANT: names no plugin and no rule, only what went wrong.
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "plugin_failed",
+            format!("a plugin this read needs {what}; nothing was served"),
+        )
+    }
+
     pub fn upstream(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", reason)
     }

@@ -9,7 +9,11 @@
 //! 5. **authorize** (403), then compile the plan into the per-record
 //!    program with the pseudonym keys bound in (500 `cannot_anonymize` if a
 //!    key or plugin it needs is missing: fail closed);
-//! 6. **stream**: open the upstream (502), then shape record by record.
+//! 6. **stream**: open the upstream (502), then shape record by record; a
+//!    plan that calls plugins shapes batches of up to `PLUGIN_BATCH`
+//!    records, one sandboxed call per plugin per batch, and answers only
+//!    once the first batch went through (500 `plugin_failed` if a plugin
+//!    failed; a later failure aborts the body).
 //!
 //! Every answer except the `/healthz` and `/readyz` probes is audited: the
 //! steps fill in one decision event as they learn who asks, for what, and
@@ -18,8 +22,10 @@
 //! actually sent) follows when it ends or breaks. If the audit log cannot
 //! take the event, the answer is a 503 refusal instead.
 //!
-//! Seams for later issues are marked `SEAM:` — plugins (in the record
-//! plan). Aggregates have their own steps in [`crate::aggregate`].
+//! A plugin that fails on a read's first batch turns the read into a 500
+//! refusal, audited like any other; one that fails later aborts the body,
+//! and the completion event records how far it got. Aggregates have their
+//! own steps in [`crate::aggregate`].
 
 use crate::auth::Authenticator;
 use crate::body::{Body, Chunk, Metered};
@@ -33,7 +39,7 @@ use crate::state::{BundleError, BundleSlot};
 use crate::upstream::{CsvSchema, Item, Upstream, Window, record_time};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use meshgov_anonymize::Outcome;
+use meshgov_anonymize::{FailureKind, Outcome, PluginFailure};
 use meshgov_audit::{AuditLog, Decision, Event, Kind};
 use meshgov_core::descriptor::Descriptor;
 use meshgov_core::plan::{Asker, PlanError};
@@ -49,6 +55,47 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub records_out: AtomicU64,
     pub malformed_skipped: AtomicU64,
+    /// Records a validator plugin refused (withheld as nonconforming).
+    pub nonconforming_withheld: AtomicU64,
+    /// Requests failed by a plugin, by what went wrong.
+    pub plugin_failures: PluginFailures,
+}
+
+/// Plugin failures by kind, for metrics.
+#[derive(Debug, Default)]
+pub struct PluginFailures {
+    pub trap: AtomicU64,
+    pub out_of_fuel: AtomicU64,
+    pub out_of_memory: AtomicU64,
+    pub malformed_output: AtomicU64,
+    pub other: AtomicU64,
+}
+
+impl PluginFailures {
+    fn count(&self, kind: FailureKind) {
+        let counter = match kind {
+            FailureKind::Trap => &self.trap,
+            FailureKind::OutOfFuel => &self.out_of_fuel,
+            FailureKind::OutOfMemory => &self.out_of_memory,
+            FailureKind::Malformed => &self.malformed_output,
+            _ => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// All failures so far.
+    pub fn total(&self) -> u64 {
+        [
+            &self.trap,
+            &self.out_of_fuel,
+            &self.out_of_memory,
+            &self.malformed_output,
+            &self.other,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
 }
 
 /// Everything a request needs, shared by all connections.
@@ -80,6 +127,8 @@ pub struct App {
 const FLUSH_BYTES: usize = 32 * 1024;
 /// Chunks in flight between the shaping task and the connection.
 const CHANNEL_CHUNKS: usize = 4;
+/// Records per plugin batch: one sandbox call per plugin per batch.
+const PLUGIN_BATCH: usize = 1024;
 
 impl App {
     /// Reads the descriptor and key files named by the config.
@@ -471,15 +520,14 @@ async fn records<B>(
         .iter()
         .map(|f| (f.name.clone(), f.treatment.label()))
         .collect();
-    // SEAM: plugins — plugin transforms compile here once they are hosted.
-    let record_plan = plan.record_plan(&app.pseudonym_keys).map_err(|e| {
+    let record_plan = plan.record_plan(&app.pseudonym_keys, &bundle.plugins).map_err(|e| {
         tracing::error!(request_id = %rid, port, "cannot apply the read plan: {e}");
         ApiError::cannot_anonymize(match e {
             RecordPlanError::MissingKey(_) => {
                 "this read needs a pseudonym key that is not configured on this sidecar; nothing was served, and the operator must add it"
             }
             RecordPlanError::Unavailable(_) => {
-                "this read needs a transform that is not available in this sidecar; nothing was served"
+                "this read needs a transform or validator that is not available in this sidecar; nothing was served"
             }
             RecordPlanError::InvalidRule { .. } => {
                 "the policy bundle holds a rule this sidecar cannot apply; nothing was served"
@@ -507,6 +555,11 @@ async fn records<B>(
     completion.request_id = Some(rid.to_string());
     completion.consumer = ev.consumer.clone();
     completion.port = Some(port.to_string());
+    // A plugin read answers only once the first batch went through the
+    // plugins, so that a plugin failure is a clean refusal, not a body cut
+    // short.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let uses_plugins = shaper.uses_plugins();
     let job = StreamJob {
         app: Arc::clone(app),
         shaper,
@@ -519,8 +572,13 @@ async fn records<B>(
         consumer: who.principal.id.clone(),
         stall: Duration::from_millis(app.limits.write_stall_timeout_ms),
         stalled: Arc::clone(&stalled),
+        first_batch: Some(first_tx),
     };
     tokio::spawn(job.run(tx));
+    // (The job has logged and counted a failure.)
+    if uses_plugins && let Ok(Err(failure)) = first_rx.await {
+        return Err(ApiError::plugin_failed(&failure));
+    }
     let ct = match format {
         Format::Ndjson => "application/x-ndjson",
         Format::Csv => "text/csv; charset=utf-8",
@@ -545,6 +603,47 @@ struct StreamJob {
     consumer: String,
     stall: Duration,
     stalled: Arc<AtomicBool>,
+    /// Told how the first plugin batch went (plugin reads only).
+    first_batch: Option<tokio::sync::oneshot::Sender<Result<(), PluginFailure>>>,
+}
+
+/// Upstream lines kept for one plugin batch.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn push(&mut self, line: &[u8]) {
+        self.bytes.extend_from_slice(line);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn lines(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let line = self.bytes.get(start..end).unwrap_or_default();
+                start = end;
+                line
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
+/// What one batch did.
+#[derive(Default)]
+struct Tally {
+    out: u64,
+    skipped: u64,
+    rejected: u64,
 }
 
 impl StreamJob {
@@ -571,17 +670,80 @@ impl StreamJob {
         }
     }
 
+    /// Shapes the batch through the plugins into `buf`. On a plugin
+    /// failure nothing is written: the first batch's failure becomes the
+    /// response, a later one aborts the body.
+    fn flush_batch(
+        &mut self,
+        batch: &mut Batch,
+        buf: &mut Vec<u8>,
+        tally: &mut Tally,
+        pending: &mut u64,
+    ) -> Result<(), PluginFailure> {
+        if batch.ends.is_empty() {
+            return Ok(());
+        }
+        let mut outcomes = Vec::with_capacity(batch.ends.len());
+        let done = self.shaper.write_batch(&batch.lines(), buf, &mut outcomes);
+        batch.clear();
+        if let Some(first) = self.first_batch.take() {
+            let _ = first.send(done.clone());
+        }
+        if let Err(failure) = &done {
+            self.app.stats.plugin_failures.count(failure.kind);
+            tracing::error!(request_id = %self.rid, port = %self.port, plugin = %failure.plugin, kind = failure.kind.label(), "{failure}");
+        }
+        done?;
+        for o in outcomes {
+            match o {
+                Ok(Outcome::Emitted) => {
+                    tally.out += 1;
+                    *pending += 1;
+                }
+                Ok(Outcome::Rejected) => tally.rejected += 1,
+                Ok(Outcome::Filtered) => {}
+                Err(_) => tally.skipped += 1,
+            }
+        }
+        Ok(())
+    }
+
     async fn run(mut self, tx: mpsc::Sender<Result<Chunk, std::io::Error>>) {
         let mut buf = Vec::with_capacity(FLUSH_BYTES + 4096);
         self.shaper.write_preamble(&mut buf);
         let (mut out, mut skipped, mut failed, mut gone) = (0u64, 0u64, false, false);
+        let batched = self.shaper.uses_plugins();
+        let (mut batch, mut tally) = (Batch::default(), Tally::default());
         let mut pending = 0u64;
         loop {
-            if self.limit.is_some_and(|l| out >= l) {
-                break;
+            if self
+                .limit
+                .is_some_and(|l| out + tally.out + batch.ends.len() as u64 >= l)
+            {
+                // Enough lines for the limit: shape them, then read on only
+                // if filters or validators dropped some.
+                if batch.ends.is_empty() {
+                    break;
+                }
+                if self
+                    .flush_batch(&mut batch, &mut buf, &mut tally, &mut pending)
+                    .is_err()
+                {
+                    failed = true;
+                    break;
+                }
+                continue;
             }
             match self.reader.next().await {
-                Ok(None) => break,
+                Ok(None) => {
+                    if self
+                        .flush_batch(&mut batch, &mut buf, &mut tally, &mut pending)
+                        .is_err()
+                    {
+                        failed = true;
+                    }
+                    break;
+                }
                 Ok(Some(Item::Malformed)) => skipped += 1,
                 Ok(Some(Item::Record(line))) => {
                     if let Some(tf) = &self.time_field {
@@ -594,12 +756,24 @@ impl StreamJob {
                             }
                         }
                     }
+                    if batched {
+                        batch.push(line);
+                        if batch.ends.len() >= PLUGIN_BATCH
+                            && self
+                                .flush_batch(&mut batch, &mut buf, &mut tally, &mut pending)
+                                .is_err()
+                        {
+                            failed = true;
+                            break;
+                        }
+                        continue;
+                    }
                     match self.shaper.write(line, &mut buf) {
                         Ok(Outcome::Emitted) => {
                             out += 1;
                             pending += 1;
                         }
-                        Ok(Outcome::Filtered) => {}
+                        Ok(Outcome::Filtered | Outcome::Rejected) => {}
                         Err(_) => skipped += 1,
                     }
                 }
@@ -614,6 +788,13 @@ impl StreamJob {
                 break;
             }
         }
+        out += tally.out;
+        skipped += tally.skipped;
+        if let Some(first) = self.first_batch.take() {
+            // Nothing went through the plugins (no records, or the upstream
+            // failed first): the response goes ahead.
+            let _ = first.send(Ok(()));
+        }
         if !gone && !buf.is_empty() && !self.send(&tx, &mut buf, &mut pending).await {
             gone = true;
         }
@@ -627,11 +808,16 @@ impl StreamJob {
             .stats
             .malformed_skipped
             .fetch_add(skipped, Ordering::Relaxed);
+        self.app
+            .stats
+            .nonconforming_withheld
+            .fetch_add(tally.rejected, Ordering::Relaxed);
         // The completion event is the body's: it counts what the
         // connection actually took.
         tracing::info!(
             request_id = %self.rid, consumer = %self.consumer, port = %self.port,
-            records_out = out, malformed_skipped = skipped, upstream_failed = failed, client_gone = gone,
+            records_out = out, malformed_skipped = skipped, nonconforming_withheld = tally.rejected,
+            failed, client_gone = gone,
             "read finished"
         );
     }

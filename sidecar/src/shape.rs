@@ -19,7 +19,7 @@
 //! Numbers, booleans and other JSON values are written as their JSON text,
 //! which is never a formula (`-5` stays `-5`).
 
-use meshgov_anonymize::{Cell, Outcome, RecordError, RecordPlan};
+use meshgov_anonymize::{Cell, Outcome, PluginFailure, RecordError, RecordPlan};
 
 use crate::request::Format;
 
@@ -52,6 +52,38 @@ impl Shaper {
             write_csv_text(column, out);
         }
         out.extend_from_slice(b"\r\n");
+    }
+
+    /// Whether records must go through [`write_batch`](Self::write_batch):
+    /// the plan calls plugins, once per batch.
+    pub fn uses_plugins(&self) -> bool {
+        self.plan.uses_plugins()
+    }
+
+    /// Shapes a batch of upstream records into `out`, calling each plugin
+    /// once for the batch; `outcomes` gets one entry per line. A plugin
+    /// failure writes nothing and fails the request.
+    pub fn write_batch(
+        &mut self,
+        lines: &[&[u8]],
+        out: &mut Vec<u8>,
+        outcomes: &mut Vec<Result<Outcome, RecordError>>,
+    ) -> Result<(), PluginFailure> {
+        match self.format {
+            Format::Ndjson => self.plan.apply_json_batch(lines, out, outcomes),
+            Format::Csv => {
+                outcomes.clear();
+                let mut rows = Vec::new();
+                self.plan.project_batch(lines, |outcome, cells| {
+                    if outcome == Ok(Outcome::Emitted) {
+                        write_csv_row(cells, &mut rows);
+                    }
+                    outcomes.push(outcome);
+                })?;
+                out.extend_from_slice(&rows);
+                Ok(())
+            }
+        }
     }
 
     /// Shapes one upstream record (a JSON object line) into `out`.

@@ -27,6 +27,8 @@ pub struct ActiveBundle {
     /// Read plans of this bundle by consumer, purpose and port; dropped
     /// with the bundle, so a swap never serves a stale plan.
     pub plans: PlanCache,
+    /// The bundle's plugins, compiled when it loaded (never per request).
+    pub plugins: meshgov_wasm::Plugins,
     pub meta: BundleMeta,
     pub loaded_at_unix: i64,
 }
@@ -63,6 +65,8 @@ pub enum BundleError {
         "cannot persist the bundle to the state directory: {0}; the previous bundle stays in force (persist_failed)"
     )]
     Persist(String),
+    #[error("bundle rejected: {0} (plugin_invalid)")]
+    Plugin(#[from] meshgov_wasm::LoadError),
 }
 
 impl BundleError {
@@ -75,6 +79,7 @@ impl BundleError {
             BundleError::Rollback { .. } => "rollback",
             BundleError::RevisionConflict { .. } => "revision_conflict",
             BundleError::Persist(_) => "persist_failed",
+            BundleError::Plugin(_) => "plugin_invalid",
         }
     }
 
@@ -87,7 +92,8 @@ impl BundleError {
 }
 
 impl ActiveBundle {
-    /// Compiles the product view for `descriptor` against `policies`.
+    /// Compiles the product view for `descriptor` against `policies`, and
+    /// every plugin the bundle carries.
     pub fn new(
         policies: Policies,
         descriptor: &Descriptor,
@@ -106,8 +112,10 @@ impl ActiveBundle {
         let info = ProductInfo::resolve(descriptor, &policies.mesh)
             .map_err(|e| BundleError::Descriptor(e.to_string()))?;
         let view = ProductView::new(info, &policies).map_err(BundleError::Descriptor)?;
+        let plugins = meshgov_wasm::Plugins::compile(&policies)?;
         Ok(ActiveBundle {
             plans: PlanCache::new(&policies, PLAN_CACHE_CAPACITY),
+            plugins,
             view,
             policies,
             meta,

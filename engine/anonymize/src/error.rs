@@ -118,4 +118,8 @@ pub enum RecordError {
         /// The plan's name for the field.
         field: String,
     },
+    /// A plugin the plan calls failed on this record. Unlike the other
+    /// errors this is not bad input: the caller must refuse the request.
+    #[error(transparent)]
+    Plugin(crate::plugin::PluginFailure),
 }

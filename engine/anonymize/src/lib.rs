@@ -6,6 +6,7 @@ mod escape;
 mod filter;
 mod output;
 mod plan;
+mod plugin;
 mod transform;
 mod value;
 
@@ -13,6 +14,7 @@ pub use error::{KeyError, PlanError, RecordError};
 pub use filter::{Clause, CompareOp, RowPredicate};
 pub use output::Cell;
 pub use plan::{FieldRule, Outcome, RecordPlan};
+pub use plugin::{FailureKind, PluginFailure, PluginTransform, PluginValidator};
 pub use transform::{DatePart, MIN_HMAC_KEY_LEN, PSEUDONYM_BYTES, Transform};
 
 /// Re-exported so callers can name the borrowed values in [`Cell::Json`]

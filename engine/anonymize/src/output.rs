@@ -23,9 +23,10 @@ pub enum Cell<'a> {
     Null,
     /// A string, already decoded (no JSON escapes left).
     Text(Cow<'a, str>),
-    /// A cleared non-string value (number, boolean, array or object) as its
-    /// JSON text from the input, so that numbers keep their exact digits.
-    Json(&'a RawValue),
+    /// A non-string value (number, boolean, array or object) as its JSON
+    /// text: borrowed from the input when cleared, so that numbers keep their
+    /// exact digits, or owned when a plugin computed it.
+    Json(Cow<'a, RawValue>),
 }
 
 /// Cells are equal when they are the same variant with the same text
@@ -42,6 +43,15 @@ impl PartialEq for Cell<'_> {
 }
 
 impl Cell<'_> {
+    /// The cell with its borrowed text copied, so it outlives its input.
+    pub fn to_static(&self) -> Cell<'static> {
+        match self {
+            Cell::Null => Cell::Null,
+            Cell::Text(text) => Cell::Text(Cow::Owned(text.to_string())),
+            Cell::Json(raw) => Cell::Json(Cow::Owned(raw.as_ref().to_owned())),
+        }
+    }
+
     /// The cell as text, the way a CSV writer would print it: strings
     /// decoded, other values as their JSON text, and null as `None`.
     pub fn as_text(&self) -> Option<&str> {
@@ -149,7 +159,9 @@ impl<'a> Sink<'a> for CellSink<'_, 'a> {
                 Some(text) => Cell::Text(text.text),
                 None => Cell::Null,
             },
-            RawKind::Bool(_) | RawKind::Number(_) | RawKind::Compound => Cell::Json(value),
+            RawKind::Bool(_) | RawKind::Number(_) | RawKind::Compound => {
+                Cell::Json(Cow::Borrowed(value))
+            }
         };
         self.cells.push(cell);
     }

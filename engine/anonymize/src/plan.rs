@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserializer as _;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -17,7 +18,8 @@ use serde_json::value::RawValue;
 use crate::error::{PlanError, RecordError};
 use crate::escape::push_escaped;
 use crate::filter::{CompiledClause, RowPredicate};
-use crate::output::{Cell, CellSink, JsonSink};
+use crate::output::{Cell, CellSink, JsonSink, Sink};
+use crate::plugin::{FailureKind, PluginFailure, PluginValidator};
 use crate::transform::Transform;
 use crate::value::{MAX_DEPTH, Unreadable, check_readable};
 
@@ -47,6 +49,8 @@ pub enum Outcome {
     Emitted,
     /// The row filter excluded the record; nothing was written.
     Filtered,
+    /// A validator plugin refused the record; nothing was written.
+    Rejected,
 }
 
 /// A consumer's view of a port, ready to apply to records.
@@ -65,7 +69,17 @@ pub struct RecordPlan {
     keys: KeyIndex,
     /// Slot → input key, for error messages.
     slot_names: Vec<Box<str>>,
+    /// Validator plugins every emitted record must pass.
+    validators: Vec<Arc<dyn PluginValidator>>,
+    /// The fields validators see, and their slots.
+    validated: Vec<(Box<str>, usize)>,
+    /// Whether any output or validator is a plugin, so that records must go
+    /// through the batch methods.
+    batched: bool,
 }
+
+/// Plugin answers for one batch: per output position, per line.
+type Answers = Vec<Option<Vec<Option<Box<RawValue>>>>>;
 
 #[derive(Debug)]
 struct Output {
@@ -134,6 +148,18 @@ impl RecordPlan {
     /// does not suit the operator. These are policy bugs, so they surface
     /// once per request rather than as odd output per record.
     pub fn new(fields: Vec<FieldRule>, filter: RowPredicate) -> Result<Self, PlanError> {
+        RecordPlan::with_validators(fields, filter, Vec::new())
+    }
+
+    /// Like [`new`](Self::new), and every record that passes the filter
+    /// must also pass each of `validators`, which see the values of all the
+    /// plan's fields (before any transform). A record a validator refuses is
+    /// [`Outcome::Rejected`].
+    pub fn with_validators(
+        fields: Vec<FieldRule>,
+        filter: RowPredicate,
+        validators: Vec<Arc<dyn PluginValidator>>,
+    ) -> Result<Self, PlanError> {
         let mut seen = HashSet::with_capacity(fields.len());
         let mut slot_names: Vec<Box<str>> = Vec::new();
         let slot_of = |name: &str, slot_names: &mut Vec<Box<str>>| -> usize {
@@ -146,6 +172,13 @@ impl RecordPlan {
             }
         };
 
+        let mut validated = Vec::new();
+        if !validators.is_empty() {
+            for f in &fields {
+                let slot = slot_of(&f.name, &mut slot_names);
+                validated.push((Box::<str>::from(f.name.as_str()), slot));
+            }
+        }
         let mut outputs = Vec::with_capacity(fields.len());
         for FieldRule { name, transform } in fields {
             if !seen.insert(name.clone()) {
@@ -179,12 +212,223 @@ impl RecordPlan {
             .map(|clause| CompiledClause::compile(clause, slot_of(&clause.field, &mut slot_names)))
             .collect::<Result<Vec<_>, _>>()?;
 
+        let batched = !validators.is_empty()
+            || outputs
+                .iter()
+                .any(|o| matches!(o.transform, Transform::Plugin(_)));
         Ok(RecordPlan {
             outputs,
             clauses,
             keys: KeyIndex::new(&slot_names),
             slot_names,
+            validators,
+            validated,
+            batched,
         })
+    }
+
+    /// Whether the plan calls plugins. Such a plan is best applied with
+    /// [`apply_json_batch`](Self::apply_json_batch) or
+    /// [`project_batch`](Self::project_batch), which call each plugin once
+    /// per batch; the one-record methods call them once per record.
+    pub fn uses_plugins(&self) -> bool {
+        self.batched
+    }
+
+    /// Applies the plan to a batch of NDJSON records, like
+    /// [`apply_json`](Self::apply_json) on each, calling every plugin once
+    /// for the whole batch. Emitted records are appended to `out` in order;
+    /// `outcomes` gets one entry per line.
+    ///
+    /// A plugin failure fails the whole batch: nothing is written and the
+    /// caller must refuse the request.
+    pub fn apply_json_batch(
+        &self,
+        lines: &[&[u8]],
+        out: &mut Vec<u8>,
+        outcomes: &mut Vec<Result<Outcome, RecordError>>,
+    ) -> Result<(), PluginFailure> {
+        outcomes.clear();
+        let start = out.len();
+        let done = self.run_batch(lines, |i, outcome, record| {
+            if let Some((slots, answers)) = record {
+                out.push(b'{');
+                for (pos, output) in self.outputs.iter().enumerate() {
+                    out.extend_from_slice(&output.json_key);
+                    self.write_output(pos, output, slots, answers, i, &mut JsonSink { out });
+                }
+                out.extend_from_slice(b"}\n");
+            }
+            outcomes.push(outcome);
+        });
+        if done.is_err() {
+            out.truncate(start);
+            outcomes.clear();
+        }
+        done
+    }
+
+    /// Applies the plan to a batch of records like
+    /// [`project`](Self::project) on each, calling every plugin once for
+    /// the whole batch. `row` is called once per line, in order, with the
+    /// outcome and (for emitted records) the cells.
+    ///
+    /// A plugin failure fails the whole batch before `row` is called.
+    pub fn project_batch(
+        &self,
+        lines: &[&[u8]],
+        mut row: impl FnMut(Result<Outcome, RecordError>, &[Cell<'_>]),
+    ) -> Result<(), PluginFailure> {
+        self.run_batch(lines, |i, outcome, record| {
+            let mut cells = Vec::new();
+            if let Some((slots, answers)) = record {
+                let mut sink = CellSink {
+                    cells: &mut cells,
+                    building: String::new(),
+                };
+                for (pos, output) in self.outputs.iter().enumerate() {
+                    self.write_output(pos, output, slots, answers, i, &mut sink);
+                }
+            }
+            row(outcome, &cells);
+        })
+    }
+
+    fn write_output<'v, S: Sink<'v>>(
+        &self,
+        pos: usize,
+        output: &Output,
+        slots: &[Option<&'v RawValue>],
+        answers: &'v Answers,
+        line: usize,
+        sink: &mut S,
+    ) {
+        match &output.transform {
+            Transform::Plugin(_) => {
+                match answers
+                    .get(pos)
+                    .and_then(Option::as_ref)
+                    .and_then(|a| a.get(line))
+                    .and_then(Option::as_ref)
+                {
+                    Some(value) => sink.raw(value),
+                    None => sink.null(),
+                }
+            }
+            t => {
+                let value = output.slot.and_then(|s| slots.get(s).copied().flatten());
+                t.apply(value, sink);
+            }
+        }
+    }
+
+    /// Reads every line, filters, runs the validators and plugin transforms
+    /// once for the batch, then hands each line to `emit` in order: its
+    /// outcome and, when emitted, its slots and the plugin answers.
+    fn run_batch<'a>(
+        &self,
+        lines: &[&'a [u8]],
+        mut emit: impl FnMut(
+            usize,
+            Result<Outcome, RecordError>,
+            Option<(&[Option<&'a RawValue>], &Answers)>,
+        ),
+    ) -> Result<(), PluginFailure> {
+        let count = self.slot_names.len();
+        let mut slots: Vec<Option<&'a RawValue>> = vec![None; count * lines.len()];
+        let mut outcomes: Vec<Result<Outcome, RecordError>> = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let record = slots
+                .get_mut(i * count..(i + 1) * count)
+                .unwrap_or_default();
+            outcomes.push(self.read(line, record).map(|()| {
+                if self.keeps(record) {
+                    Outcome::Emitted
+                } else {
+                    Outcome::Filtered
+                }
+            }));
+        }
+        let record_of = |i: usize| slots.get(i * count..(i + 1) * count).unwrap_or_default();
+        let emitted = |outcomes: &[Result<Outcome, RecordError>]| -> Vec<usize> {
+            (0..outcomes.len())
+                .filter(|&i| matches!(outcomes.get(i), Some(Ok(Outcome::Emitted))))
+                .collect()
+        };
+
+        if !self.validators.is_empty() {
+            let names: Vec<&str> = self.validated.iter().map(|(n, _)| &**n).collect();
+            let kept = emitted(&outcomes);
+            let values: Vec<Vec<Option<&RawValue>>> = kept
+                .iter()
+                .map(|&i| {
+                    let record = record_of(i);
+                    self.validated
+                        .iter()
+                        .map(|(_, s)| record.get(*s).copied().flatten())
+                        .collect()
+                })
+                .collect();
+            let records: Vec<&[Option<&RawValue>]> = values.iter().map(Vec::as_slice).collect();
+            for validator in &self.validators {
+                if records.is_empty() {
+                    break;
+                }
+                let verdicts = validator.validate(&names, &records)?;
+                if verdicts.len() != records.len() {
+                    return Err(count_mismatch(
+                        validator.name(),
+                        records.len(),
+                        verdicts.len(),
+                    ));
+                }
+                for (&i, verdict) in kept.iter().zip(&verdicts) {
+                    if verdict.is_some()
+                        && let Some(o) = outcomes.get_mut(i)
+                    {
+                        *o = Ok(Outcome::Rejected);
+                    }
+                }
+            }
+        }
+
+        let kept = emitted(&outcomes);
+        let mut answers: Answers = Vec::with_capacity(self.outputs.len());
+        for output in &self.outputs {
+            let Transform::Plugin(plugin) = &output.transform else {
+                answers.push(None);
+                continue;
+            };
+            // Missing fields are `null` without asking the plugin.
+            let (at, values): (Vec<usize>, Vec<&RawValue>) = kept
+                .iter()
+                .filter_map(|&i| {
+                    let value = output
+                        .slot
+                        .and_then(|s| record_of(i).get(s).copied().flatten());
+                    value.map(|v| (i, v))
+                })
+                .unzip();
+            let mut per_line: Vec<Option<Box<RawValue>>> = vec![None; lines.len()];
+            if !values.is_empty() {
+                let results = plugin.transform(&values)?;
+                if results.len() != values.len() {
+                    return Err(count_mismatch(plugin.name(), values.len(), results.len()));
+                }
+                for (i, value) in at.into_iter().zip(results) {
+                    if let Some(cell) = per_line.get_mut(i) {
+                        *cell = Some(value);
+                    }
+                }
+            }
+            answers.push(Some(per_line));
+        }
+
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let record = (outcome == Ok(Outcome::Emitted)).then(|| (record_of(i), &answers));
+            emit(i, outcome, record);
+        }
+        Ok(())
     }
 
     /// The output keys in order: the header a CSV writer prints, and the
@@ -200,7 +444,16 @@ impl RecordPlan {
     ///
     /// On [`Outcome::Filtered`] or an error, `out` is left untouched, so the
     /// caller can keep one buffer for a whole response.
+    ///
+    /// A plan that [uses plugins](Self::uses_plugins) calls them for this
+    /// one record; a plugin failure is [`RecordError::Plugin`].
     pub fn apply_json(&self, line: &[u8], out: &mut Vec<u8>) -> Result<Outcome, RecordError> {
+        if self.batched {
+            let mut outcomes = Vec::with_capacity(1);
+            self.apply_json_batch(&[line], out, &mut outcomes)
+                .map_err(RecordError::Plugin)?;
+            return outcomes.pop().unwrap_or(Err(RecordError::Empty));
+        }
         self.with_record(line, |slots| {
             if !self.keeps(slots) {
                 return Outcome::Filtered;
@@ -229,6 +482,17 @@ impl RecordPlan {
         cells: &mut Vec<Cell<'a>>,
     ) -> Result<Outcome, RecordError> {
         cells.clear();
+        if self.batched {
+            let mut result = Err(RecordError::Empty);
+            let mut owned = Vec::new();
+            self.project_batch(&[line], |outcome, row| {
+                result = outcome;
+                owned = row.iter().map(Cell::to_static).collect();
+            })
+            .map_err(RecordError::Plugin)?;
+            cells.extend(owned);
+            return result;
+        }
         self.with_record(line, |slots| {
             if !self.keeps(slots) {
                 return Outcome::Filtered;
@@ -317,6 +581,14 @@ impl RecordPlan {
             .map(|n| n.to_string())
             .unwrap_or_default()
     }
+}
+
+fn count_mismatch(plugin: &str, asked: usize, got: usize) -> PluginFailure {
+    PluginFailure::new(
+        plugin,
+        FailureKind::Malformed,
+        format!("answered {got} values for a batch of {asked}"),
+    )
 }
 
 fn check_transform(field: &str, transform: &Transform) -> Result<(), PlanError> {

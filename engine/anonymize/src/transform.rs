@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::KeyError;
 use crate::output::{JsonSink, Sink};
+use crate::plugin::PluginTransform;
 use crate::value::{Num, RawKind, Text, classify, format_i128};
 
 /// The smallest HMAC secret [`Transform::hmac_sha256`] accepts, in bytes.
@@ -102,6 +103,12 @@ pub enum Transform {
         /// Characters kept.
         chars: usize,
     },
+    /// A plugin's transform (see [`PluginTransform`]). A plugin is called
+    /// per batch of values by [`RecordPlan`](crate::RecordPlan)'s batch
+    /// methods; a missing field is `null` without calling it. Applied to a
+    /// lone value outside a batch (as by [`Transform::write_json`]) it writes
+    /// `null`: no plugin answer, no value.
+    Plugin(Arc<dyn PluginTransform>),
 }
 
 /// Which part of a date [`Transform::GeneralizeDate`] keeps.
@@ -169,7 +176,7 @@ impl Transform {
         };
         match self {
             Transform::Clear => sink.raw(value),
-            Transform::Redact { .. } => sink.null(),
+            Transform::Redact { .. } | Transform::Plugin(_) => sink.null(),
             Transform::Mask {
                 keep_first,
                 keep_last,

@@ -567,3 +567,148 @@ fn bad_plans_are_refused_with_the_field_named() {
         assert!(message.chars().next().unwrap().is_lowercase(), "{message}");
     }
 }
+
+mod plugins {
+    use meshgov_anonymize::{
+        Cell, FailureKind, FieldRule, Outcome, PluginFailure, PluginTransform, PluginValidator,
+        RawValue, RecordError, RecordPlan, RowPredicate, Transform,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Upper-cases strings and counts its calls: a stand-in for a host.
+    #[derive(Debug, Default)]
+    struct Upper {
+        calls: AtomicUsize,
+        fail: bool,
+    }
+
+    impl PluginTransform for Upper {
+        fn name(&self) -> &str {
+            "upper"
+        }
+        fn transform(&self, values: &[&RawValue]) -> Result<Vec<Box<RawValue>>, PluginFailure> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if self.fail {
+                return Err(PluginFailure::new("upper", FailureKind::Trap, "boom"));
+            }
+            Ok(values
+                .iter()
+                .map(|v| RawValue::from_string(v.get().to_uppercase()).unwrap())
+                .collect())
+        }
+    }
+
+    #[derive(Debug)]
+    struct NoBob;
+
+    impl PluginValidator for NoBob {
+        fn name(&self) -> &str {
+            "no-bob"
+        }
+        fn validate(
+            &self,
+            fields: &[&str],
+            records: &[&[Option<&RawValue>]],
+        ) -> Result<Vec<Option<String>>, PluginFailure> {
+            assert_eq!(fields, ["name", "n"]);
+            Ok(records
+                .iter()
+                .map(|r| (r[0].map(|v| v.get()) == Some("\"bob\"")).then(|| "bob".to_string()))
+                .collect())
+        }
+    }
+
+    fn plan(upper: Arc<Upper>, validate: bool) -> RecordPlan {
+        let validators: Vec<Arc<dyn PluginValidator>> = if validate {
+            vec![Arc::new(NoBob)]
+        } else {
+            vec![]
+        };
+        RecordPlan::with_validators(
+            vec![
+                FieldRule::new("name", Transform::Plugin(upper)),
+                FieldRule::new("n", Transform::Redact { drop: false }),
+            ],
+            RowPredicate::keep_all(),
+            validators,
+        )
+        .unwrap()
+    }
+
+    const LINES: [&[u8]; 4] = [
+        br#"{"name":"ann","n":1}"#,
+        b"not json",
+        br#"{"n":2}"#,
+        br#"{"name":"bob"}"#,
+    ];
+
+    #[test]
+    fn a_batch_calls_each_plugin_once_and_keeps_record_order() {
+        let upper = Arc::new(Upper::default());
+        let p = plan(Arc::clone(&upper), true);
+        assert!(p.uses_plugins());
+        let (mut out, mut outcomes) = (Vec::new(), Vec::new());
+        p.apply_json_batch(&LINES, &mut out, &mut outcomes).unwrap();
+        assert_eq!(upper.calls.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"name\":\"ANN\",\"n\":null}\n{\"name\":null,\"n\":null}\n"
+        );
+        assert_eq!(outcomes[0], Ok(Outcome::Emitted));
+        assert!(matches!(outcomes[1], Err(RecordError::NotAnObject)));
+        assert_eq!(outcomes[2], Ok(Outcome::Emitted));
+        assert_eq!(outcomes[3], Ok(Outcome::Rejected));
+        let mut rows = Vec::new();
+        p.project_batch(&LINES, |o, cells| {
+            rows.push((
+                o,
+                cells
+                    .to_vec()
+                    .iter()
+                    .map(Cell::to_static)
+                    .collect::<Vec<_>>(),
+            ))
+        })
+        .unwrap();
+        assert_eq!(rows[0].1, [Cell::Text("ANN".into()), Cell::Null]);
+        assert!(rows[3].1.is_empty());
+    }
+
+    #[test]
+    fn a_plugin_failure_fails_the_batch_and_writes_nothing() {
+        let p = plan(
+            Arc::new(Upper {
+                fail: true,
+                ..Upper::default()
+            }),
+            false,
+        );
+        let (mut out, mut outcomes) = (b"kept".to_vec(), Vec::new());
+        let e = p
+            .apply_json_batch(&LINES, &mut out, &mut outcomes)
+            .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Trap);
+        assert_eq!(out, b"kept");
+        assert!(outcomes.is_empty());
+        // One record at a time, the failure is the record's error.
+        assert!(matches!(
+            p.apply_json(LINES[0], &mut Vec::new()),
+            Err(RecordError::Plugin(_))
+        ));
+    }
+
+    #[test]
+    fn plans_without_slots_still_see_every_line() {
+        let p = RecordPlan::new(
+            vec![FieldRule::new("a", Transform::Redact { drop: false })],
+            RowPredicate::keep_all(),
+        )
+        .unwrap();
+        let (mut out, mut outcomes) = (Vec::new(), Vec::new());
+        p.apply_json_batch(&[b"{}", b"{}"], &mut out, &mut outcomes)
+            .unwrap();
+        assert_eq!(outcomes.len(), 2);
+        assert_eq!(out, b"{\"a\":null}\n{\"a\":null}\n");
+    }
+}

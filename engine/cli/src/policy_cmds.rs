@@ -4,10 +4,12 @@ use crate::Failure;
 use meshgov_core::{Checked, SourceSet};
 use std::path::Path;
 
-/// Reads and checks a repository, printing every diagnostic.
+/// Reads and checks a repository, printing every diagnostic. Plugin
+/// modules are loaded by the same host the sidecar runs, to confirm their
+/// exports and ABI version.
 pub fn load_checked(dir: &Path) -> Result<(SourceSet, Checked), Failure> {
     let src = SourceSet::read_dir(dir).map_err(|e| Failure::usage(e.to_string()))?;
-    let checked = meshgov_core::check(&src);
+    let checked = meshgov_core::check_with(&src, Some(&meshgov_wasm::Inspector));
     for d in &checked.diagnostics {
         println!("{d}");
     }
@@ -53,7 +55,10 @@ pub fn test(dir: &Path, junit: Option<&Path>) -> Result<(), Failure> {
             "the policies do not check; fix the errors above before testing",
         ));
     };
-    let results = meshgov_core::testing::run(policies, &checked.products, &checked.tests);
+    // Plugins run in the same sandbox, with the same limits, as in a sidecar.
+    let plugins =
+        meshgov_wasm::Plugins::compile(policies).map_err(|e| Failure::violations(e.to_string()))?;
+    let results = meshgov_core::testing::run(policies, &plugins, &checked.products, &checked.tests);
     let mut failed = 0;
     for r in &results {
         if r.passed() {

@@ -500,3 +500,121 @@ fn audit_verify_and_show() {
     );
     assert_eq!(code(&nokey), 2);
 }
+
+/// A repository using the example plugins (built from source) and a
+/// well-behaved `hostile` plugin (the echo fixture).
+fn plugin_repo(d: &Path) -> Option<PathBuf> {
+    let built = meshgov_wasm::examples::build().unwrap()?;
+    let fixtures = meshgov_wasm::examples::source_dir().join("fixtures");
+    let echo = wat::parse_file(fixtures.join("echo.wat")).unwrap();
+    let repo = d.join("repo");
+    built.policy_repo(&repo, &echo).unwrap();
+    Some(repo)
+}
+
+#[test]
+fn plugins_are_checked_tested_and_built_into_bundles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let Some(repo) = plugin_repo(d) else { return };
+    let o = meshgov(&["check", "repo"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = meshgov(&["test", "repo"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("ok   tests/plugins.toml"), "{}", text(&o));
+
+    // `test` catches a plugin whose output differs from the expectation.
+    let tests = std::fs::read_to_string(repo.join("tests/plugins.toml")).unwrap();
+    std::fs::write(
+        repo.join("tests/plugins.toml"),
+        tests.replace("\"35-44\"", "\"25-34\""),
+    )
+    .unwrap();
+    let o = meshgov(&["test", "repo"], d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("\"35-44\""), "{}", text(&o));
+    std::fs::write(repo.join("tests/plugins.toml"), tests).unwrap();
+
+    // The bundle carries the module bytes.
+    assert_eq!(code(&meshgov(&["keygen", "--out", "k"], d)), 0);
+    let o = meshgov(
+        &[
+            "build",
+            "repo",
+            "--key",
+            "k",
+            "--out",
+            "b.json",
+            "--product",
+            "playback/listeners",
+        ],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = meshgov(
+        &["bundle", "inspect", "b.json", "--trust", "k.pub", "--json"],
+        d,
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let inspected = String::from_utf8_lossy(&o.stdout).into_owned();
+    for name in ["phone-mask", "age-band", "artist-urn"] {
+        assert!(
+            inspected.contains(&format!("plugins/{name}.wasm.b64")),
+            "{inspected}"
+        );
+    }
+}
+
+#[test]
+fn plugin_modules_that_do_not_match_their_pin_or_the_abi_are_refused_at_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let Some(repo) = plugin_repo(d) else { return };
+    // A rebuilt (different) module under a stale pin.
+    let age = repo.join("plugins/age-band.wasm");
+    let mut bytes = std::fs::read(&age).unwrap();
+    bytes.extend_from_slice(b"\0\x04\x03tmp");
+    std::fs::write(&age, &bytes).unwrap();
+    let o = meshgov(&["check", "repo"], d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("error[PLUGIN-DIGEST]: plugin `age-band`"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).starts_with("plugins/plugins.toml:"),
+        "{}",
+        text(&o)
+    );
+
+    // A module pinned correctly that speaks another ABI version.
+    let fixtures = meshgov_wasm::examples::source_dir().join("fixtures");
+    let wrong = wat::parse_file(fixtures.join("wrong-version.wat")).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&wrong))
+    };
+    let manifest = std::fs::read_to_string(repo.join("plugins/plugins.toml")).unwrap();
+    let echo_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(repo.join("plugins/hostile.wasm")).unwrap(),
+        ))
+    };
+    std::fs::write(repo.join("plugins/hostile.wasm"), &wrong).unwrap();
+    std::fs::write(
+        repo.join("plugins/plugins.toml"),
+        manifest.replace(&echo_sha, &sha),
+    )
+    .unwrap();
+    let o = meshgov(&["check", "repo"], d);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "error[PLUGIN-ABI]: plugin `hostile`: the module speaks plugin ABI version 2"
+        ),
+        "{}",
+        text(&o)
+    );
+}

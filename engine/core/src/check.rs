@@ -10,7 +10,9 @@ use crate::anonymization::{
 use crate::descriptor::{Descriptor, ProductInfo, position_of};
 use crate::diag::{Diagnostic, Diagnostics, Position};
 use crate::mesh::MeshConfig;
-use crate::plugins::{PLUGIN_KINDS, PluginFile, PluginManifest};
+use crate::plugins::{
+    MAX_PLUGIN_MEMORY, ModuleInspector, PLUGIN_KINDS, PluginFile, PluginManifest,
+};
 use crate::policies::Policies;
 use crate::privacy::{AGGREGATIONS, PrivacyFile, PrivacyRule};
 use crate::source::{SourceFile, SourceSet, Step};
@@ -50,7 +52,15 @@ impl Ids {
     }
 }
 
+/// Checks a repository without loading plugin modules: their digests are
+/// verified, but not their exports. See [`check_with`].
 pub fn check(src: &SourceSet) -> Checked {
+    check_with(src, None)
+}
+
+/// Checks a repository; with an `inspector`, every plugin module whose
+/// digest matches is also loaded to confirm its exports and ABI version.
+pub fn check_with(src: &SourceSet, inspector: Option<&dyn ModuleInspector>) -> Checked {
     let mut diags = Diagnostics::default();
     let ids = Ids::default();
 
@@ -84,7 +94,7 @@ pub fn check(src: &SourceSet) -> Checked {
     if let Some(access) = &access {
         c.product_entities(src, access);
     }
-    c.plugins(src);
+    c.plugins(src, inspector);
     let (anonymization, row_filters) = c.anonymization(src);
     let privacy = c.privacy(src);
     let standards = c.standards(src);
@@ -170,7 +180,7 @@ impl Checker {
             .map(|p| p.kind.clone())
     }
 
-    fn plugins(&mut self, src: &SourceSet) {
+    fn plugins(&mut self, src: &SourceSet, inspector: Option<&dyn ModuleInspector>) {
         for (f, doc) in self.parse_all::<PluginFile>(&src.plugins, "PLUGIN-PARSE") {
             let loc = f.locator();
             for (i, p) in doc.plugins.iter().enumerate() {
@@ -209,7 +219,19 @@ impl Checker {
                     )),
                     Some(bytes) => {
                         let digest = hex::encode(Sha256::digest(bytes));
-                        if digest != p.sha256.to_ascii_lowercase() {
+                        let pinned = digest == p.sha256.to_ascii_lowercase();
+                        if let (true, Some(inspector)) = (pinned, inspector)
+                            && let Err(why) = inspector.inspect(p, bytes)
+                        {
+                            self.diags.push(Diagnostic::error(
+                                &f.path,
+                                at("module"),
+                                "PLUGIN-ABI",
+                                format!("plugin `{}`: {why}", p.name),
+                                "build the plugin against the guest SDK in `wasm-plugins/sdk` (see `wasm-plugins/ABI.md`)",
+                            ));
+                        }
+                        if !pinned {
                             self.diags.push(Diagnostic::error(
                                 &f.path,
                                 at("sha256"),
@@ -222,6 +244,27 @@ impl Checker {
                             ));
                         }
                     }
+                }
+                if p.fuel == 0 {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("fuel"),
+                        "PLUGIN-LIMIT",
+                        format!("plugin `{}`: `fuel` must be positive", p.name),
+                        "give the fuel per value, e.g. `fuel = 100000`",
+                    ));
+                }
+                if p.max_memory_bytes == 0 || p.max_memory_bytes > MAX_PLUGIN_MEMORY {
+                    self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at("max_memory_bytes"),
+                        "PLUGIN-LIMIT",
+                        format!(
+                            "plugin `{}`: `max_memory_bytes` = {} is outside 1..={MAX_PLUGIN_MEMORY}",
+                            p.name, p.max_memory_bytes
+                        ),
+                        "use e.g. `max_memory_bytes = 16777216` (16 MiB)",
+                    ));
                 }
                 self.plugins.push(p.clone());
             }

@@ -24,7 +24,7 @@ pub mod standards;
 pub mod testing;
 
 pub use access::Principal;
-pub use check::{Checked, check};
+pub use check::{Checked, check, check_with};
 pub use diag::{Diagnostic, Severity};
 pub use plan::{Asker, ProductView, ReadPlan, Treatment};
 pub use policies::Policies;

@@ -71,6 +71,10 @@ pub struct ReadPlan {
     pub fields: Vec<FieldPlan>,
     /// Row filters that apply to this consumer; all must hold for a record.
     pub row_filters: Vec<RowFilterRule>,
+    /// Validator plugins every served record must pass: those of the
+    /// product's `error`-severity `plugin` standards. A record one refuses
+    /// is withheld (it does not conform).
+    pub validators: Vec<String>,
 }
 
 /// Why a plan could not be made at all.
@@ -176,6 +180,7 @@ impl Policies {
             decision,
             fields: vec![],
             row_filters: vec![],
+            validators: vec![],
         };
         let p = match self.prepare(view, port, who)? {
             Ok(p) => p,
@@ -244,10 +249,21 @@ impl Policies {
             })
             .cloned()
             .collect();
+        let mut validators: Vec<String> = Vec::new();
+        for r in &self.standards {
+            if let ("plugin", crate::Severity::Error, Some(name)) =
+                (r.check.as_str(), r.severity, r.plugin.as_deref())
+                && crate::scope::applies(&r.domains, &r.products, &view.info.domain, &view.info.id)
+                && !validators.iter().any(|v| v == name)
+            {
+                validators.push(name.to_string());
+            }
+        }
         Ok(ReadPlan {
             decision,
             fields,
             row_filters,
+            validators,
         })
     }
 }

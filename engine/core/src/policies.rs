@@ -11,6 +11,7 @@ use crate::scope;
 use crate::standards::{StandardRule, StandardsFile};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone)]
@@ -56,6 +57,12 @@ pub enum ComponentError {
     Malformed { name: String, reason: String },
     #[error(transparent)]
     Access(#[from] AccessLoadError),
+    #[error("plugin `{plugin}`: the module's digest is {actual}, but its manifest pins {pinned}")]
+    PluginDigest {
+        plugin: String,
+        actual: String,
+        pinned: String,
+    },
 }
 
 fn to_json<T: Serialize>(v: &T) -> String {
@@ -171,6 +178,16 @@ impl Policies {
                     name: name.clone(),
                     reason: e.to_string(),
                 })?;
+            // The bundle's own digest only proves the signer sent these
+            // bytes; the manifest pin proves they are the reviewed module.
+            let actual = hex::encode(sha2::Sha256::digest(&bytes));
+            if actual != p.sha256.to_ascii_lowercase() {
+                return Err(ComponentError::PluginDigest {
+                    plugin: p.name.clone(),
+                    actual,
+                    pinned: p.sha256.clone(),
+                });
+            }
             modules.insert(p.name.clone(), bytes);
         }
         Ok(Policies {

@@ -4,6 +4,7 @@
 //! first record is read.
 
 use crate::plan::{ReadPlan, Treatment};
+use crate::plugins::PluginSet;
 use meshgov_anonymize::{
     Clause, CompareOp, DatePart, FieldRule, RecordPlan, RowPredicate, Transform,
 };
@@ -70,7 +71,11 @@ pub enum RecordPlanError {
     InvalidRule { rule: String, reason: String },
 }
 
-fn transform(t: &Treatment, keys: &KeyRing) -> Result<Transform, RecordPlanError> {
+fn transform(
+    t: &Treatment,
+    keys: &KeyRing,
+    plugins: &dyn PluginSet,
+) -> Result<Transform, RecordPlanError> {
     let rule = match t {
         Treatment::Clear | Treatment::Revealed { .. } => return Ok(Transform::Clear),
         Treatment::Withheld { .. } => return Ok(Transform::Redact { drop: false }),
@@ -114,6 +119,14 @@ fn transform(t: &Treatment, keys: &KeyRing) -> Result<Transform, RecordPlanError
             },
             _ => return Err(invalid("unknown generalization")),
         },
+        "plugin" => {
+            let name = rule.plugin.as_deref().ok_or_else(|| invalid("no plugin"))?;
+            Transform::Plugin(
+                plugins
+                    .transform(name)
+                    .ok_or_else(|| RecordPlanError::Unavailable(format!("plugin:{name}")))?,
+            )
+        }
         other => return Err(RecordPlanError::Unavailable(other.to_string())),
     })
 }
@@ -135,15 +148,21 @@ fn op(name: &str) -> Option<CompareOp> {
 }
 
 impl ReadPlan {
-    /// Compiles this plan into the per-record program. Call once per request.
-    pub fn record_plan(&self, keys: &KeyRing) -> Result<RecordPlan, RecordPlanError> {
+    /// Compiles this plan into the per-record program, with the pseudonym
+    /// keys and the bundle's compiled plugins bound in. Call once per
+    /// request.
+    pub fn record_plan(
+        &self,
+        keys: &KeyRing,
+        plugins: &dyn PluginSet,
+    ) -> Result<RecordPlan, RecordPlanError> {
         let fields = self
             .fields
             .iter()
             .map(|f| {
                 Ok(FieldRule::new(
                     f.name.clone(),
-                    transform(&f.treatment, keys)?,
+                    transform(&f.treatment, keys, plugins)?,
                 ))
             })
             .collect::<Result<Vec<_>, RecordPlanError>>()?;
@@ -162,7 +181,16 @@ impl ReadPlan {
                 ))
             })
             .collect::<Result<Vec<_>, RecordPlanError>>()?;
-        RecordPlan::new(fields, RowPredicate::all(clauses)).map_err(|e| {
+        let validators = self
+            .validators
+            .iter()
+            .map(|name| {
+                plugins
+                    .validator(name)
+                    .ok_or_else(|| RecordPlanError::Unavailable(format!("plugin:{name}")))
+            })
+            .collect::<Result<Vec<_>, RecordPlanError>>()?;
+        RecordPlan::with_validators(fields, RowPredicate::all(clauses), validators).map_err(|e| {
             RecordPlanError::InvalidRule {
                 rule: "read plan".into(),
                 reason: e.to_string(),
@@ -173,24 +201,30 @@ impl ReadPlan {
 
 /// Applies a plan to JSON records, for policy tests and tools; the sidecar
 /// streams bytes through [`RecordPlan::apply_json`] instead.
+/// The records go through as one batch, as a sidecar reads a chunk, so
+/// plugins see the same calls here as there.
 pub fn apply_to_values(
     plan: &ReadPlan,
     keys: &KeyRing,
+    plugins: &dyn PluginSet,
     input: &[serde_json::Map<String, serde_json::Value>],
 ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
-    let program = plan.record_plan(keys).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut buf = Vec::new();
-    for record in input {
-        let line = serde_json::to_vec(record).map_err(|e| e.to_string())?;
-        buf.clear();
-        if program
-            .apply_json(&line, &mut buf)
-            .map_err(|e| e.to_string())?
-            == meshgov_anonymize::Outcome::Emitted
-        {
-            out.push(serde_json::from_slice(&buf).map_err(|e| e.to_string())?);
-        }
+    let program = plan.record_plan(keys, plugins).map_err(|e| e.to_string())?;
+    let lines = input
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+    let (mut buf, mut outcomes) = (Vec::new(), Vec::new());
+    program
+        .apply_json_batch(&lines, &mut buf, &mut outcomes)
+        .map_err(|e| e.to_string())?;
+    if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+        return Err(e.to_string());
     }
-    Ok(out)
+    buf.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).map_err(|e| e.to_string()))
+        .collect()
 }

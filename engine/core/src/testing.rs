@@ -5,6 +5,7 @@
 use crate::access::Principal;
 use crate::descriptor::{Descriptor, ProductInfo};
 use crate::plan::{Asker, ProductView};
+use crate::plugins::PluginSet;
 use crate::policies::Policies;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -109,9 +110,11 @@ impl CaseResult {
     }
 }
 
-/// Runs every case of every file.
+/// Runs every case of every file, with the bundle's plugins compiled by a
+/// host (`meshgov-wasm`), exactly as the sidecar runs them.
 pub fn run(
     policies: &Policies,
+    plugins: &dyn PluginSet,
     products: &[(String, Descriptor)],
     files: &[(String, TestFile)],
 ) -> Vec<CaseResult> {
@@ -136,7 +139,7 @@ pub fn run(
                     case.product
                 )],
                 Some(Err(e)) => vec![e.clone()],
-                Some(Ok(view)) => run_case(policies, view, &file.keys, case),
+                Some(Ok(view)) => run_case(policies, plugins, view, &file.keys, case),
             };
             results.push(CaseResult {
                 file: path.clone(),
@@ -150,6 +153,7 @@ pub fn run(
 
 fn run_case(
     policies: &Policies,
+    plugins: &dyn PluginSet,
     view: &ProductView,
     keys: &BTreeMap<String, String>,
     case: &TestCase,
@@ -265,7 +269,7 @@ fn run_case(
                 Ok(k) => k,
                 Err(e) => return vec![format!("[keys]: {e}")],
             };
-            match crate::records::apply_to_values(plan, &keys, &input) {
+            match crate::records::apply_to_values(plan, &keys, plugins, &input) {
                 Err(e) => failures.push(e),
                 Ok(got) => {
                     if got != expected {

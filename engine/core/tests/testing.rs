@@ -18,6 +18,7 @@ fn run(case_toml: &str) -> Vec<testing::CaseResult> {
     let file: TestFile = toml::from_str(case_toml).unwrap();
     testing::run(
         &policies,
+        &meshgov_core::plugins::NoPlugins,
         &checked.products,
         &[("tests/t.toml".into(), file)],
     )

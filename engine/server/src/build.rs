@@ -116,7 +116,9 @@ pub enum BuildError {
 /// slice per described product. Pure apart from reading the files.
 pub fn compile(dir: &Path) -> Result<Compiled, BuildError> {
     let src = SourceSet::read_dir(dir).map_err(|e| BuildError::Read(e.to_string()))?;
-    let checked = meshgov_core::check(&src);
+    // The same plugin host as the sidecar: modules are loaded at check and
+    // plugin cases run in the same sandbox.
+    let checked = meshgov_core::check_with(&src, Some(&meshgov_wasm::Inspector));
     let errors: Vec<String> = checked
         .diagnostics
         .iter()
@@ -132,7 +134,12 @@ pub fn compile(dir: &Path) -> Result<Compiled, BuildError> {
                 .unwrap_or_else(|| "the policies did not compile".into()),
         });
     };
-    let results = meshgov_core::testing::run(&policies, &checked.products, &checked.tests);
+    let plugins = meshgov_wasm::Plugins::compile(&policies).map_err(|e| BuildError::Check {
+        count: 1,
+        first: e.to_string(),
+    })?;
+    let results =
+        meshgov_core::testing::run(&policies, &plugins, &checked.products, &checked.tests);
     let failed: Vec<_> = results.iter().filter(|r| !r.passed()).collect();
     if let Some(f) = failed.first() {
         return Err(BuildError::Test {

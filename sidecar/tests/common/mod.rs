@@ -94,7 +94,15 @@ pub fn token(keys: &Keys, sub: &str, groups: &[&str], purpose: &str) -> String {
 
 /// Compiles the example mesh and slices it for `product_file`.
 pub fn policies_for(descriptor: &meshgov_core::descriptor::Descriptor) -> meshgov_core::Policies {
-    let src = SourceSet::read_dir(&repo().join("policies")).unwrap();
+    policies_in(&repo().join("policies"), descriptor)
+}
+
+/// Compiles the policy repository at `dir` and slices it for `descriptor`.
+pub fn policies_in(
+    dir: &Path,
+    descriptor: &meshgov_core::descriptor::Descriptor,
+) -> meshgov_core::Policies {
+    let src = SourceSet::read_dir(dir).unwrap();
     let checked = check(&src);
     let all = checked.policies.expect("the example mesh checks clean");
     let info = ProductInfo::resolve(descriptor, &all.mesh).unwrap();
@@ -114,7 +122,16 @@ pub fn signed_bundle(
     revision: u64,
     expires_in: i64,
 ) -> Vec<u8> {
-    let policies = policies_for(descriptor);
+    sign_policies(key, &policies_for(descriptor), revision, expires_in)
+}
+
+/// Signs `policies` into a bundle envelope.
+pub fn sign_policies(
+    key: &meshgov_bundle::SigningKey,
+    policies: &meshgov_core::Policies,
+    revision: u64,
+    expires_in: i64,
+) -> Vec<u8> {
     let payload = meshgov_bundle::BundlePayload::new(
         meshgov_bundle::BundleMeta {
             mesh: "media-mesh".into(),
@@ -169,6 +186,9 @@ pub struct Options {
     pub extra_config: String,
     /// Also serve the control port, and persist bundles to `<dir>/state`.
     pub control: bool,
+    /// A policy repository other than `policies/`: the descriptor is
+    /// `<repo>/products/<product>.yaml` and the bundle is built from it.
+    pub repo: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -181,6 +201,7 @@ impl Default for Options {
             pseudonym_keys: r#"user-identity = { file = "user-identity.key" }"#.into(),
             extra_config: String::new(),
             control: false,
+            repo: None,
         }
     }
 }
@@ -200,7 +221,8 @@ pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
         format!("{PSEUDONYM_KEY}\n"),
     )
     .unwrap();
-    let descriptor = repo().join(format!("policies/products/{}.yaml", opts.product));
+    let policy_repo = opts.repo.clone().unwrap_or_else(|| repo().join("policies"));
+    let descriptor = policy_repo.join(format!("products/{}.yaml", opts.product));
     let upstream = opts
         .upstream
         .clone()
@@ -252,7 +274,8 @@ pem_file = {rsa:?}
     .unwrap();
     let app = App::from_config(&cfg).unwrap();
     if opts.install_bundle {
-        let envelope = signed_bundle(&gov, &app.descriptor, 7, opts.expires_in);
+        let policies = policies_in(&policy_repo, &app.descriptor);
+        let envelope = sign_policies(&gov, &policies, 7, opts.expires_in);
         std::fs::write(dir.path().join("bundle.dsse.json"), &envelope).unwrap();
         if let Err(e) = app.load_bundle_file(&dir.path().join("bundle.dsse.json"), now()) {
             assert!(opts.expires_in <= 0, "a fresh signed bundle must load: {e}");
@@ -418,4 +441,16 @@ pub async fn put(addr: SocketAddr, path: &str, body: &[u8], headers: &[(&str, &s
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
     raw(addr, bytes).await
+}
+
+pub async fn get_with(addr: SocketAddr, path: &str, token: &str, accept: &str) -> Resp {
+    get(
+        addr,
+        path,
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("Accept", accept),
+        ],
+    )
+    .await
 }
