@@ -314,3 +314,60 @@ fn now_nanos() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+/// Every spend is in the audit chain: the decision event of each aggregate
+/// carries its cost and the budget left, and an exhausted budget is a deny.
+#[tokio::test]
+async fn spends_are_audited_with_cost_and_budget_left() {
+    let keys = Keys::generate();
+    let s = sidecar(&keys, "").await;
+    let t = marketing(&keys);
+    let mut rids = Vec::new();
+    for (eps, status) in [("1.0", 200), ("0.9", 200), ("0.2", 429)] {
+        let r = post(
+            s.addr,
+            &t,
+            &format!(r#"{{"aggregations":[{{"count":{{}}}}],"epsilon":{eps}}}"#),
+        )
+        .await;
+        assert_eq!(r.status, status, "{}", r.text());
+        rids.push(r.json()["request_id"].as_str().unwrap().to_string());
+    }
+    let events = meshgov_audit::show::read_filtered(
+        &s.dir.path().join("state/audit"),
+        &meshgov_audit::show::Filter::default(),
+    )
+    .unwrap();
+    let decision = |rid: &str| {
+        events
+            .iter()
+            .map(|(e, _)| e)
+            .find(|e| {
+                e.kind == meshgov_audit::Kind::Decision && e.request_id.as_deref() == Some(rid)
+            })
+            .unwrap_or_else(|| panic!("no decision event for {rid}"))
+            .clone()
+    };
+    let granted = decision(&rids[0]);
+    assert_eq!(granted.action.as_deref(), Some("aggregate"));
+    assert_eq!(granted.decision, Some(meshgov_audit::Decision::Allow));
+    assert_eq!(granted.consumer.as_deref(), Some("ann"));
+    assert!(
+        (granted.privacy_cost.unwrap() - 1.0).abs() < 1e-9,
+        "{granted:?}"
+    );
+    // The campaign-analytics purpose budget is 2.0.
+    assert!(
+        (granted.budget_remaining.unwrap() - 1.0).abs() < 1e-9,
+        "{granted:?}"
+    );
+    let refused = decision(&rids[2]);
+    assert_eq!(refused.decision, Some(meshgov_audit::Decision::Deny));
+    assert_eq!(refused.status, Some(429));
+    assert_eq!(refused.privacy_cost, Some(0.0));
+    assert!(
+        (refused.budget_remaining.unwrap() - 0.1).abs() < 1e-9,
+        "{refused:?}"
+    );
+    s.stop().await;
+}

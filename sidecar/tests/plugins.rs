@@ -118,6 +118,25 @@ async fn hostile_plugins_fail_their_read_closed_and_the_sidecar_keeps_serving() 
             assert_eq!(ok.status, 200, "{fixture}: {}", ok.text());
             assert_eq!(ok.lines()[0]["age"], "35-44");
         }
+        // Each failed read is in the audit chain as an error decision.
+        let failed = meshgov_audit::show::read_filtered(
+            &s.dir.path().join("state/audit"),
+            &meshgov_audit::show::Filter::default(),
+        )
+        .unwrap()
+        .into_iter()
+        .filter(|(e, _)| {
+            e.kind == meshgov_audit::Kind::Decision && e.error.as_deref() == Some("plugin_failed")
+        })
+        .map(|(e, _)| e)
+        .collect::<Vec<_>>();
+        assert_eq!(failed.len(), 2, "{fixture}: {failed:?}");
+        assert!(
+            failed.iter().all(
+                |e| e.decision == Some(meshgov_audit::Decision::Error) && e.status == Some(500)
+            ),
+            "{failed:?}"
+        );
         s.stop().await;
     }
 }
