@@ -1,4 +1,4 @@
-//! End-to-end load benchmark of the data port (issue 3, "Performance").
+//! End-to-end load benchmark of the data port.
 //!
 //! ```sh
 //! cargo bench -p meshgov-sidecar --bench loadbench

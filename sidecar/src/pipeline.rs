@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Counters for operations (Prometheus `/metrics` is a later issue).
+/// Counters for operations, kept per sidecar process.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub requests: AtomicU64,
