@@ -88,7 +88,17 @@ pub fn check_with(src: &SourceSet, inspector: Option<&dyn ModuleInspector>) -> C
     };
     let access = Access::load(src.schema.as_ref(), &src.access, &mut c.diags);
     for (id, _) in access.iter().flat_map(|a| a.texts()) {
-        c.ids.0.insert(id.clone(), "an access policy".into());
+        // Where the policy's `@id` is written, so a clash points at it.
+        let annotation = format!("@id(\"{id}\")");
+        let at = src
+            .access
+            .iter()
+            .find_map(|f| {
+                let pos = f.position(f.text.find(&annotation)?);
+                Some(format!("{}:{}:{}", f.path, pos.line, pos.col))
+            })
+            .unwrap_or_else(|| "an access policy".into());
+        c.ids.0.insert(id.clone(), at);
     }
     let products = c.products(src);
     if let Some(access) = &access {

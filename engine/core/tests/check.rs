@@ -312,6 +312,20 @@ fn duplicate_rule_ids_point_at_both() {
         "{}",
         d.message
     );
+    // A rule id that a Cedar policy already uses points at its `@id`.
+    let src = edit(
+        example(),
+        "standards/schema.toml",
+        "id = \"STD-NAME-002\"",
+        "id = \"users.marketing-read\"",
+    );
+    let checked = meshgov_core::check(&src);
+    let d = checked
+        .diagnostics
+        .iter()
+        .find(|d| d.rule == "DUPLICATE-ID")
+        .unwrap();
+    assert!(d.message.contains("access/users.cedar:"), "{}", d.message);
 }
 
 #[test]
