@@ -23,7 +23,7 @@ use crate::config::LedgerConfig;
 use crate::error::ApiError;
 use crate::pipeline::{App, json};
 use crate::upstream::{CsvSchema, Item, Window, record_time};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use meshgov_audit::{Decision, Event};
 use meshgov_core::plan::{Asker, PlanError};
@@ -184,17 +184,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // 1. authenticate, read the body
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    let who = app
-        .auth
-        .authenticate(auth)
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    ev.consumer = Some(who.principal.id.clone());
-    ev.groups = who.principal.groups.clone();
-    ev.purpose = Some(who.purpose.clone());
+    let who = crate::pipeline::authenticate(app, req.headers(), ev)?;
     let body = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -203,12 +193,7 @@ where
     let request = query::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
     // 2. load
     let now = clock::now_unix();
-    let bundle = app
-        .bundle
-        .valid_at(now)
-        .map_err(|u| ApiError::unavailable(u.reason()))?;
-    ev.bundle_revision = Some(bundle.meta.revision);
-    ev.bundle_digest = Some(bundle.meta.digest.clone());
+    let bundle = crate::pipeline::load_bundle(app, now, ev)?;
     let port_info = bundle
         .view
         .info

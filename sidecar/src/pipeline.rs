@@ -35,7 +35,7 @@ use crate::control::ControlState;
 use crate::error::ApiError;
 use crate::request::{self, Format, Route, RouteError};
 use crate::shape::Shaper;
-use crate::state::{BundleError, BundleSlot};
+use crate::state::{ActiveBundle, BundleError, BundleSlot};
 use crate::upstream::{CsvSchema, Item, Upstream, Window, record_time};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -441,6 +441,41 @@ fn discovery(app: &App, rid: &str) -> Response<Body> {
     )
 }
 
+/// The consumer behind the request's bearer token (401 otherwise), noted
+/// in the audit event: subject, groups and purpose, never the token.
+pub(crate) fn authenticate(
+    app: &App,
+    headers: &http::HeaderMap,
+    ev: &mut Event,
+) -> Result<crate::auth::Identity, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let who = app
+        .auth
+        .authenticate(auth)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    ev.consumer = Some(who.principal.id.clone());
+    ev.groups = who.principal.groups.clone();
+    ev.purpose = Some(who.purpose.clone());
+    Ok(who)
+}
+
+/// The bundle in force at `now` (503 otherwise), noted in the audit event.
+pub(crate) fn load_bundle(
+    app: &App,
+    now: i64,
+    ev: &mut Event,
+) -> Result<Arc<ActiveBundle>, ApiError> {
+    let bundle = app
+        .bundle
+        .valid_at(now)
+        .map_err(|u| ApiError::unavailable(u.reason()))?;
+    ev.bundle_revision = Some(bundle.meta.revision);
+    ev.bundle_digest = Some(bundle.meta.digest.clone());
+    Ok(bundle)
+}
+
 async fn records<B>(
     app: &Arc<App>,
     req: &Request<B>,
@@ -451,19 +486,7 @@ async fn records<B>(
     ev.action = Some("read".into());
     ev.port = Some(port.to_string());
     // 1. authenticate
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    let who = app
-        .auth
-        .authenticate(auth)
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    // INVARIANT: the audit gets who asked (subject, groups, purpose), never
-    // the token.
-    ev.consumer = Some(who.principal.id.clone());
-    ev.groups = who.principal.groups.clone();
-    ev.purpose = Some(who.purpose.clone());
+    let who = authenticate(app, req.headers(), ev)?;
     // 2. parse
     let q = request::parse_records_query(req.uri().query(), app.limits.max_limit)
         .map_err(ApiError::bad_request)?;
@@ -474,12 +497,7 @@ async fn records<B>(
     let format = request::format_from_accept(accept);
     // 3. load the bundle once; this Arc is the request's policy for its life.
     let now = clock::now_unix();
-    let bundle = app
-        .bundle
-        .valid_at(now)
-        .map_err(|u| ApiError::unavailable(u.reason()))?;
-    ev.bundle_revision = Some(bundle.meta.revision);
-    ev.bundle_digest = Some(bundle.meta.digest.clone());
+    let bundle = load_bundle(app, now, ev)?;
     let port_info = bundle
         .view
         .info

@@ -18,17 +18,43 @@ fn signing_key(path: &Path) -> Result<meshgov_bundle::SigningKey, Failure> {
     meshgov_bundle::read_signing_key_file(path).map_err(|e| Failure::usage(e.to_string()))
 }
 
+/// `meshgov serve`'s options.
+#[derive(clap::Args)]
 pub struct ServeArgs {
+    /// The policy repository to watch.
+    #[arg(long, default_value = "policies")]
     pub policies: PathBuf,
+    /// The governance signing key (PKCS#8 PEM) for bundles and control tokens.
+    #[arg(long)]
     pub key: PathBuf,
+    /// Where to serve the API and the fleet page.
+    #[arg(long, default_value = "127.0.0.1:7600")]
     pub listen: String,
+    /// Stage rollouts: `N%` of the registered sidecars, or a comma-separated
+    /// list of sidecar or product ids, get each revision first.
+    #[arg(long)]
     pub canary: Option<String>,
+    /// Seconds the canaries must stay healthy after ACKing before the rest get it.
+    #[arg(long, default_value_t = 30)]
     pub canary_bake: u64,
+    /// Seconds the canaries have to ACK before the rollout halts.
+    #[arg(long, default_value_t = 30)]
     pub canary_ack_timeout: u64,
+    /// Bundle lifetime in seconds (default: mesh.toml's `[bundle] ttl_seconds`).
+    #[arg(long)]
     pub ttl: Option<u64>,
+    /// How often to look for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
     pub watch_interval_ms: u64,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
     pub log_json: bool,
+    /// Collect every registered sidecar's audit stream into DIR/<sidecar id>/,
+    /// verifying each chain as it arrives (check with `meshgov audit verify`).
+    #[arg(long, value_name = "DIR")]
     pub collect_audit: Option<PathBuf>,
+    /// How often to collect audit streams, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
     pub collect_interval_ms: u64,
 }
 

@@ -114,43 +114,7 @@ enum Command {
     /// Example:
     ///   meshgov serve --policies ./policies --key keys/guild --listen 127.0.0.1:7600 --canary 10%
     #[command(verbatim_doc_comment)]
-    Serve {
-        /// The policy repository to watch.
-        #[arg(long, default_value = "policies")]
-        policies: PathBuf,
-        /// The governance signing key (PKCS#8 PEM) for bundles and control tokens.
-        #[arg(long)]
-        key: PathBuf,
-        /// Where to serve the API and the fleet page.
-        #[arg(long, default_value = "127.0.0.1:7600")]
-        listen: String,
-        /// Stage rollouts: `N%` of the registered sidecars, or a comma-separated
-        /// list of sidecar or product ids, get each revision first.
-        #[arg(long)]
-        canary: Option<String>,
-        /// Seconds the canaries must stay healthy after ACKing before the rest get it.
-        #[arg(long, default_value_t = 30)]
-        canary_bake: u64,
-        /// Seconds the canaries have to ACK before the rollout halts.
-        #[arg(long, default_value_t = 30)]
-        canary_ack_timeout: u64,
-        /// Bundle lifetime in seconds (default: mesh.toml's `[bundle] ttl_seconds`).
-        #[arg(long)]
-        ttl: Option<u64>,
-        /// How often to look for changes, in milliseconds.
-        #[arg(long, default_value_t = 250)]
-        watch_interval_ms: u64,
-        /// Log JSON lines instead of text.
-        #[arg(long)]
-        log_json: bool,
-        /// Collect every registered sidecar's audit stream into DIR/<sidecar id>/,
-        /// verifying each chain as it arrives (check with `meshgov audit verify`).
-        #[arg(long, value_name = "DIR")]
-        collect_audit: Option<PathBuf>,
-        /// How often to collect audit streams, in milliseconds.
-        #[arg(long, default_value_t = 5000)]
-        collect_interval_ms: u64,
-    },
+    Serve(fleet_cmds::ServeArgs),
     /// Show the fleet: each sidecar's product, ACKed revision, last contact,
     /// last error and bundle age, and the rollout's state.
     Status {
@@ -412,31 +376,7 @@ fn main() -> ExitCode {
             repo,
             json,
         } => diff_cmd::run(&old, &new, &repo, json),
-        Command::Serve {
-            policies,
-            key,
-            listen,
-            canary,
-            canary_bake,
-            canary_ack_timeout,
-            ttl,
-            watch_interval_ms,
-            log_json,
-            collect_audit,
-            collect_interval_ms,
-        } => fleet_cmds::serve(fleet_cmds::ServeArgs {
-            policies,
-            key,
-            listen,
-            canary,
-            canary_bake,
-            canary_ack_timeout,
-            ttl,
-            watch_interval_ms,
-            log_json,
-            collect_audit,
-            collect_interval_ms,
-        }),
+        Command::Serve(args) => fleet_cmds::serve(args),
         Command::Status { engine, json } => fleet_cmds::status(&engine, json),
         Command::Push { file, sidecar } => fleet_cmds::push(&file, &sidecar),
         Command::ControlToken { key, ttl } => fleet_cmds::control_token(&key, ttl),

@@ -289,15 +289,7 @@ impl Checker {
             for (i, r) in doc.rules.iter().enumerate() {
                 let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
-                let at_item = |k: &str, j: usize| {
-                    loc.at(&[
-                        Step::Key("rules"),
-                        Step::Index(i),
-                        Step::Key(k),
-                        Step::Index(j),
-                    ])
-                };
-                self.scope(f, &at_item, &r.domains, &r.products, &[]);
+                self.scope(f, "rules", i, &r.domains, &r.products, &[]);
                 if let Some(mesh) = &self.mesh
                     && mesh.classification(&r.classification).is_none()
                 {
@@ -376,15 +368,7 @@ impl Checker {
                 let at =
                     |k: &str| loc.at(&[Step::Key("row_filters"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
-                let at_item = |k: &str, j: usize| {
-                    loc.at(&[
-                        Step::Key("row_filters"),
-                        Step::Index(i),
-                        Step::Key(k),
-                        Step::Index(j),
-                    ])
-                };
-                self.scope(f, &at_item, &r.domains, &r.products, &r.ports);
+                self.scope(f, "row_filters", i, &r.domains, &r.products, &r.ports);
                 if !FILTER_OPS.contains(&r.op.as_str()) {
                     self.diags.push(Diagnostic::error(
                         &f.path,
@@ -450,15 +434,7 @@ impl Checker {
             for (i, r) in doc.rules.iter().enumerate() {
                 let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
-                let at_item = |k: &str, j: usize| {
-                    loc.at(&[
-                        Step::Key("rules"),
-                        Step::Index(i),
-                        Step::Key(k),
-                        Step::Index(j),
-                    ])
-                };
-                self.scope(f, &at_item, &r.domains, &r.products, &r.ports);
+                self.scope(f, "rules", i, &r.domains, &r.products, &r.ports);
                 let caps = self
                     .mesh
                     .as_ref()
@@ -611,15 +587,7 @@ impl Checker {
             for (i, r) in doc.rules.iter().enumerate() {
                 let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
-                let at_item = |k: &str, j: usize| {
-                    loc.at(&[
-                        Step::Key("rules"),
-                        Step::Index(i),
-                        Step::Key(k),
-                        Step::Index(j),
-                    ])
-                };
-                self.scope(f, &at_item, &r.domains, &r.products, &[]);
+                self.scope(f, "rules", i, &r.domains, &r.products, &[]);
                 let Some((_, needs)) = CHECKS.iter().find(|(c, _)| *c == r.check) else {
                     let known: Vec<&str> = CHECKS.iter().map(|(c, _)| *c).collect();
                     self.diags.push(Diagnostic::error(
@@ -818,7 +786,8 @@ impl Checker {
     fn scope(
         &mut self,
         f: &SourceFile,
-        at: &dyn Fn(&str, usize) -> Position,
+        table: &str,
+        i: usize,
         domains: &[String],
         products: &[String],
         ports: &[String],
@@ -826,6 +795,15 @@ impl Checker {
         if self.known.is_empty() || self.unresolved {
             return;
         }
+        let loc = f.locator();
+        let at = |k: &str, j: usize| {
+            loc.at(&[
+                Step::Key(table),
+                Step::Index(i),
+                Step::Key(k),
+                Step::Index(j),
+            ])
+        };
         let mut found = Vec::new();
         for (j, d) in domains.iter().enumerate() {
             if !self.known.iter().any(|(_, p)| &p.domain == d) {

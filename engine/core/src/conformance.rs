@@ -190,7 +190,7 @@ pub fn check_product(
     if let Some(prev) = previous {
         match Descriptor::parse(prev.path, prev.text) {
             Err(d) => out.push(spec_001(d)),
-            Ok(p) => c.evolution(&p, &mut out),
+            Ok(p) => c.evolution(&p, info.as_ref(), &mut out),
         }
     }
     let waivers = c.waivers(today_unix, &mut out);
@@ -744,7 +744,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn evolution(&self, prev: &Descriptor, out: &mut Vec<Diagnostic>) {
+    fn evolution(&self, prev: &Descriptor, info: Option<&ProductInfo>, out: &mut Vec<Diagnostic>) {
         let cur = self.d;
         let version = |d: &Descriptor| {
             d.version
@@ -827,7 +827,7 @@ impl Ctx<'_> {
                         format!("field `{}` became required", cf.name.value),
                     );
                 }
-                if let Some(why) = self.loosened(pf, cf) {
+                if let Some(why) = self.loosened(pf, cf, info) {
                     loosening.push((position_of(&cf.name), why));
                 }
             }
@@ -856,7 +856,12 @@ impl Ctx<'_> {
     }
 
     /// How `cur` protects less than `prev`, if it does.
-    fn loosened(&self, prev: &Property, cur: &Property) -> Option<String> {
+    fn loosened(
+        &self,
+        prev: &Property,
+        cur: &Property,
+        product: Option<&ProductInfo>,
+    ) -> Option<String> {
         let mesh = &self.policies.mesh;
         let name = &cur.name.value;
         let class = |p: &Property| {
@@ -883,11 +888,11 @@ impl Ctx<'_> {
                 "field `{name}` is no longer marked a direct identifier"
             ));
         }
-        let product = ProductInfo::resolve(self.d, mesh).ok()?;
+        let product = product?;
         let had_rule = pc.level.needs_anonymization()
-            && self.policies.anonymization_rule(&pc.id, &product).is_some();
+            && self.policies.anonymization_rule(&pc.id, product).is_some();
         let has_rule = cc.level.needs_anonymization()
-            && self.policies.anonymization_rule(&cc.id, &product).is_some();
+            && self.policies.anonymization_rule(&cc.id, product).is_some();
         (had_rule && !has_rule && cc.level.needs_anonymization()).then(|| {
             format!(
                 "field `{name}` lost its anonymization (`{}` → `{}`)",

@@ -275,14 +275,14 @@ pub fn diff(
                     let filters = |p: &ReadPlan| -> Vec<String> {
                         p.row_filters.iter().map(|r| r.id.clone()).collect()
                     };
-                    if filters(&b) != filters(&a) {
-                        let lost = filters(&b).iter().any(|f| !filters(&a).contains(f));
+                    let (fb, fa) = (filters(&b), filters(&a));
+                    if fb != fa {
                         out.push(Change {
                             kind: "rows",
                             subject,
-                            before: filters(&b).join(", "),
-                            after: filters(&a).join(", "),
-                            widening: lost,
+                            widening: fb.iter().any(|f| !fa.contains(f)),
+                            before: fb.join(", "),
+                            after: fa.join(", "),
                         });
                     }
                 }
