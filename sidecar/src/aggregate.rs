@@ -27,7 +27,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use meshgov_audit::{Decision, Event};
 use meshgov_core::plan::{Asker, PlanError};
-use meshgov_core::privacy::PrivacyRule;
+use meshgov_core::privacy::rule_for;
 use meshgov_privacy::engine::{self, Accumulator, Costed, Mechanism};
 use meshgov_privacy::ledger::{
     Account, FileLedger, Ledger, LedgerError, Reservation, Reserved, Units, window_of,
@@ -112,19 +112,6 @@ fn engine_failed(rid: &str, e: impl std::fmt::Display) -> ApiError {
         "privacy_failed",
         "the privacy mechanism failed; nothing was released",
     )
-}
-
-/// The port's privacy rule: the first that applies to this product and port.
-fn rule_for<'a>(
-    rules: &'a [PrivacyRule],
-    domain: &str,
-    product: &str,
-    port: &str,
-) -> Option<&'a PrivacyRule> {
-    rules.iter().find(|r| {
-        meshgov_core::scope::applies(&r.domains, &r.products, domain, product)
-            && (r.ports.is_empty() || r.ports.iter().any(|p| p == port))
-    })
 }
 
 fn budget_doc(accounts: &[Account], remaining: &[Units], window: (i64, i64)) -> serde_json::Value {

@@ -4,7 +4,8 @@
 //!
 //! | route | auth | what |
 //! | --- | --- | --- |
-//! | `PUT /control/v1/bundle` | none: the bundle's signature is its proof | verify, persist, swap; ACK or NACK |
+//! | `PUT /control/v1/bundle` | none: the bundle's signature is its proof | verify, persist, swap; ACK or NACK (audited) |
+//! | `GET /control/v1/bundle` | control token | the signed bundle in force, byte for byte (`etag`: its digest) |
 //! | `GET /control/v1/status` | control token | revision, digest, times, staleness, last refusal, engine link, audit head and checkpoint key |
 //! | `GET /control/v1/audit?after=SEQ` | control token | the audit stream for collection (see [`crate::audit_feed`]) |
 //!
@@ -26,6 +27,7 @@ use crate::pipeline::{App, json, request_id};
 use crate::state::{ActiveBundle, BundleError, Unavailable, verify_bundle};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
+use meshgov_audit::{Decision, Event, Kind};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -300,25 +302,26 @@ pub struct ControlStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     PutBundle,
+    GetBundle,
     Status,
     Audit,
 }
 
 fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
-    let (r, allowed) = match path {
-        "/control/v1/bundle" => (Route::PutBundle, Method::PUT),
-        "/control/v1/status" => (Route::Status, Method::GET),
-        "/control/v1/audit" => (Route::Audit, Method::GET),
+    let allowed = match (path, method) {
+        ("/control/v1/bundle", &Method::PUT) => return Ok(Route::PutBundle),
+        ("/control/v1/bundle", &Method::GET) => return Ok(Route::GetBundle),
+        ("/control/v1/status", &Method::GET) => return Ok(Route::Status),
+        ("/control/v1/audit", &Method::GET) => return Ok(Route::Audit),
+        ("/control/v1/bundle", _) => "GET or PUT",
+        ("/control/v1/status" | "/control/v1/audit", _) => "GET",
         _ => return Err(ApiError::not_found()),
     };
-    if *method != allowed {
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("use {allowed} on {path}"),
-        ));
-    }
-    Ok(r)
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("use {allowed} on {path}"),
+    ))
 }
 
 /// Checks the caller is the engine: a control token signed by a trusted
@@ -350,6 +353,10 @@ where
     let result = match route(req.method(), req.uri().path()) {
         Err(e) => Err(e),
         Ok(Route::PutBundle) => put_bundle(app, req, &rid).await,
+        Ok(Route::GetBundle) => match authorize_engine(app, &req) {
+            Ok(()) => get_bundle(app, &rid).await,
+            Err(e) => Err(e),
+        },
         Ok(Route::Status) => authorize_engine(app, &req).map(|()| {
             let s = app.control_status(clock::now_unix());
             json(
@@ -413,12 +420,20 @@ where
                 "the bundle could not be processed",
             )
         })?;
-    Ok(match r {
-        Ok(ack) => json(
-            StatusCode::OK,
-            rid,
-            &serde_json::json!({"result": "ack", "revision": ack.revision, "digest": ack.digest, "noop": ack.noop}),
-        ),
+    let mut ev = Event::new(Kind::Decision, clock::now_ms());
+    ev.request_id = Some(rid.to_string());
+    ev.action = Some("bundle_push".into());
+    let resp = match r {
+        Ok(ack) => {
+            ev.decision = Some(Decision::Allow);
+            ev.bundle_revision = Some(ack.revision);
+            ev.bundle_digest = Some(ack.digest.clone());
+            json(
+                StatusCode::OK,
+                rid,
+                &serde_json::json!({"result": "ack", "revision": ack.revision, "digest": ack.digest, "noop": ack.noop}),
+            )
+        }
         Err(e) => {
             let status = match &e {
                 BundleError::Rollback { .. } | BundleError::RevisionConflict { .. } => {
@@ -430,9 +445,65 @@ where
                 } => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             };
+            ev.decision = Some(Decision::Error);
+            ev.error = Some(e.code().into());
             nack(app, rid, status, e.code(), &e.to_string())
         }
+    };
+    ev.status = Some(resp.status().as_u16());
+    // The push has taken effect (or not) already; a log that cannot take
+    // the event has failed, and reads are refused until it is back.
+    if let Err(e) = app.audit.submit(ev).await {
+        tracing::error!(request_id = %rid, "cannot audit the bundle push: {e}");
+    }
+    Ok(resp)
+}
+
+/// `GET /control/v1/bundle`: the persisted envelope of the bundle in force.
+/// Read under the apply lock, so it is never a bundle mid-swap.
+async fn get_bundle(app: &Arc<App>, rid: &str) -> Result<Response<Body>, ApiError> {
+    let worker = Arc::clone(app);
+    let read = tokio::task::spawn_blocking(move || {
+        let _serial = lock(&worker.control.apply);
+        let active = worker.bundle.current().map(|b| b.meta.digest.clone());
+        persist::read_bundle(&worker.control.state_dir).map(|bytes| bytes.zip(active))
     })
+    .await;
+    match read {
+        Ok(Ok(Some((bytes, digest)))) => {
+            let mut r = Response::new(Body::full(bytes));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&format!("\"{digest}\"")) {
+                h.insert(header::ETAG, v);
+            }
+            if let Ok(v) = http::HeaderValue::from_str(rid) {
+                h.insert("x-request-id", v);
+            }
+            Ok(r)
+        }
+        Ok(Ok(None)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_bundle",
+            "no bundle is in force",
+        )),
+        Ok(Err(e)) => {
+            tracing::error!(request_id = %rid, "cannot read the persisted bundle: {e}");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "unreadable",
+                "the bundle in force cannot be read from the state directory",
+            ))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the bundle could not be read",
+        )),
+    }
 }
 
 /// A NACK: `{"result": "nack", "code", "reason", "active_revision"}`.
@@ -491,7 +562,11 @@ mod tests {
             Route::Status
         );
         assert_eq!(
-            route(&Method::GET, "/control/v1/bundle")
+            route(&Method::GET, "/control/v1/bundle").unwrap(),
+            Route::GetBundle
+        );
+        assert_eq!(
+            route(&Method::POST, "/control/v1/bundle")
                 .unwrap_err()
                 .status,
             405

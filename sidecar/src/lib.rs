@@ -47,6 +47,7 @@ pub mod config;
 pub mod control;
 pub mod engine_link;
 pub mod error;
+pub mod launch;
 pub mod persist;
 pub mod pipeline;
 pub mod request;

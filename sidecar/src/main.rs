@@ -1,13 +1,11 @@
 //! `meshgov-sidecar --config sidecar.toml [--engine URL]`
 
 use meshgov_sidecar::config::{self, Config, EXIT_BAD_CONFIG, Strings};
-use meshgov_sidecar::engine_link::{self, LinkConfig};
-use meshgov_sidecar::{App, clock, control, server};
+use meshgov_sidecar::{App, clock, launch};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 const USAGE: &str = "usage: meshgov-sidecar --config <sidecar.toml> [--engine <http://host:port>]
 
@@ -101,86 +99,16 @@ fn main() -> ExitCode {
     rt.block_on(run(cfg, Arc::new(app)))
 }
 
-async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<tokio::net::TcpListener, ExitCode> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        eprintln!("meshgov-sidecar: cannot listen on `{addr}` ({key}): {e}");
-        ExitCode::from(70)
-    })
-}
-
 async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
-    let data = match bind(cfg.listen_data, "listen.data").await {
-        Ok(l) => l,
-        Err(c) => return c,
-    };
-    let control = match cfg.listen_control {
-        None => None,
-        Some(a) => match bind(a, "listen.control").await {
-            Ok(l) => Some(l),
-            Err(c) => return c,
-        },
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
+    let running = match launch::start(&cfg, app).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshgov-sidecar: {e}");
+            return ExitCode::from(e.exit_code());
         }
     };
-    let mut tasks = Vec::new();
-    if let Some(listener) = control {
-        let addr = listener.local_addr().unwrap_or(cfg.listen_data);
-        tracing::info!(%addr, "control port listening");
-        let id = cfg
-            .engine
-            .as_ref()
-            .and_then(|e| e.instance_id.clone())
-            .unwrap_or_else(|| {
-                engine_link::default_instance_id(&app.descriptor.product_id(), addr)
-            });
-        if !engine_link::valid_instance_id(&id) {
-            eprintln!(
-                "meshgov-sidecar: config key `engine.instance_id`: `{id}` may hold only ASCII letters, digits and `-_.@:` (at most 128)"
-            );
-            return ExitCode::from(EXIT_BAD_CONFIG as u8);
-        }
-        app.control.set_instance_id(id.clone());
-        tasks.push(tokio::spawn(server::serve_control(
-            listener,
-            Arc::clone(&app),
-            stopped(),
-        )));
-        if let Some(e) = &cfg.engine {
-            let link = LinkConfig {
-                engine_url: e.url.clone(),
-                instance_id: id,
-                control_url: e
-                    .advertise_url
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{addr}")),
-                poll_wait: Duration::from_secs(e.poll_wait_seconds),
-            };
-            tasks.push(tokio::spawn(engine_link::run(
-                Arc::clone(&app),
-                link,
-                stopped(),
-            )));
-        }
-    }
-    tasks.push(tokio::spawn(control::watch_expiry(
-        Arc::clone(&app),
-        stopped(),
-    )));
-    tracing::info!(addr = %cfg.listen_data, "data port listening");
-    let data_task = tokio::spawn(server::serve(data, Arc::clone(&app), stopped()));
     shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    let _ = data_task.await;
-    for t in tasks {
-        let _ = t.await;
-    }
-    // Writes what is queued and a final signed checkpoint.
-    app.audit.close();
+    running.stop().await;
     ExitCode::SUCCESS
 }
 

@@ -174,7 +174,7 @@ async fn only_the_engine_may_call_control_routes() {
     let consumer = token(&keys, "mia", &["marketing"], "campaign-analytics");
     let stranger = meshgov_bundle::mint_control_token(&governance_key(), "x", now(), 60);
     let stale = meshgov_bundle::mint_control_token(&s.gov, "meshgov-engine", now() - 700, 60);
-    for route in [path, "/control/v1/audit?after=0"] {
+    for route in [path, "/control/v1/audit?after=0", "/control/v1/bundle"] {
         for (what, auth) in [
             ("no token", None),
             ("consumer token", Some(consumer.clone())),
@@ -206,7 +206,15 @@ async fn only_the_engine_may_call_control_routes() {
     assert_eq!(get_as(s.addr, RECORDS, &good).await.status, 401);
     // The data port does not serve control routes.
     assert_eq!(get_as(s.addr, path, &good).await.status, 404);
-    assert_eq!(get(c, "/control/v1/bundle", &[]).await.status, 405);
+    // The bundle in force, byte for byte: it verifies, and it is the one
+    // the status names.
+    let b = get_as(c, "/control/v1/bundle", &good).await;
+    assert_eq!(b.status, 200, "{}", b.text());
+    let digest = meshgov_bundle::inspect(&b.body).unwrap().digest;
+    assert_eq!(st.json()["bundle"]["digest"], digest.as_str());
+    assert_eq!(b.header("etag"), Some(format!("\"{digest}\"").as_str()));
+    let delete = b"DELETE /control/v1/bundle HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(c, delete.to_vec()).await.status, 405);
     s.stop().await;
 }
 

@@ -1,10 +1,12 @@
-//! `conformance check`: the static rules on a product descriptor, printed
-//! as text, JSON, JUnit XML, SARIF 2.1.0 or GitHub workflow annotations.
+//! `conformance check`: the static rules on a product descriptor; and the
+//! reports both conformance commands print: text, JSON, JUnit XML, SARIF
+//! 2.1.0 or GitHub workflow annotations.
 
 use crate::Failure;
-use meshgov_core::conformance::{self, Finding, Input, RULES};
+use meshgov_core::conformance::{self, Finding, Input, RULES, Rule};
 use meshgov_core::testing::xml_escape;
 use meshgov_core::{Policies, Severity, SourceSet};
+use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 
@@ -131,17 +133,43 @@ pub fn check(a: CheckArgs<'_>) -> Result<(), Failure> {
         prev.as_ref().map(|(path, text)| Input { path, text }),
         now,
     );
-    let threshold = a.fail_on.threshold();
+    emit(
+        &Report {
+            target: &path,
+            rules: RULES,
+            findings: &findings,
+            skipped: &BTreeMap::new(),
+        },
+        a.format,
+        a.fail_on,
+    )
+}
+
+/// What one conformance command found, ready to print.
+pub struct Report<'a> {
+    /// What was checked: the descriptor's path, or the sidecar's URL.
+    pub target: &'a str,
+    /// The rules the command runs (one JUnit testcase and SARIF rule each).
+    pub rules: &'a [Rule],
+    pub findings: &'a [Finding],
+    /// Rules that could not run, with why.
+    pub skipped: &'a BTreeMap<&'static str, String>,
+}
+
+/// Prints the report in `format`; fails (exit 1) when a finding is at or
+/// above `fail_on`.
+pub fn emit(r: &Report<'_>, format: Format, fail_on: FailOn) -> Result<(), Failure> {
+    let threshold = fail_on.threshold();
     let failing = |f: &Finding| f.diag.severity >= threshold;
-    let out = match a.format {
-        Format::Text => text_report(&findings, std::io::stdout().is_terminal()),
-        Format::Json => json_report(&findings),
-        Format::Junit => junit_report(&path, &findings, &failing),
-        Format::Sarif => sarif_report(&findings),
-        Format::Github => github_report(&findings),
+    let out = match format {
+        Format::Text => text_report(r, std::io::stdout().is_terminal()),
+        Format::Json => json_report(r),
+        Format::Junit => junit_report(r, &failing),
+        Format::Sarif => sarif_report(r),
+        Format::Github => github_report(r.findings),
     };
     print!("{out}");
-    let n = findings.iter().filter(|f| failing(f)).count();
+    let n = r.findings.iter().filter(|f| failing(f)).count();
     if n > 0 {
         return Err(Failure::violations(format!(
             "{n} finding(s) at or above `{}`",
@@ -151,7 +179,8 @@ pub fn check(a: CheckArgs<'_>) -> Result<(), Failure> {
     Ok(())
 }
 
-fn text_report(findings: &[Finding], color: bool) -> String {
+fn text_report(r: &Report<'_>, color: bool) -> String {
+    let findings = r.findings;
     let paint = |s: Severity| -> (&str, &str) {
         match (color, s) {
             (false, _) => ("", ""),
@@ -176,6 +205,9 @@ fn text_report(findings: &[Finding], color: bool) -> String {
         }
         out.push_str(&format!("  see: {}\n", conformance::anchor(d.rule)));
     }
+    for (rule, why) in r.skipped {
+        out.push_str(&format!("{rule}: not run: {why}\n"));
+    }
     let count = |s| findings.iter().filter(|f| f.diag.severity == s).count();
     out.push_str(&format!(
         "{} error(s), {} warning(s), {} info\n",
@@ -186,8 +218,9 @@ fn text_report(findings: &[Finding], color: bool) -> String {
     out
 }
 
-fn json_report(findings: &[Finding]) -> String {
-    let items: Vec<serde_json::Value> = findings
+fn json_report(r: &Report<'_>) -> String {
+    let items: Vec<serde_json::Value> = r
+        .findings
         .iter()
         .map(|f| {
             let d = &f.diag;
@@ -204,7 +237,7 @@ fn json_report(findings: &[Finding]) -> String {
             })
         })
         .collect();
-    let doc = serde_json::json!({ "findings": items });
+    let doc = serde_json::json!({ "target": r.target, "findings": items, "not_run": r.skipped });
     format!(
         "{}\n",
         serde_json::to_string_pretty(&doc).unwrap_or_default()
@@ -213,42 +246,40 @@ fn json_report(findings: &[Finding]) -> String {
 
 /// One testcase per rule and target, named `RULE target`, so CI dashboards
 /// track each rule over time.
-fn junit_report(target: &str, findings: &[Finding], failing: &dyn Fn(&Finding) -> bool) -> String {
-    let failures = RULES
-        .iter()
-        .filter(|r| findings.iter().any(|f| f.diag.rule == r.id && failing(f)))
-        .count();
-    let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"meshgov conformance\" tests=\"{}\" failures=\"{failures}\">\n  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\">\n",
-        RULES.len(),
-        xml_escape(target),
-        RULES.len()
-    );
-    for r in RULES {
-        let family = r.id.split('-').next().unwrap_or(r.id);
-        out.push_str(&format!(
-            "    <testcase classname=\"conformance.{family}\" name=\"{} {}\"",
-            r.id,
-            xml_escape(target)
-        ));
-        let hits: Vec<&Finding> = findings
+fn junit_report(r: &Report<'_>, failing: &dyn Fn(&Finding) -> bool) -> String {
+    let hits_of = |id: &str| -> Vec<&Finding> {
+        r.findings
             .iter()
-            .filter(|f| f.diag.rule == r.id && failing(f))
-            .collect();
-        if hits.is_empty() {
-            out.push_str("/>\n");
-        } else {
+            .filter(|f| f.diag.rule == id && failing(f))
+            .collect()
+    };
+    let failures = r.rules.iter().filter(|x| !hits_of(x.id).is_empty()).count();
+    let skipped = r.skipped.len();
+    let (n, target) = (r.rules.len(), xml_escape(r.target));
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"meshgov conformance\" tests=\"{n}\" failures=\"{failures}\" skipped=\"{skipped}\">\n  <testsuite name=\"{target}\" tests=\"{n}\" failures=\"{failures}\" skipped=\"{skipped}\">\n"
+    );
+    for rule in r.rules {
+        let family = rule.id.split('-').next().unwrap_or(rule.id);
+        out.push_str(&format!(
+            "    <testcase classname=\"conformance.{family}\" name=\"{} {target}\"",
+            rule.id
+        ));
+        let hits = hits_of(rule.id);
+        if let Some(first) = hits.first() {
             let body: Vec<String> = hits.iter().map(|f| f.diag.to_string()).collect();
             out.push_str(&format!(
                 ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
-                xml_escape(
-                    &hits
-                        .first()
-                        .map(|f| f.diag.message.clone())
-                        .unwrap_or_default()
-                ),
+                xml_escape(&first.diag.message),
                 xml_escape(&body.join("\n"))
             ));
+        } else if let Some(why) = r.skipped.get(rule.id) {
+            out.push_str(&format!(
+                ">\n      <skipped message=\"{}\"/>\n    </testcase>\n",
+                xml_escape(why)
+            ));
+        } else {
+            out.push_str("/>\n");
         }
     }
     out.push_str("  </testsuite>\n</testsuites>\n");
@@ -263,18 +294,20 @@ fn sarif_level(s: Severity) -> &'static str {
     }
 }
 
-fn sarif_report(findings: &[Finding]) -> String {
-    let rules: Vec<serde_json::Value> = RULES
+fn sarif_report(r: &Report<'_>) -> String {
+    let rules: Vec<serde_json::Value> = r
+        .rules
         .iter()
-        .map(|r| {
+        .map(|x| {
             serde_json::json!({
-                "id": r.id,
-                "shortDescription": { "text": r.summary },
-                "helpUri": r.anchor(),
+                "id": x.id,
+                "shortDescription": { "text": x.summary },
+                "helpUri": x.anchor(),
             })
         })
         .collect();
-    let results: Vec<serde_json::Value> = findings
+    let results: Vec<serde_json::Value> = r
+        .findings
         .iter()
         .map(|f| {
             let d = &f.diag;
@@ -284,7 +317,7 @@ fn sarif_report(findings: &[Finding]) -> String {
             };
             serde_json::json!({
                 "ruleId": d.rule,
-                "ruleIndex": RULES.iter().position(|r| r.id == d.rule),
+                "ruleIndex": r.rules.iter().position(|x| x.id == d.rule),
                 "level": sarif_level(d.severity),
                 "message": { "text": text },
                 "locations": [{

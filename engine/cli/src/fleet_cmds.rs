@@ -218,7 +218,7 @@ pub fn control_token(key: &Path, ttl: u64) -> Result<(), Failure> {
 }
 
 /// Ctrl-C, or SIGTERM where there is one.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

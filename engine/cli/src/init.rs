@@ -31,6 +31,17 @@ const FILES: &[(&str, &str)] = example!(
 );
 
 pub fn run(dir: &Path) -> Result<(), Failure> {
+    write(dir)?;
+    println!(
+        "created a policy repository in `{}` ({} files)\nnext: meshgov check {0} && meshgov test {0}",
+        dir.display(),
+        FILES.len()
+    );
+    Ok(())
+}
+
+/// Writes the example repository into `dir`, which must be new or empty.
+pub fn write(dir: &Path) -> Result<(), Failure> {
     let io = |p: &Path, e: std::io::Error| Failure::usage(format!("`{}`: {e}", p.display()));
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
@@ -48,11 +59,6 @@ pub fn run(dir: &Path) -> Result<(), Failure> {
         }
         std::fs::write(&path, text).map_err(|e| io(&path, e))?;
     }
-    println!(
-        "created a policy repository in `{}` ({} files)\nnext: meshgov check {0} && meshgov test {0}",
-        dir.display(),
-        FILES.len()
-    );
     Ok(())
 }
 

@@ -38,6 +38,11 @@ pub struct Minted {
 pub fn mint(a: &TokenArgs<'_>) -> Result<Minted, Failure> {
     let pem = std::fs::read_to_string(a.key)
         .map_err(|e| Failure::usage(format!("`{}`: {e}", a.key.display())))?;
+    mint_pem(&pem, a)
+}
+
+/// Signs the claims with `pem`, the text of the key `a.key` names.
+pub fn mint_pem(pem: &str, a: &TokenArgs<'_>) -> Result<Minted, Failure> {
     let bad_key = |what: &str| {
         Failure::usage(format!(
             "`{}` is not {what}; `meshgov keygen --out FILE` writes an Ed25519 one",
@@ -97,7 +102,7 @@ pub fn mint(a: &TokenArgs<'_>) -> Result<Minted, Failure> {
     let token = jsonwebtoken::encode(&header, &claims, &key)
         .map_err(|e| Failure::usage(format!("cannot sign the token: {e}")))?;
     let sidecar_key = (alg == Algorithm::EdDSA)
-        .then(|| meshgov_bundle::SigningKey::from_pkcs8_pem(&pem).ok())
+        .then(|| meshgov_bundle::SigningKey::from_pkcs8_pem(pem).ok())
         .flatten()
         .map(|k| {
             use base64::Engine as _;

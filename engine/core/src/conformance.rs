@@ -124,6 +124,55 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+/// Every check `conformance run` makes against a live sidecar, in
+/// documentation order.
+pub const LIVE_RULES: &[Rule] = &[
+    Rule {
+        id: "LIVE-001",
+        summary: "reads without a valid token are refused with 401: none, malformed, an unknown signing key, expired, another audience, another issuer",
+    },
+    Rule {
+        id: "LIVE-002",
+        summary: "reads are decided as the bundle in force decides: allowed consumers get 200, denied ones 403 with no records and no policy ids",
+    },
+    Rule {
+        id: "LIVE-003",
+        summary: "classified fields arrive transformed as the bundle says for consumers without `reveal`",
+    },
+    Rule {
+        id: "LIVE-004",
+        summary: "no field the descriptor does not declare appears in any answer",
+    },
+    Rule {
+        id: "LIVE-005",
+        summary: "the privacy budget is enforced: each grant spends its cost, a query that does not fit is refused with 429 before any noise, and a repeat is free",
+    },
+    Rule {
+        id: "LIVE-006",
+        summary: "a tampered bundle is refused (`bad_signature`) and the bundle in force stays",
+    },
+    Rule {
+        id: "LIVE-007",
+        summary: "a bundle signed by an untrusted key is refused (`untrusted_key`) and the bundle in force stays",
+    },
+    Rule {
+        id: "LIVE-008",
+        summary: "a rolled-back bundle (a lower revision) is refused (`rollback`) and the bundle in force stays",
+    },
+    Rule {
+        id: "LIVE-009",
+        summary: "an expired bundle is refused (`expired`) and the bundle in force stays",
+    },
+    Rule {
+        id: "LIVE-010",
+        summary: "every request of the run appears in the audit stream with its decision and status",
+    },
+    Rule {
+        id: "LIVE-011",
+        summary: "the audit chain verifies: hash links, sequence and signed checkpoints",
+    },
+];
+
 /// Rules a waiver may never silence.
 const UNWAIVABLE: &[&str] = &["SPEC-001", "EVO-002", "WAIVER-001", "WAIVER-002"];
 

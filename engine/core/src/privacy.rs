@@ -79,3 +79,17 @@ pub struct PurposeBudget {
     pub purpose: String,
     pub epsilon_budget: f64,
 }
+
+/// The privacy rule for one port: the first that applies to the product
+/// and port, in file order.
+pub fn rule_for<'a>(
+    rules: &'a [PrivacyRule],
+    domain: &str,
+    product: &str,
+    port: &str,
+) -> Option<&'a PrivacyRule> {
+    rules.iter().find(|r| {
+        crate::scope::applies(&r.domains, &r.products, domain, product)
+            && (r.ports.is_empty() || r.ports.iter().any(|p| p == port))
+    })
+}
