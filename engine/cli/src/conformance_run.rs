@@ -25,6 +25,7 @@ use meshgov_core::descriptor::{Descriptor, ProductInfo, position_of};
 use meshgov_core::diag::{Diagnostic, Position};
 use meshgov_core::{Asker, Policies, Principal, ProductView, ReadPlan, Treatment};
 use meshgov_server::client::{Answer, HttpClient};
+use meshgov_sidecar::clock::rfc3339;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -813,25 +814,11 @@ impl<'a> Suite<'a> {
             .min(policies.mesh.privacy.max_epsilon_per_query);
         let span = rule.max_window_seconds.unwrap_or(86_400).clamp(60, 86_400);
         let to = self.now;
+        // Distinct windows (a repeat would be answered from the ledger).
         let body = |i: u64| {
-            let from = to - i64::try_from(span - 30 + i % 30).unwrap_or(0);
-            let from = time::OffsetDateTime::from_unix_timestamp(
-                from - i64::try_from(i / 30).unwrap_or(0),
-            )
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
-            let to = time::OffsetDateTime::from_unix_timestamp(to)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
-            serde_json::json!({"aggregations": [{"count": {}}], "epsilon": epsilon, "from": from, "to": to})
+            let from = to - i64::try_from(span - 1 - i % (span - 1)).unwrap_or(0);
+            serde_json::json!({"aggregations": [{"count": {}}], "epsilon": epsilon,
+                "from": rfc3339(from), "to": rfc3339(to)})
         };
         let url = format!("{}/v1/ports/{port}/aggregate", self.data);
         let headers = vec![

@@ -7,6 +7,7 @@
 //!   read's window covers);
 //! - `artist-payments/payments/payments.ndjson`: royalty payments.
 
+use meshgov_sidecar::clock::rfc3339;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
@@ -57,16 +58,6 @@ const DEVICES: &[&str] = &[
     "Web Firefox",
     "Sonos One",
 ];
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
 
 fn day_of(unix: i64) -> String {
     rfc3339(unix).get(..10).unwrap_or("1970-01-01").to_string()
