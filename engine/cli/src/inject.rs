@@ -23,6 +23,8 @@ use std::path::PathBuf;
 const SIDECAR: &str = "meshgov-sidecar";
 const INJECTED: &str = "meshgov.io/injected";
 const PRODUCT: &str = "meshgov.io/product";
+/// `meshgov.io/inject: disabled` leaves an object alone.
+const OPT_OUT: &str = "meshgov.io/inject";
 const CONFIG_DIR: &str = "/etc/meshgov/config";
 const KEYS_DIR: &str = "/etc/meshgov/keys";
 const STATE_DIR: &str = "/var/lib/meshgov";
@@ -66,13 +68,16 @@ pub struct InjectArgs {
     /// The control port (bundle pushes and status, for the engine).
     #[arg(long, default_value_t = 8081)]
     pub control_port: u16,
+    /// The sidecar's CPU request.
     #[arg(long, default_value = "100m")]
     pub cpu_request: String,
+    /// The sidecar's memory request.
     #[arg(long, default_value = "64Mi")]
     pub memory_request: String,
     /// A CPU limit; none by default, since throttling stalls reads.
     #[arg(long)]
     pub cpu_limit: Option<String>,
+    /// The sidecar's memory limit.
     #[arg(long, default_value = "256Mi")]
     pub memory_limit: String,
     /// The size of each StatefulSet replica's state volume claim.
@@ -1148,6 +1153,13 @@ impl Plan<'_> {
         };
         let kind = kind_node.as_str().unwrap_or_default();
         let name = object_name(root);
+        if root
+            .path(&["metadata", "annotations", OPT_OUT])
+            .and_then(Node::as_str)
+            == Some("disabled")
+        {
+            return Ok(());
+        }
         if kind == "List" {
             for (i, item) in root
                 .get("items")
@@ -1174,7 +1186,7 @@ impl Plan<'_> {
                 return Err(self.problem(
                     kind_node,
                     format!(
-                        "`{kind}` {name} is not supported: {}",
+                        "`{kind}` {name} is not supported: {}; or annotate it `{OPT_OUT}: disabled` to leave it as it is",
                         unsupported_hint(kind)
                     ),
                 ));
@@ -1693,6 +1705,31 @@ mod tests {
             "TCP",
         ] {
             assert_eq!(scalar(v), v);
+        }
+    }
+
+    /// Every prefix of a real manifest (cut at a line) is refused or
+    /// injected into YAML that parses and is stable; nothing panics.
+    #[test]
+    fn truncated_manifests_never_break_the_output() {
+        let a = args(&[]);
+        for fixture in [
+            include_str!("../tests/golden/inject/manifest.yaml"),
+            include_str!("../tests/golden/inject/more.yaml"),
+        ] {
+            let cuts = fixture.match_indices('\n').map(|(i, _)| i + 1);
+            for cut in cuts.chain([fixture.len() - 1]) {
+                let text = &fixture[..cut];
+                let Ok(first) = inject(text, &a) else {
+                    continue;
+                };
+                let out = first.output;
+                serde_saphyr::from_multiple::<serde_json::Value>(&out)
+                    .unwrap_or_else(|e| panic!("cut at {cut}: {e}\n{out}"));
+                let again =
+                    inject(&out, &a).unwrap_or_else(|e| panic!("cut at {cut}: {e:?}\n{out}"));
+                assert_eq!(again.output, out, "cut at {cut}");
+            }
         }
     }
 

@@ -139,7 +139,8 @@ enum Command {
     ///
     /// Other documents are printed byte for byte; running inject on its own
     /// output changes nothing. The product comes from --product or each
-    /// workload's `meshgov.io/product` annotation. Exit 2, with nothing
+    /// workload's `meshgov.io/product` annotation; objects annotated
+    /// `meshgov.io/inject: disabled` are left alone. Exit 2, with nothing
     /// printed, when a document is malformed or cannot be injected.
     ///
     /// Examples:

@@ -133,6 +133,20 @@ fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
 fn injects_the_realistic_manifest_as_the_golden_file_says() {
     let out = injected_manifest();
     assert_golden("manifest.injected.yaml", &out);
+    // The workloads whose state ends with the pod get a note; the StatefulSet does not.
+    let file = golden("manifest.yaml");
+    let mut args = vec!["-f", file.to_str().unwrap()];
+    args.extend_from_slice(&MANIFEST_ARGS);
+    let notes = stderr(&inject(&args, None));
+    let lines: Vec<_> = notes.lines().collect();
+    assert_eq!(lines.len(), 2, "{notes}");
+    assert!(lines[0].ends_with(
+        "manifest.yaml:40:7: note: document 2: `Deployment` `user-profiles`: the sidecar's state (audit log, persisted bundle, embedded privacy ledger) is in an emptyDir and ends with the pod; have the engine collect audit logs, and use `privacy.ledger = \"postgres\"` when there are several replicas"
+    ), "{notes}");
+    assert!(
+        lines[1].contains(":122:7: note: document 5: `Job` `profiles-backfill`: "),
+        "{notes}"
+    );
 }
 
 #[test]
@@ -452,16 +466,24 @@ fn refuses_kinds_it_cannot_inject() {
     );
     assert_eq!(
         refused(&daemonset, &["--product", "d/p"]),
-        "<stdin>:7:7: error: document 2: `DaemonSet` `node-agent` is not supported: a DaemonSet runs one pod per node, not a data product's replicas; run the product as a Deployment or StatefulSet\n\
+        "<stdin>:7:7: error: document 2: `DaemonSet` `node-agent` is not supported: a DaemonSet runs one pod per node, not a data product's replicas; run the product as a Deployment or StatefulSet; or annotate it `meshgov.io/inject: disabled` to leave it as it is\n\
          meshgov: 1 document refused; nothing was written\n"
     );
     let pod_and_rs = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: a\n    image: b\n---\napiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: rs\nspec:\n  template:\n    spec:\n      containers: [{name: a, image: b}]\n";
     assert_eq!(
         refused(pod_and_rs, &["--product", "d/p"]),
-        "<stdin>:2:7: error: document 1: `Pod` `p` is not supported: inject the Deployment, StatefulSet or Job that creates it\n\
-         <stdin>:11:7: error: document 2: `ReplicaSet` `rs` is not supported: inject the Deployment that manages it\n\
+        "<stdin>:2:7: error: document 1: `Pod` `p` is not supported: inject the Deployment, StatefulSet or Job that creates it; or annotate it `meshgov.io/inject: disabled` to leave it as it is\n\
+         <stdin>:11:7: error: document 2: `ReplicaSet` `rs` is not supported: inject the Deployment that manages it; or annotate it `meshgov.io/inject: disabled` to leave it as it is\n\
          meshgov: 2 documents refused; nothing was written\n"
     );
+    // An object annotated to be left alone is, whatever its kind.
+    let opted_out = daemonset.replace(
+        "  name: node-agent\n",
+        "  name: node-agent\n  annotations:\n    meshgov.io/inject: disabled\n",
+    );
+    assert_eq!(inject_text(&opted_out, &["--product", "d/p"]), opted_out);
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: j\n  annotations: {meshgov.io/inject: disabled}\nspec: {}\n";
+    assert_eq!(inject_text(job, &[]), job);
     let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: d}\n";
     assert_eq!(
         refused(list, &["--product", "d/p"]),
