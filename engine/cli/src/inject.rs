@@ -882,21 +882,10 @@ impl Editor<'_> {
         if !differs(value, c) {
             return Ok(());
         }
-        if value.anchored || matches!(value.kind, Kind::Alias) {
-            return Err(stop(
-                value,
-                format!("`{path}` is a YAML anchor or alias; expand it so inject can edit it"),
-            ));
-        }
+        editable(value, c, path)?;
         match (c, &value.kind) {
             (Change::Map(cs), Kind::Map(_)) => self.map(value, cs, path),
             (Change::Named(k, items), Kind::Seq(_)) => self.named(value, *k, items, path),
-            (Change::Map(_), _) if !value.is_null() => {
-                Err(stop(value, format!("expected a mapping at `{path}`")))
-            }
-            (Change::Named(..), _) if !value.is_null() => {
-                Err(stop(value, format!("expected a list at `{path}`")))
-            }
             _ => {
                 let Some(v) = c.value() else { return Ok(()) };
                 let (end, _) = self.line_end(key.end.max(value.end));
@@ -987,21 +976,10 @@ impl Editor<'_> {
 
     /// The flow text of `node` after `c`.
     fn flow_value(&self, node: &Node, c: &Change, path: &str) -> Result<String, Stop> {
-        if node.anchored || matches!(node.kind, Kind::Alias) {
-            return Err(stop(
-                node,
-                format!("`{path}` is a YAML anchor or alias; expand it so inject can edit it"),
-            ));
-        }
+        editable(node, c, path)?;
         match (c, &node.kind) {
             (Change::Map(cs), Kind::Map(_)) => self.flow_map(node, cs, path),
             (Change::Named(k, items), Kind::Seq(list)) => Ok(self.flow_named(list, *k, items)),
-            (Change::Map(_), _) if !node.is_null() => {
-                Err(stop(node, format!("expected a mapping at `{path}`")))
-            }
-            (Change::Named(..), _) if !node.is_null() => {
-                Err(stop(node, format!("expected a list at `{path}`")))
-            }
             _ => Ok(c
                 .value()
                 .map(|v| inline(&v))
@@ -1031,6 +1009,25 @@ impl Editor<'_> {
             }
         }
         format!("[{}]", parts.join(", "))
+    }
+}
+
+/// Refuses to edit an anchor or alias (the edit would reach every alias of
+/// it), or a node of another type than the change expects (null is empty).
+fn editable(node: &Node, c: &Change, path: &str) -> Result<(), Stop> {
+    if node.anchored || matches!(node.kind, Kind::Alias) {
+        return Err(stop(
+            node,
+            format!("`{path}` is a YAML anchor or alias; expand it so inject can edit it"),
+        ));
+    }
+    match (c, &node.kind) {
+        (Change::Set(_), _)
+        | (Change::Map(_), Kind::Map(_))
+        | (Change::Named(..), Kind::Seq(_)) => Ok(()),
+        _ if node.is_null() => Ok(()),
+        (Change::Map(_), _) => Err(stop(node, format!("expected a mapping at `{path}`"))),
+        (Change::Named(..), _) => Err(stop(node, format!("expected a list at `{path}`"))),
     }
 }
 

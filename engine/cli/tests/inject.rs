@@ -545,6 +545,23 @@ fn refuses_workloads_it_cannot_inject_safely() {
     );
     let out = inject_text(DEPLOYMENT, &["--data-port", "8090"]);
     assert!(out.contains("value: \"0.0.0.0:8090\"\n"));
+    let scalar_annotations = DEPLOYMENT
+        .replace("    meshgov.io/product: users/user-profiles\n", "")
+        .replace("  annotations:\n", "  annotations: none\n");
+    assert_eq!(
+        refused(
+            &scalar_annotations,
+            &["--product", "a/b", "--data-port", "8090"]
+        ),
+        "<stdin>:5:16: error: document 1: `Deployment` `web`: expected a mapping at `metadata.annotations`\n\
+         meshgov: 1 document refused; nothing was written\n"
+    );
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: j\nspec:\n  template:\n    spec:\n      containers:\n      - name: work\n      - name: meshgov-sidecar\n";
+    assert_eq!(
+        refused(job, &["--product", "a/b"]),
+        "<stdin>:10:9: error: document 1: `Job` `j`: `meshgov-sidecar` is in `containers`, but this kind's pods run to completion, so the sidecar must be an init container with `restartPolicy: Always`; remove it and inject again\n\
+         meshgov: 1 document refused; nothing was written\n"
+    );
     let aliased = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  annotations: &shared\n    meshgov.io/product: a/b\nspec:\n  template:\n    metadata:\n      annotations: *shared\n    spec:\n      containers:\n      - name: app\n        image: b\n";
     assert_eq!(
         refused(aliased, &[]),
