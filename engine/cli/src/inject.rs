@@ -261,20 +261,20 @@ fn default_config_map(product: &str) -> String {
 
 /// What a document-level problem is, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub doc: usize,
+struct Problem {
+    doc: usize,
     /// 1-based.
-    pub line: usize,
+    line: usize,
     /// 1-based.
-    pub col: usize,
-    pub message: String,
+    col: usize,
+    message: String,
 }
 
 /// The result of a successful run.
-pub struct Injected {
-    pub output: String,
+struct Injected {
+    output: String,
     /// Things the user should know about the injected workloads.
-    pub notes: Vec<Problem>,
+    notes: Vec<Problem>,
 }
 
 /// Injects every workload of `text`; all problems, or the edited text.
