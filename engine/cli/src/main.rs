@@ -15,6 +15,7 @@ mod demo;
 mod diff_cmd;
 mod fleet_cmds;
 mod init;
+mod inject;
 mod policy_cmds;
 mod token;
 
@@ -151,6 +152,20 @@ enum Command {
         #[arg(long)]
         sidecar: String,
     },
+    /// Add the meshgov sidecar to Kubernetes workloads (Deployment,
+    /// StatefulSet, Job, CronJob) and print the manifest.
+    ///
+    /// Other documents are printed byte for byte; running inject on its own
+    /// output changes nothing. The product comes from --product or each
+    /// workload's `meshgov.io/product` annotation; objects annotated
+    /// `meshgov.io/inject: disabled` are left alone. Exit 2, with nothing
+    /// printed, when a document is malformed or cannot be injected.
+    ///
+    /// Examples:
+    ///   meshgov inject -f deploy.yaml --product users/user-profiles --engine http://meshgov-engine:7600 | kubectl apply -f -
+    ///   helm template charts/profiles | meshgov inject -f - > injected.yaml
+    #[command(verbatim_doc_comment)]
+    Inject(inject::InjectArgs),
     /// Mint a short-lived control token (for `GET /control/v1/status` on a sidecar).
     ///
     /// Example:
@@ -511,6 +526,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => fleet_cmds::serve(args),
         Command::Status { engine, json } => fleet_cmds::status(&engine, json),
         Command::Push { file, sidecar } => fleet_cmds::push(&file, &sidecar),
+        Command::Inject(args) => inject::run(&args),
         Command::ControlToken { key, ttl } => fleet_cmds::control_token(&key, ttl),
         Command::Audit {
             command: AuditCommand::Verify { path, key, json },
