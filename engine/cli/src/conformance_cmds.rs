@@ -139,6 +139,7 @@ pub fn check(a: CheckArgs<'_>) -> Result<(), Failure> {
             rules: RULES,
             findings: &findings,
             skipped: &BTreeMap::new(),
+            summary: None,
         },
         a.format,
         a.fail_on,
@@ -154,6 +155,8 @@ pub struct Report<'a> {
     pub findings: &'a [Finding],
     /// Rules that could not run, with why.
     pub skipped: &'a BTreeMap<&'static str, String>,
+    /// What was checked, in a sentence (text and JSON).
+    pub summary: Option<&'a str>,
 }
 
 /// Prints the report in `format`; fails (exit 1) when a finding is at or
@@ -208,6 +211,9 @@ fn text_report(r: &Report<'_>, color: bool) -> String {
     for (rule, why) in r.skipped {
         out.push_str(&format!("{rule}: not run: {why}\n"));
     }
+    if let Some(s) = r.summary {
+        out.push_str(&format!("{s}\n"));
+    }
     let count = |s| findings.iter().filter(|f| f.diag.severity == s).count();
     out.push_str(&format!(
         "{} error(s), {} warning(s), {} info\n",
@@ -237,7 +243,7 @@ fn json_report(r: &Report<'_>) -> String {
             })
         })
         .collect();
-    let doc = serde_json::json!({ "target": r.target, "findings": items, "not_run": r.skipped });
+    let doc = serde_json::json!({ "target": r.target, "findings": items, "not_run": r.skipped, "summary": r.summary });
     format!(
         "{}\n",
         serde_json::to_string_pretty(&doc).unwrap_or_default()

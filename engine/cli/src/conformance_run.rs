@@ -155,6 +155,8 @@ struct Suite<'a> {
     sent: Vec<Sent>,
     findings: Vec<Finding>,
     skipped: BTreeMap<&'static str, String>,
+    /// What the run did, for the report.
+    summary: String,
     path: String,
     desc: Descriptor,
 }
@@ -169,10 +171,10 @@ pub fn run(a: &RunArgs<'_>) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| io_failure("cannot start the runtime", e))?;
-    let (findings, skipped) = rt.block_on(async {
+    let (findings, skipped, summary) = rt.block_on(async {
         let mut suite = Suite::new(a)?;
         suite.run_all().await?;
-        Ok::<_, Failure>((suite.findings, suite.skipped))
+        Ok::<_, Failure>((suite.findings, suite.skipped, suite.summary))
     })?;
     emit(
         &Report {
@@ -180,6 +182,7 @@ pub fn run(a: &RunArgs<'_>) -> Result<(), Failure> {
             rules: LIVE_RULES,
             findings: &findings,
             skipped: &skipped,
+            summary: Some(&summary),
         },
         a.format,
         a.fail_on,
@@ -222,6 +225,7 @@ impl<'a> Suite<'a> {
             sent: Vec::new(),
             findings: Vec::new(),
             skipped: BTreeMap::new(),
+            summary: String::new(),
             path,
             desc,
         })
@@ -244,6 +248,12 @@ impl<'a> Suite<'a> {
             .map_err(|e| Failure::usage(e.diagnostic(&self.path).to_string()))?;
         let view = ProductView::new(info, &policies).map_err(Failure::usage)?;
         let candidates = self.candidates(&policies, &components)?;
+        self.summary = format!(
+            "revision {} of {product}: {} consumers on {} port(s)",
+            manifest.revision,
+            candidates.len(),
+            view.info.ports.len()
+        );
 
         self.check_authentication(&policies, &view, &candidates)
             .await?;
@@ -1151,15 +1161,18 @@ impl<'a> Suite<'a> {
             }
             Err(e) => return Err(io_failure("cannot read the audit stream", e)),
         }
-        match meshgov_audit::verify_path(store.path(), &key) {
-            Ok(_) => {}
-            Err(e) => self.finding(
-                "LIVE-011",
-                pos,
-                format!("the audit log does not verify: {e}"),
-                hint,
-            ),
-        }
+        let verified = match meshgov_audit::verify_path(store.path(), &key) {
+            Ok(summary) => summary.events,
+            Err(e) => {
+                self.finding(
+                    "LIVE-011",
+                    pos,
+                    format!("the audit log does not verify: {e}"),
+                    hint,
+                );
+                0
+            }
+        };
         let events = meshgov_audit::show::read_filtered(store.path(), &Default::default())
             .map_err(|e| io_failure("cannot read the scratch audit store", e))?;
         let decided: BTreeMap<String, Option<u16>> = events
@@ -1185,6 +1198,11 @@ impl<'a> Suite<'a> {
                 ),
             }
         }
+        let found = sent.iter().filter(|s| decided.contains_key(&s.rid)).count();
+        self.summary.push_str(&format!(
+            "; {} requests sent, {found} found in the audit stream ({verified} events verified)",
+            sent.len()
+        ));
         Ok(())
     }
 }
