@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 const USAGE: &str = "usage: meshgov-sidecar --config <sidecar.toml> [--engine <http://host:port>]
 
@@ -21,7 +22,15 @@ signed with <state_dir>/audit-signing.key (generated on first start; verify
 with `meshgov audit verify <state_dir>/audit --key <state_dir>/audit-signing.pub`).
 
 Every scalar config key `a.b_c` can be overridden with MESHGOV_SIDECAR_A_B_C.
-Exit codes: 0 clean shutdown, 64 bad configuration, 70 a listener could not be bound.";
+Logs go to stderr, as text or JSON lines (`log_format`); RUST_LOG sets the
+level (default `info`; `debug` adds a line per request).
+
+SIGTERM or SIGINT: stop accepting, let reads in flight finish (at most
+`limits.drain_timeout_ms`), write the audit log's final checkpoint, exit 0.
+A second signal during the drain exits at once with 130.
+
+Exit codes: 0 clean shutdown, 64 bad configuration, 70 a listener could not
+be bound, 130 a second shutdown signal.";
 
 /// Command-line values first, then the process environment.
 struct Overrides {
@@ -108,7 +117,19 @@ async fn bind(addr: std::net::SocketAddr, key: &str) -> Result<tokio::net::TcpLi
     })
 }
 
+/// The exit code of a second shutdown signal (128 + SIGINT, by convention).
+const EXIT_FORCED: u8 = 130;
+
 async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
+    // Installed first, so that from here on a signal starts a drain rather
+    // than killing the process.
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("meshgov-sidecar: cannot install signal handlers: {e}");
+            return ExitCode::from(70);
+        }
+    };
     let data = match bind(cfg.listen_data, "listen.data").await {
         Ok(l) => l,
         Err(c) => return c,
@@ -160,12 +181,23 @@ async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
                     .unwrap_or_else(|| format!("http://{addr}")),
                 poll_wait: Duration::from_secs(e.poll_wait_seconds),
             };
-            tasks.push(tokio::spawn(engine_link::run(
-                Arc::clone(&app),
-                link,
-                stopped(),
-            )));
+            let span = tracing::info_span!("engine_link", engine = %link.engine_url);
+            tasks.push(tokio::spawn(
+                engine_link::run(Arc::clone(&app), link, stopped()).instrument(span),
+            ));
         }
+    }
+    if let Some(addr) = cfg.listen_metrics {
+        let listener = match bind(addr, "listen.metrics").await {
+            Ok(l) => l,
+            Err(c) => return c,
+        };
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics listening (GET /metrics)");
+        tasks.push(tokio::spawn(server::serve_metrics(
+            listener,
+            Arc::clone(&app),
+            stopped(),
+        )));
     }
     tasks.push(tokio::spawn(control::watch_expiry(
         Arc::clone(&app),
@@ -173,14 +205,33 @@ async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
     )));
     tracing::info!(addr = %cfg.listen_data, "data port listening");
     let data_task = tokio::spawn(server::serve(data, Arc::clone(&app), stopped()));
-    shutdown_signal().await;
+    signals.next().await;
+    tracing::info!(
+        grace_ms = app.limits.drain_timeout_ms,
+        "shutting down: refusing new connections, draining reads in flight"
+    );
     let _ = stop_tx.send(true);
+    // A second signal does not wait for the drain. Every event already
+    // acknowledged is durable; streams cut here get no completion event.
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("meshgov-sidecar: second shutdown signal; exiting at once");
+        std::process::exit(i32::from(EXIT_FORCED));
+    });
     let _ = data_task.await;
     for t in tasks {
         let _ = t.await;
     }
-    // Writes what is queued and a final signed checkpoint.
-    app.audit.close();
+    // Writes what is queued (completion events included) and a final
+    // signed checkpoint, and waits for both to be on disk.
+    let audit = Arc::clone(&app.audit);
+    let _ = tokio::task::spawn_blocking(move || audit.close()).await;
+    let head = app.audit.head();
+    tracing::info!(
+        audit_seq = head.seq,
+        checkpoint_seq = head.checkpoint_seq,
+        "stopped"
+    );
     ExitCode::SUCCESS
 }
 
@@ -221,25 +272,36 @@ fn init_logging(format: &str) {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), as one stream of shutdown requests.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("shutting down; draining in-flight reads");
 }
