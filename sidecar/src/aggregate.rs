@@ -73,9 +73,14 @@ pub struct SpendEvent<'a> {
     /// `granted`, `cached`, `exhausted` or `pending`.
     pub outcome: &'static str,
     pub cost: Units,
+    /// The privacy rule that set the budgets.
+    pub rule: &'a str,
+    /// The accounts charged (consumer, then product), with their limits.
+    pub accounts: &'a [Account],
     /// Remaining per account after the outcome: consumer, then product.
     pub remaining: &'a [Units],
     pub window_start: i64,
+    pub window_end: i64,
     pub revision: u64,
 }
 
@@ -87,8 +92,8 @@ pub fn audit_spend(ev: &mut Event, e: &SpendEvent<'_>) {
     if e.outcome == "exhausted" {
         ev.decision = Some(Decision::Deny);
     }
-    tracing::info!(
-        request_id = %e.request_id, consumer = %e.consumer, purpose = %e.purpose, port = %e.port,
+    tracing::debug!(
+        purpose = %e.purpose,
         outcome = e.outcome, epsilon = e.cost.epsilon_f64(), delta = e.cost.delta_f64(),
         remaining = ?e.remaining.iter().map(|u| (u.epsilon_f64(), u.delta_f64())).collect::<Vec<_>>(),
         window_start = e.window_start, revision = e.revision,
@@ -202,7 +207,7 @@ where
         })?;
     ev.policies = decision.policies.clone();
     if !decision.allowed {
-        tracing::info!(request_id = %rid, consumer = %who.principal.id, purpose = %who.purpose, port, "aggregate denied");
+        tracing::debug!(purpose = %who.purpose, "aggregate denied by policy");
         return Err(ApiError::forbidden());
     }
     let product = bundle.view.info.id.clone();
@@ -280,8 +285,11 @@ where
             accounts.clone(),
             rid.to_string(),
         );
+        // The blocking thread does not inherit the request's span.
+        let request_span = tracing::Span::current();
         tokio::task::spawn_blocking(
             move || -> Result<(Costed, Reserved, Reservation), ApiError> {
+                let _request = request_span.enter();
                 let costed = engine::cost(&plan).map_err(|e| engine_failed(&rid2, e))?;
                 let cost = Units::cost(costed.epsilon, costed.delta)
                     .ok_or_else(|| engine_failed(&rid2, "cost out of range"))?;
@@ -292,7 +300,14 @@ where
                     cost,
                     accounts,
                 };
-                let reserved = ledger.reserve(&r).map_err(|e| ledger_failed(&rid2, &e))?;
+                let reserved = tracing::info_span!(
+                    "ledger_spend",
+                    window_start = r.window_start,
+                    epsilon = r.cost.epsilon_f64(),
+                    delta = r.cost.delta_f64()
+                )
+                .in_scope(|| ledger.reserve(&r))
+                .map_err(|e| ledger_failed(&rid2, &e))?;
                 Ok((costed, reserved, r))
             },
         )
@@ -300,24 +315,26 @@ where
         .map_err(|e| engine_failed(rid, e))??
     };
     let event = |ev: &mut Event, outcome, remaining: &[Units]| {
-        audit_spend(
-            ev,
-            &SpendEvent {
-                request_id: rid,
-                consumer: &who.principal.id,
-                purpose: &who.purpose,
-                port,
-                outcome,
-                cost: if outcome == "granted" {
-                    reservation.cost
-                } else {
-                    Units::default()
-                },
-                remaining,
-                window_start: window.0,
-                revision: bundle.meta.revision,
+        let spend = SpendEvent {
+            request_id: rid,
+            consumer: &who.principal.id,
+            purpose: &who.purpose,
+            port,
+            outcome,
+            cost: if outcome == "granted" {
+                reservation.cost
+            } else {
+                Units::default()
             },
-        );
+            rule: &rule.id,
+            accounts: &accounts,
+            remaining,
+            window_start: window.0,
+            window_end: window.1,
+            revision: bundle.meta.revision,
+        };
+        app.metrics.spend(&spend);
+        audit_spend(ev, &spend);
     };
     match &reserved {
         Reserved::Exhausted { account, remaining } => {
@@ -389,7 +406,9 @@ where
         )
         .await
         .map_err(|e| {
-            tracing::error!(request_id = %rid, port, "upstream failed: {e}");
+            app.metrics
+                .upstream_error(app.metrics.port(Some(port)), false);
+            tracing::error!("upstream failed: {e}");
             ApiError::upstream(
                 "the product's upstream could not be read; the reserved budget stays spent",
             )
@@ -411,7 +430,9 @@ where
                 }
             }
             Err(e) => {
-                tracing::error!(request_id = %rid, port, "upstream failed mid-read: {e}");
+                app.metrics
+                    .upstream_error(app.metrics.port(Some(port)), true);
+                tracing::error!("upstream failed mid-read: {e}");
                 return Err(ApiError::upstream(
                     "the product's upstream failed; the reserved budget stays spent",
                 ));

@@ -6,6 +6,7 @@
 //! when it ends or is dropped (the client went away), records a completion
 //! event in the audit log with those counts.
 
+use crate::metrics::{Metrics, PortIx};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use meshgov_audit::{AuditLog, Event};
@@ -13,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 pub enum Body {
@@ -39,6 +41,36 @@ pub struct Metered {
     /// Set by the producer when it gave up on a client that read nothing.
     stalled: Arc<AtomicBool>,
     completion: Option<(Arc<AuditLog>, Box<Event>)>,
+    meter: Meter,
+}
+
+/// Where a stream counts what it sends: the port's records and bytes, the
+/// streams in flight and how long each took.
+pub struct Meter {
+    metrics: Arc<Metrics>,
+    port: PortIx,
+    started: Instant,
+    /// Set when the shutdown grace period ran out.
+    cut_at_shutdown: Arc<AtomicBool>,
+}
+
+impl Meter {
+    /// A stream of `port` starts now.
+    pub fn start(app: &crate::pipeline::App, port: &str) -> Meter {
+        app.metrics.streams_in_flight.inc();
+        Meter {
+            port: app.metrics.port(Some(port)),
+            metrics: Arc::clone(&app.metrics),
+            started: Instant::now(),
+            cut_at_shutdown: Arc::clone(&app.cut_at_shutdown),
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.metrics.stream_ended(self.port, self.started.elapsed());
+    }
 }
 
 impl Metered {
@@ -49,6 +81,7 @@ impl Metered {
         stalled: Arc<AtomicBool>,
         log: Arc<AuditLog>,
         completion: Event,
+        meter: Meter,
     ) -> Metered {
         Metered {
             rx,
@@ -57,6 +90,7 @@ impl Metered {
             outcome: None,
             stalled,
             completion: Some((log, Box::new(completion))),
+            meter,
         }
     }
 
@@ -72,7 +106,12 @@ impl Drop for Metered {
         if let Some((log, mut ev)) = self.completion.take() {
             ev.records = Some(self.records);
             ev.bytes = Some(self.bytes);
-            ev.outcome = Some(self.outcome.unwrap_or("client_gone").into());
+            let gone = if self.meter.cut_at_shutdown.load(Ordering::Acquire) {
+                "shutdown"
+            } else {
+                "client_gone"
+            };
+            ev.outcome = Some(self.outcome.unwrap_or(gone).into());
             ev.time_ms = crate::clock::now_ms();
             if let Err(e) = log.submit_detached(*ev) {
                 tracing::error!("cannot audit a stream's completion: {e}");
@@ -97,6 +136,7 @@ impl http_body::Body for Body {
                 Poll::Ready(Some(Ok((b, n)))) => {
                     m.records += n;
                     m.bytes += b.len() as u64;
+                    m.meter.metrics.sent(m.meter.port, n, b.len() as u64);
                     Poll::Ready(Some(Ok(Frame::data(b))))
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -16,6 +16,10 @@
 //! [listen]
 //! data = "127.0.0.1:8080"
 //! control = "127.0.0.1:8081"               # the control port (bundle pushes, status)
+//! metrics = "127.0.0.1:9464"               # Prometheus `GET /metrics`, unauthenticated (optional)
+//!
+//! [metrics]
+//! budget_series = 1000                      # consumer/purpose budget gauges kept; 0: none
 //!
 //! [engine]                                  # optional: register with `meshgov serve`
 //! url = "http://127.0.0.1:7600"             # or `--engine URL`
@@ -275,6 +279,11 @@ pub struct Config {
     pub trusted_bundle_keys: Vec<String>,
     pub listen_data: SocketAddr,
     pub listen_control: Option<SocketAddr>,
+    /// Where `GET /metrics` is served (Prometheus); `None`: nowhere.
+    pub listen_metrics: Option<SocketAddr>,
+    /// The most privacy-budget series by consumer and purpose exported
+    /// (see [`crate::metrics`]); 0 exports none.
+    pub metrics_budget_series: usize,
     pub engine: Option<EngineConfig>,
     pub upstream: UpstreamConfig,
     pub auth: AuthConfig,
@@ -298,7 +307,7 @@ pub enum LedgerConfig {
 }
 
 /// Every scalar key the file may hold, and so every env override.
-const SCALAR_KEYS: &[&str] = &[
+pub const SCALAR_KEYS: &[&str] = &[
     "mesh",
     "descriptor",
     "bundle_file",
@@ -306,6 +315,8 @@ const SCALAR_KEYS: &[&str] = &[
     "log_format",
     "listen.data",
     "listen.control",
+    "listen.metrics",
+    "metrics.budget_series",
     "engine.url",
     "engine.instance_id",
     "engine.advertise_url",
@@ -651,6 +662,8 @@ impl Config {
             ));
         }
         let listen_control = v.addr("listen.control")?;
+        let listen_metrics = v.addr("listen.metrics")?;
+        let metrics_budget_series = usize_of("metrics.budget_series", 1000)?;
         let engine = match v.str("engine.url")? {
             None => None,
             Some(url) => Some(EngineConfig {
@@ -675,6 +688,14 @@ impl Config {
                 "must differ from `listen.data`: the control port has its own listener",
             ));
         }
+        if listen_metrics
+            .is_some_and(|m| m.port() != 0 && (m == listen_data || Some(m) == listen_control))
+        {
+            return Err(err(
+                "listen.metrics",
+                "must differ from `listen.data` and `listen.control`: metrics have their own listener",
+            ));
+        }
         if engine.is_some() && listen_control.is_none() {
             return Err(err(
                 "listen.control",
@@ -690,6 +711,8 @@ impl Config {
             trusted_bundle_keys,
             listen_data,
             listen_control,
+            listen_metrics,
+            metrics_budget_series,
             engine,
             upstream,
             auth,

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use tracing::Instrument as _;
 
 /// A bundle accepted (or already in force).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,13 +151,22 @@ impl App {
         persist: bool,
     ) -> Result<Ack, BundleError> {
         let _serial = lock(&self.control.apply);
+        let span = tracing::info_span!(
+            "bundle_swap",
+            bytes = envelope.len(),
+            revision = tracing::field::Empty,
+        )
+        .entered();
         let r = self.verify_and_swap(envelope, now_unix, persist);
         match &r {
             Ok(a) if !a.noop => {
+                span.record("revision", a.revision);
+                self.metrics.bundle_swaps.inc();
                 tracing::info!(revision = a.revision, digest = %a.digest, "bundle accepted and in force");
             }
             Ok(_) => {}
             Err(e) => {
+                self.metrics.bundle_refused(e.code());
                 tracing::warn!(code = e.code(), "bundle refused: {e}");
                 *lock(&self.control.last_refusal) = Some(Refusal {
                     code: e.code(),
@@ -350,7 +360,35 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let rid = request_id(&req);
-    let result = match route(req.method(), req.uri().path()) {
+    let span =
+        tracing::info_span!("control_request", request_id = %rid, path = tracing::field::Empty);
+    let r = route(req.method(), req.uri().path());
+    if let Ok(r) = &r {
+        span.record(
+            "path",
+            match r {
+                Route::PutBundle => "bundle",
+                Route::GetBundle => "bundle_get",
+                Route::Status => "status",
+                Route::Audit => "audit",
+            },
+        );
+    }
+    control_in(app, req, r, rid).instrument(span).await
+}
+
+async fn control_in<B>(
+    app: &Arc<App>,
+    req: Request<B>,
+    route: Result<Route, ApiError>,
+    rid: String,
+) -> Response<Body>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let result = match route {
         Err(e) => Err(e),
         Ok(Route::PutBundle) => put_bundle(app, req, &rid).await,
         Ok(Route::GetBundle) => match authorize_engine(app, &req) {
@@ -369,7 +407,11 @@ where
             .map(|()| crate::audit_feed::respond(&app.audit, req.uri().query())),
     };
     result.unwrap_or_else(|e| {
-        tracing::info!(request_id = %rid, status = e.status.as_u16(), error = e.code, "control request refused");
+        tracing::info!(
+            status = e.status.as_u16(),
+            error = e.code,
+            "control request refused"
+        );
         crate::pipeline::error(&rid, &e)
     })
 }
@@ -409,17 +451,20 @@ where
         }
     };
     let worker = Arc::clone(app);
+    let span = tracing::Span::current();
     // Verification is CPU work (hashing, Cedar parsing) and persisting
     // fsyncs: keep both off the async workers that serve reads.
-    let r = tokio::task::spawn_blocking(move || worker.accept_bundle(&body, clock::now_unix()))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the bundle could not be processed",
-            )
-        })?;
+    let r = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| worker.accept_bundle(&body, clock::now_unix()))
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the bundle could not be processed",
+        )
+    })?;
     let mut ev = Event::new(Kind::Decision, clock::now_ms());
     ev.request_id = Some(rid.to_string());
     ev.action = Some("bundle_push".into());

@@ -223,10 +223,12 @@ async fn poll(client: &HttpClient, app: &Arc<App>, cfg: &LinkConfig) -> Result<S
         StatusCode::NOT_FOUND => Ok(Step::Unknown),
         StatusCode::OK => {
             let worker = Arc::clone(app);
-            let r =
-                tokio::task::spawn_blocking(move || worker.accept_bundle(&body, clock::now_unix()))
-                    .await
-                    .map_err(|_| "the bundle could not be processed".to_string())?;
+            let span = tracing::Span::current();
+            let r = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| worker.accept_bundle(&body, clock::now_unix()))
+            })
+            .await
+            .map_err(|_| "the bundle could not be processed".to_string())?;
             let report = match &r {
                 Ok(a) => {
                     serde_json::json!({"result": "ack", "revision": a.revision, "digest": a.digest})

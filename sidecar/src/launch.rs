@@ -1,6 +1,7 @@
-//! Starting a sidecar: its listeners, its engine link and its expiry watch,
-//! for the `meshgov-sidecar` binary and for programs that run sidecars in
-//! process (`meshgov demo`).
+//! Starting and stopping a sidecar: its listeners (data, control, metrics),
+//! its engine link and its expiry watch, for the `meshgov-sidecar` binary
+//! and for programs that run sidecars in process (`meshgov demo`); and the
+//! shutdown signals both listen to.
 
 use crate::config::Config;
 use crate::engine_link::{self, LinkConfig};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 /// Why a sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub struct Running {
     pub data_addr: SocketAddr,
     /// Where the control port listens, when configured.
     pub control_addr: Option<SocketAddr>,
+    /// Where `GET /metrics` is served, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     app: Arc<App>,
     stop: watch::Sender<bool>,
     data_task: JoinHandle<()>,
@@ -103,12 +107,23 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
                     .unwrap_or_else(|| format!("http://{addr}")),
                 poll_wait: Duration::from_secs(e.poll_wait_seconds),
             };
-            tasks.push(tokio::spawn(engine_link::run(
-                Arc::clone(&app),
-                link,
-                stopped(),
-            )));
+            let span = tracing::info_span!("engine_link", engine = %link.engine_url);
+            tasks.push(tokio::spawn(
+                engine_link::run(Arc::clone(&app), link, stopped()).instrument(span),
+            ));
         }
+    }
+    let mut metrics_addr = None;
+    if let Some(addr) = cfg.listen_metrics {
+        let listener = bind(addr, "listen.metrics").await?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        metrics_addr = Some(addr);
+        tracing::info!(%addr, "metrics listening (GET /metrics)");
+        tasks.push(tokio::spawn(server::serve_metrics(
+            listener,
+            Arc::clone(&app),
+            stopped(),
+        )));
     }
     tasks.push(tokio::spawn(control::watch_expiry(
         Arc::clone(&app),
@@ -119,6 +134,7 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
     Ok(Running {
         data_addr,
         control_addr,
+        metrics_addr,
         app,
         stop,
         data_task,
@@ -131,15 +147,78 @@ impl Running {
         &self.app
     }
 
-    /// Stops accepting, lets answers in flight finish, stops the
-    /// background tasks, then closes the audit log (what is queued, and a
-    /// final signed checkpoint).
+    /// Stops accepting, lets reads in flight finish (within
+    /// `limits.drain_timeout_ms`), stops the background tasks, then closes
+    /// the audit log: what is queued, completion events included, and a
+    /// final signed checkpoint, on disk before this returns.
     pub async fn stop(self) {
+        tracing::info!(
+            grace_ms = self.app.limits.drain_timeout_ms,
+            "shutting down: refusing new connections, draining reads in flight"
+        );
         let _ = self.stop.send(true);
         let _ = self.data_task.await;
         for t in self.tasks {
             let _ = t.await;
         }
-        self.app.audit.close();
+        let audit = Arc::clone(&self.app.audit);
+        let _ = tokio::task::spawn_blocking(move || audit.close()).await;
+        let head = self.app.audit.head();
+        tracing::info!(
+            audit_seq = head.seq,
+            checkpoint_seq = head.checkpoint_seq,
+            "stopped"
+        );
+    }
+}
+
+/// The exit code of a second shutdown signal (128 + SIGINT, by convention).
+pub const EXIT_FORCED: u8 = 130;
+
+/// SIGTERM and SIGINT (Ctrl-C), as one stream of shutdown requests.
+/// Install it first, so that from then on a signal starts a drain rather
+/// than killing the process.
+pub struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next SIGTERM or SIGINT.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// From now on, the next signal exits the process at once with
+    /// [`EXIT_FORCED`], without waiting for a drain. Every audit event
+    /// already acknowledged is durable; streams cut then get no completion
+    /// event.
+    pub fn force_on_next(mut self, program: &'static str) {
+        tokio::spawn(async move {
+            self.next().await;
+            eprintln!("{program}: second shutdown signal; exiting at once");
+            std::process::exit(i32::from(EXIT_FORCED));
+        });
     }
 }

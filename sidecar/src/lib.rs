@@ -14,7 +14,8 @@
 //! - [`server`]: hyper 1 with limits, timeouts and graceful drain;
 //! - [`control`]: the control port: signed bundle pushes (ACK/NACK), status, engine-only auth;
 //! - [`persist`]: the last good bundle on disk, written atomically;
-//! - [`engine_link`]: registration with the engine and the long poll.
+//! - [`engine_link`]: registration with the engine and the long poll;
+//! - [`metrics`]: Prometheus counters and `GET /metrics` on `listen.metrics`.
 //! - [`audit_feed`]: `GET /control/v1/audit?after=SEQ`, the audit stream for
 //!   collection (events, then checkpoints, as NDJSON).
 //!
@@ -48,6 +49,7 @@ pub mod control;
 pub mod engine_link;
 pub mod error;
 pub mod launch;
+pub mod metrics;
 pub mod persist;
 pub mod pipeline;
 pub mod request;

@@ -19,7 +19,15 @@ signed with <state_dir>/audit-signing.key (generated on first start; verify
 with `meshgov audit verify <state_dir>/audit --key <state_dir>/audit-signing.pub`).
 
 Every scalar config key `a.b_c` can be overridden with MESHGOV_SIDECAR_A_B_C.
-Exit codes: 0 clean shutdown, 64 bad configuration, 70 a listener could not be bound.";
+Logs go to stderr, as text or JSON lines (`log_format`); RUST_LOG sets the
+level (default `info`; `debug` adds a line per request).
+
+SIGTERM or SIGINT: stop accepting, let reads in flight finish (at most
+`limits.drain_timeout_ms`), write the audit log's final checkpoint, exit 0.
+A second signal during the drain exits at once with 130.
+
+Exit codes: 0 clean shutdown, 64 bad configuration, 70 a listener could not
+be bound, 130 a second shutdown signal.";
 
 /// Command-line values first, then the process environment.
 struct Overrides {
@@ -100,6 +108,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
+    let mut signals = match launch::Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("meshgov-sidecar: cannot install signal handlers: {e}");
+            return ExitCode::from(70);
+        }
+    };
     let running = match launch::start(&cfg, app).await {
         Ok(r) => r,
         Err(e) => {
@@ -107,7 +122,8 @@ async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    shutdown_signal().await;
+    signals.next().await;
+    signals.force_on_next("meshgov-sidecar");
     running.stop().await;
     ExitCode::SUCCESS
 }
@@ -147,27 +163,4 @@ fn init_logging(format: &str) {
     } else {
         b.init();
     }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down; draining in-flight reads");
 }

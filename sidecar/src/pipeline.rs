@@ -33,70 +33,23 @@ use crate::clock;
 use crate::config::{Config, ConfigError, Limits};
 use crate::control::ControlState;
 use crate::error::ApiError;
+use crate::metrics::{Action, Metrics};
 use crate::request::{self, Format, Route, RouteError};
 use crate::shape::Shaper;
 use crate::state::{ActiveBundle, BundleError, BundleSlot};
 use crate::upstream::{CsvSchema, Item, Upstream, Window, record_time};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use meshgov_anonymize::{FailureKind, Outcome, PluginFailure};
+use meshgov_anonymize::{Outcome, PluginFailure};
 use meshgov_audit::{AuditLog, Decision, Event, Kind};
 use meshgov_core::descriptor::Descriptor;
 use meshgov_core::plan::{Asker, PlanError};
 use meshgov_core::records::{KeyRing, RecordPlanError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// Counters for operations, kept per sidecar process.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub requests: AtomicU64,
-    pub records_out: AtomicU64,
-    pub malformed_skipped: AtomicU64,
-    /// Records a validator plugin refused (withheld as nonconforming).
-    pub nonconforming_withheld: AtomicU64,
-    /// Requests failed by a plugin, by what went wrong.
-    pub plugin_failures: PluginFailures,
-}
-
-/// Plugin failures by kind, for metrics.
-#[derive(Debug, Default)]
-pub struct PluginFailures {
-    pub trap: AtomicU64,
-    pub out_of_fuel: AtomicU64,
-    pub out_of_memory: AtomicU64,
-    pub malformed_output: AtomicU64,
-    pub other: AtomicU64,
-}
-
-impl PluginFailures {
-    fn count(&self, kind: FailureKind) {
-        let counter = match kind {
-            FailureKind::Trap => &self.trap,
-            FailureKind::OutOfFuel => &self.out_of_fuel,
-            FailureKind::OutOfMemory => &self.out_of_memory,
-            FailureKind::Malformed => &self.malformed_output,
-            _ => &self.other,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// All failures so far.
-    pub fn total(&self) -> u64 {
-        [
-            &self.trap,
-            &self.out_of_fuel,
-            &self.out_of_memory,
-            &self.malformed_output,
-            &self.other,
-        ]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
-    }
-}
+use tracing::Instrument as _;
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -113,7 +66,11 @@ pub struct App {
     /// Pseudonym secrets by key scope, from config.
     pub pseudonym_keys: KeyRing,
     pub limits: Limits,
-    pub stats: Stats,
+    /// Prometheus metrics (see [`crate::metrics`]).
+    pub metrics: Arc<Metrics>,
+    /// Set when the shutdown grace period ran out: streams cut then are
+    /// audited with the outcome `shutdown`.
+    pub cut_at_shutdown: Arc<AtomicBool>,
     /// The control port's state: the apply lock, the state directory, the
     /// last refusal and the engine link.
     pub control: ControlState,
@@ -169,6 +126,13 @@ impl App {
             .map_err(|e| bad("state_dir", format!("the audit signing key: {e}")))?;
         let audit = AuditLog::open(c.audit.options(), audit_key)
             .map_err(|e| bad("state_dir", format!("the audit log: {e}")))?;
+        let ports = descriptor
+            .ports()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let metrics = Arc::new(Metrics::new(ports, c.metrics_budget_series));
         Ok(App {
             bundle: BundleSlot::default(),
             mesh: c.mesh.clone(),
@@ -179,7 +143,8 @@ impl App {
             upstream: Upstream::from_config(&c.upstream),
             pseudonym_keys,
             limits: c.limits.clone(),
-            stats: Stats::default(),
+            metrics,
+            cut_at_shutdown: Arc::new(AtomicBool::new(false)),
             control: ControlState::new(c.state_dir.clone()),
             audit: Arc::new(audit),
             ledger: crate::aggregate::open_ledger(&c.ledger, Some(c.state_dir.as_path()))
@@ -263,17 +228,58 @@ pub(crate) fn error(rid: &str, e: &ApiError) -> Response<Body> {
 }
 
 /// Handles one request. Never panics; every failure is an error document.
+///
+/// Runs inside a `request` span carrying the request id, and, once known,
+/// the port, the action and the consumer (the token's subject), so every
+/// log line of the request, its stream included, names them.
 pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    app.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
     let rid = request_id(&req);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %rid,
+        port = tracing::field::Empty,
+        action = tracing::field::Empty,
+        consumer = tracing::field::Empty,
+    );
+    handle_in(app, req, rid, started).instrument(span).await
+}
+
+async fn handle_in<B>(
+    app: &Arc<App>,
+    req: Request<B>,
+    rid: String,
+    started: Instant,
+) -> Response<Body>
+where
+    B: http_body::Body + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut ev = Event::new(Kind::Decision, clock::now_ms());
     ev.request_id = Some(rid.clone());
-    let result = match request::route(req.method(), req.uri().path()) {
-        // Probes are operations, not decisions: not audited.
+    let route = request::route(req.method(), req.uri().path());
+    let span = tracing::Span::current();
+    let action = match &route {
+        Ok(Route::Records { port } | Route::Aggregate { port }) => {
+            span.record("port", port.as_str());
+            if matches!(route, Ok(Route::Records { .. })) {
+                Action::Read
+            } else {
+                Action::Aggregate
+            }
+        }
+        Ok(Route::Discovery) => Action::Discover,
+        _ => Action::Other,
+    };
+    if action != Action::Other {
+        span.record("action", action.label());
+    }
+    let result = match route {
+        // Probes are operations, not decisions: not audited, not counted.
         Ok(Route::Healthz) => {
             return json(StatusCode::OK, &rid, &serde_json::json!({"status": "ok"}));
         }
@@ -304,7 +310,6 @@ where
             r
         }
         Err(e) => {
-            tracing::info!(request_id = %rid, status = e.status.as_u16(), error = e.code, "refused");
             ev.decision = Some(if e.status == StatusCode::FORBIDDEN {
                 Decision::Deny
             } else {
@@ -315,7 +320,27 @@ where
         }
     };
     ev.status = Some(resp.status().as_u16());
-    audited(app, &rid, ev, resp).await
+    let port = app.metrics.port(ev.port.as_deref());
+    let decision = ev.decision.map_or(2, |d| d as usize);
+    let refusal = ev.error.clone();
+    let resp = audited(app, &rid, ev, resp).await;
+    let status = resp.status().as_u16();
+    let refusal = if status == 503 && refusal.is_none() {
+        // The audit log refused the event: the answer became a refusal.
+        Some("audit_unavailable".to_string())
+    } else {
+        refusal
+    };
+    let took = started.elapsed();
+    app.metrics
+        .request(port, action, decision, status, refusal.as_deref(), took);
+    tracing::debug!(
+        status,
+        error = refusal.as_deref(),
+        micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        "answered"
+    );
+    resp
 }
 
 /// Makes the decision event durable, then lets the response go. If the log
@@ -325,7 +350,9 @@ async fn audited(app: &App, rid: &str, ev: Event, mut resp: Response<Body>) -> R
     let waited = Instant::now();
     match app.audit.submit(ev).await {
         Ok(_) => {
-            let us = waited.elapsed().as_micros();
+            let waited = waited.elapsed();
+            app.metrics.audit_wait(waited);
+            let us = waited.as_micros();
             // The durability wait, for operators and the load benchmark.
             if let Ok(v) =
                 HeaderValue::from_str(&format!("audit;dur={}.{:03}", us / 1000, us % 1000))
@@ -335,7 +362,7 @@ async fn audited(app: &App, rid: &str, ev: Event, mut resp: Response<Body>) -> R
             resp
         }
         Err(e) => {
-            tracing::error!(request_id = %rid, "cannot audit the decision, refusing: {e}");
+            tracing::error!("cannot audit the decision, refusing: {e}");
             if let Body::Metered(m) = resp.into_body() {
                 m.disarm();
             }
@@ -455,6 +482,7 @@ pub(crate) fn authenticate(
         .auth
         .authenticate(auth)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    tracing::Span::current().record("consumer", who.principal.id.as_str());
     ev.consumer = Some(who.principal.id.clone());
     ev.groups = who.principal.groups.clone();
     ev.purpose = Some(who.purpose.clone());
@@ -530,7 +558,7 @@ async fn records<B>(
     // 5. authorize
     ev.policies = plan.decision.policies.clone();
     if !plan.decision.allowed {
-        tracing::info!(request_id = %rid, consumer = %who.principal.id, purpose = %who.purpose, port, "denied");
+        tracing::debug!(purpose = %who.purpose, "denied by policy");
         return Err(ApiError::forbidden());
     }
     ev.transforms = plan
@@ -539,7 +567,7 @@ async fn records<B>(
         .map(|f| (f.name.clone(), f.treatment.label()))
         .collect();
     let record_plan = plan.record_plan(&app.pseudonym_keys, &bundle.plugins).map_err(|e| {
-        tracing::error!(request_id = %rid, port, "cannot apply the read plan: {e}");
+        tracing::error!("cannot apply the read plan: {e}");
         ApiError::cannot_anonymize(match e {
             RecordPlanError::MissingKey(_) => {
                 "this read needs a pseudonym key that is not configured on this sidecar; nothing was served, and the operator must add it"
@@ -564,7 +592,9 @@ async fn records<B>(
         )
         .await
         .map_err(|e| {
-            tracing::error!(request_id = %rid, port, "upstream failed: {e}");
+            app.metrics
+                .upstream_error(app.metrics.port(Some(port)), false);
+            tracing::error!("upstream failed: {e}");
             ApiError::upstream("the product's upstream could not be read")
         })?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
@@ -585,14 +615,12 @@ async fn records<B>(
         window,
         time_field: time_field.filter(|_| q.from.is_some() || q.to.is_some()),
         limit: q.limit,
-        rid: rid.to_string(),
-        port: port.to_string(),
-        consumer: who.principal.id.clone(),
+        port: app.metrics.port(Some(port)),
         stall: Duration::from_millis(app.limits.write_stall_timeout_ms),
         stalled: Arc::clone(&stalled),
         first_batch: Some(first_tx),
     };
-    tokio::spawn(job.run(tx));
+    tokio::spawn(job.run(tx).in_current_span());
     // (The job has logged and counted a failure.)
     if uses_plugins && let Ok(Err(failure)) = first_rx.await {
         return Err(ApiError::plugin_failed(&failure));
@@ -601,7 +629,13 @@ async fn records<B>(
         Format::Ndjson => "application/x-ndjson",
         Format::Csv => "text/csv; charset=utf-8",
     };
-    let body = Metered::new(rx, stalled, Arc::clone(&app.audit), completion);
+    let body = Metered::new(
+        rx,
+        stalled,
+        Arc::clone(&app.audit),
+        completion,
+        crate::body::Meter::start(app, port),
+    );
     let mut resp = respond(StatusCode::OK, ct, rid, Body::Metered(body));
     if let Ok(v) = HeaderValue::from_str(&bundle.meta.revision.to_string()) {
         resp.headers_mut().insert("x-meshgov-bundle-revision", v);
@@ -616,9 +650,7 @@ struct StreamJob {
     window: Window,
     time_field: Option<String>,
     limit: Option<u64>,
-    rid: String,
-    port: String,
-    consumer: String,
+    port: crate::metrics::PortIx,
     stall: Duration,
     stalled: Arc<AtomicBool>,
     /// Told how the first plugin batch went (plugin reads only).
@@ -708,8 +740,8 @@ impl StreamJob {
             let _ = first.send(done.clone());
         }
         if let Err(failure) = &done {
-            self.app.stats.plugin_failures.count(failure.kind);
-            tracing::error!(request_id = %self.rid, port = %self.port, plugin = %failure.plugin, kind = failure.kind.label(), "{failure}");
+            self.app.metrics.plugin_failure(failure.kind);
+            tracing::error!(plugin = %failure.plugin, kind = failure.kind.label(), "{failure}");
         }
         done?;
         for o in outcomes {
@@ -796,7 +828,8 @@ impl StreamJob {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(request_id = %self.rid, port = %self.port, "upstream failed mid-stream: {e}");
+                    self.app.metrics.upstream_error(self.port, true);
+                    tracing::error!("upstream failed mid-stream: {e}");
                     failed = true;
                     break;
                 }
@@ -821,21 +854,16 @@ impl StreamJob {
             // rather than a complete-looking one.
             let _ = tx.send(Err(std::io::Error::other("upstream failed"))).await;
         }
-        self.app.stats.records_out.fetch_add(out, Ordering::Relaxed);
-        self.app
-            .stats
-            .malformed_skipped
-            .fetch_add(skipped, Ordering::Relaxed);
-        self.app
-            .stats
-            .nonconforming_withheld
-            .fetch_add(tally.rejected, Ordering::Relaxed);
+        self.app.metrics.malformed_skipped.add(skipped);
+        self.app.metrics.nonconforming_withheld.add(tally.rejected);
         // The completion event is the body's: it counts what the
         // connection actually took.
-        tracing::info!(
-            request_id = %self.rid, consumer = %self.consumer, port = %self.port,
-            records_out = out, malformed_skipped = skipped, nonconforming_withheld = tally.rejected,
-            failed, client_gone = gone,
+        tracing::debug!(
+            records_out = out,
+            malformed_skipped = skipped,
+            nonconforming_withheld = tally.rejected,
+            failed,
+            client_gone = gone,
             "read finished"
         );
     }

@@ -1,8 +1,14 @@
-//! The HTTP/1.1 servers of the data and control ports. Each takes its
-//! listener and shutdown signal as arguments, so tests bind `127.0.0.1:0`
-//! and stop it at will.
-//! Shutdown stops accepting, then drains in-flight responses (bounded by
-//! `limits.drain_timeout_ms`).
+//! The HTTP/1.1 servers of the data, control and metrics ports. Each takes
+//! its listener and shutdown signal as arguments, so tests bind
+//! `127.0.0.1:0` and stop it at will.
+//!
+//! Shutdown closes the listener (new connections are refused), lets every
+//! response in flight finish (keep-alive connections close after it), and
+//! waits up to `limits.drain_timeout_ms` for that. Connections still open
+//! then are closed: their streams end cut short, and their completion
+//! events record the outcome `shutdown`. The server returns only once every
+//! connection task has ended, so every completion event has been handed to
+//! the audit log before the caller closes it.
 
 use crate::body::Body;
 use crate::pipeline::App;
@@ -41,6 +47,45 @@ pub async fn serve_control(
     .await;
 }
 
+/// Serves `GET /metrics` (see [`crate::metrics`]) until `shutdown`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_with(listener, app, shutdown, |app, req| async move {
+        metrics_route(&app, &req)
+    })
+    .await;
+}
+
+fn metrics_route<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/metrics") => (
+            http::StatusCode::OK,
+            meshgov_metrics::CONTENT_TYPE,
+            app.metrics.render(app, crate::clock::now_unix()),
+        ),
+        (_, "/metrics") => (
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "use GET\n".to_string(),
+        ),
+        _ => (
+            http::StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "this listener serves only GET /metrics\n".to_string(),
+        ),
+    };
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
 /// Serves `handler` with the sidecar's connection limits until `shutdown`
 /// completes, then drains.
 async fn serve_with<H, F>(
@@ -61,6 +106,11 @@ async fn serve_with<H, F>(
         .max_buf_size(app.limits.max_header_bytes)
         .max_headers(MAX_HEADERS);
     let graceful = GracefulShutdown::new();
+    // Set when the grace period is over: connections still open close.
+    let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+    // Every connection task holds a sender; `recv` returns `None` once all
+    // of them have ended.
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -82,19 +132,34 @@ async fn serve_with<H, F>(
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                let (alive, mut cut) = (alive_tx.clone(), cut_rx.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection ended: {e}");
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!("connection ended: {e}");
+                        },
+                        _ = cut.wait_for(|c| *c) => {}
                     }
+                    drop(alive);
                 });
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    drop(alive_tx);
+    let open = graceful.count();
     let drain = Duration::from_millis(app.limits.drain_timeout_ms);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained"),
-        () = tokio::time::sleep(drain) => tracing::warn!("drain timed out; closing remaining connections"),
+        () = graceful.shutdown() => tracing::info!(connections = open, "drained"),
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!(
+                grace_ms = app.limits.drain_timeout_ms,
+                "drain timed out; closing the connections still open"
+            );
+            app.cut_at_shutdown.store(true, std::sync::atomic::Ordering::Release);
+            let _ = cut_tx.send(true);
+        }
     }
+    let _ = alive_rx.recv().await;
 }

@@ -65,13 +65,7 @@ async fn marketing_sees_anonymized_profiles_without_undeclared_fields() {
     // Pseudonyms are deterministic per key scope: same input, same output.
     let again = get_as(s.addr, RECORDS, &t).await.lines();
     assert_eq!(again[0]["user_id"], a["user_id"]);
-    assert!(
-        s.app
-            .stats
-            .malformed_skipped
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-    );
+    assert!(s.app.metrics.malformed_skipped.get() >= 2);
     s.stop().await;
 }
 

@@ -11,7 +11,6 @@
 
 mod common;
 use common::*;
-use std::sync::atomic::Ordering;
 
 const LISTENER_RECORDS: &str = concat!(
     r#"{"listener_id":"l-1","phone":"+44 20 7946 0958","age":37,"artist_id":"urn:mesh:artist:a-1"}"#,
@@ -81,10 +80,7 @@ async fn example_plugins_shape_the_read() {
         assert_eq!(recs[1]["age"], "65+");
         assert_eq!(recs[1]["artist_id"], serde_json::Value::Null);
     }
-    assert_eq!(
-        s.app.stats.nonconforming_withheld.load(Ordering::Relaxed),
-        2
-    );
+    assert_eq!(s.app.metrics.nonconforming_withheld.get(), 2);
     s.stop().await;
 }
 
@@ -112,7 +108,7 @@ async fn hostile_plugins_fail_their_read_closed_and_the_sidecar_keeps_serving() 
                 "{}",
                 r.text()
             );
-            assert_eq!(s.app.stats.plugin_failures.total(), round);
+            assert_eq!(s.app.metrics.plugin_failures_total(), round);
             // The next request, on the same bundle, is served.
             let ok = get_as(s.addr, "/v1/ports/listeners/records", &t).await;
             assert_eq!(ok.status, 200, "{fixture}: {}", ok.text());

@@ -120,6 +120,12 @@ enum Msg {
 
 struct Shared {
     durable_seq: AtomicU64,
+    /// Events handed to the writer, and events it has dealt with (written
+    /// or refused): their difference is the queue depth.
+    queued: AtomicU64,
+    taken: AtomicU64,
+    /// How long each batch's `fdatasync` took.
+    fsync: meshgov_metrics::Histogram,
     checkpoint_seq: AtomicU64,
     collected_seq: AtomicU64,
     head_hash: Mutex<String>,
@@ -204,6 +210,9 @@ impl AuditLog {
         let checkpoint_seq = rec.last_checkpoint.as_ref().map_or(0, |c| c.seq);
         let shared = Arc::new(Shared {
             durable_seq: AtomicU64::new(rec.head.seq),
+            queued: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            fsync: meshgov_metrics::Histogram::new(meshgov_metrics::FSYNC_BUCKETS),
             checkpoint_seq: AtomicU64::new(checkpoint_seq),
             collected_seq: AtomicU64::new(0),
             head_hash: Mutex::new(hex(&rec.head.hash)),
@@ -255,12 +264,34 @@ impl AuditLog {
         if let Some(f) = self.failure() {
             return Err(AuditError::Failed(f));
         }
+        let event = matches!(m, Msg::Append(..));
         let guard = self.tx.lock().map_err(|_| AuditError::Closed)?;
         guard
             .as_ref()
             .ok_or(AuditError::Closed)?
             .send(m)
-            .map_err(|_| AuditError::Closed)
+            .map_err(|_| AuditError::Closed)?;
+        if event {
+            self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Events submitted but not yet written (or refused) by the writer.
+    pub fn queue_depth(&self) -> u64 {
+        // `taken` can pass `queued` for a moment (it is counted after the
+        // send); never report less than zero.
+        let taken = self.shared.taken.load(Ordering::Relaxed);
+        self.shared
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_sub(taken)
+    }
+
+    /// How long the writer's `fdatasync` calls took, one per batch (empty
+    /// with [`Durability::Buffered`]).
+    pub fn fsync_seconds(&self) -> meshgov_metrics::HistogramSnapshot {
+        self.shared.fsync.snapshot()
     }
 
     /// Queues `ev`; the returned future resolves once it is durable.
@@ -397,7 +428,9 @@ impl Writer {
                     Msg::Collected => None,
                 })
                 .collect();
+            let n = events.len() as u64;
             self.commit(events);
+            self.shared.taken.fetch_add(n, Ordering::Relaxed);
             self.maybe_rotate();
             self.maybe_checkpoint(false);
             self.maybe_retire();
@@ -406,6 +439,7 @@ impl Writer {
     }
 
     fn fail(&mut self, why: String) {
+        tracing::error!("the audit log failed and refuses every later event: {why}");
         if let Ok(mut f) = self.shared.failed.lock() {
             *f = Some(why.clone());
         }
@@ -432,9 +466,19 @@ impl Writer {
             head = seal(&ev, head, &mut self.buf);
             acks.push((head.seq, ack));
         }
+        let _span = tracing::debug_span!(
+            "audit_commit",
+            events = acks.len(),
+            first_seq = self.head.seq + 1,
+            last_seq = head.seq
+        )
+        .entered();
         let written = self.file.write_all(&self.buf).and_then(|()| {
             if self.opts.durability == Durability::Fsync {
-                self.file.sync_data()
+                let t = Instant::now();
+                let r = self.file.sync_data();
+                self.shared.fsync.observe(t.elapsed());
+                r
             } else {
                 Ok(())
             }

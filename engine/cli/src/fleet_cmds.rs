@@ -4,6 +4,7 @@
 use crate::Failure;
 use meshgov_server::client::{self, HttpClient, PushOutcome};
 use meshgov_server::{Canary, Engine, EngineConfig};
+use meshgov_sidecar::launch::Signals;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,9 +47,19 @@ pub struct ServeArgs {
     /// How often to look for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     pub watch_interval_ms: u64,
-    /// Log JSON lines instead of text.
-    #[arg(long)]
+    /// Log format on stderr: `text`, or `json` (one JSON object per line,
+    /// with the fields of the enclosing spans). RUST_LOG sets the level
+    /// (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The same as `--log-format json`.
+    #[arg(long, hide = true)]
     pub log_json: bool,
+    /// At shutdown (SIGTERM or SIGINT), how long requests in flight and an
+    /// audit collection pass under way may take, in milliseconds. A second
+    /// signal exits at once (code 130).
+    #[arg(long, default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
     /// Collect every registered sidecar's audit stream into DIR/<sidecar id>/,
     /// verifying each chain as it arrives (check with `meshgov audit verify`).
     #[arg(long, value_name = "DIR")]
@@ -58,13 +69,20 @@ pub struct ServeArgs {
     pub collect_interval_ms: u64,
 }
 
+/// How `meshgov serve` logs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if a.log_json {
+    if a.log_json || a.log_format == LogFormat::Json {
         sub.json().init();
     } else {
         sub.init();
@@ -87,6 +105,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     cfg.watch_interval = Duration::from_millis(a.watch_interval_ms.max(10));
     cfg.audit_dir = a.collect_audit;
     cfg.audit_interval = Duration::from_millis(a.collect_interval_ms.max(100));
+    cfg.drain_timeout = Duration::from_millis(a.drain_timeout_ms);
     let addr: std::net::SocketAddr = a.listen.parse().map_err(|_| {
         Failure::usage(format!(
             "--listen `{}`: expected host:port with an IP host",
@@ -95,6 +114,9 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     })?;
     let engine = Engine::new(cfg);
     runtime()?.block_on(async move {
+        // Installed before listening, so that a signal drains rather than kills.
+        let mut signals = Signals::new()
+            .map_err(|e| Failure::usage(format!("cannot install signal handlers: {e}")))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Failure::usage(format!("cannot listen on `{addr}`: {e}")))?;
@@ -104,7 +126,14 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
             engine.public_key().keyid(),
             engine.public_key()
         );
-        meshgov_server::api::serve(listener, engine, shutdown_signal()).await;
+        let shutdown = async move {
+            signals.next().await;
+            tracing::info!("shutting down: refusing new connections, draining requests in flight");
+            // A second signal does not wait for the drain.
+            signals.force_on_next("meshgov serve");
+        };
+        meshgov_server::api::serve(listener, engine, shutdown).await;
+        tracing::info!("stopped");
         Ok(())
     })
 }
@@ -217,18 +246,3 @@ pub fn control_token(key: &Path, ttl: u64) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Ctrl-C, or SIGTERM where there is one.
-pub(crate) async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}

@@ -8,6 +8,7 @@
 //! | `GET /v1/bundle?sidecar=ID&wait=S` | long poll; `If-None-Match: "<digest>"`; 200 with the bundle, or 304 after `S` seconds |
 //! | `POST /v1/sidecars/{id}/report` | `{"result": "ack", revision, digest}` or `{"result": "nack", code, reason}` after a pull |
 //! | `GET /healthz` | alive |
+//! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
 
 use crate::engine::{Engine, PollAnswer, Registration, Report};
 use bytes::Bytes;
@@ -96,6 +97,11 @@ pub async fn handle(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp {
         ),
         (Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (Method::GET, "/v1/fleet") => json(StatusCode::OK, &engine.fleet()),
+        (Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            meshgov_metrics::CONTENT_TYPE,
+            engine.render_metrics(),
+        ),
         (Method::POST, "/v1/sidecars") => match read_json::<Registration>(req).await {
             Err(r) => r,
             Ok(reg) => {
@@ -126,7 +132,7 @@ pub async fn handle(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp {
                 }
             }
         }
-        (_, "/" | "/healthz" | "/v1/fleet" | "/v1/sidecars" | "/v1/bundle") => error(
+        (_, "/" | "/healthz" | "/metrics" | "/v1/fleet" | "/v1/sidecars" | "/v1/bundle") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "see the engine's API in the README",
@@ -195,7 +201,10 @@ async fn poll(engine: &Arc<Engine>, req: &Request<Incoming>) -> Resp {
 }
 
 /// Serves the API on `listener` and runs the engine's watch loop, until
-/// `shutdown`; then drains open requests (long polls end at once).
+/// `shutdown`; then stops accepting, ends long polls at once (503
+/// `shutting_down`: sidecars poll again later), and waits up to the
+/// engine's `drain_timeout` for other requests in flight and an audit
+/// collection pass under way.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
@@ -247,9 +256,14 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let _ = watcher.await;
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(5)) => {}
-    }
+    let drain = async {
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("drained"),
+            () = tokio::time::sleep(engine.cfg.drain_timeout) => {
+                tracing::warn!("drain timed out; closing the connections still open");
+            }
+        }
+    };
+    // The watch loop finishes its collection pass while requests drain.
+    let _ = tokio::join!(watcher, drain);
 }

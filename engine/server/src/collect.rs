@@ -30,10 +30,14 @@ impl Engine {
         let mut by_id = collectors.by_id.lock().await;
         for (id, url) in self.control_urls() {
             let result = self.collect_one(root, &id, &url, &mut by_id).await;
-            if let Err(e) = &result {
-                tracing::warn!(sidecar = %id, "audit collection: {e}");
+            match &result {
+                Ok((_, events)) => self.metrics.audit_events_collected.add(*events),
+                Err(e) => {
+                    self.metrics.audit_collection_errors.inc();
+                    tracing::warn!(sidecar = %id, "audit collection: {e}");
+                }
             }
-            self.record_audit(&id, result);
+            self.record_audit(&id, result.map(|(head, _)| head));
         }
     }
 
@@ -43,7 +47,8 @@ impl Engine {
         id: &str,
         url: &str,
         by_id: &mut HashMap<String, Collector>,
-    ) -> Result<u64, String> {
+    ) -> Result<(u64, u64), String> {
+        // (the store's head sequence, events collected in this pass)
         let token = self.control_token();
         let collector = match by_id.remove(id) {
             Some(c) => c,
@@ -71,7 +76,7 @@ impl Engine {
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(p)) => {
                 tracing::debug!(sidecar = %id, events = p.events, head = p.head_seq, "audit collected");
-                Ok(head)
+                Ok((head, p.events))
             }
         }
     }

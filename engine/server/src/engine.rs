@@ -29,6 +29,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 /// Which sidecars get a release first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +85,9 @@ pub struct EngineConfig {
     pub audit_dir: Option<PathBuf>,
     /// How often audit streams are collected.
     pub audit_interval: Duration,
+    /// At shutdown, how long requests in flight and an audit collection
+    /// pass under way may take to finish.
+    pub drain_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -100,6 +104,7 @@ impl EngineConfig {
             push_timeout: Duration::from_secs(10),
             audit_dir: None,
             audit_interval: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -180,6 +185,8 @@ pub struct Engine {
     /// Bumped whenever what some sidecar should hold changes; wakes long polls.
     changed: watch::Sender<u64>,
     pub(crate) client: HttpClient,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::metrics::EngineMetrics,
 }
 
 fn now_unix() -> i64 {
@@ -266,6 +273,7 @@ impl Engine {
             }),
             changed,
             client: HttpClient::default(),
+            metrics: crate::metrics::EngineMetrics::default(),
         })
     }
 
@@ -311,34 +319,50 @@ impl Engine {
 
     /// Runs the watch loop until `shutdown`: build on change, renew before
     /// expiry, and re-push to sidecars that are behind.
+    ///
+    /// At shutdown an audit collection pass under way finishes (at most
+    /// `drain_timeout`), so the store ends on a synced pass.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let (stop_collection, stopped) = watch::channel(false);
         let collection = self.cfg.audit_dir.clone().map(|dir| {
             let me = Arc::clone(&self);
+            let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 let collectors = crate::collect::Collectors::default();
                 let mut tick = tokio::time::interval(me.cfg.audit_interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tick.tick().await;
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stopped.wait_for(|s| *s) => return,
+                    }
                     me.collect_audit(&dir, &collectors).await;
                 }
             })
         });
-        let _stop_collection = AbortOnDrop(collection);
+        let mut collection = AbortOnDrop(collection);
         let mut tick = tokio::time::interval(self.cfg.watch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconcile_at = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = &mut shutdown => return,
+                () = &mut shutdown => break,
             }
             Arc::clone(&self).build_tick().await;
             if reconcile_at.elapsed() >= Duration::from_secs(2) {
                 reconcile_at = std::time::Instant::now();
                 self.reconcile();
             }
+        }
+        let _ = stop_collection.send(true);
+        if let Some(t) = collection.0.as_mut()
+            && tokio::time::timeout(self.cfg.drain_timeout, t)
+                .await
+                .is_err()
+        {
+            tracing::warn!("an audit collection pass did not finish in time; stopped");
         }
     }
 
@@ -390,6 +414,7 @@ impl Engine {
     }
 
     fn record_build_failure(&self, fp: &str, error: String, renewal: bool) {
+        self.metrics.builds_failed.inc();
         tracing::error!(fingerprint = fp, "not rolled out: {error}");
         self.lock().last_build = Some(BuildStatus {
             at: rfc3339(now_unix()),
@@ -416,6 +441,10 @@ impl Engine {
             Ok(r) => Arc::new(r),
             Err(e) => return self.record_build_failure(fp, e.to_string(), renewal),
         };
+        self.metrics.builds_ok.inc();
+        if renewal {
+            self.metrics.renewals.inc();
+        }
         tracing::info!(
             revision,
             renewal,
@@ -503,6 +532,7 @@ impl Engine {
         if s.rollout_gen != generation {
             return;
         }
+        self.metrics.rollout_halts.inc();
         tracing::error!(revision = s.rollout.revision, "rollout halted: {reason}");
         s.rollout.phase = Phase::Halted;
         s.rollout.reason = Some(reason);
@@ -652,7 +682,8 @@ impl Engine {
     /// sidecar's long poll take over).
     pub fn push(self: &Arc<Self>, id: String) {
         let me = Arc::clone(self);
-        tokio::spawn(async move {
+        let span = tracing::info_span!("push", sidecar = %id, revision = tracing::field::Empty);
+        let task = async move {
             let mut backoff = Duration::from_millis(100);
             for attempt in 0..5 {
                 let job = {
@@ -673,6 +704,7 @@ impl Engine {
                     (sc.control_url.clone(), b, t.revision, t.created_at_unix)
                 };
                 let (url, b, revision, created) = job;
+                tracing::Span::current().record("revision", revision);
                 let r = client::push_bundle(&me.client, &url, b.bytes.clone(), me.cfg.push_timeout)
                     .await;
                 let retry = {
@@ -687,6 +719,8 @@ impl Engine {
                             digest,
                             ..
                         }) => {
+                            me.metrics.pushes_ack.inc();
+                            tracing::debug!(acked = rev, "ACK");
                             sc.last_contact = now_unix();
                             sc.last_error = None;
                             if digest == b.digest {
@@ -696,15 +730,17 @@ impl Engine {
                             false
                         }
                         Ok(PushOutcome::Nack { code, reason, .. }) => {
+                            me.metrics.pushes_nack.inc();
                             sc.last_contact = now_unix();
-                            tracing::warn!(sidecar = %id, revision, code, "NACK: {reason}");
+                            tracing::warn!(code, "NACK: {reason}");
                             sc.last_error =
                                 Some(format!("NACK {code} for revision {revision}: {reason}"));
                             sc.nacked = Some(b.digest.clone());
                             false
                         }
                         Err(e) => {
-                            tracing::debug!(sidecar = %id, revision, "push failed: {e}");
+                            me.metrics.pushes_error.inc();
+                            tracing::debug!("push failed: {e}");
                             sc.last_error =
                                 Some(format!("push of revision {revision} failed: {e}"));
                             true
@@ -717,7 +753,8 @@ impl Engine {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }
-        });
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     /// Registers (or re-registers) a sidecar and pushes it its bundle.
@@ -803,10 +840,12 @@ impl Engine {
         sc.last_contact = now_unix();
         match r {
             Report::Ack { digest, .. } => {
+                self.metrics.pull_acks.inc();
                 sc.last_error = None;
                 Self::note_held(&mut s, id, &digest);
             }
             Report::Nack { code, reason, .. } => {
+                self.metrics.pull_nacks.inc();
                 tracing::warn!(sidecar = %id, code, "NACK on pull: {reason}");
                 sc.last_error = Some(format!("NACK {code}: {reason}"));
                 sc.nacked = target.map(|t| t.for_product(&sc.product).digest.clone());

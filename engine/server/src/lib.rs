@@ -16,13 +16,15 @@
 //! - [`api`]: the HTTP API and the server loop;
 //! - [`page`]: the fleet page;
 //! - [`client`]: pushes and status reads (also used by `meshgov push` and `meshgov status`);
-//! - [`collect`]: audit collection from every registered sidecar.
+//! - [`collect`]: audit collection from every registered sidecar;
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 
 pub mod api;
 pub mod build;
 pub mod client;
 pub mod collect;
 pub mod engine;
+pub mod metrics;
 pub mod page;
 
 pub use engine::{Canary, Engine, EngineConfig, Fleet};

@@ -12,7 +12,7 @@ use crate::token::{self, TokenArgs};
 use meshgov_bundle::SigningKey;
 use meshgov_server::{Engine, EngineConfig};
 use meshgov_sidecar::config::Strings;
-use meshgov_sidecar::launch::Running;
+use meshgov_sidecar::launch::{Running, Signals};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,6 +62,13 @@ pub struct Sidecar {
 impl Sidecar {
     pub fn data_url(&self) -> String {
         format!("http://{}", self.running.data_addr)
+    }
+
+    pub fn metrics_url(&self) -> String {
+        self.running
+            .metrics_addr
+            .map(|a| format!("http://{a}/metrics"))
+            .unwrap_or_default()
     }
 
     pub fn control_url(&self) -> String {
@@ -197,6 +204,9 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
 }
 
 async fn run_in(a: &DemoArgs, dir: &Path) -> Result<(), Failure> {
+    // Installed first: from here on Ctrl-C stops the mesh cleanly.
+    let mut signals = Signals::new()
+        .map_err(|e| Failure::usage(format!("cannot install signal handlers: {e}")))?;
     let started = Instant::now();
     let (mesh, engine_task, stop_engine) = start(a, dir).await?;
     println!(
@@ -216,17 +226,27 @@ async fn run_in(a: &DemoArgs, dir: &Path) -> Result<(), Failure> {
         mesh.sidecars.len(),
         started.elapsed().as_secs_f64()
     );
+    let mut interrupted = false;
     let outcome = if a.no_tour {
         Ok(())
     } else {
-        tour::run(&mesh).await
+        tokio::select! {
+            r = tour::run(&mesh) => r,
+            () = signals.next() => {
+                interrupted = true;
+                Ok(())
+            }
+        }
     };
-    print_urls(&mesh);
-    if outcome.is_ok() && !a.exit {
-        println!("\nthe mesh keeps running; Ctrl-C stops it");
-        crate::fleet_cmds::shutdown_signal().await;
-        println!("stopping…");
+    if !interrupted {
+        print_urls(&mesh);
+        if outcome.is_ok() && !a.exit {
+            println!("\nthe mesh keeps running; Ctrl-C stops it");
+            signals.next().await;
+        }
     }
+    println!("stopping…");
+    signals.force_on_next("meshgov demo");
     let _ = stop_engine.send(true);
     for s in mesh.sidecars {
         s.running.stop().await;
@@ -237,14 +257,15 @@ async fn run_in(a: &DemoArgs, dir: &Path) -> Result<(), Failure> {
 
 fn print_urls(m: &Mesh) {
     println!("\n── explore ─────────────────────────────────────────────────────────");
-    println!("{:<24} {}/", "fleet page", m.engine_url);
+    println!("{:<24} {}/   (metrics: {0}/metrics)", "fleet page", m.engine_url);
     for s in &m.sidecars {
         println!(
-            "{:<24} data {}/  (port `{}`)   control {}",
+            "{:<24} data {}/  (port `{}`)   control {}   metrics {}",
             s.product,
             s.data_url(),
             s.port,
-            s.control_url()
+            s.control_url(),
+            s.metrics_url()
         );
     }
     let key = m.dir.join("keys/idp");
@@ -323,6 +344,7 @@ trusted_bundle_keys = ["{guild_public}"]
 [listen]
 data = "127.0.0.1:0"
 control = "127.0.0.1:0"
+metrics = "127.0.0.1:0"
 [engine]
 url = "{engine_url}"
 instance_id = "{file}-0"
