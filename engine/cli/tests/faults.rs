@@ -208,7 +208,7 @@ async fn sigkill_of_the_engine_mid_rollout_converges_without_going_backwards() {
     println!("initial rollout: revision {revision}");
     for round in 0..ROUNDS {
         repo.commit_change();
-        let wait = rng.between(0, 1500);
+        let wait = rng.between(0, 400);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         engine.kill();
         let held = highest.lock().unwrap().clone();
