@@ -987,6 +987,13 @@ x = "abc"
         )
         .unwrap_err();
         assert_eq!(e.key, "limits.max_limit");
+        let e = Config::from_toml(
+            BASE,
+            Path::new("/"),
+            &env(&[("MESHGOV_SIDECAR_LIMITS_UPSTREAM_STALL_TIMEOUT_MS", "0")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "limits.upstream_stall_timeout_ms");
     }
 
     #[test]
