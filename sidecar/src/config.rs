@@ -57,6 +57,7 @@
 //! max_header_bytes = 16384
 //! header_read_timeout_ms = 5000
 //! write_stall_timeout_ms = 30000
+//! upstream_stall_timeout_ms = 30000         # an HTTP upstream silent this long mid-body fails the read
 //! max_line_bytes = 1048576
 //! max_limit = 100000000
 //! drain_timeout_ms = 10000
@@ -197,6 +198,9 @@ pub struct Limits {
     pub header_read_timeout_ms: u64,
     /// A response whose client reads nothing for this long is aborted.
     pub write_stall_timeout_ms: u64,
+    /// A read whose HTTP upstream sends nothing for this long mid-body
+    /// fails (the response body is aborted).
+    pub upstream_stall_timeout_ms: u64,
     /// Longer upstream lines are skipped and counted as malformed.
     pub max_line_bytes: usize,
     /// The largest `limit` a request may ask for.
@@ -210,6 +214,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             header_read_timeout_ms: 5_000,
             write_stall_timeout_ms: 30_000,
+            upstream_stall_timeout_ms: 30_000,
             max_line_bytes: 1024 * 1024,
             max_limit: 100_000_000,
             drain_timeout_ms: 10_000,
@@ -334,6 +339,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "limits.max_header_bytes",
     "limits.header_read_timeout_ms",
     "limits.write_stall_timeout_ms",
+    "limits.upstream_stall_timeout_ms",
     "limits.max_line_bytes",
     "limits.max_limit",
     "limits.drain_timeout_ms",
@@ -568,6 +574,10 @@ impl Config {
                 .u64("limits.header_read_timeout_ms", d.header_read_timeout_ms)?,
             write_stall_timeout_ms: v
                 .u64("limits.write_stall_timeout_ms", d.write_stall_timeout_ms)?,
+            upstream_stall_timeout_ms: v.u64(
+                "limits.upstream_stall_timeout_ms",
+                d.upstream_stall_timeout_ms,
+            )?,
             max_line_bytes: usize_of("limits.max_line_bytes", d.max_line_bytes)?,
             max_limit: v.u64("limits.max_limit", d.max_limit)?,
             drain_timeout_ms: v.u64("limits.drain_timeout_ms", d.drain_timeout_ms)?,
@@ -577,6 +587,12 @@ impl Config {
         }
         if limits.max_limit == 0 {
             return Err(err("limits.max_limit", "must be at least 1"));
+        }
+        if limits.upstream_stall_timeout_ms == 0 {
+            return Err(err(
+                "limits.upstream_stall_timeout_ms",
+                "must be at least 1",
+            ));
         }
 
         let log_format = v.str("log_format")?.unwrap_or_else(|| "text".into());
@@ -994,6 +1010,13 @@ x = "abc"
         )
         .unwrap_err();
         assert_eq!(e.key, "limits.max_limit");
+        let e = Config::from_toml(
+            BASE,
+            Path::new("/"),
+            &env(&[("MESHGOV_SIDECAR_LIMITS_UPSTREAM_STALL_TIMEOUT_MS", "0")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "limits.upstream_stall_timeout_ms");
     }
 
     #[test]

@@ -140,7 +140,10 @@ impl App {
             descriptor,
             descriptor_doc,
             auth: Authenticator::new(&c.auth)?,
-            upstream: Upstream::from_config(&c.upstream),
+            upstream: Upstream::from_config(
+                &c.upstream,
+                Duration::from_millis(c.limits.upstream_stall_timeout_ms),
+            ),
             pseudonym_keys,
             limits: c.limits.clone(),
             metrics,
@@ -280,9 +283,7 @@ where
     }
     let result = match route {
         // Probes are operations, not decisions: not audited, not counted.
-        Ok(Route::Healthz) => {
-            return json(StatusCode::OK, &rid, &serde_json::json!({"status": "ok"}));
-        }
+        Ok(Route::Healthz) => return healthz(app, &rid),
         Ok(Route::Readyz) => return readyz(app, &rid),
         Ok(Route::Discovery) => {
             ev.action = Some("discover".into());
@@ -368,6 +369,21 @@ async fn audited(app: &App, rid: &str, ev: Event, mut resp: Response<Body>) -> R
             }
             error(rid, &ApiError::audit_unavailable())
         }
+    }
+}
+
+/// Alive unless the audit log has failed: a failed log accepts nothing
+/// more in this process (a failed write or `fdatasync` cannot be trusted
+/// again), so only a restart, which recovers the log, brings the sidecar
+/// back. Failing liveness lets the orchestrator do that.
+fn healthz(app: &App, rid: &str) -> Response<Body> {
+    match app.audit.failure() {
+        None => json(StatusCode::OK, rid, &serde_json::json!({"status": "ok"})),
+        Some(why) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            rid,
+            &serde_json::json!({"status": "failed", "reason": format!("the audit log failed: {why}; restart the sidecar to recover it")}),
+        ),
     }
 }
 

@@ -74,6 +74,8 @@ pub enum Upstream {
     Http {
         base: String,
         client: Client<HttpConnector, Empty<Bytes>>,
+        /// A body that sends nothing for this long has failed.
+        stall: Duration,
     },
 }
 
@@ -81,12 +83,15 @@ const CHUNK: usize = 64 * 1024;
 const HTTP_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
-    pub fn from_config(c: &crate::config::UpstreamConfig) -> Upstream {
+    /// `stall`: how long an HTTP upstream may send nothing mid-body
+    /// before the read fails (`limits.upstream_stall_timeout_ms`).
+    pub fn from_config(c: &crate::config::UpstreamConfig, stall: Duration) -> Upstream {
         match c {
             crate::config::UpstreamConfig::Dir(p) => Upstream::Dir(p.clone()),
             crate::config::UpstreamConfig::Http(base) => Upstream::Http {
                 base: base.clone(),
                 client: Client::builder(TokioExecutor::new()).build_http(),
+                stall,
             },
         }
     }
@@ -125,7 +130,11 @@ impl Upstream {
                     prefetched: Some(Ok(first)),
                 }
             }
-            Upstream::Http { base, client } => {
+            Upstream::Http {
+                base,
+                client,
+                stall,
+            } => {
                 let mut uri = format!("{base}/{port}");
                 let mut sep = '?';
                 for (k, t) in [("from", window.from), ("to", window.to)] {
@@ -151,7 +160,10 @@ impl Upstream {
                         resp.status()
                     )));
                 }
-                Source::Http(resp.into_body())
+                Source::Http {
+                    body: resp.into_body(),
+                    stall: *stall,
+                }
             }
         };
         Ok(RecordReader {
@@ -385,7 +397,11 @@ enum Source {
         /// The step `open` already took.
         prefetched: Option<Result<Step, UpstreamError>>,
     },
-    Http(hyper::body::Incoming),
+    Http {
+        body: hyper::body::Incoming,
+        /// The longest wait for the next frame.
+        stall: Duration,
+    },
 }
 
 /// One item read from upstream.
@@ -442,8 +458,18 @@ impl RecordReader {
     /// newline ends with its own file (and is read in that file's format).
     async fn next_chunk(&mut self) -> Result<Option<Chunk>, UpstreamError> {
         match &mut self.source {
-            Source::Http(body) => loop {
-                match body.frame().await {
+            Source::Http { body, stall } => loop {
+                // An upstream that stops sending mid-body would otherwise
+                // hold the read (and its client) open for ever.
+                let frame = tokio::time::timeout(*stall, body.frame())
+                    .await
+                    .map_err(|_| {
+                        UpstreamError(format!(
+                            "upstream sent nothing for {} ms mid-body",
+                            stall.as_millis()
+                        ))
+                    })?;
+                match frame {
                     None => return Ok(None),
                     Some(Err(e)) => {
                         return Err(UpstreamError(format!("upstream body failed: {e}")));

@@ -484,6 +484,15 @@ impl Writer {
             }
         });
         if let Err(e) = written {
+            // Cut the segment back to its last acknowledged event: a batch
+            // that did not become durable was refused to every submitter,
+            // so none of its events may stay in the log as if answered (a
+            // full disk can leave whole lines of it). Shrinking needs no
+            // space; if even that fails, a restart cuts the torn tail.
+            let _ = self
+                .file
+                .set_len(self.size)
+                .and_then(|()| self.file.sync_data());
             self.fail(format!("cannot write to the audit segment: {e}"));
             for (_, ack) in acks {
                 if let Some(a) = ack {

@@ -792,7 +792,7 @@ impl Engine {
             ));
         }
         let now = now_unix();
-        {
+        let resign = {
             let mut s = self.lock();
             if let (Some(m), Some(c)) = (&r.mesh, &s.compiled)
                 && *m != c.mesh
@@ -823,8 +823,25 @@ impl Engine {
             if let Some(d) = &r.digest {
                 Self::note_held(&mut s, &r.id, d);
             }
-        }
+            // A revision this engine did not sign, as high as its newest
+            // release: an engine before a restart signed it (in the same
+            // second, or with a clock ahead). The sidecar refuses the
+            // release as a conflict or a rollback, so the same policies
+            // are signed again above it.
+            let newest = s.candidate.as_ref().or(s.released.as_ref());
+            let superseded = newest.is_some_and(|n| {
+                rev >= n.revision && !r.digest.as_deref().is_some_and(|d| n.holds(d))
+            });
+            match (&s.compiled, &s.fingerprint) {
+                (Some(c), Some(fp)) if superseded => Some((Arc::clone(c), fp.clone())),
+                _ => None,
+            }
+        };
         tracing::info!(sidecar = %r.id, product = %r.product, control = %r.control_url, "sidecar registered");
+        if let Some((c, fp)) = resign {
+            tracing::warn!(sidecar = %r.id, revision = r.revision, "the sidecar holds a revision this engine did not sign; signing the policies again above it");
+            self.release(&c, &fp, true);
+        }
         self.push(r.id);
         Ok(())
     }
