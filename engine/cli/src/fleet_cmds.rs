@@ -245,4 +245,3 @@ pub fn control_token(key: &Path, ttl: u64) -> Result<(), Failure> {
     );
     Ok(())
 }
-

@@ -257,7 +257,11 @@ async fn run_in(a: &DemoArgs, dir: &Path) -> Result<(), Failure> {
 
 fn print_urls(m: &Mesh) {
     println!("\n── explore ─────────────────────────────────────────────────────────");
-    println!("{:<24} {}/   (metrics: {0}/metrics)", "fleet page", m.engine_url);
+    println!(
+        "{:<24} {url}/   (metrics: {url}/metrics)",
+        "fleet page",
+        url = m.engine_url
+    );
     for s in &m.sidecars {
         println!(
             "{:<24} data {}/  (port `{}`)   control {}   metrics {}",
