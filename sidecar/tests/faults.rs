@@ -192,7 +192,9 @@ user-identity = "user-identity.key"
             .arg(&self.config)
             .env(
                 "RUST_LOG",
-                std::env::var("MESHGOV_FAULT_LOG").unwrap_or_else(|_| "info".into()),
+                // Per-request lines (`read finished`) are debug.
+                std::env::var("MESHGOV_FAULT_LOG")
+                    .unwrap_or_else(|_| "info,meshgov_sidecar::pipeline=debug".into()),
             )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -255,6 +257,15 @@ impl Proc {
             .filter(|v| v["fields"]["message"] == message)
             .collect()
     }
+}
+
+/// Whether a JSON log line belongs to request `rid` (the request id is a
+/// field of the request's span).
+fn of_request(v: &serde_json::Value, rid: &str) -> bool {
+    v["fields"]["request_id"] == rid
+        || v["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["request_id"] == rid))
 }
 
 impl Drop for Proc {
@@ -1232,17 +1243,14 @@ fn dead_garbage_and_stalled_upstreams_fail_visibly_and_are_audited() {
     let finished = p.logged("read finished");
     let garbage = finished
         .iter()
-        .find(|v| v["fields"]["request_id"] == "garbage")
+        .find(|v| of_request(v, "garbage"))
         .unwrap_or_else(|| panic!("no `read finished` line: {}", p.stderr()));
     assert_eq!(
         garbage["fields"]["malformed_skipped"], junk as u64,
         "{garbage}"
     );
     assert_eq!(garbage["fields"]["records_out"], valid as u64);
-    let stall = finished
-        .iter()
-        .find(|v| v["fields"]["request_id"] == "stall")
-        .unwrap();
+    let stall = finished.iter().find(|v| of_request(v, "stall")).unwrap();
     assert_eq!(stall["fields"]["failed"], true, "{stall}");
     verify_path(&s.state().join("audit"), &audit_key(&s.state())).unwrap();
 }
