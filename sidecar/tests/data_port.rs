@@ -647,7 +647,7 @@ async fn discovery_describes_the_product_and_how_to_authenticate() {
 }
 
 #[tokio::test]
-async fn a_bundle_swap_does_not_disturb_requests_and_shutdown_drains() {
+async fn a_bundle_swap_is_honoured_by_the_next_request_and_shutdown_refuses() {
     let keys = Keys::generate();
     let s = profiles(&keys).await;
     let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
@@ -656,14 +656,10 @@ async fn a_bundle_swap_does_not_disturb_requests_and_shutdown_drains() {
     assert_eq!(s.app.load_bundle(&eight, now()).unwrap(), 8);
     let r = get_as(s.addr, RECORDS, &t).await;
     assert_eq!(r.header("x-meshgov-bundle-revision"), Some("8"));
-    // A request in flight when shutdown starts still completes.
+    // Draining a stream in flight is tested with a real process and a
+    // slow upstream in `operations.rs`; here, a stopped server refuses.
     let addr = s.addr;
-    let inflight = tokio::spawn(async move { get_as(addr, RECORDS, &t).await });
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     s.stop().await;
-    let r = inflight.await.unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.lines().len(), 3);
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "still accepting after shutdown"

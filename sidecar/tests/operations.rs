@@ -13,6 +13,7 @@ mod common;
 use common::*;
 use meshgov_audit::show::{Filter, read_filtered};
 use meshgov_audit::{Kind, verify_path};
+use nix::sys::signal::Signal::{SIGINT, SIGTERM};
 use prometheus_parse::{LineInfo, SampleType, Scrape, Value};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -136,16 +137,11 @@ user-identity = "user-identity.key"
         panic!("the sidecar did not become ready: {}", self.stderr());
     }
 
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, sig).unwrap();
     }
 
-    /// Waits for the process to exit; its exit code.
     fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let t0 = Instant::now();
         loop {
@@ -487,7 +483,7 @@ fn json_logs_carry_the_request_span() {
     assert_eq!(deny.status, 403);
     let deny_rid = deny.json()["request_id"].as_str().unwrap().to_string();
     assert_eq!(deny.header("x-request-id"), Some(deny_rid.as_str()));
-    p.signal("TERM");
+    p.signal(SIGTERM);
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
     let log = p.stderr();
     let lines: Vec<serde_json::Value> = log
@@ -643,7 +639,7 @@ fn sigterm_drains_the_stream_in_flight_and_exits_0() {
     while up.sent.load(Ordering::SeqCst) < 3 {
         std::thread::sleep(Duration::from_millis(10));
     }
-    p.signal("TERM");
+    p.signal(SIGTERM);
     wait_refused(p.data);
     let sent = up.sent.load(Ordering::SeqCst);
     assert!(
@@ -683,7 +679,7 @@ fn a_stream_longer_than_the_grace_period_is_cut_and_audited_as_shutdown() {
     );
     let token = p.token("pat", "payments", "royalty-payments");
     let (mut c, mut got) = begin_read(p.data, &token, "cut-1");
-    p.signal("TERM");
+    p.signal(SIGTERM);
     wait_refused(p.data);
     let t0 = Instant::now();
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
@@ -710,7 +706,7 @@ fn a_second_signal_exits_at_once() {
     );
     let token = p.token("pat", "payments", "royalty-payments");
     let (_c, _) = begin_read(p.data, &token, "forced-1");
-    p.signal("TERM");
+    p.signal(SIGTERM);
     wait_refused(p.data);
     // Still draining (the default grace period is 10 s, the stream 100 s).
     std::thread::sleep(Duration::from_millis(300));
@@ -719,7 +715,7 @@ fn a_second_signal_exits_at_once() {
         "exited before the second signal"
     );
     let t0 = Instant::now();
-    p.signal("INT");
+    p.signal(SIGINT);
     assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(130));
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert!(up.sent.load(Ordering::SeqCst) < 1000);

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use nix::sys::signal::Signal::{SIGINT, SIGTERM};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -94,15 +95,9 @@ impl Serve {
         request(self.addr, "GET", path, headers, "")
     }
 
-    fn signal(&self, sig: &str) {
-        assert!(
-            Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(self.child.id().to_string())
-                .status()
-                .unwrap()
-                .success()
-        );
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, sig).unwrap();
     }
 
     fn wait_exit(&mut self, within: Duration) -> Option<i32> {
@@ -206,7 +201,7 @@ fn sigterm_ends_long_polls_and_exits_0_with_json_logs() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert!(!poll.is_finished(), "the long poll did not wait");
-    s.signal("TERM");
+    s.signal(SIGTERM);
     let ((status, body), took) = poll.join().unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("shutting_down"), "{body}");
@@ -248,11 +243,11 @@ fn a_second_signal_exits_at_once() {
     ]);
     s.register(silent_listener());
     std::thread::sleep(Duration::from_millis(500));
-    s.signal("TERM");
+    s.signal(SIGTERM);
     std::thread::sleep(Duration::from_millis(500));
     assert!(s.child.try_wait().unwrap().is_none(), "{}", s.stderr());
     let t0 = Instant::now();
-    s.signal("INT");
+    s.signal(SIGINT);
     assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(130));
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
