@@ -176,7 +176,10 @@ impl App {
             descriptor,
             descriptor_doc,
             auth: Authenticator::new(&c.auth)?,
-            upstream: Upstream::from_config(&c.upstream),
+            upstream: Upstream::from_config(
+                &c.upstream,
+                Duration::from_millis(c.limits.upstream_stall_timeout_ms),
+            ),
             pseudonym_keys,
             limits: c.limits.clone(),
             stats: Stats::default(),
@@ -243,6 +246,10 @@ fn respond(
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Ok(v) = HeaderValue::from_str(rid) {
         h.insert("x-request-id", v);
     }

@@ -74,6 +74,8 @@ pub enum Upstream {
     Http {
         base: String,
         client: Client<HttpConnector, Empty<Bytes>>,
+        /// No body bytes for this long fails the read.
+        stall: Duration,
     },
 }
 
@@ -81,12 +83,14 @@ const CHUNK: usize = 64 * 1024;
 const HTTP_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
-    pub fn from_config(c: &crate::config::UpstreamConfig) -> Upstream {
+    /// `stall`: how long an HTTP upstream may send nothing mid-body.
+    pub fn from_config(c: &crate::config::UpstreamConfig, stall: Duration) -> Upstream {
         match c {
             crate::config::UpstreamConfig::Dir(p) => Upstream::Dir(p.clone()),
             crate::config::UpstreamConfig::Http(base) => Upstream::Http {
                 base: base.clone(),
                 client: Client::builder(TokioExecutor::new()).build_http(),
+                stall,
             },
         }
     }
@@ -125,7 +129,11 @@ impl Upstream {
                     prefetched: Some(Ok(first)),
                 }
             }
-            Upstream::Http { base, client } => {
+            Upstream::Http {
+                base,
+                client,
+                stall,
+            } => {
                 let mut uri = format!("{base}/{port}");
                 let mut sep = '?';
                 for (k, t) in [("from", window.from), ("to", window.to)] {
@@ -151,7 +159,10 @@ impl Upstream {
                         resp.status()
                     )));
                 }
-                Source::Http(resp.into_body())
+                Source::Http {
+                    body: resp.into_body(),
+                    stall: *stall,
+                }
             }
         };
         Ok(RecordReader {
@@ -220,6 +231,14 @@ impl CsvSchema {
             })
             .collect()
     }
+}
+
+/// One CSV data row as the JSON record line the read path hands to the
+/// record plan, given the file's header row: the per-row step of a CSV
+/// upstream, for fuzzing and tests.
+#[doc(hidden)]
+pub fn csv_record(schema: &CsvSchema, header: &[String], cells: &[String], out: &mut Vec<u8>) {
+    csv_row_to_json(&schema.columns(header), cells, out);
 }
 
 /// Writes one CSV row as a JSON object line (declared columns only). An
@@ -385,7 +404,10 @@ enum Source {
         /// The step `open` already took.
         prefetched: Option<Result<Step, UpstreamError>>,
     },
-    Http(hyper::body::Incoming),
+    Http {
+        body: hyper::body::Incoming,
+        stall: Duration,
+    },
 }
 
 /// One item read from upstream.
@@ -442,8 +464,16 @@ impl RecordReader {
     /// newline ends with its own file (and is read in that file's format).
     async fn next_chunk(&mut self) -> Result<Option<Chunk>, UpstreamError> {
         match &mut self.source {
-            Source::Http(body) => loop {
-                match body.frame().await {
+            Source::Http { body, stall } => loop {
+                let frame = tokio::time::timeout(*stall, body.frame())
+                    .await
+                    .map_err(|_| {
+                        UpstreamError(format!(
+                            "upstream body stalled: no data for {} ms",
+                            stall.as_millis()
+                        ))
+                    })?;
+                match frame {
                     None => return Ok(None),
                     Some(Err(e)) => {
                         return Err(UpstreamError(format!("upstream body failed: {e}")));
