@@ -177,11 +177,14 @@ where
 {
     // 1. authenticate, read the body
     let who = crate::pipeline::authenticate(app, req.headers(), ev)?;
-    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?
-        .to_bytes();
+    let body = tokio::time::timeout(
+        std::time::Duration::from_millis(app.limits.body_read_timeout_ms),
+        http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::body_timeout(app.limits.body_read_timeout_ms))?
+    .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?
+    .to_bytes();
     let request = query::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
     // 2. load
     let now = clock::now_unix();

@@ -57,7 +57,8 @@
 //! max_header_bytes = 16384
 //! header_read_timeout_ms = 5000
 //! write_stall_timeout_ms = 30000
-//! upstream_stall_timeout_ms = 30000         # an HTTP upstream silent this long mid-body fails the read
+//! body_read_timeout_ms = 30000              # a request body must arrive within this
+//! upstream_stall_timeout_ms = 30000         # an HTTP upstream silent this long fails the read
 //! max_line_bytes = 1048576
 //! max_limit = 100000000
 //! drain_timeout_ms = 10000
@@ -198,8 +199,11 @@ pub struct Limits {
     pub header_read_timeout_ms: u64,
     /// A response whose client reads nothing for this long is aborted.
     pub write_stall_timeout_ms: u64,
-    /// A read whose HTTP upstream sends nothing for this long mid-body
-    /// fails (the response body is aborted).
+    /// A request body (an aggregate query, a pushed bundle) must arrive
+    /// whole within this; a client that drips it gets 408.
+    pub body_read_timeout_ms: u64,
+    /// An HTTP upstream that sends no body bytes for this long fails the
+    /// read (`upstream_failed`): a stalled upstream cannot pin a response.
     pub upstream_stall_timeout_ms: u64,
     /// Longer upstream lines are skipped and counted as malformed.
     pub max_line_bytes: usize,
@@ -214,6 +218,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             header_read_timeout_ms: 5_000,
             write_stall_timeout_ms: 30_000,
+            body_read_timeout_ms: 30_000,
             upstream_stall_timeout_ms: 30_000,
             max_line_bytes: 1024 * 1024,
             max_limit: 100_000_000,
@@ -339,6 +344,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "limits.max_header_bytes",
     "limits.header_read_timeout_ms",
     "limits.write_stall_timeout_ms",
+    "limits.body_read_timeout_ms",
     "limits.upstream_stall_timeout_ms",
     "limits.max_line_bytes",
     "limits.max_limit",
@@ -574,6 +580,7 @@ impl Config {
                 .u64("limits.header_read_timeout_ms", d.header_read_timeout_ms)?,
             write_stall_timeout_ms: v
                 .u64("limits.write_stall_timeout_ms", d.write_stall_timeout_ms)?,
+            body_read_timeout_ms: v.u64("limits.body_read_timeout_ms", d.body_read_timeout_ms)?,
             upstream_stall_timeout_ms: v.u64(
                 "limits.upstream_stall_timeout_ms",
                 d.upstream_stall_timeout_ms,

@@ -427,10 +427,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = meshgov_bundle::DEFAULT_MAX_ENVELOPE_BYTES;
-    let body = match http_body_util::Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-    {
+    let read = tokio::time::timeout(
+        std::time::Duration::from_millis(app.limits.body_read_timeout_ms),
+        http_body_util::Limited::new(req.into_body(), limit).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::body_timeout(app.limits.body_read_timeout_ms))?;
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let too_large = e.is::<http_body_util::LengthLimitError>();

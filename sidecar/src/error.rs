@@ -29,6 +29,15 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
     }
 
+    /// 408: the request body did not arrive within `limits.body_read_timeout_ms`.
+    pub fn body_timeout(ms: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {ms} ms"),
+        )
+    }
+
     pub fn forbidden() -> ApiError {
         // INVARIANT: the reason never says which policy denied, so a denied
         // consumer learns nothing about the rules.

@@ -159,6 +159,13 @@ fn partition_selection(k: i64, epsilon: f64, delta: f64) -> Result<Mechanism, En
     let guess = (k as f64 + scale * (k as f64 / (2.0 * delta)).ln())
         .ceil()
         .max(1.0);
+    // A tiny epsilon makes the scale, and so the threshold, astronomically
+    // large: past what a count can reach, no threshold is meaningful.
+    if !guess.is_finite() || guess >= (1u64 << 53) as f64 {
+        return Err(EngineError(format!(
+            "epsilon {epsilon} is too small to select partitions at delta {delta}"
+        )));
+    }
     let mut t = guess as i64;
     for _ in 0..200 {
         let m = threshold_measurement(scale, t)?;
@@ -175,7 +182,9 @@ fn partition_selection(k: i64, epsilon: f64, delta: f64) -> Result<Mechanism, En
                 fixed_point: false,
             });
         }
-        t += (t / 16).max(1);
+        t = t
+            .checked_add((t / 16).max(1))
+            .ok_or_else(|| EngineError("no threshold meets the requested delta".into()))?;
     }
     Err(EngineError("no threshold meets the requested delta".into()))
 }

@@ -121,8 +121,23 @@ impl Plan {
 #[error("{0}")]
 pub struct QueryError(pub String);
 
+/// A refusal reason. It may quote the consumer's body (serde names an
+/// unknown key as sent), so control characters are escaped: the reason is
+/// logged and returned, and must not forge log lines.
 fn bad(s: impl Into<String>) -> QueryError {
-    QueryError(s.into())
+    let s = s.into();
+    if !s.chars().any(char::is_control) {
+        return QueryError(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    QueryError(out)
 }
 
 /// Parses the body. Malformed JSON and unknown keys are refused.

@@ -27,6 +27,9 @@ use tokio::net::TcpListener;
 
 /// Registration and report bodies are small.
 const MAX_BODY: usize = 64 * 1024;
+/// A request body must arrive whole within this (a client dripping it
+/// would otherwise hold its connection and task for ever).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest long poll.
 const MAX_WAIT_SECS: u64 = 300;
 
@@ -58,17 +61,29 @@ fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Resp {
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
-    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("cannot read the body: {e}"),
-            )
-        })?
-        .to_bytes();
+    let body = tokio::time::timeout(
+        BODY_TIMEOUT,
+        http_body_util::Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    .map_err(|_| {
+        error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )
+    })?
+    .map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("cannot read the body: {e}"),
+        )
+    })?
+    .to_bytes();
     serde_json::from_slice(&body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,

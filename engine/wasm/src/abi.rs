@@ -177,14 +177,23 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Guest text in host messages is cut short: it is for operators, and a
-/// plugin must not be able to flood logs.
+/// Guest text in host messages is cut short and its control characters
+/// escaped: it is for operators, and a plugin must not be able to flood logs
+/// or forge log lines.
 fn short(text: &str) -> String {
     const MAX: usize = 200;
-    match text.char_indices().nth(MAX) {
-        Some((at, _)) => format!("{}…", text.get(..at).unwrap_or_default()),
-        None => text.to_string(),
+    let mut out = String::with_capacity(text.len().min(MAX));
+    for c in text.chars().take(MAX) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
+    if text.chars().nth(MAX).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn is_json_number(text: &str) -> bool {
@@ -262,6 +271,25 @@ pub fn decode_verdicts(data: &[u8], expected: usize) -> Result<Vec<Option<String
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+
+    /// Found by the `plugin_output` fuzz target: a guest's reason carried
+    /// a tab and NUL bytes into host messages (and so into logs).
+    #[test]
+    fn guest_text_has_its_control_characters_escaped() {
+        let mut refusal = vec![status::ERROR];
+        let reason = "line one\nforged: line\t\0";
+        refusal.extend_from_slice(&(reason.len() as u32).to_le_bytes());
+        refusal.extend_from_slice(reason.as_bytes());
+        let Err(Rejection::Refused(why)) = decode_values(&refusal, 1) else {
+            panic!("a refusal is a refusal");
+        };
+        assert_eq!(why, "line one\\nforged: line\\t\\u{0}");
+        assert!(!why.chars().any(char::is_control));
+        let long = "é".repeat(300);
+        let cut = short(&long);
+        assert_eq!(cut.chars().count(), 201);
+        assert!(cut.ends_with('…'));
+    }
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.into()).unwrap()
