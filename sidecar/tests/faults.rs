@@ -168,7 +168,8 @@ user-identity = "user-identity.key"
     fn spawn(&self, log: &str) -> Proc {
         let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"));
         c.arg("--config");
-        self.spawn_with(c, log)
+        // Per-request lines (`read finished`) are debug.
+        self.spawn_with(c, log, "info,meshgov_sidecar::pipeline=debug")
     }
 
     /// Starts the sidecar with a file-size limit of `bytes` (`ulimit -f`,
@@ -182,19 +183,19 @@ user-identity = "user-identity.key"
             .arg("sh")
             .arg(bytes.div_ceil(512).to_string())
             .arg(env!("CARGO_BIN_EXE_meshgov-sidecar"));
-        self.spawn_with(c, log)
+        // The limit applies to the log file too: lifecycle lines only, so
+        // that the audit segment is what fills up.
+        self.spawn_with(c, log, "info")
     }
 
     /// Runs `c` with the config path as its last argument.
-    fn spawn_with(&self, mut c: Command, log: &str) -> Proc {
+    fn spawn_with(&self, mut c: Command, log: &str, filter: &str) -> Proc {
         let log = self.path().join(log);
         let child = c
             .arg(&self.config)
             .env(
                 "RUST_LOG",
-                // Per-request lines (`read finished`) are debug.
-                std::env::var("MESHGOV_FAULT_LOG")
-                    .unwrap_or_else(|_| "info,meshgov_sidecar::pipeline=debug".into()),
+                std::env::var("MESHGOV_FAULT_LOG").unwrap_or_else(|_| filter.into()),
             )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -1455,9 +1456,12 @@ impl Drop for Postgres {
 ///   record reads, which need no ledger, are unaffected;
 /// - once it is back, aggregates succeed again without restarting the
 ///   sidecar;
-/// - the spend in the database equals the sum of the costs the sidecar
-///   granted (each in its audit log), which is at least the sum of the
-///   costs of the 200s the clients received.
+/// - the spend in the database is at least the sum of the costs the
+///   sidecar granted (each in its audit log), which is at least the sum of
+///   the costs of the 200s the clients received. It may be more: a
+///   reservation whose commit reached the server just as it stopped is
+///   spent although the sidecar saw an error and refused (budget lost,
+///   never granted twice); never less.
 #[test]
 fn postgres_down_mid_spend_refuses_aggregates_and_recovers_by_itself() {
     match std::env::var("MESHGOV_TEST_POSTGRES") {
@@ -1613,10 +1617,7 @@ fn postgres_down_mid_spend_refuses_aggregates_and_recovers_by_itself() {
         "{} requests, {unavailable} aggregates refused as ledger_unavailable; 200s worth {paid:.2}; granted {audited:.2}; the database holds {spent:.2}",
         log.len()
     );
-    assert!(
-        (spent - audited).abs() < 1e-9,
-        "spent {spent}, granted {audited}"
-    );
+    assert!(spent >= audited - 1e-9, "spent {spent} < granted {audited}");
     assert!(spent >= paid - 1e-9, "spent {spent} < answered {paid}");
     assert!(p.child.try_wait().unwrap().is_none(), "the sidecar exited");
 }
