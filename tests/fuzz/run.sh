@@ -52,6 +52,8 @@ else
   "${fuzz[@]}" build "${common[@]}"
 fi
 echo "fuzz: built in $(( $(date +%s) - build_start )) s"
+host="$(rustc "${toolchain[@]}" -vV | sed -n 's/^host: //p')"
+bin_dir="${CARGO_TARGET_DIR:-tests/fuzz/target}/$host/debug"
 
 failed=0
 passed=0
@@ -62,9 +64,12 @@ for t in "${targets[@]}"; do
   status=ok
   # New inputs go to the first directory (scratch); the committed corpus is
   # read as seeds. -timeout: one input taking 10 s is a hang.
-  if ! "${fuzz[@]}" run "${common[@]}" "$t" "$out/corpus/$t" "tests/fuzz/corpus/$t" -- \
+  # The binary is run directly: `cargo fuzz run` rebuilds in another
+  # configuration after a crash just to print the input.
+  mkdir -p "tests/fuzz/artifacts/$t"
+  if ! "$bin_dir/$t" -artifact_prefix="tests/fuzz/artifacts/$t/" \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
-      >"$log" 2>&1; then
+      "$out/corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1; then
     status="FAILED (log: $log)"
   fi
   runs=$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)

@@ -372,7 +372,14 @@ fn verify_segments(
     // The start: sequence 1 links to the genesis hash; a later start must be
     // explained by a recorded retention that ends just before it.
     let mut retired_through = 0;
-    if first_seq == 1 {
+    if first_seq == 0 {
+        breaks.add(
+            0,
+            BreakKind::Edited,
+            first_at,
+            "the first event has sequence 0; sequences start at 1".into(),
+        );
+    } else if first_seq == 1 {
         if first_prev != hex(&[0u8; 32]) {
             breaks.add(
                 1,

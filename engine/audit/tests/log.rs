@@ -311,3 +311,27 @@ fn a_timer_checkpoint_covers_a_quiet_log() {
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(log.head().checkpoint_seq, 1);
 }
+
+/// Found by the `audit_segment` fuzz target: a log whose first event is
+/// (re-hashed as) sequence 0 made verification compute `0 - 1`, a panic
+/// with overflow checks. It is a break like any other edit.
+#[test]
+fn a_log_starting_at_sequence_zero_is_a_break_not_a_panic() {
+    let k = new_key();
+    let d = tempfile::tempdir().unwrap();
+    let pk = write(d.path(), &k, 3, opts(d.path()));
+    let seg = seg_file(d.path());
+    let mut ls = lines(&seg);
+    // Sequence 1 becomes 0, and its hash is made to match again, so the
+    // line is sound on its own and only the chain rules can object.
+    let first = ls[0].replacen("\"seq\":1,", "\"seq\":0,", 1);
+    assert_ne!(first, ls[0], "the event has a seq field");
+    let cut = first.len() - (",\"hash\":\"".len() + 64 + "\"}".len());
+    let body = &first[..cut];
+    let hash = meshgov_audit::event::sha256(format!("{body}}}").as_bytes());
+    ls[0] = format!("{body},\"hash\":\"{}\"}}", meshgov_audit::event::hex(&hash));
+    assert!(meshgov_audit::event::open_line(ls[0].as_bytes()).is_ok());
+    put_lines(&seg, &ls);
+    let b = broken(d.path(), &pk);
+    assert_eq!((b.seq, b.kind), (0, BreakKind::Edited), "{b}");
+}

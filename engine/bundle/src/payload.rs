@@ -188,10 +188,14 @@ fn format_timestamp(unix: i64) -> Result<String, BuildError> {
 
 /// Reads a manifest timestamp back to unix seconds. Only the exact form this
 /// crate writes is accepted, so one instant has one spelling in signed bytes.
+/// The years are those a builder can write (1970 to 9999).
 pub(crate) fn parse_timestamp(text: &str) -> Option<i64> {
     let t = time::PrimitiveDateTime::parse(text, TIMESTAMP)
         .ok()?
         .assume_utc();
+    if !(1970..=9999).contains(&t.year()) {
+        return None;
+    }
     let canonical = t.format(TIMESTAMP).ok()?;
     (canonical == text).then_some(t.unix_timestamp())
 }

@@ -341,6 +341,14 @@ pub fn verify(
 
     let created_at = timestamp(&manifest.created_at, "created_at")?;
     let expires_at = timestamp(&manifest.expires_at, "expires_at")?;
+    // `BundlePayload::new` never builds such a manifest; a signed one is a
+    // signer's bug, refused like any other malformed bundle.
+    if expires_at <= created_at {
+        return Err(malformed(format!(
+            "manifest `expires_at` ({}) is not after `created_at` ({})",
+            manifest.expires_at, manifest.created_at
+        )));
+    }
     if now_unix >= expires_at {
         return Err(VerifyError::Expired {
             expires_at: manifest.expires_at,
@@ -418,7 +426,7 @@ fn check_components(
 fn timestamp(text: &str, field: &str) -> Result<i64, VerifyError> {
     payload::parse_timestamp(text).ok_or_else(|| {
         malformed(format!(
-            "manifest `{field}` is `{text}`, expected an RFC 3339 UTC time like `2026-01-02T03:04:05Z`"
+            "manifest `{field}` is `{text}`, expected an RFC 3339 UTC time like `2026-01-02T03:04:05Z` in the years 1970 to 9999"
         ))
     })
 }
@@ -756,6 +764,50 @@ mod tests {
         // A verifier that guards no product accepts any slice.
         let env = envelope(&payload(Some("billing")), &[&k]).to_json_bytes();
         assert!(verify(&env, &t, NOW, &Expect::default()).is_ok());
+    }
+
+    /// Found in review (the `bundle_verify` fuzz target's round-trip
+    /// check states it): a signed manifest whose `expires_at` is not after
+    /// its `created_at` was accepted while `now` fell in the skew window,
+    /// though no builder makes one.
+    #[test]
+    fn refuses_a_manifest_that_expires_before_it_is_created() {
+        let k = key();
+        let good = payload(None);
+        let mut m = good.manifest.clone();
+        m.created_at = "2026-01-01T00:02:00Z".into();
+        m.expires_at = "2026-01-01T00:01:30Z".into();
+        let bad = BundlePayload {
+            manifest: m,
+            components: good.components.clone(),
+        };
+        let err = check(&envelope(&bad, &[&k]), &trust(&[&k]), NOW).unwrap_err();
+        assert_eq!(err.code(), "malformed", "{err}");
+        assert!(err.to_string().contains("not after"), "{err}");
+    }
+
+    /// Found by the `bundle_verify` fuzz target: a signed manifest created
+    /// in the year 1013 verified, though no builder can write that time.
+    #[test]
+    fn refuses_manifest_times_outside_the_years_a_builder_writes() {
+        let k = key();
+        for (created, expires) in [
+            ("1013-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+            ("0000-01-01T00:00:00Z", "2026-01-02T00:00:00Z"),
+            ("1969-12-31T23:59:59Z", "2026-01-02T00:00:00Z"),
+        ] {
+            let good = payload(None);
+            let mut m = good.manifest.clone();
+            m.created_at = created.into();
+            m.expires_at = expires.into();
+            let bad = BundlePayload {
+                manifest: m,
+                components: good.components.clone(),
+            };
+            let err = check(&envelope(&bad, &[&k]), &trust(&[&k]), NOW).unwrap_err();
+            assert_eq!(err.code(), "malformed", "{created}: {err}");
+            assert!(err.to_string().contains("1970 to 9999"), "{err}");
+        }
     }
 
     #[test]

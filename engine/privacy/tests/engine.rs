@@ -226,3 +226,48 @@ fn bad_requests_are_refused_with_reasons() {
             .contains("too large")
     );
 }
+
+/// Found by the `aggregate_body` fuzz target: serde quotes an unknown key
+/// as sent, so a key holding a newline or DEL reached the 400 reason (and
+/// the log) raw.
+#[test]
+fn refusal_reasons_escape_control_characters_from_the_body() {
+    for body in [
+        "{\"ation\u{7f}ms\": 1}",
+        "{\"aggregations\": [], \"epsilon\": 1, \"x\\ny\": 2}",
+        "{\"aggregations\": [{\"co\\r\\nunt\": {}}], \"epsilon\": 0.5}",
+    ] {
+        let reason = match query::parse(body.as_bytes()) {
+            Err(e) => e.0,
+            Ok(r) => {
+                query::validate(&r, &rule(), &port(), Caps::default(), 0)
+                    .unwrap_err()
+                    .0
+            }
+        };
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        assert!(
+            reason.contains("\\u{7f}") || reason.contains("\\n"),
+            "{reason:?}"
+        );
+    }
+}
+
+/// Found by the `aggregate_body` fuzz target: an epsilon of 1.2e-75 made
+/// the partition-selection threshold search overflow `i64` (a panic with
+/// overflow checks, a wrapped negative threshold without). Costing now
+/// refuses it, before anything is reserved or released.
+#[test]
+fn a_vanishing_epsilon_is_refused_by_costing_not_overflowed() {
+    let p = plan(
+        r#"{"aggregations":[{"count":{}}],"group_by":["device"],"epsilon":1.2e-75,"delta":1e-8}"#,
+    );
+    let err = engine::cost(&p).unwrap_err();
+    assert!(err.0.contains("too small"), "{err}");
+    for eps in [1e-300, 5e-324] {
+        let p = plan(&format!(
+            r#"{{"aggregations":[{{"count":{{}}}}],"group_by":["device"],"epsilon":{eps},"delta":1e-8}}"#
+        ));
+        assert!(engine::cost(&p).is_err());
+    }
+}

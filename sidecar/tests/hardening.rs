@@ -1,0 +1,279 @@
+//! Timeouts and limits against slow or hostile peers, over real sockets:
+//! clients that drip headers or bodies (slowloris), upstreams that stall
+//! mid-body, oversized bodies, and what a client can make the sidecar echo.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Tight limits so each test finishes in well under a second per wait.
+const LIMITS: &str = "[limits]\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\nupstream_stall_timeout_ms = 300\n";
+
+/// How long any wait below may take before the test calls it a hang: far
+/// above the 300 ms limits, far below the 30 s a stalled peer holds on.
+const HANG: Duration = Duration::from_secs(10);
+
+/// Sends `head` (and `body`), then keeps the socket open without sending
+/// more; returns everything the sidecar wrote before it closed.
+async fn send_and_hold(addr: std::net::SocketAddr, head: &[u8]) -> (Vec<u8>, Duration) {
+    let t0 = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(HANG, s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the sidecar kept a stalled connection open for {HANG:?}; got {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    (buf, t0.elapsed())
+}
+
+#[tokio::test]
+async fn a_client_that_drips_its_headers_is_cut_off() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            extra_config: LIMITS.into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, took) = send_and_hold(
+        s.addr,
+        b"GET /v1/ports/profiles/records HTTP/1.1\r\nHost: x\r\n",
+    )
+    .await;
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_drips_an_aggregate_body_gets_408() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            product: "play-events",
+            extra_config: LIMITS.into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = token(&keys, "ann", &["marketing"], "campaign-analytics");
+    let head = format!(
+        "POST /v1/ports/plays/aggregate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"aggregations\":"
+    );
+    let (buf, _) = send_and_hold(s.addr, head.as_bytes()).await;
+    let r = parse_response(&buf);
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(r.error_code(), "body_timeout");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_pusher_that_drips_a_bundle_gets_408_and_the_bundle_in_force_stays() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            control: true,
+            extra_config: LIMITS.into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let revision = |s: &Sidecar| s.app.bundle.current().map(|b| b.meta.revision);
+    let before = revision(&s);
+    assert!(before.is_some());
+    let head = b"PUT /control/v1/bundle HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5000\r\n\r\n{\"payloadType\":";
+    let (buf, _) = send_and_hold(s.control.unwrap(), head).await;
+    let r = parse_response(&buf);
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert_eq!(revision(&s), before);
+    s.stop().await;
+}
+
+/// Sends `request` from one thread while reading the answer on another, so
+/// a server that answers and closes before reading everything is heard.
+async fn upload(addr: std::net::SocketAddr, request: Vec<u8>) -> Resp {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(HANG)).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&request);
+        });
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let _ = writer.join();
+        parse_response(&buf)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_oversized_bundle_is_refused_before_it_is_read_whole() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            control: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let big = meshgov_bundle::DEFAULT_MAX_ENVELOPE_BYTES + 1;
+    let mut req = format!(
+        "PUT /control/v1/bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {big}\r\n\r\n"
+    )
+    .into_bytes();
+    req.resize(req.len() + big, b' ');
+    let r = upload(s.control.unwrap(), req).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["code"], "too_large");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_aggregate_body_is_a_400_with_a_reason() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            product: "play-events",
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = token(&keys, "ann", &["marketing"], "campaign-analytics");
+    let body = format!(
+        "{{\"epsilon\":0.1,\"aggregations\":[{}{{\"count\":{{}}}}]}}",
+        "{\"count\":{}},".repeat(8000)
+    );
+    assert!(body.len() > 64 * 1024);
+    let req = format!(
+        "POST /v1/ports/plays/aggregate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {t}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = upload(s.addr, req.into_bytes()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("length limit"), "{}", r.text());
+    s.stop().await;
+}
+
+/// An HTTP upstream that sends its headers and one record, then nothing
+/// while holding the connection open.
+async fn stalling_upstream(line: &'static str) -> std::net::SocketAddr {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = up.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut c, _) = up.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = c.read(&mut buf).await.unwrap();
+        let chunk = format!("{:x}\r\n{line}\n\r\n", line.len() + 1);
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}"
+        );
+        c.write_all(resp.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(c);
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_mid_body_fails_the_read_instead_of_pinning_it() {
+    let keys = Keys::generate();
+    let up = stalling_upstream(
+        r#"{"user_id":"u-1","email":"alice@example.com","name":"Alice","birth_date":"1990-04-12","country":"NL","postcode":"1012AB","signed_up_at":"2026-03-01T10:00:00Z"}"#,
+    )
+    .await;
+    let s = start(
+        &keys,
+        Options {
+            upstream: Some(format!("kind = \"http\"\nurl = \"http://{up}\"")),
+            extra_config: LIMITS.into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let req = format!(
+        "GET /v1/ports/profiles/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+    );
+    let (buf, took) = send_and_hold(s.addr, req.as_bytes()).await;
+    assert!(took < HANG, "took {took:?}");
+    let text = String::from_utf8_lossy(&buf);
+    // The response was cut off: no terminating chunk, so the consumer knows
+    // it is incomplete rather than short.
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a stalled read ended as complete: {text}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_request_id_is_echoed_only_when_it_is_a_plain_token() {
+    let keys = Keys::generate();
+    let s = start(&keys, Options::default()).await;
+    let ok = get(s.addr, "/healthz", &[("X-Request-Id", "abc-123_x.y")]).await;
+    assert_eq!(ok.header("x-request-id"), Some("abc-123_x.y"));
+    // Responses are never cached nor content-sniffed into something else.
+    assert_eq!(ok.header("cache-control"), Some("no-store"));
+    assert_eq!(ok.header("x-content-type-options"), Some("nosniff"));
+    // Header values cannot carry CR/LF on the wire (hyper refuses them), but
+    // anything beyond the plain alphabet is replaced, not reflected.
+    for hostile in ["a b", "a\"<script>", "x%0d%0aSet-Cookie:1", &"a".repeat(65)] {
+        let r = get(s.addr, "/healthz", &[("X-Request-Id", hostile)]).await;
+        let echoed = r.header("x-request-id").unwrap();
+        assert_ne!(echoed, hostile);
+        assert!(echoed.bytes().all(|b| b.is_ascii_hexdigit()), "{echoed}");
+    }
+    // A raw CR inside a header line is a malformed request, never a split.
+    let r = raw(
+        s.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: a\rSet-Cookie: owned=1\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.header("set-cookie").is_none());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn query_values_never_reach_headers_and_are_escaped_in_error_bodies() {
+    let keys = Keys::generate();
+    let s = start(&keys, Options::default()).await;
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    for q in [
+        "from=%0d%0aSet-Cookie:%20owned%3D1",
+        "limit=1%0d%0aX-Injected:%201",
+        "x%0d%0aSet-Cookie:1=1",
+    ] {
+        let r = get_with(
+            s.addr,
+            &format!("/v1/ports/profiles/records?{q}"),
+            &t,
+            "text/csv",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+        assert!(r.header("set-cookie").is_none() && r.header("x-injected").is_none());
+        assert!(r.header("content-disposition").is_none());
+        let reason = r.json()["reason"].as_str().unwrap_or_default().to_string();
+        assert!(!reason.contains(['\r', '\n']), "{q}: {reason:?}");
+    }
+    s.stop().await;
+}
