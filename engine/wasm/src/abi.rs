@@ -183,15 +183,24 @@ impl<'a> Reader<'a> {
 fn short(text: &str) -> String {
     const MAX: usize = 200;
     let mut out = String::with_capacity(text.len().min(MAX));
-    for c in text.chars().take(MAX) {
+    // Counted after escaping: an escaped character is several.
+    let mut n = 0;
+    for c in text.chars() {
+        let width = if c.is_control() {
+            c.escape_default().count()
+        } else {
+            1
+        };
+        if n + width > MAX {
+            out.push('…');
+            break;
+        }
+        n += width;
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
-    }
-    if text.chars().nth(MAX).is_some() {
-        out.push('…');
     }
     out
 }
@@ -289,6 +298,12 @@ mod tests {
         let cut = short(&long);
         assert_eq!(cut.chars().count(), 201);
         assert!(cut.ends_with('…'));
+        // Found by `plugin_output` again: the cut counted characters before
+        // escaping, so NULs (`\u{0}`, five each) made it 215 long.
+        let nuls = "\0".repeat(300);
+        let cut = short(&nuls);
+        assert!(cut.chars().count() <= 201, "{}", cut.chars().count());
+        assert!(cut.ends_with('…') && !cut.chars().any(char::is_control));
     }
 
     fn raw(s: &str) -> Box<RawValue> {
