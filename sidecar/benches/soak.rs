@@ -48,7 +48,7 @@ use hyper_util::rt::TokioExecutor;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,13 +63,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -243,55 +236,22 @@ fn main() {
     let d = tmp.path();
     let keys = Keys::generate();
     let gov = governance_key();
-    let descriptor_path = repo().join("policies/products/play-events.yaml");
-    let descriptor = meshgov_core::descriptor::Descriptor::parse(
-        "play-events.yaml",
-        &std::fs::read_to_string(&descriptor_path).unwrap(),
-    )
-    .unwrap();
+    let (descriptor_path, descriptor) = example_descriptor("play-events");
     let policies = policies_for(&descriptor);
     std::fs::write(
         d.join("bundle.json"),
         sign_policies(&gov, &policies, 1, 3600),
     )
     .unwrap();
-    std::fs::write(d.join("user-identity.key"), PSEUDONYM_KEY).unwrap();
     let plays = write_plays(d);
     let (data, control) = (free_addr(), free_addr());
-    std::fs::write(
-        d.join("sidecar.toml"),
-        format!(
-            r#"mesh = "media-mesh"
-state_dir = "state"
-descriptor = {desc:?}
-bundle_file = "bundle.json"
-trusted_bundle_keys = ["{gov}"]
-[listen]
-data = "{data}"
-control = "{control}"
-[upstream]
-path = "data"
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
-[pseudonym_keys]
-user-identity = "user-identity.key"
-"#,
-            desc = descriptor_path.display().to_string(),
-            gov = gov.public_key(),
-            x = b64u(&keys.ed_public),
-        ),
-    )
-    .unwrap();
+    let config = ProcessConfig {
+        listen: &format!("data = \"{data}\"\ncontrol = \"{control}\""),
+        ..ProcessConfig::default()
+    }
+    .write(d, &descriptor_path, &gov, &keys);
     let log = std::fs::File::create(d.join("sidecar.log")).unwrap();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
-        .arg("--config")
-        .arg(d.join("sidecar.toml"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+    let mut child: Child = sidecar_command(&config, "warn")
         .stderr(log)
         .spawn()
         .unwrap();

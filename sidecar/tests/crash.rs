@@ -18,10 +18,10 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ROUNDS: usize = 24;
 const READERS: usize = 4;
@@ -40,39 +40,18 @@ impl Rng {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+    sidecar_command(config, "warn")
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
 }
 
 fn wait_ready(addr: SocketAddr) {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(20) {
-        if let Ok(mut c) = TcpStream::connect(addr) {
-            let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-            let mut b = Vec::new();
-            let _ = c.read_to_end(&mut b);
-            if b.starts_with(b"HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the sidecar did not become ready");
+    assert!(
+        ready_within(addr, Duration::from_secs(20)),
+        "the sidecar did not become ready"
+    );
 }
 
 /// One read; returns whether any byte of the body arrived.
@@ -111,55 +90,23 @@ fn sigkill_at_random_moments_loses_no_acknowledged_decision() {
     let keys = Keys::generate();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let descriptor_path = repo().join("policies/products/user-profiles.yaml");
-    let descriptor = meshgov_core::descriptor::Descriptor::parse(
-        "user-profiles.yaml",
-        &std::fs::read_to_string(&descriptor_path).unwrap(),
-    )
-    .unwrap();
+    let (descriptor_path, descriptor) = example_descriptor("user-profiles");
     let gov = governance_key();
     std::fs::write(
         d.join("bundle.json"),
         signed_bundle(&gov, &descriptor, 7, 3600),
     )
     .unwrap();
-    std::fs::write(d.join("user-identity.key"), PSEUDONYM_KEY).unwrap();
     let rec = r#"{"user_id":"u-1","email":"alice@example.com","name":"Alice","birth_date":"1990-04-12","country":"NL","postcode":"1012AB","signed_up_at":"2026-03-01T10:00:00Z"}"#;
     let text: String = (0..3000).map(|_| format!("{rec}\n")).collect();
     write_upstream(d, "profiles", "a.ndjson", &text);
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = d.join("sidecar.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"mesh = "media-mesh"
-state_dir = "state"
-descriptor = {desc:?}
-bundle_file = "bundle.json"
-trusted_bundle_keys = ["{gov}"]
-[listen]
-data = "{addr}"
-[upstream]
-path = "data"
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
-[pseudonym_keys]
-user-identity = "user-identity.key"
-[audit]
-checkpoint_every = 50
-checkpoint_interval_ms = 100
-"#,
-            desc = descriptor_path.display().to_string(),
-            gov = gov.public_key(),
-            x = b64u(&keys.ed_public),
-        ),
-    )
-    .unwrap();
+    let addr = free_addr();
+    let config = ProcessConfig {
+        listen: &format!("data = \"{addr}\""),
+        tables: "[audit]\ncheckpoint_every = 50\ncheckpoint_interval_ms = 100",
+        ..ProcessConfig::default()
+    }
+    .write(d, &descriptor_path, &gov, &keys);
     let token = token(&keys, "mia", &["marketing"], "campaign-analytics");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

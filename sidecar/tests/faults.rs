@@ -62,13 +62,6 @@ fn seeded(test: &str) -> Rng {
     Rng(seed)
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn now_ms() -> i64 {
     meshgov_sidecar::clock::now_ms()
 }
@@ -94,46 +87,16 @@ impl Setup {
         let d = dir.path();
         let keys = Keys::generate();
         let gov = governance_key();
-        let descriptor_path = repo().join(format!("policies/products/{product}.yaml"));
-        let descriptor = meshgov_core::descriptor::Descriptor::parse(
-            "product.yaml",
-            &std::fs::read_to_string(&descriptor_path).unwrap(),
-        )
-        .unwrap();
+        let (descriptor_path, descriptor) = example_descriptor(product);
         let policies = policies_for(&descriptor);
-        std::fs::write(d.join("user-identity.key"), PSEUDONYM_KEY).unwrap();
         let (data, control) = (free_addr(), free_addr());
-        let config = d.join("sidecar.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"mesh = "media-mesh"
-state_dir = "state"
-descriptor = {desc:?}
-bundle_file = "bundle.json"
-trusted_bundle_keys = ["{gov}"]
-log_format = "json"
-[listen]
-data = "{data}"
-control = "{control}"
-[upstream]
-{upstream}
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
-[pseudonym_keys]
-user-identity = "user-identity.key"
-{extra}
-"#,
-                desc = descriptor_path.display().to_string(),
-                gov = gov.public_key(),
-                x = b64u(&keys.ed_public),
-            ),
-        )
-        .unwrap();
+        let config = ProcessConfig {
+            top: "log_format = \"json\"",
+            listen: &format!("data = \"{data}\"\ncontrol = \"{control}\""),
+            upstream,
+            tables: extra,
+        }
+        .write(d, &descriptor_path, &gov, &keys);
         let s = Setup {
             dir,
             keys,

@@ -19,17 +19,10 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// Plays of today, one JSON line each.
 fn play(i: usize) -> String {
@@ -50,62 +43,28 @@ struct Proc {
 }
 
 impl Proc {
-    /// `upstream` is the `[upstream]` table's body; `extra` more config.
+    /// `upstream` is the `[upstream]` table's body; `extra` more tables.
     fn start(upstream: &str, extra: &str, rust_log: &str) -> Proc {
         let keys = Keys::generate();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let descriptor_path = repo().join("policies/products/play-events.yaml");
-        let descriptor = meshgov_core::descriptor::Descriptor::parse(
-            "play-events.yaml",
-            &std::fs::read_to_string(&descriptor_path).unwrap(),
-        )
-        .unwrap();
+        let (descriptor_path, descriptor) = example_descriptor("play-events");
         let gov = governance_key();
         std::fs::write(
             d.join("bundle.json"),
             signed_bundle(&gov, &descriptor, 7, 3600),
         )
         .unwrap();
-        std::fs::write(d.join("user-identity.key"), PSEUDONYM_KEY).unwrap();
         let (data, metrics) = (free_addr(), free_addr());
-        let config = d.join("sidecar.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"mesh = "media-mesh"
-state_dir = "state"
-descriptor = {desc:?}
-bundle_file = "bundle.json"
-trusted_bundle_keys = ["{gov}"]
-log_format = "json"
-{extra}
-[listen]
-data = "{data}"
-metrics = "{metrics}"
-[upstream]
-{upstream}
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
-[pseudonym_keys]
-user-identity = "user-identity.key"
-"#,
-                desc = descriptor_path.display().to_string(),
-                gov = gov.public_key(),
-                x = b64u(&keys.ed_public),
-            ),
-        )
-        .unwrap();
+        let config = ProcessConfig {
+            top: "log_format = \"json\"",
+            listen: &format!("data = \"{data}\"\nmetrics = \"{metrics}\""),
+            upstream,
+            tables: extra,
+        }
+        .write(d, &descriptor_path, &gov, &keys);
         let log = std::fs::File::create(d.join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::null())
+        let child = sidecar_command(&config, rust_log)
             .stderr(log)
             .spawn()
             .unwrap();
@@ -121,20 +80,11 @@ user-identity = "user-identity.key"
     }
 
     fn wait_ready(&self) {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if let Ok(mut c) = TcpStream::connect(self.data) {
-                let _ =
-                    c.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-                let mut b = Vec::new();
-                let _ = c.read_to_end(&mut b);
-                if b.starts_with(b"HTTP/1.1 200") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the sidecar did not become ready: {}", self.stderr());
+        assert!(
+            ready_within(self.data, Duration::from_secs(30)),
+            "the sidecar did not become ready: {}",
+            self.stderr()
+        );
     }
 
     fn signal(&self, sig: nix::sys::signal::Signal) {

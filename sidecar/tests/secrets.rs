@@ -17,8 +17,8 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 /// Classified values in the upstream records, each unique in the test.
 const EMAIL: &str = "zq.secret.7731@example.com";
@@ -27,14 +27,6 @@ const BIRTH: &str = "1977-07-07";
 const USER_ID: &str = "zz-user-90210";
 /// An undeclared field: never leaves the product.
 const SSN: &str = "987-65-4329";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One request; the whole raw response.
 fn request(addr: SocketAddr, path: &str, headers: &str) -> String {
@@ -48,19 +40,6 @@ fn request(addr: SocketAddr, path: &str, headers: &str) -> String {
     let mut b = Vec::new();
     let _ = c.read_to_end(&mut b);
     String::from_utf8_lossy(&b).into_owned()
-}
-
-fn wait_ready(addr: SocketAddr) {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) {
-        if TcpStream::connect(addr).is_ok()
-            && request(addr, "/readyz", "").starts_with("HTTP/1.1 200")
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the sidecar did not become ready");
 }
 
 /// Every file under `dir`, with its path.
@@ -79,19 +58,13 @@ fn run(log_format: &str) {
     let keys = Keys::generate();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let descriptor_path = repo().join("policies/products/user-profiles.yaml");
-    let descriptor = meshgov_core::descriptor::Descriptor::parse(
-        "user-profiles.yaml",
-        &std::fs::read_to_string(&descriptor_path).unwrap(),
-    )
-    .unwrap();
+    let (descriptor_path, descriptor) = example_descriptor("user-profiles");
     let gov = governance_key();
     std::fs::write(
         d.join("bundle.json"),
         signed_bundle(&gov, &descriptor, 7, 3600),
     )
     .unwrap();
-    std::fs::write(d.join("user-identity.key"), PSEUDONYM_KEY).unwrap();
     let record = format!(
         r#"{{"user_id":"{USER_ID}","email":"{EMAIL}","name":"{NAME}","birth_date":"{BIRTH}","country":"NL","postcode":"1012AB","signed_up_at":"2026-03-01T10:00:00Z","ssn":"{SSN}"}}"#
     );
@@ -104,53 +77,25 @@ fn run(log_format: &str) {
         "a.ndjson",
         &format!("{record}\n{broken}\n{record}\n"),
     );
-    let port = free_port();
-    let control_port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = d.join("sidecar.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"mesh = "media-mesh"
-state_dir = "state"
-descriptor = {desc:?}
-bundle_file = "bundle.json"
-trusted_bundle_keys = ["{gov}"]
-log_format = "{log_format}"
-[listen]
-data = "{addr}"
-control = "127.0.0.1:{control_port}"
-[upstream]
-path = "data"
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
-[pseudonym_keys]
-user-identity = "user-identity.key"
-[audit]
-checkpoint_every = 2
-checkpoint_interval_ms = 50
-"#,
-            desc = descriptor_path.display().to_string(),
-            gov = gov.public_key(),
-            x = b64u(&keys.ed_public),
-        ),
-    )
-    .unwrap();
+    let (addr, control) = (free_addr(), free_addr());
+    let config = ProcessConfig {
+        top: &format!("log_format = \"{log_format}\""),
+        listen: &format!("data = \"{addr}\"\ncontrol = \"{control}\""),
+        tables: "[audit]\ncheckpoint_every = 2\ncheckpoint_interval_ms = 50",
+        ..ProcessConfig::default()
+    }
+    .write(d, &descriptor_path, &gov, &keys);
     let stdout = std::fs::File::create(d.join("stdout.log")).unwrap();
     let stderr = std::fs::File::create(d.join("stderr.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "trace")
+    let mut child = sidecar_command(&config, "trace")
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .spawn()
         .unwrap();
-    wait_ready(addr);
+    assert!(
+        ready_within(addr, Duration::from_secs(30)),
+        "the sidecar did not become ready"
+    );
 
     let marketing = token(&keys, "mia", &["marketing"], "campaign-analytics");
     let fraud = token(&keys, "fred", &["fraud"], "fraud-investigation");
@@ -193,7 +138,6 @@ checkpoint_interval_ms = 50
         "marketing sees it masked"
     );
     // The control port with a consumer's token (refused).
-    let control: SocketAddr = format!("127.0.0.1:{control_port}").parse().unwrap();
     let r = request(control, "/control/v1/status", &bearer(&fraud));
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     bodies.push(r);

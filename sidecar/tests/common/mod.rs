@@ -22,6 +22,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod process;
+// Not every test binary runs a sidecar process.
+#[allow(unused_imports)]
+pub use process::*;
+
 pub const ISSUER: &str = "https://idp.media.example";
 pub const AUDIENCE: &str = "meshgov";
 /// The `user-identity` pseudonym secret tests configure (37 bytes).
