@@ -32,18 +32,12 @@ async fn a_file_much_larger_than_the_memory_ceiling_streams_through() {
     let keys = Keys::generate();
     let dir = tempfile::tempdir().unwrap();
     let gov = governance_key();
-    let descriptor_path = repo().join("policies/products/user-profiles.yaml");
-    let descriptor = meshgov_core::descriptor::Descriptor::parse(
-        "d",
-        &std::fs::read_to_string(&descriptor_path).unwrap(),
-    )
-    .unwrap();
+    let (descriptor_path, descriptor) = example_descriptor("user-profiles");
     std::fs::write(
         dir.path().join("bundle.json"),
         signed_bundle(&gov, &descriptor, 1, 3600),
     )
     .unwrap();
-    std::fs::write(dir.path().join("k"), PSEUDONYM_KEY).unwrap();
     // ~1 KB records; the email is long so output is as large as input.
     let data = dir.path().join("data/profiles");
     std::fs::create_dir_all(&data).unwrap();
@@ -60,53 +54,17 @@ async fn a_file_much_larger_than_the_memory_ceiling_streams_through() {
     }
     w.flush().unwrap();
     drop(w);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = format!(
-        r#"mesh = "media-mesh"
-state_dir = "state"
-descriptor = {d:?}
-bundle_file = "bundle.json"
-trusted_bundle_keys = ["{g}"]
-[listen]
-data = "127.0.0.1:{port}"
-[upstream]
-path = "data"
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
-[pseudonym_keys]
-user-identity = "k"
-"#,
-        d = descriptor_path.display().to_string(),
-        g = gov.public_key(),
-        x = b64u(&keys.ed_public),
-    );
-    std::fs::write(dir.path().join("sidecar.toml"), cfg).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
-        .arg("--config")
-        .arg(dir.path().join("sidecar.toml"))
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(addr).is_ok()
-            && get(addr, "/readyz", &[]).await.status == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let addr = free_addr();
+    let config = ProcessConfig {
+        listen: &format!("data = \"{addr}\""),
+        ..ProcessConfig::default()
     }
-    assert!(ready, "the sidecar did not become ready");
+    .write(dir.path(), &descriptor_path, &gov, &keys);
+    let mut child = sidecar_command(&config, "warn").spawn().unwrap();
+    assert!(
+        ready_within(addr, std::time::Duration::from_secs(10)),
+        "the sidecar did not become ready"
+    );
     let idle_kb = vm_hwm_kb(child.id());
     let t = token(&keys, "fred", &["fraud"], "fraud-investigation");
     let received = tokio::task::spawn_blocking(move || {
