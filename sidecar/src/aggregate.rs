@@ -22,7 +22,7 @@ use crate::clock;
 use crate::config::LedgerConfig;
 use crate::error::ApiError;
 use crate::pipeline::{App, json};
-use crate::upstream::{CsvSchema, Item, Window, record_time};
+use crate::upstream::{Item, Window, record_time};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use meshgov_audit::{Decision, Event};
@@ -400,22 +400,13 @@ where
             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
     };
     let mut reader = app
-        .upstream
-        .open(
+        .open_upstream(
             port,
+            &port_info.fields,
             win,
-            app.limits.max_line_bytes,
-            CsvSchema::new(&port_info.fields),
+            "the product's upstream could not be read; the reserved budget stays spent",
         )
-        .await
-        .map_err(|e| {
-            app.metrics
-                .upstream_error(app.metrics.port(Some(port)), false);
-            tracing::error!("upstream failed: {e}");
-            ApiError::upstream(
-                "the product's upstream could not be read; the reserved budget stays spent",
-            )
-        })?;
+        .await?;
     let mut acc = Accumulator::new(&plan);
     loop {
         match reader.next().await {

@@ -37,12 +37,12 @@ use crate::metrics::{Action, Metrics};
 use crate::request::{self, Format, Route, RouteError};
 use crate::shape::Shaper;
 use crate::state::{ActiveBundle, BundleError, BundleSlot};
-use crate::upstream::{CsvSchema, Item, Upstream, Window, record_time};
+use crate::upstream::{CsvSchema, Item, RecordReader, Upstream, Window, record_time};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use meshgov_anonymize::{Outcome, PluginFailure};
 use meshgov_audit::{AuditLog, Decision, Event, Kind};
-use meshgov_core::descriptor::Descriptor;
+use meshgov_core::descriptor::{Descriptor, FieldInfo};
 use meshgov_core::plan::{Asker, PlanError};
 use meshgov_core::records::{KeyRing, RecordPlanError};
 use std::sync::Arc;
@@ -178,6 +178,31 @@ impl App {
             )
         })?;
         self.load_bundle(&bytes, now_unix)
+    }
+
+    /// Opens `port`'s upstream over `window`. A failure is counted, logged,
+    /// and answered 502 with `reason`.
+    pub(crate) async fn open_upstream(
+        &self,
+        port: &str,
+        fields: &[FieldInfo],
+        window: Window,
+        reason: &'static str,
+    ) -> Result<RecordReader, ApiError> {
+        self.upstream
+            .open(
+                port,
+                window,
+                self.limits.max_line_bytes,
+                CsvSchema::new(fields),
+            )
+            .await
+            .map_err(|e| {
+                self.metrics
+                    .upstream_error(self.metrics.port(Some(port)), false);
+                tracing::error!("upstream failed: {e}");
+                ApiError::upstream(reason)
+            })
     }
 }
 
@@ -603,20 +628,13 @@ async fn records<B>(
     let shaper = Shaper::new(record_plan, format);
     // 6. stream
     let reader = app
-        .upstream
-        .open(
+        .open_upstream(
             port,
+            &port_info.fields,
             window,
-            app.limits.max_line_bytes,
-            CsvSchema::new(&port_info.fields),
+            "the product's upstream could not be read",
         )
-        .await
-        .map_err(|e| {
-            app.metrics
-                .upstream_error(app.metrics.port(Some(port)), false);
-            tracing::error!("upstream failed: {e}");
-            ApiError::upstream("the product's upstream could not be read")
-        })?;
+        .await?;
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let stalled = Arc::new(AtomicBool::new(false));
     let mut completion = Event::new(Kind::Completion, 0);
