@@ -17,7 +17,7 @@
 
 use crate::Failure;
 use crate::conformance_cmds::{FailOn, Format, Report, emit};
-use crate::token::{self, TokenArgs};
+use crate::token::{self, Issuer, TokenArgs};
 use http::{Method, header};
 use meshgov_bundle::{BundleMeta, BundlePayload, SigningKey, TrustStore};
 use meshgov_core::conformance::{Finding, LIVE_RULES};
@@ -45,12 +45,7 @@ pub struct RunArgs<'a> {
     pub product: &'a Path,
     /// The private key of an issuer the sidecar trusts, to mint consumer tokens.
     pub issuer_key: &'a Path,
-    pub issuer: &'a str,
-    pub audience: &'a str,
-    pub alg: &'a str,
-    pub kid: Option<&'a str>,
-    pub groups_claim: &'a str,
-    pub purpose_claim: &'a str,
+    pub issuer: &'a Issuer,
     pub control_token: Option<&'a str>,
     /// The governance signing key: mints the control token when none is
     /// given, and signs the rolled-back and expired bundles.
@@ -457,24 +452,19 @@ impl<'a> Suite<'a> {
             Spoil::Expired => (self.now - 7200, 3600),
             _ => (self.now, 600),
         };
+        let mut issuer = self.a.issuer.clone();
+        match spoil {
+            Spoil::Issuer => issuer.issuer = "https://issuer.invalid".into(),
+            Spoil::Audience => issuer.audience = "not-this-sidecar".into(),
+            _ => {}
+        }
         let args = TokenArgs {
             key: self.a.issuer_key,
             sub: &who.sub,
             groups: &who.groups,
             purpose: &who.purpose,
-            issuer: match spoil {
-                Spoil::Issuer => "https://issuer.invalid",
-                _ => self.a.issuer,
-            },
-            audience: match spoil {
-                Spoil::Audience => "not-this-sidecar",
-                _ => self.a.audience,
-            },
+            issuer: &issuer,
             ttl,
-            alg: self.a.alg,
-            kid: self.a.kid,
-            groups_claim: self.a.groups_claim,
-            purpose_claim: self.a.purpose_claim,
             now_unix: now,
         };
         token::mint_pem(&self.idp_pem, &args).map(|m| m.token)
@@ -540,13 +530,12 @@ impl<'a> Suite<'a> {
                 sub: &who.sub,
                 groups: &who.groups,
                 purpose: &who.purpose,
-                issuer: self.a.issuer,
-                audience: self.a.audience,
+                // The key generated here is Ed25519.
+                issuer: &Issuer {
+                    alg: "EdDSA".into(),
+                    ..self.a.issuer.clone()
+                },
                 ttl: 600,
-                alg: "EdDSA",
-                kid: self.a.kid,
-                groups_claim: self.a.groups_claim,
-                purpose_claim: self.a.purpose_claim,
                 now_unix: self.now,
             };
             token::mint_pem(&pem, &args)?.token

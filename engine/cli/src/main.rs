@@ -214,27 +214,11 @@ enum Command {
         /// The purpose of use; must be one the mesh declares.
         #[arg(long)]
         purpose: String,
-        /// The `iss` claim; must equal the sidecar's `auth.issuer`.
-        #[arg(long, default_value = "https://idp.media.example")]
-        issuer: String,
-        /// The `aud` claim; must equal the sidecar's `auth.audience`.
-        #[arg(long, default_value = "meshgov")]
-        audience: String,
         /// Lifetime in seconds (at most a week).
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
-        /// EdDSA, ES256 or RS256.
-        #[arg(long, default_value = "EdDSA")]
-        alg: String,
-        /// A `kid` header, if the sidecar's key entry names one.
-        #[arg(long)]
-        kid: Option<String>,
-        /// The groups claim name (the sidecar's `auth.groups_claim`).
-        #[arg(long, default_value = "groups")]
-        groups_claim: String,
-        /// The purpose claim name (the sidecar's `auth.purpose_claim`).
-        #[arg(long, default_value = "purpose")]
-        purpose_claim: String,
+        #[command(flatten)]
+        issuer: token::Issuer,
     },
 }
 
@@ -300,21 +284,8 @@ enum ConformanceCommand {
         /// The private key of a token issuer the sidecar trusts (signs consumer tokens).
         #[arg(long)]
         issuer_key: PathBuf,
-        /// The tokens' `iss`.
-        #[arg(long, default_value = "https://idp.media.example")]
-        issuer: String,
-        /// The tokens' `aud`.
-        #[arg(long, default_value = "meshgov")]
-        audience: String,
-        /// EdDSA, ES256 or RS256.
-        #[arg(long, default_value = "EdDSA")]
-        alg: String,
-        #[arg(long)]
-        kid: Option<String>,
-        #[arg(long, default_value = "groups")]
-        groups_claim: String,
-        #[arg(long, default_value = "purpose")]
-        purpose_claim: String,
+        #[command(flatten)]
+        issuer: token::Issuer,
         /// A control token (`meshgov control-token`) for the control port.
         #[arg(long, env = "MESHGOV_CONTROL_TOKEN", hide_env_values = true)]
         control_token: Option<String>,
@@ -483,11 +454,6 @@ fn main() -> ExitCode {
                     product,
                     issuer_key,
                     issuer,
-                    audience,
-                    alg,
-                    kid,
-                    groups_claim,
-                    purpose_claim,
                     control_token,
                     governance_key,
                     trust,
@@ -503,11 +469,6 @@ fn main() -> ExitCode {
             product: &product,
             issuer_key: &issuer_key,
             issuer: &issuer,
-            audience: &audience,
-            alg: &alg,
-            kid: kid.as_deref(),
-            groups_claim: &groups_claim,
-            purpose_claim: &purpose_claim,
             control_token: control_token.as_deref(),
             governance_key: governance_key.as_deref(),
             trust: &trust,
@@ -561,25 +522,15 @@ fn main() -> ExitCode {
             sub,
             groups,
             purpose,
-            issuer,
-            audience,
             ttl,
-            alg,
-            kid,
-            groups_claim,
-            purpose_claim,
+            issuer,
         } => token::run(&token::TokenArgs {
             key: &key,
             sub: &sub,
             groups: &groups,
             purpose: &purpose,
             issuer: &issuer,
-            audience: &audience,
             ttl,
-            alg: &alg,
-            kid: kid.as_deref(),
-            groups_claim: &groups_claim,
-            purpose_claim: &purpose_claim,
             now_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
         }),
     };

@@ -12,18 +12,55 @@ use std::path::Path;
 /// The longest lifetime a minted token may have (one week).
 pub const MAX_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
+/// The `iss` claim `meshgov token` and the demo use by default.
+pub const DEFAULT_ISSUER: &str = "https://idp.media.example";
+/// The `aud` claim `meshgov token` and the demo use by default.
+pub const DEFAULT_AUDIENCE: &str = "meshgov";
+
+/// What a sidecar's `[auth]` section expects of a token besides its
+/// subject: the claims and header it checks, and the claim names it reads.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct Issuer {
+    /// The `iss` claim; must equal the sidecar's `auth.issuer`.
+    #[arg(long, default_value = DEFAULT_ISSUER)]
+    pub issuer: String,
+    /// The `aud` claim; must equal the sidecar's `auth.audience`.
+    #[arg(long, default_value = DEFAULT_AUDIENCE)]
+    pub audience: String,
+    /// EdDSA, ES256 or RS256.
+    #[arg(long, default_value = "EdDSA")]
+    pub alg: String,
+    /// A `kid` header, if the sidecar's key entry names one.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// The groups claim name (the sidecar's `auth.groups_claim`).
+    #[arg(long, default_value = "groups")]
+    pub groups_claim: String,
+    /// The purpose claim name (the sidecar's `auth.purpose_claim`).
+    #[arg(long, default_value = "purpose")]
+    pub purpose_claim: String,
+}
+
+impl Default for Issuer {
+    fn default() -> Self {
+        Issuer {
+            issuer: DEFAULT_ISSUER.into(),
+            audience: DEFAULT_AUDIENCE.into(),
+            alg: "EdDSA".into(),
+            kid: None,
+            groups_claim: "groups".into(),
+            purpose_claim: "purpose".into(),
+        }
+    }
+}
+
 pub struct TokenArgs<'a> {
     pub key: &'a Path,
     pub sub: &'a str,
     pub groups: &'a [String],
     pub purpose: &'a str,
-    pub issuer: &'a str,
-    pub audience: &'a str,
+    pub issuer: &'a Issuer,
     pub ttl: u64,
-    pub alg: &'a str,
-    pub kid: Option<&'a str>,
-    pub groups_claim: &'a str,
-    pub purpose_claim: &'a str,
     pub now_unix: i64,
 }
 
@@ -49,7 +86,7 @@ pub fn mint_pem(pem: &str, a: &TokenArgs<'_>) -> Result<Minted, Failure> {
             a.key.display()
         ))
     };
-    let (alg, key) = match a.alg {
+    let (alg, key) = match a.issuer.alg.as_str() {
         "EdDSA" => (
             Algorithm::EdDSA,
             EncodingKey::from_ed_pem(pem.as_bytes())
@@ -89,16 +126,17 @@ pub fn mint_pem(pem: &str, a: &TokenArgs<'_>) -> Result<Minted, Failure> {
     let mut put = |k: &str, v: serde_json::Value| {
         claims.insert(k.to_string(), v);
     };
-    put("iss", a.issuer.into());
-    put("aud", a.audience.into());
+    let i = a.issuer;
+    put("iss", i.issuer.as_str().into());
+    put("aud", i.audience.as_str().into());
     put("sub", a.sub.into());
     put("iat", a.now_unix.into());
     put("nbf", a.now_unix.into());
     put("exp", exp.into());
-    put(a.groups_claim, a.groups.into());
-    put(a.purpose_claim, a.purpose.into());
+    put(&i.groups_claim, a.groups.into());
+    put(&i.purpose_claim, a.purpose.into());
     let mut header = Header::new(alg);
-    header.kid = a.kid.map(str::to_string);
+    header.kid = i.kid.clone();
     let token = jsonwebtoken::encode(&header, &claims, &key)
         .map_err(|e| Failure::usage(format!("cannot sign the token: {e}")))?;
     let sidecar_key = (alg == Algorithm::EdDSA)
@@ -120,7 +158,7 @@ pub fn run(a: &TokenArgs<'_>) -> Result<(), Failure> {
     println!("{}", minted.token);
     eprintln!(
         "meshgov: development token for `{}` (purpose `{}`), valid {} s; issuer `{}`, audience `{}`",
-        a.sub, a.purpose, a.ttl, a.issuer, a.audience
+        a.sub, a.purpose, a.ttl, a.issuer.issuer, a.issuer.audience
     );
     if let Some(k) = minted.sidecar_key {
         eprintln!("meshgov: a sidecar verifies it with:\n{k}");

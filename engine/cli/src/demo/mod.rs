@@ -8,7 +8,9 @@ mod data;
 mod tour;
 
 use crate::Failure;
-use crate::token::{self, TokenArgs};
+use crate::token::{
+    self, DEFAULT_AUDIENCE as AUDIENCE, DEFAULT_ISSUER as ISSUER, Issuer, TokenArgs,
+};
 use meshgov_bundle::SigningKey;
 use meshgov_server::{Engine, EngineConfig};
 use meshgov_sidecar::config::Strings;
@@ -106,13 +108,8 @@ impl Mesh {
                 sub,
                 groups: &groups,
                 purpose,
-                issuer: ISSUER,
-                audience: AUDIENCE,
+                issuer: &Issuer::default(),
                 ttl: 3600,
-                alg: "EdDSA",
-                kid: None,
-                groups_claim: "groups",
-                purpose_claim: "purpose",
                 now_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
             },
         )
@@ -144,9 +141,6 @@ impl Mesh {
         }
     }
 }
-
-const ISSUER: &str = "https://idp.media.example";
-const AUDIENCE: &str = "meshgov";
 
 fn io(what: &Path, e: impl std::fmt::Display) -> Failure {
     Failure::usage(format!("`{}`: {e}", what.display()))
