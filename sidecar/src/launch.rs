@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::engine_link::{self, LinkConfig};
 use crate::{App, control, server};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,7 +218,11 @@ impl Signals {
     pub fn force_on_next(mut self, program: &'static str) {
         tokio::spawn(async move {
             self.next().await;
-            eprintln!("{program}: second shutdown signal; exiting at once");
+            // Not `eprintln!`: it panics when stderr cannot be written.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{program}: second shutdown signal; exiting at once"
+            );
             std::process::exit(i32::from(EXIT_FORCED));
         });
     }

@@ -155,9 +155,13 @@ fn load_start_bundles(app: &App, cfg: &Config) {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (a full disk) is dropped: reporting
+    // the failure would print to the same stderr, and `eprintln!` panics
+    // when that fails too.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if format == "json" {
         b.json().init();
     } else {

@@ -146,9 +146,9 @@ impl Setup {
             .arg("sh")
             .arg(bytes.div_ceil(512).to_string())
             .arg(env!("CARGO_BIN_EXE_meshgov-sidecar"));
-        // The limit applies to the log file too: lifecycle lines only, so
-        // that the audit segment is what fills up.
-        self.spawn_with(c, log, "info")
+        // The limit applies to the log file too; a log line that cannot be
+        // written is dropped (see the unwritable-log test).
+        self.spawn_with(c, log, "info,meshgov_sidecar::pipeline=debug")
     }
 
     /// Runs `c` with the config path as its last argument.
@@ -1014,6 +1014,82 @@ fn a_full_disk_refuses_reads_with_503_rather_than_serving_them_unaudited() {
     assert_eq!(r.status, 200, "{}", r.text());
     verify_path(&s.state().join("audit"), &key).unwrap();
     check_log("after the restart");
+}
+
+/// **A process log that cannot be written.** The sidecar's stderr is
+/// `/dev/full`, where every write fails with ENOSPC, and it logs at debug
+/// (a line per request). Invariants: it starts, serves reads and spends
+/// budget as usual, audits each one, and stops cleanly on SIGTERM; a
+/// failed log write is dropped, never a panic.
+#[test]
+fn an_unwritable_process_log_does_not_stop_the_sidecar() {
+    let s = Setup::new("play-events", "path = \"data\"", "", 3600);
+    // Plays of 91 s and more: payments only reads plays of 30 s or longer.
+    let long_plays = plays_text(20).replace("\"duration_ms\":", "\"duration_ms\":9");
+    write_upstream(s.path(), "plays", "today.ndjson", &long_plays);
+    let payments = s.token("pay", &["payments"], "royalty-payments");
+    let marketing = s.token("ann", &["marketing"], "campaign-analytics");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"));
+    c.arg("--config");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let child = c
+        .arg(&s.config)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    // Nothing to read back: `stderr()` finds no file.
+    let mut p = Proc {
+        child,
+        data: s.data,
+        log: s.path().join("stderr-went-to-dev-full"),
+    };
+    p.ready();
+    for i in 0..20 {
+        let r = read(s.data, "plays", "?limit=3", &payments, &format!("r{i}")).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text().lines().count(), 3, "{:?}", r.text());
+    }
+    let agg = aggregate(
+        s.data,
+        &marketing,
+        "agg",
+        r#"{"aggregations":[{"count":{}}],"epsilon":0.1}"#,
+    )
+    .unwrap();
+    assert_eq!(agg.status, 200, "{}", agg.text());
+    assert!(p.child.try_wait().unwrap().is_none(), "the sidecar died");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(p.child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let summary = verify_path(&s.state().join("audit"), &audit_key(&s.state())).unwrap();
+    let by_rid = decisions(&audit_events(&s.state()));
+    for rid in (0..20).map(|i| format!("r{i}")).chain(["agg".into()]) {
+        assert_eq!(
+            by_rid.get(&rid).and_then(|e| e.status),
+            Some(200),
+            "{rid} is not audited as answered"
+        );
+    }
+    println!(
+        "stderr on /dev/full at debug: 21 requests answered and audited, clean exit, {} events verified",
+        summary.events
+    );
 }
 
 // ---------------------------------------------------------------- 5. upstream

@@ -79,9 +79,12 @@ pub enum LogFormat {
 pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Unwritable log lines are dropped rather than reported (see the
+    // sidecar's `init_logging`).
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if a.log_json || a.log_format == LogFormat::Json {
         sub.json().init();
     } else {

@@ -181,6 +181,7 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
         .with_env_filter(filter)
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(log))
+        .log_internal_errors(false)
         .try_init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
