@@ -45,6 +45,10 @@
     clippy::indexing_slicing
 )]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::*;
+
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Empty};
@@ -67,8 +71,6 @@ use tokio::sync::mpsc;
 
 const PORT: &str = "profiles";
 const SMALL_LIMIT: u64 = 10;
-const ISSUER: &str = "https://idp.bench.example";
-const AUDIENCE: &str = "meshgov";
 const ROUNDS: usize = 3;
 const WARMUP: usize = 300;
 
@@ -340,107 +342,42 @@ fn generate(dir: &Path, n: usize) -> u64 {
     total
 }
 
-/// Keys, a signed bundle of the example mesh and the sidecar's config.
+/// Keys, a signed bundle of the example mesh and the sidecar's config;
+/// returns the config's path and a `marketing` consumer's bearer header.
 fn sidecar_setup(dir: &Path, data: &Path, addr: SocketAddr, extra: &str) -> (PathBuf, String) {
-    use ring::signature::{Ed25519KeyPair, KeyPair};
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let descriptor_path = repo.join("policies/products/user-profiles.yaml");
-    let descriptor = meshgov_core::descriptor::Descriptor::parse(
-        "d",
-        &std::fs::read_to_string(&descriptor_path).unwrap(),
+    let keys = Keys::generate();
+    let gov = governance_key();
+    let (descriptor_path, descriptor) = example_descriptor("user-profiles");
+    std::fs::write(
+        dir.join("bundle.json"),
+        signed_bundle(&gov, &descriptor, 1, 24 * 3600),
     )
     .unwrap();
-    let src = meshgov_core::SourceSet::read_dir(&repo.join("policies")).unwrap();
-    let all = meshgov_core::check(&src).policies.unwrap();
-    let info = meshgov_core::descriptor::ProductInfo::resolve(&descriptor, &all.mesh).unwrap();
-    let policies = all.slice(&info).unwrap();
-    let rng = ring::rand::SystemRandom::new();
-    let gov_pem = meshgov_bundle::SigningKey::generate_pkcs8_pem(&rng).unwrap();
-    let gov = meshgov_bundle::SigningKey::from_pkcs8_pem(&gov_pem).unwrap();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let payload = meshgov_bundle::BundlePayload::new(
-        meshgov_bundle::BundleMeta {
-            mesh: "media-mesh".into(),
-            revision: 1,
-            created_at_unix: now - 60,
-            expires_at_unix: now + 24 * 3600,
-            source_commit: None,
-            product: policies.product.clone(),
-        },
-        policies.components(),
-    )
-    .unwrap();
-    let envelope = meshgov_bundle::sign(&payload.to_canonical_bytes(), &[&gov]).unwrap();
-    std::fs::write(dir.join("bundle.json"), envelope.to_json_bytes()).unwrap();
-    std::fs::write(dir.join("user-identity.key"), [0x5au8; 32]).unwrap();
-
-    let idp = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let idp_pub = Ed25519KeyPair::from_pkcs8(idp.as_ref())
-        .unwrap()
-        .public_key()
-        .as_ref()
-        .to_vec();
-    use base64::Engine as _;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(idp_pub);
-    let cfg = format!(
-        r#"mesh = "media-mesh"
-state_dir = "state"
-descriptor = {d:?}
-bundle_file = "bundle.json"
-trusted_bundle_keys = ["{g}"]
-[listen]
-data = "{addr}"
-[upstream]
-path = {data:?}
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
-[pseudonym_keys]
-user-identity = {{ file = "user-identity.key" }}
-{extra}
-"#,
-        d = descriptor_path.display().to_string(),
-        g = gov.public_key(),
-        data = data.display().to_string(),
-    );
-    let path = dir.join("sidecar.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let claims = serde_json::json!({
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "bench", "groups": ["marketing"],
-        "purpose": "campaign-analytics", "iat": now, "exp": now + 24 * 3600,
-    });
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ed_der(idp.as_ref()),
-    )
-    .unwrap();
-    (path, format!("Bearer {token}"))
+    let config = ProcessConfig {
+        listen: &format!("data = \"{addr}\""),
+        upstream: &format!("path = {:?}", data.display().to_string()),
+        tables: extra,
+        ..ProcessConfig::default()
+    }
+    .write(dir, &descriptor_path, &gov, &keys);
+    // Valid for the whole run, however long.
+    let mut claims = claims("bench", &["marketing"], "campaign-analytics");
+    claims["exp"] = (now() + 24 * 3600).into();
+    let token = sign(&keys, jsonwebtoken::Algorithm::EdDSA, &claims);
+    (config, format!("Bearer {token}"))
 }
 
 fn spawn_sidecar(name: &'static str, config: &Path, addr: SocketAddr) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
+    let child = sidecar_command(config, "info")
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let server = Server { name, child, addr };
-    for _ in 0..200 {
-        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
-            let mut head = [0u8; 12];
-            if std::io::Read::read_exact(&mut s, &mut head).is_ok() && head.ends_with(b"200") {
-                return server;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the sidecar did not become ready");
+    assert!(
+        ready_within(addr, Duration::from_secs(10)),
+        "the sidecar did not become ready"
+    );
+    server
 }
 
 // ------------------------------------------------------------- the load
@@ -634,19 +571,13 @@ fn bench() {
         "(b) hyper pass-through",
         &["serve-proxy", "127.0.0.1:0", &format!("http://{}", up.addr)],
     );
-    let sc_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let sc_addr = free_addr();
     let (config, bearer) = sidecar_setup(tmp.path(), &data, sc_addr, "");
     let sc = spawn_sidecar("(c) sidecar", &config, sc_addr);
     let sc_pid = sc.child.id();
     let buffered_dir = tmp.path().join("buffered");
     std::fs::create_dir_all(&buffered_dir).unwrap();
-    let bf_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let bf_addr = free_addr();
     let (bf_config, bf_bearer) = sidecar_setup(
         &buffered_dir,
         &data,

@@ -303,14 +303,6 @@ async fn swaps_under_load_drop_no_request() {
     s.stop().await;
 }
 
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 struct Child(std::process::Child);
 impl Drop for Child {
     fn drop(&mut self) {
@@ -338,49 +330,24 @@ async fn a_restarted_sidecar_serves_its_persisted_bundle_before_the_engine_answe
     let keys = Keys::generate();
     let dir = tempfile::tempdir().unwrap();
     let gov = governance_key();
-    std::fs::write(dir.path().join("k"), PSEUDONYM_KEY).unwrap();
+    let (descriptor_path, descriptor) = example_descriptor("user-profiles");
     let data = dir.path().join("data/profiles");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("2026-03-01.ndjson"), DAY1).unwrap();
-    let (data_addr, control_addr) = (free_port(), free_port());
+    let (data_addr, control_addr) = (free_addr(), free_addr());
     // An engine that never answers: nothing listens there.
-    let engine = format!("http://{}", free_port());
-    let cfg = dir.path().join("sidecar.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-mesh = "media-mesh"
-descriptor = {descriptor:?}
-state_dir = "state"
-trusted_bundle_keys = ["{gov}"]
-[listen]
-data = "{data_addr}"
-control = "{control_addr}"
-[upstream]
-path = "data"
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
-[pseudonym_keys]
-user-identity = "k"
-"#,
-            descriptor = repo()
-                .join("policies/products/user-profiles.yaml")
-                .display()
-                .to_string(),
-            gov = gov.public_key(),
-            x = b64u(&keys.ed_public),
-        ),
-    )
-    .unwrap();
+    let engine = format!("http://{}", free_addr());
+    // No bundle file: the sidecar starts with nothing to enforce.
+    let cfg = ProcessConfig {
+        listen: &format!("data = \"{data_addr}\"\ncontrol = \"{control_addr}\""),
+        ..ProcessConfig::default()
+    }
+    .write(dir.path(), &descriptor_path, &gov, &keys);
     let spawn = || {
         Child(
-            std::process::Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
-                .args(["--config", cfg.to_str().unwrap(), "--engine", &engine])
+            sidecar_command(&cfg, "info")
+                .arg("--engine")
+                .arg(&engine)
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
@@ -394,11 +361,6 @@ user-identity = "k"
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(get(data_addr, "/readyz", &[]).await.status, 503);
-    let descriptor = meshgov_core::descriptor::Descriptor::parse(
-        "d",
-        &std::fs::read_to_string(repo().join("policies/products/user-profiles.yaml")).unwrap(),
-    )
-    .unwrap();
     let r = put(
         control_addr,
         "/control/v1/bundle",
