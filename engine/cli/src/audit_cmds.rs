@@ -13,7 +13,7 @@ pub fn verify(path: &Path, key: &Path, json: bool) -> Result<(), Failure> {
     match verify_path(path, &key) {
         Ok(s) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "ok": true, "events": s.events, "first_seq": s.first_seq,
@@ -24,13 +24,13 @@ pub fn verify(path: &Path, key: &Path, json: bool) -> Result<(), Failure> {
                     })
                 );
             } else {
-                println!("{s}");
+                outln!("{s}");
             }
             Ok(())
         }
         Err(VerifyError::Break(b)) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"ok": false, "seq": b.seq, "kind": b.kind.as_str(),
                         "at": b.at, "detail": b.detail})

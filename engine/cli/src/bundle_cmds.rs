@@ -43,9 +43,9 @@ pub fn keygen(out: &Path, force: bool) -> Result<(), Failure> {
     meshgov_bundle::write_private_key_file(out, &pem).map_err(|e| Failure::usage(e.to_string()))?;
     let public = key.public_key();
     std::fs::write(&pub_path, format!("{public}\n")).map_err(|e| io(&pub_path, e))?;
-    println!("private key: {} (mode 0600, PKCS#8 PEM)", out.display());
-    println!("public key:  {} ({public})", pub_path.display());
-    println!("key id:      {}", public.keyid());
+    outln!("private key: {} (mode 0600, PKCS#8 PEM)", out.display());
+    outln!("public key:  {} ({public})", pub_path.display());
+    outln!("key id:      {}", public.keyid());
     Ok(())
 }
 
@@ -136,7 +136,7 @@ pub fn build(a: BuildArgs<'_>) -> Result<(), Failure> {
     std::fs::write(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, a.out).map_err(|e| io(a.out, e))?;
     let m = &payload.manifest;
-    println!(
+    outln!(
         "built {} revision {} for {} ({} components, {} bytes), signed by {}, expires {}",
         a.out.display(),
         m.revision,
@@ -174,36 +174,36 @@ pub fn inspect(file: &Path, trust: &[PathBuf], json: bool) -> Result<(), Failure
                 Some(Err(e)) => serde_json::json!({"verified": false, "code": e.code(), "reason": e.to_string()}),
             },
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!("bundle:     {}", file.display());
-        println!("mesh:       {}", m.mesh);
-        println!("revision:   {}", m.revision);
-        println!(
+        outln!("bundle:     {}", file.display());
+        outln!("mesh:       {}", m.mesh);
+        outln!("revision:   {}", m.revision);
+        outln!(
             "product:    {}",
             m.product.as_deref().unwrap_or("(whole mesh)")
         );
-        println!("created_at: {}", m.created_at);
-        println!("expires_at: {}", m.expires_at);
-        println!(
+        outln!("created_at: {}", m.created_at);
+        outln!("expires_at: {}", m.expires_at);
+        outln!(
             "commit:     {}",
             m.source_commit
                 .as_deref()
                 .unwrap_or("(not a git repository)")
         );
-        println!("digest:     {}", ins.digest);
-        println!("signed by:  {}", ins.keyids.join(", "));
-        println!("components:");
+        outln!("digest:     {}", ins.digest);
+        outln!("signed by:  {}", ins.keyids.join(", "));
+        outln!("components:");
         for (name, digest) in &m.components {
-            println!("  {digest}  {name}");
+            outln!("  {digest}  {name}");
         }
         match &verdict {
-            None => println!("verdict:    not verified (pass --trust KEY.pub)"),
-            Some(Ok(v)) => println!(
+            None => outln!("verdict:    not verified (pass --trust KEY.pub)"),
+            Some(Ok(v)) => outln!(
                 "verdict:    verified, signed by trusted key {}",
                 v.signed_by()
             ),
-            Some(Err(e)) => println!("verdict:    REFUSED [{}]: {e}", e.code()),
+            Some(Err(e)) => outln!("verdict:    REFUSED [{}]: {e}", e.code()),
         }
     }
     match verdict {

@@ -171,7 +171,7 @@ pub fn emit(r: &Report<'_>, format: Format, fail_on: FailOn) -> Result<(), Failu
         Format::Sarif => sarif_report(r),
         Format::Github => github_report(r.findings),
     };
-    print!("{out}");
+    out!("{out}");
     let n = r.findings.iter().filter(|f| failing(f)).count();
     if n > 0 {
         return Err(Failure::violations(format!(

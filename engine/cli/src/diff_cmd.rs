@@ -101,12 +101,12 @@ pub fn run(old: &str, new: &str, repo: &Path, json: bool) -> Result<(), Failure>
     let widening = changes.iter().filter(|c| c.widening).count();
     if json {
         let doc = serde_json::json!({ "changes": changes, "widening": widening });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         for c in &changes {
-            println!("{}", line(c));
+            outln!("{}", line(c));
         }
-        println!("{} change(s), {widening} widening access", changes.len());
+        outln!("{} change(s), {widening} widening access", changes.len());
     }
     if widening > 0 {
         return Err(Failure::violations(format!(

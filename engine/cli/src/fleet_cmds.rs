@@ -146,7 +146,7 @@ pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
         .block_on(client::fleet(&HttpClient::default(), engine))
         .map_err(Failure::usage)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
         return Ok(());
     }
     // Text of the value at a JSON pointer; `-` when absent or null.
@@ -155,7 +155,7 @@ pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
     };
-    println!(
+    outln!(
         "released: revision {} (expires {}); rollout: {} {}{}",
         at(&f, "/released/revision"),
         at(&f, "/released/expires_at"),
@@ -168,17 +168,23 @@ pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
     );
     if f.pointer("/last_build/at").is_some() {
         match f.pointer("/last_build/error").and_then(|e| e.as_str()) {
-            Some(e) => println!("last build: FAILED at {}: {e}", at(&f, "/last_build/at")),
-            None => println!(
+            Some(e) => outln!("last build: FAILED at {}: {e}", at(&f, "/last_build/at")),
+            None => outln!(
                 "last build: ok at {}, revision {}",
                 at(&f, "/last_build/at"),
                 at(&f, "/last_build/revision")
             ),
         }
     }
-    println!(
+    outln!(
         "{:<40} {:<28} {:<12} {:>12} {:>12} {:>8}  {:<20}  LAST ERROR",
-        "SIDECAR", "PRODUCT", "STATE", "ACKED", "TARGET", "AGE", "LAST CONTACT"
+        "SIDECAR",
+        "PRODUCT",
+        "STATE",
+        "ACKED",
+        "TARGET",
+        "AGE",
+        "LAST CONTACT"
     );
     let none = vec![];
     let sidecars = f
@@ -186,7 +192,7 @@ pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
         .and_then(|s| s.as_array())
         .unwrap_or(&none);
     for sc in sidecars {
-        println!(
+        outln!(
             "{:<40} {:<28} {:<12} {:>12} {:>12} {:>8}  {:<20}  {}",
             at(sc, "/id"),
             at(sc, "/product"),
@@ -221,7 +227,7 @@ pub fn push(file: &Path, sidecar: &str) -> Result<(), Failure> {
             digest,
             noop,
         } => {
-            println!(
+            outln!(
                 "ACK revision {revision} {digest}{}",
                 if noop { " (already in force)" } else { "" }
             );
@@ -242,7 +248,7 @@ pub fn control_token(key: &Path, ttl: u64) -> Result<(), Failure> {
     let key = signing_key(key)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
-    println!(
+    outln!(
         "{}",
         meshgov_bundle::mint_control_token(&key, "meshgov-cli", now, ttl)
     );

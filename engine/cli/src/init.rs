@@ -32,7 +32,7 @@ const FILES: &[(&str, &str)] = example!(
 
 pub fn run(dir: &Path) -> Result<(), Failure> {
     write(dir)?;
-    println!(
+    outln!(
         "created a policy repository in `{}` ({} files)\nnext: meshgov check {0} && meshgov test {0}",
         dir.display(),
         FILES.len()

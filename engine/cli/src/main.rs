@@ -1,11 +1,45 @@
 //! `meshgov`: the governance engine's command line.
 //!
 //! Exit codes: 0 success, 1 policy violations or failed tests, 2 usage or
-//! I/O errors.
+//! I/O errors, 141 output cut off (stdout closed by its reader, as with
+//! `| head`).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// `println!` for command output; see [`write_stdout`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output; see [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// The exit code when stdout's reader has gone: what a shell reports for a
+/// command killed by SIGPIPE.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Writes command output. `println!` panics when stdout cannot be written;
+/// here a reader that has gone (`meshgov audit show … | head`) ends the
+/// process quietly with [`EXIT_BROKEN_PIPE`], and any other failure (a full
+/// disk) with a one-line error and exit code 2.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        let _ = writeln!(std::io::stderr(), "meshgov: cannot write the output: {e}");
+        std::process::exit(2);
+    }
+}
 
 mod audit_cmds;
 mod bundle_cmds;

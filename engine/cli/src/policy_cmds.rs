@@ -11,7 +11,7 @@ pub fn load_checked(dir: &Path) -> Result<(SourceSet, Checked), Failure> {
     let src = SourceSet::read_dir(dir).map_err(|e| Failure::usage(e.to_string()))?;
     let checked = meshgov_core::check_with(&src, Some(&meshgov_wasm::Inspector));
     for d in &checked.diagnostics {
-        println!("{d}");
+        outln!("{d}");
     }
     Ok((src, checked))
 }
@@ -44,7 +44,7 @@ pub fn check(dir: &Path) -> Result<(), Failure> {
     if errors > 0 {
         return Err(Failure::violations(summary));
     }
-    println!("{summary}");
+    outln!("{summary}");
     Ok(())
 }
 
@@ -62,12 +62,12 @@ pub fn test(dir: &Path, junit: Option<&Path>) -> Result<(), Failure> {
     let mut failed = 0;
     for r in &results {
         if r.passed() {
-            println!("ok   {}: {}", r.file, r.name);
+            outln!("ok   {}: {}", r.file, r.name);
         } else {
             failed += 1;
-            println!("FAIL {}: {}", r.file, r.name);
+            outln!("FAIL {}: {}", r.file, r.name);
             for f in &r.failures {
-                println!("     {}", f.replace('\n', "\n     "));
+                outln!("     {}", f.replace('\n', "\n     "));
             }
         }
     }
@@ -75,7 +75,7 @@ pub fn test(dir: &Path, junit: Option<&Path>) -> Result<(), Failure> {
         std::fs::write(path, meshgov_core::testing::junit(&results))
             .map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))?;
     }
-    println!("{} passed, {failed} failed", results.len() - failed);
+    outln!("{} passed, {failed} failed", results.len() - failed);
     if failed > 0 {
         return Err(Failure::violations(""));
     }

@@ -155,7 +155,7 @@ pub fn mint_pem(pem: &str, a: &TokenArgs<'_>) -> Result<Minted, Failure> {
 /// on stderr, the sidecar key entry that verifies it.
 pub fn run(a: &TokenArgs<'_>) -> Result<(), Failure> {
     let minted = mint(a)?;
-    println!("{}", minted.token);
+    outln!("{}", minted.token);
     eprintln!(
         "meshgov: development token for `{}` (purpose `{}`), valid {} s; issuer `{}`, audience `{}`",
         a.sub, a.purpose, a.ttl, a.issuer.issuer, a.issuer.audience

@@ -618,3 +618,26 @@ fn plugin_modules_that_do_not_match_their_pin_or_the_abi_are_refused_at_check() 
         text(&o)
     );
 }
+
+/// `meshgov test … | head -1`: when the reader of stdout has gone, the
+/// command ends quietly with 141 (what a shell reports for SIGPIPE) instead
+/// of panicking on the failed write.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    for args in [
+        vec!["test", example().to_str().unwrap()],
+        vec!["check", example().to_str().unwrap()],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // Closed before the command writes anything: every write is EPIPE.
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_meshgov"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

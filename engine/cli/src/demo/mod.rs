@@ -191,7 +191,7 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
     match temp {
         Some(t) if a.keep => {
             let kept = t.keep();
-            println!("kept {}", kept.display());
+            outln!("kept {}", kept.display());
         }
         _ => {}
     }
@@ -204,7 +204,7 @@ async fn run_in(a: &DemoArgs, dir: &Path) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(format!("cannot install signal handlers: {e}")))?;
     let started = Instant::now();
     let (mesh, engine_task, stop_engine) = start(a, dir).await?;
-    println!(
+    outln!(
         "meshgov demo: the media mesh on 127.0.0.1, {} rows per product (seed {}), in {}",
         a.rows,
         a.seed,
@@ -216,7 +216,7 @@ async fn run_in(a: &DemoArgs, dir: &Path) -> Result<(), Failure> {
         .filter_map(Sidecar::revision)
         .min()
         .unwrap_or(0);
-    println!(
+    outln!(
         "engine built, signed and rolled out revision {revision} to {} sidecars in {:.1} s\n",
         mesh.sidecars.len(),
         started.elapsed().as_secs_f64()
@@ -236,11 +236,11 @@ async fn run_in(a: &DemoArgs, dir: &Path) -> Result<(), Failure> {
     if !interrupted {
         print_urls(&mesh);
         if outcome.is_ok() && !a.exit {
-            println!("\nthe mesh keeps running; Ctrl-C stops it");
+            outln!("\nthe mesh keeps running; Ctrl-C stops it");
             signals.next().await;
         }
     }
-    println!("stopping…");
+    outln!("stopping…");
     signals.force_on_next("meshgov demo");
     let _ = stop_engine.send(true);
     for s in mesh.sidecars {
@@ -251,14 +251,14 @@ async fn run_in(a: &DemoArgs, dir: &Path) -> Result<(), Failure> {
 }
 
 fn print_urls(m: &Mesh) {
-    println!("\n── explore ─────────────────────────────────────────────────────────");
-    println!(
+    outln!("\n── explore ─────────────────────────────────────────────────────────");
+    outln!(
         "{:<24} {url}/   (metrics: {url}/metrics)",
         "fleet page",
         url = m.engine_url
     );
     for s in &m.sidecars {
-        println!(
+        outln!(
             "{:<24} data {}/  (port `{}`)   control {}   metrics {}",
             s.product,
             s.data_url(),
@@ -268,19 +268,19 @@ fn print_urls(m: &Mesh) {
         );
     }
     let key = m.dir.join("keys/idp");
-    println!(
+    outln!(
         "{:<24} meshgov token --key {} --sub mia --groups marketing --purpose campaign-analytics",
         "a token",
         key.display()
     );
     if let Some(s) = m.sidecar("users/user-profiles") {
-        println!(
+        outln!(
             "{:<24} curl -H \"Authorization: Bearer $TOKEN\" '{}/v1/ports/profiles/records?limit=5'",
             "then",
             s.data_url()
         );
     }
-    println!(
+    outln!(
         "{:<24} meshgov audit show {}/state/user-profiles/audit",
         "the audit log",
         m.dir.display()

@@ -14,12 +14,12 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn section(title: &str) {
     let rule = "─".repeat(66usize.saturating_sub(title.chars().count()));
-    println!("\n── {title} {rule}");
+    outln!("\n── {title} {rule}");
 }
 
 fn expect(ok: bool, what: &str) -> Result<(), Failure> {
     if ok {
-        println!("   ok: {what}");
+        outln!("   ok: {what}");
         Ok(())
     } else {
         Err(Failure::violations(format!("the tour expected: {what}")))
@@ -58,7 +58,7 @@ async fn read(
         .ok_or_else(|| Failure::usage(format!("no sidecar for {product}")))?;
     let token = m.token(sub, groups, purpose)?;
     let url = format!("{}/v1/ports/{port}/records?limit=3", s.data_url());
-    println!(
+    outln!(
         "\n$ GET {url}\n  as {sub} (groups: {}; purpose: {purpose})",
         if groups.is_empty() {
             "none".to_string()
@@ -68,10 +68,10 @@ async fn read(
     );
     let a = send(client, Method::GET, &url, &token, None).await?;
     let body = String::from_utf8_lossy(&a.body);
-    println!("  {}", a.status);
+    outln!("  {}", a.status);
     let mut records = Vec::new();
     for line in body.lines().filter(|l| !l.trim().is_empty()) {
-        println!("  {line}");
+        outln!("  {line}");
         if let Ok(v) = serde_json::from_str::<Value>(line) {
             records.push(v);
         }
@@ -126,19 +126,19 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
         "epsilon": 0.5,
     });
     let token = m.token(mia.0, mia.1, mia.2)?;
-    println!("\n$ POST {url}\n  as mia: {query}");
+    outln!("\n$ POST {url}\n  as mia: {query}");
     let a = send(&client, Method::POST, &url, &token, Some(&query)).await?;
     let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
-    println!("  {}", a.status);
+    outln!("  {}", a.status);
     for g in at(&v, "/groups").as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {}  plays ≈ {:>7.0}",
             at(g, "/key/country").as_str().unwrap_or("?"),
             at(g, "/count").as_f64().unwrap_or(f64::NAN),
         );
     }
     for s in at(&v, "/statistics").as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {}: {} noise, scale {:.2}, 95% within ±{:.1}",
             at(s, "/statistic").as_str().unwrap_or("?"),
             at(s, "/mechanism").as_str().unwrap_or("?"),
@@ -147,7 +147,7 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
         );
     }
     let left = at(&v, "/budget/consumer/epsilon_remaining").as_f64();
-    println!(
+    outln!(
         "  cost ε = {}, budget left for mia and this purpose today: ε = {}",
         at(&v, "/cost/epsilon"),
         left.map_or("?".into(), |l| format!("{l}"))
@@ -158,7 +158,7 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
     )?;
     let again = send(&client, Method::POST, &url, &token, Some(&query)).await?;
     let w: Value = serde_json::from_slice(&again.body).unwrap_or(Value::Null);
-    println!(
+    outln!(
         "\n$ the same query again\n  {}  cached: {}, budget left: ε = {}",
         again.status,
         at(&w, "/cached"),
@@ -206,7 +206,7 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
         std::fs::write(&path, text.replacen(from, to, 1))
             .map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))?;
     }
-    println!(
+    outln!(
         "\nedited policies/anonymization/personal-data.toml: `anon.email` now redacts\n(and its policy test now expects that); the engine checks, tests, signs\nand pushes the next revision…"
     );
     let started = std::time::Instant::now();
@@ -218,7 +218,7 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
         .filter_map(super::Sidecar::revision)
         .min()
         .unwrap_or(0);
-    println!(
+    outln!(
         "revision {before} → {after}, in force on every sidecar after {:.1} s",
         started.elapsed().as_secs_f64()
     );
@@ -235,14 +235,14 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
             .join("state")
             .join(s.product.split('/').nth(1).unwrap_or(""));
         let key = s.running.app().audit.public_key();
-        println!(
+        outln!(
             "\n$ meshgov audit verify {} --key {}",
             dir.join("audit").display(),
             dir.join("audit-signing.pub").display()
         );
         match meshgov_audit::verify_path(&dir.join("audit"), &key) {
             Ok(summary) => {
-                println!("  {summary}");
+                outln!("  {summary}");
                 expect(
                     summary.events > 0,
                     &format!("{}: every decision is in an intact hash chain", s.product),
