@@ -1298,8 +1298,8 @@ fn dead_garbage_and_stalled_upstreams_fail_visibly_and_are_audited() {
 // ------------------------------------------------------------ 7. bundle expiry
 
 /// **The bundle expires while the sidecar serves** (the clock passing
-/// `expires_at` with no renewal; a clock jump forward is the same event
-/// seen sooner). Clients read records and ask for aggregates back to back
+/// `expires_at` with no renewal; for a jump of the wall clock, see
+/// `a_clock_jump_past_expiry_refuses_the_next_request`). Clients read records and ask for aggregates back to back
 /// across the expiry instant. Invariants:
 ///
 /// - no request sent at or after `expires_at` is answered 200 (reads and
@@ -1392,6 +1392,110 @@ fn an_expiring_bundle_is_refused_from_the_expiry_instant_on() {
     assert_eq!(p.ready()["revision"], 8);
     let r = read(s.data, "plays", "?limit=3", &payments, "renewed").unwrap();
     assert_eq!((r.status, r.revision()), (200, Some(8)));
+}
+
+/// libfaketime's multithreaded preload library, where Debian puts it.
+fn libfaketime() -> Option<PathBuf> {
+    let lib = "faketime/libfaketimeMT.so.1";
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(lib))
+        .chain([Path::new("/usr/lib").join(lib)])
+        .find(|p| p.exists())
+}
+
+/// **The wall clock jumps forward past the bundle's expiry** (an NTP step,
+/// a VM resumed after hours): the sidecar runs under libfaketime, whose
+/// offset the test moves by two hours at once, while monotonic time goes
+/// on as before, so nothing but the wall clock tells the sidecar. The
+/// consumer's tokens are valid on both sides of the jump. Invariants:
+///
+/// - the first request after the jump is refused with 503
+///   `no_valid_bundle` naming the expiry, reads and aggregates alike, and
+///   audited so; `/readyz` says not ready;
+/// - a bundle valid at the new time restores service without a restart.
+#[test]
+fn a_clock_jump_past_expiry_refuses_the_next_request() {
+    let Some(faketime) = libfaketime() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "libfaketime is missing; .ci/setup installs it"
+        );
+        eprintln!("skipped: libfaketime is not installed (apt-get install libfaketime)");
+        return;
+    };
+    let s = Setup::new("play-events", "path = \"data\"", "", 3600);
+    // Plays of 91 s and more: payments only reads plays of 30 s or longer.
+    let long_plays = plays_text(20).replace("\"duration_ms\":", "\"duration_ms\":9");
+    write_upstream(s.path(), "plays", "today.ndjson", &long_plays);
+    let token = |sub: &str, group: &str, purpose: &str| {
+        let mut c = claims(sub, &[group], purpose);
+        c["exp"] = (now() + 4 * 3600).into();
+        sign(&s.keys, jsonwebtoken::Algorithm::EdDSA, &c)
+    };
+    let payments = token("pay", "payments", "royalty-payments");
+    let marketing = token("ann", "marketing", "campaign-analytics");
+    let offset = s.path().join("faketime");
+    std::fs::write(&offset, "+0").unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"));
+    c.env("LD_PRELOAD", &faketime)
+        .env("FAKETIME_TIMESTAMP_FILE", &offset)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .arg("--config");
+    let mut p = s.spawn_with(c, "sidecar.log", "info,meshgov_sidecar::pipeline=debug");
+    assert_eq!(p.ready()["revision"], 7);
+    let count = r#"{"aggregations":[{"count":{}}],"epsilon":0.01}"#;
+    let r = read(s.data, "plays", "?limit=3", &payments, "before").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = aggregate(s.data, &marketing, "before-agg", count).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    std::fs::write(&offset, "+2h").unwrap();
+    let read_after = read(s.data, "plays", "?limit=3", &payments, "after").unwrap();
+    let agg_after = aggregate(s.data, &marketing, "after-agg", count).unwrap();
+    for r in [&read_after, &agg_after] {
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.error(), "no_valid_bundle");
+        assert!(
+            r.json()["reason"].as_str().unwrap().contains("expired"),
+            "{}",
+            r.text()
+        );
+    }
+    let ready = http(s.data, "GET", "/readyz", &[], b"").unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(
+        ready.text().contains("revision 7 expired"),
+        "{}",
+        ready.text()
+    );
+    let by_rid = decisions(&audit_events(&s.state()));
+    for rid in ["after", "after-agg"] {
+        let e = &by_rid[rid];
+        assert_eq!(
+            (e.status, e.error.as_deref()),
+            (Some(503), Some("no_valid_bundle")),
+            "{rid}"
+        );
+    }
+    for rid in ["before", "before-agg"] {
+        assert_eq!(by_rid[rid].status, Some(200), "{rid}");
+    }
+    // A bundle valid at the new time: served at once.
+    let r = http(
+        s.control,
+        "PUT",
+        "/control/v1/bundle",
+        &[],
+        &s.bundle(8, 3 * 3600),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = read(s.data, "plays", "?limit=3", &payments, "renewed").unwrap();
+    assert_eq!((r.status, r.revision()), (200, Some(8)), "{}", r.text());
+    verify_path(&s.state().join("audit"), &audit_key(&s.state())).unwrap();
 }
 
 // ------------------------------------------------------------ 4. PostgreSQL
