@@ -29,6 +29,15 @@ A second signal during the drain exits at once with 130.
 Exit codes: 0 clean shutdown, 64 bad configuration, 70 a listener could not
 be bound, 130 a second shutdown signal.";
 
+/// `eprintln!` that loses the message, rather than panicking, when stderr
+/// cannot be written (a full disk under the log file).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Command-line values first, then the process environment.
 struct Overrides {
     args: BTreeMap<String, String>,
@@ -59,19 +68,19 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             other => {
-                eprintln!("meshgov-sidecar: unknown argument `{other}`\n{USAGE}");
+                errln!("meshgov-sidecar: unknown argument `{other}`\n{USAGE}");
                 return ExitCode::from(EXIT_BAD_CONFIG as u8);
             }
         }
     }
     let Some(config_path) = config_path else {
-        eprintln!("meshgov-sidecar: `--config` is required\n{USAGE}");
+        errln!("meshgov-sidecar: `--config` is required\n{USAGE}");
         return ExitCode::from(EXIT_BAD_CONFIG as u8);
     };
     let cfg = match Config::load(&config_path, &overrides) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("meshgov-sidecar: {e}");
+            errln!("meshgov-sidecar: {e}");
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
@@ -79,7 +88,7 @@ fn main() -> ExitCode {
     let app = match App::from_config(&cfg) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("meshgov-sidecar: {e}");
+            errln!("meshgov-sidecar: {e}");
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
@@ -100,7 +109,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("meshgov-sidecar: cannot start the runtime: {e}");
+            errln!("meshgov-sidecar: cannot start the runtime: {e}");
             return ExitCode::from(70);
         }
     };
@@ -111,14 +120,14 @@ async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
     let mut signals = match launch::Signals::new() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("meshgov-sidecar: cannot install signal handlers: {e}");
+            errln!("meshgov-sidecar: cannot install signal handlers: {e}");
             return ExitCode::from(70);
         }
     };
     let running = match launch::start(&cfg, app).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("meshgov-sidecar: {e}");
+            errln!("meshgov-sidecar: {e}");
             return ExitCode::from(e.exit_code());
         }
     };

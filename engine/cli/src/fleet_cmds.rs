@@ -123,7 +123,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Failure::usage(format!("cannot listen on `{addr}`: {e}")))?;
-        eprintln!(
+        errln!(
             "meshgov serve: listening on http://{} (fleet page at /), signing with key {}; sidecars must trust {}",
             listener.local_addr().unwrap_or(addr),
             engine.public_key().keyid(),

@@ -112,9 +112,12 @@ pub fn run(args: &InjectArgs) -> Result<(), Failure> {
     match inject(&text, args) {
         Ok(Injected { output, notes }) => {
             for n in notes {
-                eprintln!(
+                errln!(
                     "{name}:{}:{}: note: document {}: {}",
-                    n.line, n.col, n.doc, n.message
+                    n.line,
+                    n.col,
+                    n.doc,
+                    n.message
                 );
             }
             use std::io::Write;
@@ -125,9 +128,12 @@ pub fn run(args: &InjectArgs) -> Result<(), Failure> {
         }
         Err(refusals) => {
             for r in &refusals {
-                eprintln!(
+                errln!(
                     "{name}:{}:{}: error: document {}: {}",
-                    r.line, r.col, r.doc, r.message
+                    r.line,
+                    r.col,
+                    r.doc,
+                    r.message
                 );
             }
             Err(Failure::usage(format!(

@@ -22,6 +22,16 @@ macro_rules! out {
     };
 }
 
+/// `eprintln!` for messages and errors: when stderr cannot be written (a
+/// full disk under the log file) the message is lost, where `eprintln!`
+/// would panic.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// The exit code when stdout's reader has gone: what a shell reports for a
 /// command killed by SIGPIPE.
 const EXIT_BROKEN_PIPE: i32 = 141;
@@ -36,7 +46,7 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(EXIT_BROKEN_PIPE);
         }
-        let _ = writeln!(std::io::stderr(), "meshgov: cannot write the output: {e}");
+        errln!("meshgov: cannot write the output: {e}");
         std::process::exit(2);
     }
 }
@@ -572,7 +582,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                eprintln!("meshgov: {}", f.message);
+                errln!("meshgov: {}", f.message);
             }
             ExitCode::from(f.code)
         }

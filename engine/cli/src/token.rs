@@ -156,12 +156,16 @@ pub fn mint_pem(pem: &str, a: &TokenArgs<'_>) -> Result<Minted, Failure> {
 pub fn run(a: &TokenArgs<'_>) -> Result<(), Failure> {
     let minted = mint(a)?;
     outln!("{}", minted.token);
-    eprintln!(
+    errln!(
         "meshgov: development token for `{}` (purpose `{}`), valid {} s; issuer `{}`, audience `{}`",
-        a.sub, a.purpose, a.ttl, a.issuer.issuer, a.issuer.audience
+        a.sub,
+        a.purpose,
+        a.ttl,
+        a.issuer.issuer,
+        a.issuer.audience
     );
     if let Some(k) = minted.sidecar_key {
-        eprintln!("meshgov: a sidecar verifies it with:\n{k}");
+        errln!("meshgov: a sidecar verifies it with:\n{k}");
     }
     Ok(())
 }

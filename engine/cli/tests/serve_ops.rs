@@ -45,7 +45,13 @@ impl Drop for Serve {
 }
 
 impl Serve {
+    /// Logs at info to `stderr.log` in its directory.
     fn start(extra: &[&str]) -> Serve {
+        Serve::start_with(extra, None, "info")
+    }
+
+    /// Logs at `filter` to `stderr`, or to `stderr.log` in its directory.
+    fn start_with(extra: &[&str], stderr: Option<Stdio>, filter: &str) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         copy_dir(&repo().join("policies"), &d.join("policies"));
@@ -59,7 +65,8 @@ impl Serve {
             .unwrap()
             .local_addr()
             .unwrap();
-        let log = std::fs::File::create(d.join("stderr.log")).unwrap();
+        let log =
+            stderr.unwrap_or_else(|| std::fs::File::create(d.join("stderr.log")).unwrap().into());
         let child = Command::new(env!("CARGO_BIN_EXE_meshgov"))
             .arg("serve")
             .arg("--policies")
@@ -68,7 +75,7 @@ impl Serve {
             .arg(d.join("guild"))
             .args(["--listen", &addr.to_string(), "--log-format", "json"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -227,6 +234,23 @@ fn sigterm_ends_long_polls_and_exits_0_with_json_logs() {
             "no `{msg}`:\n{log}"
         );
     }
+}
+
+/// A log that cannot be written (stderr on `/dev/full`, where every write
+/// fails, at debug level) does not stop the engine: it builds, signs and
+/// serves as usual, and exits 0 on SIGTERM.
+#[test]
+fn an_unwritable_log_does_not_stop_the_engine() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    // `start_with` returns once `/metrics` counts the first build.
+    let mut s = Serve::start_with(&[], Some(full.into()), "debug");
+    let (status, page) = s.try_get("/v1/fleet", &[]).unwrap();
+    assert_eq!(status, 200, "{page}");
+    s.signal(SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0));
 }
 
 #[test]
