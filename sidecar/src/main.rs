@@ -3,6 +3,7 @@
 use meshgov_sidecar::config::{self, Config, EXIT_BAD_CONFIG, Strings};
 use meshgov_sidecar::{App, clock, launch};
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,7 +34,6 @@ be bound, 130 a second shutdown signal.";
 /// cannot be written (a full disk under the log file).
 macro_rules! errln {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
 }
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
                 }
             }
             "--help" | "-h" => {
-                println!("{USAGE}");
+                let _ = writeln!(std::io::stdout(), "{USAGE}");
                 return ExitCode::SUCCESS;
             }
             other => {
