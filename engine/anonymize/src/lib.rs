@@ -16,6 +16,7 @@ pub use output::Cell;
 pub use plan::{FieldRule, Outcome, RecordPlan};
 pub use plugin::{FailureKind, PluginFailure, PluginTransform, PluginValidator};
 pub use transform::{DatePart, MIN_HMAC_KEY_LEN, PSEUDONYM_BYTES, Transform};
+pub use value::{Unreadable, check_readable};
 
 /// Re-exported so callers can name the borrowed values in [`Cell::Json`]
 /// and pass values to [`Transform::write_json`].

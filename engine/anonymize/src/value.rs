@@ -109,7 +109,7 @@ pub(crate) const MAX_DEPTH: usize = 127;
 /// Why a value that is valid JSON grammar would still be refused by strict
 /// readers such as serde_json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unreadable {
+pub enum Unreadable {
     /// A `\u` escape of an unpaired UTF-16 surrogate.
     Escape,
     /// Nested deeper than [`MAX_DEPTH`] (with the record as level 1).
@@ -118,15 +118,27 @@ pub(crate) enum Unreadable {
     Number,
 }
 
-/// Checks a value the plan reads, so that whatever we copy from it into the
-/// output can be read back by strict JSON readers.
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unreadable::Escape => "a `\\u` escape of a lone UTF-16 surrogate",
+            Unreadable::Depth => "nested more than 126 levels deep",
+            Unreadable::Number => "a number beyond the range of a 64-bit float",
+        })
+    }
+}
+
+/// Checks a value that will be copied into served records (an upstream
+/// field the plan reads, a plugin's output) so that strict JSON readers can
+/// read it back: no lone-surrogate escapes, numbers within `f64`'s range,
+/// nesting of at most 127 levels counting the record as the first.
 ///
 /// Costs a byte scan of strings with escapes and of arrays and objects;
 /// plain strings, short numbers and literals are checked in O(1).
 // INVARIANT: `raw` is valid JSON grammar (serde_json has scanned it), so
 // brackets outside strings balance and every `\` in a string starts an
 // escape.
-pub(crate) fn check_readable(raw: &RawValue) -> Result<(), Unreadable> {
+pub fn check_readable(raw: &RawValue) -> Result<(), Unreadable> {
     let text = raw.get();
     let bytes = text.as_bytes();
     match bytes.first() {

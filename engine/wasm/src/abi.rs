@@ -245,7 +245,11 @@ fn value(r: &mut Reader<'_>) -> Result<Box<RawValue>, Rejection> {
         }
         other => return Err(bad(&format!("tagged {other}, which is no tag"))),
     };
-    raw.map_err(|_| bad("not valid JSON"))
+    let raw = raw.map_err(|_| bad("not valid JSON"))?;
+    // It is copied into served records: consumers' strict readers must be
+    // able to read it back.
+    meshgov_anonymize::check_readable(&raw).map_err(|u| bad(&u.to_string()))?;
+    Ok(raw)
 }
 
 /// A transform response: exactly `expected` values.
@@ -364,6 +368,21 @@ mod tests {
         assert!(malformed(&ok_one(tag::NUMBER, b" 1"), 1));
         assert!(malformed(&ok_one(tag::JSON, b"\"s\""), 1));
         assert!(malformed(&ok_one(tag::JSON, b"[1"), 1));
+        // Valid JSON grammar that strict readers refuse: it would reach
+        // served records. Found by the `plugin_output` fuzz target.
+        for unreadable in [
+            "[9,9e3109]".to_string(),
+            r#"{"a":["\ud800"]}"#.to_string(),
+            format!("{}{}", "[".repeat(127), "]".repeat(127)),
+        ] {
+            let d = ok_one(tag::JSON, unreadable.as_bytes());
+            let Err(Rejection::Malformed(why)) = decode_values(&d, 1) else {
+                panic!("{unreadable} was accepted");
+            };
+            assert!(why.starts_with("a value is "), "{why}");
+        }
+        let deepest = format!("{}{}", "[".repeat(126), "]".repeat(126));
+        assert!(decode_values(&ok_one(tag::JSON, deepest.as_bytes()), 1).is_ok());
         assert!(malformed(&ok_one(tag::STRING, &[0xff]), 1));
         assert!(malformed(&ok_one(tag::NULL, b"x"), 1));
         assert!(malformed(&ok_one(9, b""), 1));
