@@ -25,7 +25,7 @@
 //!   median of the first minute after warm-up;
 //! - the audit log verifies, and every request sent has its decision event;
 //! - the budget: for every subject, and for the product, the limit minus
-//!   what the sidecar last reported remaining equals the sum of the costs it
+//!   the lowest remaining the sidecar reported equals the sum of the costs it
 //!   charged in the answers, and the audit events' costs sum to the same.
 //!
 //! The process exits 1 when an invariant fails.
@@ -108,9 +108,9 @@ struct Tally {
     wrong: Mutex<Vec<String>>,
     /// Every request id sent, with its status.
     sent: Mutex<Vec<(String, u16)>>,
-    /// Subject → (sum of costs charged, last reported remaining).
+    /// Subject → (sum of costs charged, lowest reported remaining).
     spend: Mutex<HashMap<String, (f64, Option<f64>)>>,
-    /// The last product-wide remaining reported.
+    /// The lowest product-wide remaining reported.
     product_left: Mutex<Option<f64>>,
     records: AtomicU64,
     next: AtomicU64,
@@ -216,8 +216,10 @@ impl World {
             if status == 200 && v["cached"] == false {
                 e.0 += v["cost"]["epsilon"].as_f64().unwrap_or(f64::NAN);
             }
-            if left.is_some() {
-                e.1 = left;
+            // Remaining only falls, but answers to one subject's concurrent
+            // queries can arrive out of order: keep the lowest.
+            if let Some(l) = left {
+                e.1 = Some(e.1.map_or(l, |old: f64| old.min(l)));
             }
         }
         if let Some(p) = v["budget"]["product"]["epsilon_remaining"].as_f64() {
