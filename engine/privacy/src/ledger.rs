@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -279,49 +279,12 @@ impl FileLedger {
             Err(std::fs::TryLockError::WouldBlock) => return Err(LedgerError::Locked(shown)),
             Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", e)),
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| io("read", e))?;
-        let mut entries = Vec::new();
-        let mut good = 0usize;
-        let mut rest = bytes.as_slice();
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let (line, tail) = rest.split_at(nl);
-            let e: Entry = serde_json::from_slice(line).map_err(|e| LedgerError::Corrupt {
-                path: shown.clone(),
-                offset: good as u64,
-                reason: e.to_string(),
-            })?;
-            entries.push(e);
-            good += nl + 1;
-            rest = tail.get(1..).unwrap_or_default();
-        }
-        let window_end_of = {
-            let mut m = HashMap::new();
-            for e in &entries {
-                if let Entry::Reserve {
-                    window_start,
-                    window_end,
-                    ..
-                } = e
-                {
-                    m.insert(*window_start, *window_end);
-                }
-            }
-            m
-        };
-        let live = |ws: &i64| window_end_of.get(ws).is_some_and(|end| *end > now_unix);
+        let (entries, good, size) = read_entries(&mut file, &shown)?;
         let total = entries.len();
-        let entries: Vec<Entry> = entries
-            .into_iter()
-            .filter(|e| match e {
-                Entry::Reserve { window_start, .. } | Entry::Release { window_start, .. } => {
-                    live(window_start)
-                }
-            })
-            .collect();
-        let torn = good < bytes.len();
-        if entries.len() < total || torn {
-            file = rewrite(dir, &path, &entries).map_err(|e| io("compact", e))?;
+        let entries = live_entries(entries, now_unix);
+        if entries.len() < total || good < size {
+            let tmp = write_compacted(dir, &entries).map_err(|e| io("compact", e))?;
+            file = install_compacted(dir, &tmp, &path).map_err(|e| io("compact", e))?;
         }
         let len = file.metadata().map_err(|e| io("stat", e))?.len();
         let mut state = State::default();
@@ -339,6 +302,50 @@ impl FileLedger {
         })
     }
 
+    /// Drops the windows that ended by `now_unix` from the journal and from
+    /// memory, so a long-running sidecar keeps only open windows. If the
+    /// compacted copy cannot be written, nothing changes (the next new
+    /// window tries again); if it cannot be put in place, the journal is
+    /// poisoned: appends must not go to a file that is no longer the
+    /// journal.
+    fn compact(&self, j: &mut Journal, now_unix: i64) -> Result<(), LedgerError> {
+        let shown = self.path.display().to_string();
+        let (entries, _, _) = read_entries(&mut j.file, &shown)?;
+        let total = entries.len();
+        let entries = live_entries(entries, now_unix);
+        if entries.len() == total {
+            return Ok(());
+        }
+        let Some(dir) = self.path.parent() else {
+            return Ok(());
+        };
+        let Ok(tmp) = write_compacted(dir, &entries) else {
+            return Ok(());
+        };
+        let file = install_compacted(dir, &tmp, &self.path)
+            .and_then(|f| f.metadata().map(|m| (f, m.len())));
+        let (file, len) = match file {
+            Ok(f) => f,
+            Err(e) => {
+                j.poisoned = true;
+                return Err(LedgerError::Unavailable(format!(
+                    "cannot put the compacted `{shown}` in place: {e}"
+                )));
+            }
+        };
+        let mut state = State::default();
+        for e in entries {
+            state.apply(e);
+        }
+        *j = Journal {
+            file,
+            len,
+            poisoned: false,
+            state,
+        };
+        Ok(())
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Journal>, LedgerError> {
         let j = self
             .inner
@@ -354,21 +361,72 @@ impl FileLedger {
     }
 }
 
-/// Writes `entries` to a fresh journal and renames it over `path`, then
-/// fsyncs the directory; returns the new file, locked.
-fn rewrite(dir: &Path, path: &Path, entries: &[Entry]) -> std::io::Result<File> {
+/// The journal's whole entries from its start, the bytes they take, and
+/// the file's size (more when the last line is torn).
+fn read_entries(file: &mut File, shown: &str) -> Result<(Vec<Entry>, usize, usize), LedgerError> {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| LedgerError::Unavailable(format!("cannot read `{shown}`: {e}")))?;
+    let mut entries = Vec::new();
+    let mut good = 0usize;
+    let mut rest = bytes.as_slice();
+    while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        let (line, tail) = rest.split_at(nl);
+        let e: Entry = serde_json::from_slice(line).map_err(|e| LedgerError::Corrupt {
+            path: shown.to_string(),
+            offset: good as u64,
+            reason: e.to_string(),
+        })?;
+        entries.push(e);
+        good += nl + 1;
+        rest = tail.get(1..).unwrap_or_default();
+    }
+    Ok((entries, good, bytes.len()))
+}
+
+/// The entries of windows still open at `now_unix`.
+fn live_entries(entries: Vec<Entry>, now_unix: i64) -> Vec<Entry> {
+    let mut window_end = HashMap::new();
+    for e in &entries {
+        if let Entry::Reserve {
+            window_start,
+            window_end: end,
+            ..
+        } = e
+        {
+            window_end.insert(*window_start, *end);
+        }
+    }
+    entries
+        .into_iter()
+        .filter(|e| match e {
+            Entry::Reserve { window_start, .. } | Entry::Release { window_start, .. } => window_end
+                .get(window_start)
+                .is_some_and(|end| *end > now_unix),
+        })
+        .collect()
+}
+
+/// Writes `entries` to a fresh journal beside the live one and fsyncs it;
+/// returns its path. The live journal is untouched.
+fn write_compacted(dir: &Path, entries: &[Entry]) -> std::io::Result<PathBuf> {
     let tmp = dir.join(format!("{JOURNAL_FILE}.compact"));
     let mut out = Vec::new();
     for e in entries {
         serde_json::to_writer(&mut out, e).map_err(std::io::Error::other)?;
         out.push(b'\n');
     }
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&out)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    let mut f = File::create(&tmp)?;
+    f.write_all(&out)?;
+    f.sync_all()?;
+    Ok(tmp)
+}
+
+/// Renames the compacted journal over `path`, fsyncs the directory, and
+/// returns the new file, open for appends and locked.
+fn install_compacted(dir: &Path, tmp: &Path, path: &Path) -> std::io::Result<File> {
+    std::fs::rename(tmp, path)?;
     File::open(dir)?.sync_all()?;
     let f = OpenOptions::new().read(true).append(true).open(path)?;
     f.try_lock().map_err(std::io::Error::other)?;
@@ -411,6 +469,16 @@ impl Journal {
 impl Ledger for FileLedger {
     fn reserve(&self, r: &Reservation) -> Result<Reserved, LedgerError> {
         let mut j = self.lock()?;
+        // The first spend of a new window: windows that ended before it
+        // began are closed, so their entries leave memory and the journal.
+        if !j.state.window_end.contains_key(&r.window_start)
+            && j.state
+                .window_end
+                .values()
+                .any(|&end| end <= r.window_start)
+        {
+            self.compact(&mut j, r.window_start)?;
+        }
         let remaining = j.state.remaining(&r.accounts, r.window_start);
         if let Some(prior) = j.state.queries.get(&(r.query.clone(), r.window_start)) {
             return Ok(match prior {
@@ -621,6 +689,52 @@ mod tests {
         assert!(!text.contains("old") && text.contains("new"), "{text}");
         let left = l.remaining(&[acct("c", 1.0)], 0).unwrap();
         assert_eq!(left[0].epsilon, 750_000_000_000);
+    }
+
+    /// A sidecar that runs for weeks sheds closed windows as it goes, not
+    /// only at the next start: memory and the journal hold open windows.
+    #[test]
+    fn the_first_spend_of_a_new_window_compacts_the_closed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = || std::fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
+        let in_window = |q: &str, cost, start| {
+            let mut r = res(q, cost, vec![acct("c", 1.0)]);
+            (r.window_start, r.window_end) = (start, start + 100);
+            r
+        };
+        let l = FileLedger::open(dir.path(), 0).unwrap();
+        l.reserve(&in_window("day-one", 0.5, 0)).unwrap();
+        l.release("day-one", 0, "answer-one").unwrap();
+        assert!(journal().contains("answer-one"));
+        // Day two: the first spend drops day one.
+        let granted = l.reserve(&in_window("day-two", 0.25, 100)).unwrap();
+        assert!(matches!(granted, Reserved::Granted { .. }), "{granted:?}");
+        let text = journal();
+        assert!(
+            !text.contains("day-one") && text.contains("day-two"),
+            "{text}"
+        );
+        assert_eq!(
+            l.remaining(&[acct("c", 1.0)], 0).unwrap()[0].epsilon,
+            1_000_000_000_000
+        );
+        assert!(
+            !l.inner
+                .lock()
+                .unwrap()
+                .state
+                .queries
+                .keys()
+                .any(|(q, _)| q == "day-one")
+        );
+        // Later appends reach the compacted file: a reopened ledger sees them.
+        l.reserve(&in_window("day-two-again", 0.25, 100)).unwrap();
+        drop(l);
+        let l = FileLedger::open(dir.path(), 150).unwrap();
+        assert_eq!(
+            l.remaining(&[acct("c", 1.0)], 100).unwrap()[0].epsilon,
+            500_000_000_000
+        );
     }
 
     #[test]
