@@ -26,20 +26,6 @@ use std::time::Duration;
 const ROUNDS: usize = 24;
 const READERS: usize = 4;
 
-/// A small deterministic generator (the seed is printed for reruns).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn spawn(config: &Path) -> Child {
     sidecar_command(config, "warn")
         .stderr(Stdio::null())

@@ -32,20 +32,6 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- harness
 
-/// xorshift64: small, deterministic, and enough for kill moments.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
 /// The run's seed: `MESHGOV_FAULT_SEED`, else the clock. Printed.
 fn seeded(test: &str) -> Rng {
     let seed = std::env::var("MESHGOV_FAULT_SEED")
@@ -189,7 +175,7 @@ impl Proc {
     /// Waits for the data port to answer `/readyz`, and returns that first
     /// answer (200 or not): the sidecar must know its state the moment it
     /// listens.
-    fn first_readyz(&mut self) -> Reply {
+    fn first_readyz(&mut self) -> Resp {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(30) {
             if let Some(r) = http(self.data, "GET", "/readyz", &[], b"") {
@@ -238,42 +224,6 @@ impl Drop for Proc {
     }
 }
 
-/// An HTTP/1.1 answer as the client saw it.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// The body ended as HTTP says it should (the last chunk, or the whole
-    /// content length); false for a stream cut short.
-    complete: bool,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {} {}", self.status, self.text()))
-    }
-    fn error(&self) -> String {
-        self.json()["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-    fn revision(&self) -> Option<u64> {
-        self.header("x-meshgov-bundle-revision")?.parse().ok()
-    }
-}
-
 /// One request on a fresh connection; `None` if the connection failed or
 /// closed before a response head arrived (a killed sidecar).
 fn http(
@@ -282,7 +232,7 @@ fn http(
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> Option<Reply> {
+) -> Option<Resp> {
     http_within(addr, method, path, headers, body, Duration::from_secs(30))
 }
 
@@ -293,7 +243,7 @@ fn http_within(
     headers: &[(&str, &str)],
     body: &[u8],
     timeout: Duration,
-) -> Option<Reply> {
+) -> Option<Resp> {
     let mut c = TcpStream::connect(addr).ok()?;
     c.set_read_timeout(Some(timeout)).unwrap();
     let mut req = format!(
@@ -324,61 +274,10 @@ fn http_within(
             Err(_) => break,
         }
     }
-    let end = got.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&got[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let rest = &got[end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let (body, complete) = if chunked {
-        dechunk(rest)
-    } else {
-        let want = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse::<usize>().ok());
-        (rest.to_vec(), want.is_none_or(|n| n == rest.len()))
-    };
-    Some(Reply {
-        status,
-        headers,
-        body,
-        complete,
-    })
+    try_parse_response(&got)
 }
 
-/// Decodes a chunked body; `complete` only if the last (empty) chunk came.
-fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
-            return (out, false);
-        };
-        let Some(size) = std::str::from_utf8(&b[..nl])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-        else {
-            return (out, false);
-        };
-        if size == 0 {
-            return (out, true);
-        }
-        let Some(chunk) = b.get(nl + 2..nl + 2 + size) else {
-            out.extend_from_slice(&b[nl + 2..]);
-            return (out, false);
-        };
-        out.extend_from_slice(chunk);
-        b = b.get(nl + 2 + size + 2..).unwrap_or_default();
-    }
-}
-
-fn read(addr: SocketAddr, port: &str, query: &str, token: &str, rid: &str) -> Option<Reply> {
+fn read(addr: SocketAddr, port: &str, query: &str, token: &str, rid: &str) -> Option<Resp> {
     http(
         addr,
         "GET",
@@ -391,7 +290,7 @@ fn read(addr: SocketAddr, port: &str, query: &str, token: &str, rid: &str) -> Op
     )
 }
 
-fn aggregate(addr: SocketAddr, token: &str, rid: &str, body: &str) -> Option<Reply> {
+fn aggregate(addr: SocketAddr, token: &str, rid: &str, body: &str) -> Option<Resp> {
     http(
         addr,
         "POST",
@@ -647,7 +546,7 @@ struct Budget {
 
 /// An aggregate answer (200 or 429): its window start, cost and the
 /// consumer's remaining epsilon.
-fn spend_of(r: &Reply) -> (String, f64, f64) {
+fn spend_of(r: &Resp) -> (String, f64, f64) {
     let v = r.json();
     let window = v["budget"]["window"]["start"].as_str().unwrap().to_string();
     let remaining = v["budget"]["consumer"]["epsilon_remaining"]
@@ -700,7 +599,7 @@ fn sigkill_during_budget_reservation_never_grants_budget_twice() {
     };
     let body = Arc::new(body);
     let seen = Arc::new(Mutex::new(Budget::default()));
-    let check = |r: &Reply, b: &mut Budget, when: &str| {
+    let check = |r: &Resp, b: &mut Budget, when: &str| {
         let (window, cost, remaining) = spend_of(r);
         assert!(remaining >= 0.0, "{when}: negative budget: {}", r.text());
         if r.status == 200 {
@@ -838,7 +737,7 @@ struct Seen {
     rid: String,
     sent: Instant,
     got: Instant,
-    reply: Reply,
+    reply: Resp,
 }
 
 /// **The state directory's disk fills up.** The sidecar runs with a
@@ -1203,7 +1102,7 @@ fn dead_garbage_and_stalled_upstreams_fail_visibly_and_are_audited() {
         mode.store(m, Ordering::SeqCst);
         let r = read(s.data, "profiles", "", &token, rid).unwrap();
         assert_eq!(r.status, 502, "{rid}: {}", r.text());
-        assert_eq!(r.error(), "upstream_failed");
+        assert_eq!(r.error_code(), "upstream_failed");
     }
 
     mode.store(UP_GARBAGE, Ordering::SeqCst);
@@ -1351,7 +1250,7 @@ fn an_expiring_bundle_is_refused_from_the_expiry_instant_on() {
                 sent - expires,
                 r.text()
             );
-            assert_eq!(r.error(), "no_valid_bundle");
+            assert_eq!(r.error_code(), "no_valid_bundle");
             assert!(r.json()["reason"].as_str().unwrap().contains("expired"));
         } else if r.status == 200 {
             before += 1;
@@ -1457,7 +1356,7 @@ fn a_clock_jump_past_expiry_refuses_the_next_request() {
     let agg_after = aggregate(s.data, &marketing, "after-agg", count).unwrap();
     for r in [&read_after, &agg_after] {
         assert_eq!(r.status, 503, "{}", r.text());
-        assert_eq!(r.error(), "no_valid_bundle");
+        assert_eq!(r.error_code(), "no_valid_bundle");
         assert!(
             r.json()["reason"].as_str().unwrap().contains("expired"),
             "{}",
@@ -1638,7 +1537,7 @@ fn postgres_down_mid_spend_refuses_aggregates_and_recovers_by_itself() {
     let phase = Arc::new(AtomicU8::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let query_no = Arc::new(AtomicU64::new(0));
-    type Log = Vec<(u8, u8, String, Reply)>;
+    type Log = Vec<(u8, u8, String, Resp)>;
     let log: Arc<Mutex<Log>> = Arc::default();
     let mut clients = Vec::new();
     for c in 0..3 {
@@ -1733,7 +1632,7 @@ fn postgres_down_mid_spend_refuses_aggregates_and_recovers_by_itself() {
                 paid += r.json()["cost"]["epsilon"].as_f64().unwrap();
             }
             503 => {
-                assert_eq!(r.error(), "ledger_unavailable", "{rid}");
+                assert_eq!(r.error_code(), "ledger_unavailable", "{rid}");
                 unavailable += 1;
             }
             other => panic!("{rid}: {other} {}", r.text()),

@@ -70,6 +70,27 @@ impl Keys {
     }
 }
 
+/// xorshift64: small and deterministic, for random kill moments and
+/// request sizes that a printed seed replays. The seed must not be 0.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// In `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// In `lo..hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo)
+    }
+}
+
 pub fn now() -> i64 {
     clock::now_unix()
 }
@@ -321,11 +342,15 @@ pem_file = {rsa:?}
     }
 }
 
+/// An HTTP/1.1 answer as the client saw it.
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The body ended as HTTP says it should (the last chunk, or the whole
+    /// content length); false for a stream cut short.
+    pub complete: bool,
 }
 
 impl Resp {
@@ -352,6 +377,10 @@ impl Resp {
     pub fn error_code(&self) -> String {
         self.json()["error"].as_str().unwrap().to_string()
     }
+    /// The bundle revision the answer was served under.
+    pub fn revision(&self) -> Option<u64> {
+        self.header("x-meshgov-bundle-revision")?.parse().ok()
+    }
 }
 
 /// Sends raw bytes, reads to close, decodes a (possibly chunked) response.
@@ -370,20 +399,15 @@ pub async fn raw(addr: SocketAddr, request: Vec<u8>) -> Resp {
 }
 
 pub fn parse_response(buf: &[u8]) -> Resp {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
+    try_parse_response(buf).expect("a response head")
+}
+
+/// `None` if no whole response head arrived (the connection closed first).
+pub fn try_parse_response(buf: &[u8]) -> Option<Resp> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -392,31 +416,45 @@ pub fn parse_response(buf: &[u8]) -> Resp {
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
+    let (body, complete) = if chunked {
         dechunk(rest)
     } else {
-        rest.to_vec()
+        let want = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok());
+        (rest.to_vec(), want.is_none_or(|n| n == rest.len()))
     };
-    Resp {
+    Some(Resp {
         status,
         headers,
         body,
-    }
+        complete,
+    })
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
+/// Decodes a chunked body; `complete` only if the last (empty) chunk came.
+fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     loop {
         let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
+            return (out, false);
         };
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap();
+        let Some(size) = std::str::from_utf8(&b[..nl])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+        else {
+            return (out, false);
+        };
         if size == 0 {
-            return out;
+            return (out, true);
         }
-        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
-        b = &b[nl + 2 + size + 2..];
+        let Some(chunk) = b.get(nl + 2..nl + 2 + size) else {
+            out.extend_from_slice(&b[nl + 2..]);
+            return (out, false);
+        };
+        out.extend_from_slice(chunk);
+        b = b.get(nl + 2 + size + 2..).unwrap_or_default();
     }
 }
 
