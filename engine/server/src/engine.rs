@@ -428,19 +428,54 @@ impl Engine {
 
     /// Signs `c` as the next revision and starts its rollout.
     fn release(self: &Arc<Self>, c: &Compiled, fp: &str, renewal: bool) {
-        let now = now_unix();
-        let revision = {
-            let s = self.lock();
-            let now_rev = u64::try_from(now).unwrap_or(0);
-            (s.last_revision + 1)
-                .max(now_rev)
-                .max(s.fleet_max_revision + 1)
-        };
-        let ttl = self.cfg.ttl_seconds.unwrap_or(c.ttl_seconds).max(1);
-        let r = match build::sign_release(c, &self.cfg.key, revision, now, ttl) {
-            Ok(r) => Arc::new(r),
-            Err(e) => return self.record_build_failure(fp, e.to_string(), renewal),
-        };
+        // A sidecar may register with a higher revision (an engine before a
+        // restart signed it) while this one is being signed; the release is
+        // then refused, and the policies are signed again above it.
+        loop {
+            let now = now_unix();
+            let revision = {
+                let s = self.lock();
+                let now_rev = u64::try_from(now).unwrap_or(0);
+                (s.last_revision + 1)
+                    .max(now_rev)
+                    .max(s.fleet_max_revision + 1)
+            };
+            let ttl = self.cfg.ttl_seconds.unwrap_or(c.ttl_seconds).max(1);
+            let r = match build::sign_release(c, &self.cfg.key, revision, now, ttl) {
+                Ok(r) => Arc::new(r),
+                Err(e) => return self.record_build_failure(fp, e.to_string(), renewal),
+            };
+            if self.record_release(r, fp, now, renewal) {
+                return;
+            }
+        }
+    }
+
+    /// Records a signed release and starts its rollout; false if a sidecar
+    /// has meanwhile registered with its revision or a higher one.
+    fn record_release(
+        self: &Arc<Self>,
+        r: Arc<Release>,
+        fp: &str,
+        now: i64,
+        renewal: bool,
+    ) -> bool {
+        let revision = r.revision;
+        {
+            let mut s = self.lock();
+            if s.fleet_max_revision >= revision {
+                return false;
+            }
+            s.last_revision = revision;
+            s.last_build = Some(BuildStatus {
+                at: rfc3339(now),
+                fingerprint: fp.to_string(),
+                ok: true,
+                revision: Some(revision),
+                renewal,
+                error: None,
+            });
+        }
         self.metrics.builds_ok.inc();
         if renewal {
             self.metrics.renewals.inc();
@@ -452,19 +487,7 @@ impl Engine {
             source_commit = r.source_commit.as_deref(),
             "built and signed"
         );
-        {
-            let mut s = self.lock();
-            s.last_revision = revision;
-            s.last_build = Some(BuildStatus {
-                at: rfc3339(now),
-                fingerprint: fp.to_string(),
-                ok: true,
-                revision: Some(revision),
-                renewal,
-                error: None,
-            });
-        }
-        self.start_rollout(r);
+        self.start_rollout(r)
     }
 
     // ---- rollouts ----
@@ -486,9 +509,14 @@ impl Engine {
         }
     }
 
-    fn start_rollout(self: &Arc<Self>, r: Arc<Release>) {
+    /// False, changing nothing, if a sidecar has registered with
+    /// `r.revision` or a higher one: every sidecar would refuse it.
+    fn start_rollout(self: &Arc<Self>, r: Arc<Release>) -> bool {
         let (generation, canaries) = {
             let mut s = self.lock();
+            if s.fleet_max_revision >= r.revision {
+                return false;
+            }
             s.rollout_gen += 1;
             let canaries = self.choose_canaries(&s);
             // A halted or superseded candidate's canaries keep what they
@@ -517,7 +545,7 @@ impl Engine {
         self.notify();
         if canaries.is_empty() {
             self.reconcile();
-            return;
+            return true;
         }
         tracing::info!(revision = r.revision, canaries = ?canaries, "canary rollout started");
         for id in &canaries {
@@ -525,6 +553,7 @@ impl Engine {
         }
         let me = Arc::clone(self);
         tokio::spawn(async move { me.canary(generation, r, canaries).await });
+        true
     }
 
     fn halt(&self, generation: u64, reason: String) {
@@ -1040,6 +1069,39 @@ mod tests {
         assert!("0%".parse::<Canary>().is_err());
         assert!("101%".parse::<Canary>().is_err());
         assert!(" , ".parse::<Canary>().is_err());
+    }
+
+    /// A sidecar that registers with a higher revision while a release is
+    /// being signed: the release is refused rather than rolled out, since
+    /// every sidecar would refuse it as a rollback.
+    #[tokio::test]
+    async fn a_release_overtaken_by_a_registration_is_refused() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+        let pem = SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new()).unwrap();
+        let key = SigningKey::from_pkcs8_pem(&pem).unwrap();
+        let engine = Engine::new(EngineConfig::new(
+            repo.clone(),
+            SigningKey::from_pkcs8_pem(&pem).unwrap(),
+        ));
+        let c = build::compile(&repo).unwrap();
+        let now = now_unix();
+        let signing =
+            build::sign_release(&c, &key, u64::try_from(now).unwrap(), now, 3600).unwrap();
+        // Meanwhile: a sidecar holding what a previous engine signed later.
+        engine
+            .register(Registration {
+                id: "profiles-0".into(),
+                product: "users/user-profiles".into(),
+                mesh: None,
+                control_url: "http://127.0.0.1:9".into(),
+                revision: Some(signing.revision + 5),
+                digest: Some("sha256:other".into()),
+            })
+            .unwrap();
+        assert!(!engine.record_release(Arc::new(signing), "fp", now, false));
+        let s = engine.lock();
+        assert!(s.released.is_none() && s.candidate.is_none());
+        assert!(s.last_build.is_none());
     }
 
     #[test]
