@@ -274,6 +274,15 @@ async fn postgres_ledger_is_shared_by_replicas() {
             return;
         }
     };
+    // A database of this run's own: the product-wide budget would
+    // otherwise be shared with every earlier run in the same window.
+    let db = format!("meshgov_replicas_{}", now_nanos());
+    let created = std::process::Command::new("psql")
+        .args([url.as_str(), "-qc", &format!("CREATE DATABASE {db}")])
+        .output()
+        .expect("psql (from the PostgreSQL client package)");
+    assert!(created.status.success(), "{created:?}");
+    let url = format!("{}/{db}", url.rsplit_once('/').unwrap().0);
     let keys = Keys::generate();
     let extra = format!("[privacy]\nledger = \"postgres\"\npostgres_url = \"{url}\"\n");
     let a = sidecar(&keys, &extra).await;
