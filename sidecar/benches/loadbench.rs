@@ -63,7 +63,7 @@ use std::convert::Infallible;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -237,27 +237,22 @@ async fn proxy(
 
 // ------------------------------------------------------------- processes
 
+/// A server process of the bench; killed when dropped.
 struct Server {
     name: &'static str,
-    child: Child,
+    child: Process,
     addr: SocketAddr,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn_self(name: &'static str, args: &[&str]) -> Server {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Process::spawn_unlogged(
+        Command::new(std::env::current_exe().unwrap())
+            .args(args)
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.child_mut().stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     Server {
@@ -289,25 +284,11 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 // ------------------------------------------------------------- the data
 
-/// splitmix64: a seeded generator, so every run reads the same records.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn letters(&mut self, n: usize) -> String {
-        (0..n)
-            .map(|_| char::from(b'a' + self.below(26) as u8))
-            .collect()
-    }
+/// `n` lowercase ASCII letters.
+fn letters(rng: &mut Rng, n: usize) -> String {
+    (0..n)
+        .map(|_| char::from(b'a' + rng.below(26) as u8))
+        .collect()
 }
 
 /// Writes `n` records of about 1 KB; returns the total bytes.
@@ -315,22 +296,23 @@ fn generate(dir: &Path, n: usize) -> u64 {
     let port = dir.join(PORT);
     std::fs::create_dir_all(&port).unwrap();
     let mut w = BufWriter::new(std::fs::File::create(port.join("2026-03-01.ndjson")).unwrap());
+    // A fixed seed: every run reads the same records.
     let mut rng = Rng(0x6d65_7368_676f_7621);
     let countries = ["NL", "DE", "FR", "BE", "GB", "IE", "ES", "IT"];
     let mut total = 0u64;
     for i in 0..n {
         let len = 820 + rng.below(120) as usize;
-        let local = rng.letters(len);
+        let local = letters(&mut rng, len);
         let line = format!(
             "{{\"user_id\":\"u-{i}\",\"email\":\"{local}@example.com\",\"name\":\"{} {}\",\"birth_date\":\"{}-{:02}-{:02}\",\"country\":\"{}\",\"postcode\":\"{}{}\",\"signed_up_at\":\"2026-03-01T{:02}:{:02}:{:02}Z\"}}\n",
-            rng.letters(7),
-            rng.letters(9),
+            letters(&mut rng, 7),
+            letters(&mut rng, 9),
             1940 + rng.below(70),
             1 + rng.below(12),
             1 + rng.below(28),
             countries[rng.below(countries.len() as u64) as usize],
             1000 + rng.below(9000),
-            rng.letters(2).to_uppercase(),
+            letters(&mut rng, 2).to_uppercase(),
             rng.below(24),
             rng.below(60),
             rng.below(60),
@@ -368,10 +350,8 @@ fn sidecar_setup(dir: &Path, data: &Path, addr: SocketAddr, extra: &str) -> (Pat
 }
 
 fn spawn_sidecar(name: &'static str, config: &Path, addr: SocketAddr) -> Server {
-    let child = sidecar_command(config, "info")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child =
+        Process::spawn_unlogged(sidecar_command(config, "info").stderr(Stdio::null())).unwrap();
     let server = Server { name, child, addr };
     assert!(
         ready_within(addr, Duration::from_secs(10)),

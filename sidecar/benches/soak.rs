@@ -48,7 +48,6 @@ use hyper_util::rt::TokioExecutor;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -246,17 +245,14 @@ fn main() {
     )
     .unwrap();
     let plays = write_plays(d);
-    let (data, control) = (free_addr(), free_addr());
+    let [data, control] = free_addrs();
     let config = ProcessConfig {
         listen: &format!("data = \"{data}\"\ncontrol = \"{control}\""),
         ..ProcessConfig::default()
     }
     .write(d, &descriptor_path, &gov, &keys);
     let log = std::fs::File::create(d.join("sidecar.log")).unwrap();
-    let mut child: Child = sidecar_command(&config, "warn")
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = Process::spawn_unlogged(sidecar_command(&config, "warn").stderr(log)).unwrap();
     let pid = child.id();
     println!(
         "soak: {seconds} s, {concurrency} clients, sidecar pid {pid} on {data}, {plays} plays"
@@ -377,15 +373,9 @@ fn main() {
         }
         (rss, pushes, pushed_ok)
     });
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = child.signal(Signal::SIGTERM);
+    let _ = child.wait_exit(Duration::from_secs(30));
+    child.kill();
     report(d, &world.tally, &policies, &rss, pushes, pushed_ok, seconds);
 }
 

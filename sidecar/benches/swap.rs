@@ -19,7 +19,7 @@ use criterion::{BatchSize, Criterion};
 use meshgov_core::descriptor::{Descriptor, ProductInfo};
 use meshgov_core::source::{SourceFile, SourceSet};
 use meshgov_sidecar::config::Strings;
-use meshgov_sidecar::{App, Config, clock, server};
+use meshgov_sidecar::{App, Config, clock, launch};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,6 +33,10 @@ fn root() -> PathBuf {
 
 struct Fixture {
     dir: tempfile::TempDir,
+    /// The state directory of the runs "without persisting": on tmpfs when
+    /// there is one, where the write, fsync and rename cost next to nothing.
+    /// (Every sidecar has a state directory; there is no config without.)
+    memory: tempfile::TempDir,
     gov: meshgov_bundle::SigningKey,
     idp: ring::signature::Ed25519KeyPair,
     idp_pkcs8: Vec<u8>,
@@ -55,34 +59,36 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     let _ = idp.public_key();
+    let shm = Path::new("/dev/shm");
+    let memory = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     Fixture {
         dir,
+        memory,
         gov: meshgov_bundle::SigningKey::from_pkcs8_pem(&pem).unwrap(),
         idp,
         idp_pkcs8: idp_pkcs8.as_ref().to_vec(),
     }
 }
 
-fn app(f: &Fixture, persist: bool) -> App {
-    use base64::Engine as _;
+/// The sidecar's config: the example user-profiles product, its state
+/// (audit log, persisted bundle) in `state`.
+fn config_text(f: &Fixture, state: &Path) -> String {
     use ring::signature::KeyPair as _;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(f.idp.public_key().as_ref());
-    let text = format!(
+    format!(
         r#"
 mesh = "media-mesh"
 descriptor = {d:?}
-{state}
+state_dir = {state:?}
 trusted_bundle_keys = ["{gov}"]
 [listen]
 data = "127.0.0.1:0"
 [upstream]
 path = "data"
-[auth]
-issuer = "https://idp.media.example"
-audience = "meshgov"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
+{auth}
 [pseudonym_keys]
 user-identity = "uid.key"
 "#,
@@ -90,9 +96,24 @@ user-identity = "uid.key"
             .join("policies/products/user-profiles.yaml")
             .display()
             .to_string(),
-        state = if persist { "state_dir = \"state\"" } else { "" },
+        state = state.display().to_string(),
         gov = f.gov.public_key(),
-    );
+        auth = meshgov_sidecar::config::eddsa_auth_toml(
+            "https://idp.media.example",
+            "meshgov",
+            f.idp.public_key().as_ref()
+        ),
+    )
+}
+
+/// A sidecar's [`App`] without listeners: what verify-and-swap runs in.
+fn app(f: &Fixture, persist: bool) -> App {
+    let state = if persist {
+        f.dir.path().join("state")
+    } else {
+        f.memory.path().to_path_buf()
+    };
+    let text = config_text(f, &state);
     let cfg = Config::from_toml(
         &text,
         f.dir.path(),
@@ -288,22 +309,23 @@ fn reads_under_swaps(f: &Fixture, big: &meshgov_core::Policies) {
     let swaps: Vec<Vec<u8>> = (2..200)
         .map(|r| sign_components(f, with_one_change(big, r), None, r))
         .collect();
-    let app = Arc::new(app(f, true));
-    app.accept_bundle(&sign(f, big, 1), clock::now_unix())
-        .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+    // A state directory of its own: the swap benchmarks above persisted
+    // higher revisions to `state`, and this sidecar starts from revision 1.
+    let running = rt
+        .block_on(launch::boot(
+            &config_text(f, &f.dir.path().join("state-reads")),
+            f.dir.path(),
+        ))
         .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let server = rt.spawn(server::serve(listener, Arc::clone(&app), async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }));
+    let app = Arc::clone(running.app());
+    let addr = running.data_addr;
+    app.accept_bundle(&sign(f, big, 1), clock::now_unix())
+        .unwrap();
     let req = format!(
         "GET /v1/ports/profiles/records?limit=10 HTTP/1.1\r\nHost: b\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
         token(f)
@@ -335,8 +357,7 @@ fn reads_under_swaps(f: &Fixture, big: &meshgov_core::Policies) {
     let busy: Vec<Duration> = (0..READS).map(|_| read_once(addr, &req)).collect();
     stop.store(true, Ordering::Relaxed);
     let (n, worst_swap) = swapper.join().unwrap();
-    let _ = tx.send(true);
-    rt.block_on(server).unwrap();
+    rt.block_on(running.stop());
     let (q50, q99, qmax) = summary(quiet);
     let (b50, b99, bmax) = summary(busy);
     println!("reads (limit=10), {READS} each:");

@@ -17,89 +17,26 @@
 //! spend (cost and budget left) goes into the request's audit event, which
 //! is durable before the answer leaves.
 
+use crate::app::App;
 use crate::body::Body;
 use crate::clock;
-use crate::config::LedgerConfig;
 use crate::error::ApiError;
-use crate::pipeline::{App, json};
+use crate::respond::json;
+use crate::telemetry::SpendEvent;
 use crate::upstream::{Item, Window, record_time};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use meshgov_audit::{Decision, Event};
-use meshgov_core::plan::{Asker, PlanError};
+use meshgov_audit::Event;
+use meshgov_core::decision::{Asker, DecisionError};
 use meshgov_core::privacy::rule_for;
-use meshgov_privacy::engine::{self, Accumulator, Costed, Mechanism};
-use meshgov_privacy::ledger::{
-    Account, FileLedger, Ledger, LedgerError, Reservation, Reserved, Units, window_of,
-};
+use meshgov_privacy::ledger::{Account, LedgerError, Reservation, Reserved, Units, window_of};
+use meshgov_privacy::mechanism::{self, Accumulator, Costed, Mechanism};
 use meshgov_privacy::query::{self, Caps};
 use sha2::Digest;
 use std::sync::Arc;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// Opens the configured ledger. With the embedded ledger and no state
-/// directory there is none, and aggregates are refused.
-pub fn open_ledger(
-    cfg: &LedgerConfig,
-    state_dir: Option<&std::path::Path>,
-) -> Result<Option<Arc<dyn Ledger>>, (String, String)> {
-    match cfg {
-        LedgerConfig::Embedded => match state_dir {
-            None => Ok(None),
-            Some(dir) => FileLedger::open(dir, clock::now_unix())
-                .map(|l| Some(Arc::new(l) as Arc<dyn Ledger>))
-                .map_err(|e| ("state_dir".to_string(), e.to_string())),
-        },
-        // The synchronous client must not run on a runtime thread.
-        LedgerConfig::Postgres(url) => std::thread::scope(|s| {
-            s.spawn(|| meshgov_privacy::pg::PgLedger::connect(url))
-                .join()
-                .unwrap_or_else(|_| Err(LedgerError::Unavailable("connect failed".into())))
-        })
-        .map(|l| Some(Arc::new(l) as Arc<dyn Ledger>))
-        .map_err(|e| ("privacy.postgres_url".to_string(), e.to_string())),
-    }
-}
-
-/// One spend (or refusal) of privacy budget, for the audit log.
-#[derive(Debug, Clone)]
-pub struct SpendEvent<'a> {
-    pub request_id: &'a str,
-    pub consumer: &'a str,
-    pub purpose: &'a str,
-    pub port: &'a str,
-    /// `granted`, `cached`, `exhausted` or `pending`.
-    pub outcome: &'static str,
-    pub cost: Units,
-    /// The privacy rule that set the budgets.
-    pub rule: &'a str,
-    /// The accounts charged (consumer, then product), with their limits.
-    pub accounts: &'a [Account],
-    /// Remaining per account after the outcome: consumer, then product.
-    pub remaining: &'a [Units],
-    pub window_start: i64,
-    pub window_end: i64,
-    pub revision: u64,
-}
-
-/// Records a spend decision in the request's audit event (made durable
-/// before the answer leaves) and in the structured log.
-pub fn audit_spend(ev: &mut Event, e: &SpendEvent<'_>) {
-    ev.privacy_cost = Some(e.cost.epsilon_f64());
-    ev.budget_remaining = e.remaining.iter().map(Units::epsilon_f64).reduce(f64::min);
-    if e.outcome == "exhausted" {
-        ev.decision = Some(Decision::Deny);
-    }
-    tracing::debug!(
-        purpose = %e.purpose,
-        outcome = e.outcome, epsilon = e.cost.epsilon_f64(), delta = e.cost.delta_f64(),
-        remaining = ?e.remaining.iter().map(|u| (u.epsilon_f64(), u.delta_f64())).collect::<Vec<_>>(),
-        window_start = e.window_start, revision = e.revision,
-        "privacy spend"
-    );
-}
 
 fn ledger_failed(rid: &str, e: &LedgerError) -> ApiError {
     tracing::error!(request_id = %rid, "privacy ledger: {e}");
@@ -153,7 +90,7 @@ fn mechanism_doc(m: &Mechanism) -> serde_json::Value {
         set(
             &mut v,
             "ci95",
-            serde_json::json!(engine::laplace_ci95(m.scale)),
+            serde_json::json!(mechanism::laplace_ci95(m.scale)),
         );
     }
     if let Some(t) = m.threshold {
@@ -176,7 +113,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // 1. authenticate, read the body
-    let who = crate::pipeline::authenticate(app, req.headers(), ev)?;
+    let who = app.authenticate(req.headers(), ev)?;
     let body = tokio::time::timeout(
         std::time::Duration::from_millis(app.limits.body_read_timeout_ms),
         http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
@@ -188,9 +125,9 @@ where
     let request = query::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
     // 2. load
     let now = clock::now_unix();
-    let bundle = crate::pipeline::load_bundle(app, now, ev)?;
+    let bundle = app.bundle_for_request(now, ev)?;
     let port_info = bundle
-        .view
+        .view()
         .info
         .port(port)
         .ok_or_else(|| ApiError::unknown_port(port))?
@@ -202,10 +139,10 @@ where
         now_unix: now,
     };
     let decision = bundle
-        .policies
-        .decide(&bundle.view, "aggregate", port, None, asker)
+        .policies()
+        .decide(bundle.view(), "aggregate", port, None, asker)
         .map_err(|e| match e {
-            PlanError::UnknownPort(_) => ApiError::unknown_port(port),
+            DecisionError::UnknownPort(_) => ApiError::unknown_port(port),
             _ => ApiError::forbidden(),
         })?;
     ev.policies = decision.policies.clone();
@@ -213,10 +150,10 @@ where
         tracing::debug!(purpose = %who.purpose, "aggregate denied by policy");
         return Err(ApiError::forbidden());
     }
-    let product = bundle.view.info.id.clone();
+    let product = bundle.view().info.id.clone();
     let rule = rule_for(
-        &bundle.policies.privacy,
-        &bundle.view.info.domain,
+        &bundle.policies().privacy,
+        &bundle.view().info.domain,
         &product,
         port,
     )
@@ -230,8 +167,8 @@ where
     .clone();
     // 4. validate
     let caps = Caps {
-        max_epsilon_per_query: Some(bundle.policies.mesh.privacy.max_epsilon_per_query),
-        max_delta: Some(bundle.policies.mesh.privacy.max_delta),
+        max_epsilon_per_query: Some(bundle.policies().mesh.privacy.max_epsilon_per_query),
+        max_delta: Some(bundle.policies().mesh.privacy.max_delta),
     };
     let plan = query::validate(&request, &rule, &port_info, caps, now)
         .map_err(|e| ApiError::bad_request(e.0))?;
@@ -293,7 +230,7 @@ where
         tokio::task::spawn_blocking(
             move || -> Result<(Costed, Reserved, Reservation), ApiError> {
                 let _request = request_span.enter();
-                let costed = engine::cost(&plan).map_err(|e| engine_failed(&rid2, e))?;
+                let costed = mechanism::cost(&plan).map_err(|e| engine_failed(&rid2, e))?;
                 let cost = Units::cost(costed.epsilon, costed.delta)
                     .ok_or_else(|| engine_failed(&rid2, "cost out of range"))?;
                 let r = Reservation {
@@ -336,8 +273,7 @@ where
             window_end: window.1,
             revision: bundle.meta.revision,
         };
-        app.metrics.spend(&spend);
-        audit_spend(ev, &spend);
+        spend.emit(ev, &app.metrics);
     };
     match &reserved {
         Reserved::Exhausted { account, remaining } => {
@@ -437,7 +373,7 @@ where
     let released = {
         let plan = plan.clone();
         let costed = costed.clone();
-        tokio::task::spawn_blocking(move || engine::release(&plan, &costed, acc))
+        tokio::task::spawn_blocking(move || mechanism::release(&plan, &costed, acc))
             .await
             .map_err(|e| engine_failed(rid, e))?
             .map_err(|e| engine_failed(rid, e))?

@@ -1,4 +1,5 @@
-//! The audit stream for collection: `GET /control/v1/audit?after=SEQ`.
+//! The audit stream for collection: `GET /control/v1/audit?after=SEQ`
+//! (framed as `meshgov-wire`'s audit feed says).
 //!
 //! The answer is NDJSON: the stored lines of every durable event with a
 //! sequence above `SEQ`, in order, then the signed checkpoints in that range,
@@ -14,31 +15,17 @@ use crate::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use meshgov_audit::{AuditHead, AuditLog};
+use meshgov_wire::{
+    AUDIT_HEAD_HEADER, AuditFeedQuery, AuditStatus, ErrorBody, NDJSON_CONTENT_TYPE,
+};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Lines are sent in chunks of about this size.
 const CHUNK: usize = 64 * 1024;
 
-/// The `after` parameter of a query string (`0` when absent).
-pub fn parse_after(query: Option<&str>) -> Result<u64, String> {
-    let mut after = 0;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "after" => {
-                after = v
-                    .parse()
-                    .map_err(|_| format!("`after` must be a sequence number, got `{v}`"))?;
-            }
-            _ => return Err(format!("unknown parameter `{k}`; the only one is `after`")),
-        }
-    }
-    Ok(after)
-}
-
 /// What the control status publishes about the audit log.
-pub fn status(log: &AuditLog) -> serde_json::Value {
+pub fn status(log: &AuditLog) -> AuditStatus {
     let AuditHead {
         seq,
         hash,
@@ -47,22 +34,22 @@ pub fn status(log: &AuditLog) -> serde_json::Value {
         collected_seq,
         failed,
     } = log.head();
-    serde_json::json!({
-        "head_seq": seq,
-        "head_hash": hash,
-        "checkpoint_seq": checkpoint_seq,
-        "public_key": public_key,
-        "collected_seq": collected_seq,
-        "failed": failed,
-    })
+    AuditStatus {
+        head_seq: seq,
+        head_hash: hash,
+        checkpoint_seq,
+        public_key,
+        collected_seq,
+        failed,
+    }
 }
 
 /// Answers `GET /control/v1/audit?{query}` from `log`.
 pub fn respond(log: &Arc<AuditLog>, query: Option<&str>) -> Response<Body> {
-    let after = match parse_after(query) {
-        Ok(a) => a,
-        Err(reason) => {
-            let body = serde_json::json!({"error": "bad_request", "reason": reason});
+    let after = match AuditFeedQuery::parse(query) {
+        Ok(q) => q.after,
+        Err(e) => {
+            let body = ErrorBody::new("bad_request", e.to_string());
             let mut r = Response::new(Body::full(serde_json::to_vec(&body).unwrap_or_default()));
             *r.status_mut() = StatusCode::BAD_REQUEST;
             r.headers_mut().insert(
@@ -103,11 +90,11 @@ pub fn respond(log: &Arc<AuditLog>, query: Option<&str>) -> Response<Body> {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
+        HeaderValue::from_static(NDJSON_CONTENT_TYPE),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&up_to.to_string()) {
-        h.insert("x-meshgov-audit-head", v);
+        h.insert(AUDIT_HEAD_HEADER, v);
     }
     r
 }

@@ -56,13 +56,13 @@ pub struct Meter {
 
 impl Meter {
     /// A stream of `port` starts now.
-    pub fn start(app: &crate::pipeline::App, port: &str) -> Meter {
-        app.metrics.streams_in_flight.inc();
+    pub fn start(metrics: &Arc<Metrics>, cut_at_shutdown: &Arc<AtomicBool>, port: &str) -> Meter {
+        metrics.streams_in_flight.inc();
         Meter {
-            port: app.metrics.port(Some(port)),
-            metrics: Arc::clone(&app.metrics),
+            port: metrics.port(Some(port)),
+            metrics: Arc::clone(metrics),
             started: Instant::now(),
-            cut_at_shutdown: Arc::clone(&app.cut_at_shutdown),
+            cut_at_shutdown: Arc::clone(cut_at_shutdown),
         }
     }
 }
@@ -70,6 +70,58 @@ impl Meter {
 impl Drop for Meter {
     fn drop(&mut self) {
         self.metrics.stream_ended(self.port, self.started.elapsed());
+    }
+}
+
+/// The producing side of a [`Metered`] stream: hands chunks to the
+/// connection, and gives up on a client that reads nothing for `stall`.
+pub struct ChunkSender {
+    tx: mpsc::Sender<Result<Chunk, std::io::Error>>,
+    stall: std::time::Duration,
+    stalled: Arc<AtomicBool>,
+}
+
+impl ChunkSender {
+    /// A channel of `capacity` chunks: the sender, and the receiver with
+    /// its stall flag for [`Metered::new`].
+    pub fn channel(
+        capacity: usize,
+        stall: std::time::Duration,
+    ) -> (
+        ChunkSender,
+        mpsc::Receiver<Result<Chunk, std::io::Error>>,
+        Arc<AtomicBool>,
+    ) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let stalled = Arc::new(AtomicBool::new(false));
+        let sender = ChunkSender {
+            tx,
+            stall,
+            stalled: Arc::clone(&stalled),
+        };
+        (sender, rx, stalled)
+    }
+
+    /// Sends `bytes` holding `records` records; `false` when the client is
+    /// gone or stalled, and the stream should stop.
+    pub async fn send(&self, bytes: Bytes, records: u64) -> bool {
+        match tokio::time::timeout(self.stall, self.tx.send(Ok((bytes, records)))).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.stalled.store(true, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    /// Aborts the chunked body, so the client sees a truncated response
+    /// rather than a complete-looking one.
+    pub async fn abort(&self, why: &str) {
+        let _ = self
+            .tx
+            .send(Err(std::io::Error::other(why.to_string())))
+            .await;
     }
 }
 

@@ -28,9 +28,16 @@
 //! poll_wait_seconds = 30                    # long-poll hold time
 //!
 //! [upstream]
-//! kind = "dir"                              # or "http"
-//! path = "data/user-profiles"               # dir: one sub-directory per port
+//! kind = "dir"                              # or "http", or "s3"
+//! path = "data/user-profiles"               # dir: one sub-directory per port (NDJSON, CSV or Parquet)
 //! # url = "http://127.0.0.1:9000"          # http: GET {url}/{port}?from=&to=
+//! # bucket = "media-lake"                   # s3: Parquet under <prefix>/<port>/
+//! # prefix = "user-profiles"
+//! # region = "eu-west-1"                    # default us-east-1
+//! # endpoint = "https://s3.internal:9000"   # a non-AWS endpoint; credentials from AWS_* variables
+//! # allow_http = false                      # true to use a plain-HTTP endpoint
+//! # access_key_id = "…"                     # with secret_access_key (better from the
+//! # secret_access_key = "…"                 #   environment); else the AWS chain
 //!
 //! [auth]
 //! issuer = "https://idp.media.example"
@@ -62,6 +69,7 @@
 //! max_line_bytes = 1048576
 //! max_limit = 100000000
 //! drain_timeout_ms = 10000
+//! query_memory_bytes = 268435456            # what one read of a Parquet port may hold
 //!
 //! [audit]                                   # the log lives in <state_dir>/audit
 //! segment_bytes = 67108864                  # rotate segments past this size
@@ -118,10 +126,16 @@ fn err(key: &str, reason: impl Into<String>) -> ConfigError {
 /// Where records come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamConfig {
-    /// `<path>/<port>/` holds the port's NDJSON or CSV files.
+    /// `<path>/<port>/` holds the port's NDJSON, CSV or Parquet files.
     Dir(PathBuf),
     /// `GET {url}/{port}?from=&to=` answers NDJSON.
     Http(String),
+    /// `<prefix>/<port>/` in an S3-compatible bucket holds the port's
+    /// Parquet files.
+    S3 {
+        bucket: meshgov_columnar::source::BucketConfig,
+        prefix: String,
+    },
 }
 
 /// Where a consumer-token verification key comes from.
@@ -210,6 +224,10 @@ pub struct Limits {
     /// The largest `limit` a request may ask for.
     pub max_limit: u64,
     pub drain_timeout_ms: u64,
+    /// The memory one columnar query (a read of a Parquet port) may hold;
+    /// a query that needs more fails (500 `plan_failed`) rather than grow
+    /// the process.
+    pub query_memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -223,6 +241,7 @@ impl Default for Limits {
             max_line_bytes: 1024 * 1024,
             max_limit: 100_000_000,
             drain_timeout_ms: 10_000,
+            query_memory_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -334,6 +353,13 @@ pub const SCALAR_KEYS: &[&str] = &[
     "upstream.kind",
     "upstream.path",
     "upstream.url",
+    "upstream.bucket",
+    "upstream.prefix",
+    "upstream.region",
+    "upstream.endpoint",
+    "upstream.allow_http",
+    "upstream.access_key_id",
+    "upstream.secret_access_key",
     "auth.issuer",
     "auth.audience",
     "auth.groups_claim",
@@ -349,6 +375,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "limits.max_line_bytes",
     "limits.max_limit",
     "limits.drain_timeout_ms",
+    "limits.query_memory_bytes",
     "audit.segment_bytes",
     "audit.checkpoint_every",
     "audit.checkpoint_interval_ms",
@@ -386,6 +413,17 @@ impl Values {
                 format!("missing; set it in the file or in `{}`", env_name(key)),
             )
         })
+    }
+
+    /// A boolean: TOML `true`/`false`, or the text `true`/`false` (from
+    /// the environment).
+    fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.map.get(key) {
+            None => Ok(default),
+            Some(toml::Value::Boolean(b)) => Ok(*b),
+            Some(toml::Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+            Some(_) => Err(err(key, "expected `true` or `false`")),
+        }
     }
 
     fn u64(&self, key: &str, default: u64) -> Result<u64, ConfigError> {
@@ -495,10 +533,62 @@ impl Config {
                 }
                 UpstreamConfig::Http(url.trim_end_matches('/').to_string())
             }
+            "s3" => {
+                let endpoint = v.str("upstream.endpoint")?;
+                if let Some(e) = &endpoint
+                    && !(e.starts_with("http://") || e.starts_with("https://"))
+                {
+                    return Err(err(
+                        "upstream.endpoint",
+                        format!("expected an `http://` or `https://` URL, got `{e}`"),
+                    ));
+                }
+                let allow_http = v.bool("upstream.allow_http", false)?;
+                if endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://"))
+                    && !allow_http
+                {
+                    return Err(err(
+                        "upstream.allow_http",
+                        "the endpoint is plain HTTP: set `allow_http = true` to use it (credentials and data then cross the network in clear)",
+                    ));
+                }
+                UpstreamConfig::S3 {
+                    bucket: meshgov_columnar::source::BucketConfig {
+                        bucket: v.required("upstream.bucket")?,
+                        region: v
+                            .str("upstream.region")?
+                            .unwrap_or_else(|| "us-east-1".into()),
+                        endpoint,
+                        allow_http,
+                        key: match (
+                            v.str("upstream.access_key_id")?,
+                            v.str("upstream.secret_access_key")?,
+                        ) {
+                            (Some(id), Some(secret)) => {
+                                Some((id, meshgov_columnar::source::Secret(secret)))
+                            }
+                            (None, None) => None,
+                            _ => {
+                                return Err(err(
+                                    "upstream.secret_access_key",
+                                    "set both `access_key_id` and `secret_access_key`, or neither (then the AWS_* environment variables or an instance role are used)",
+                                ));
+                            }
+                        },
+                    },
+                    prefix: v
+                        .str("upstream.prefix")?
+                        .unwrap_or_default()
+                        .trim_matches('/')
+                        .to_string(),
+                }
+            }
             other => {
                 return Err(err(
                     "upstream.kind",
-                    format!("expected `dir` or `http`, got `{other}`"),
+                    format!("expected `dir`, `http` or `s3`, got `{other}`"),
                 ));
             }
         };
@@ -588,7 +678,14 @@ impl Config {
             max_line_bytes: usize_of("limits.max_line_bytes", d.max_line_bytes)?,
             max_limit: v.u64("limits.max_limit", d.max_limit)?,
             drain_timeout_ms: v.u64("limits.drain_timeout_ms", d.drain_timeout_ms)?,
+            query_memory_bytes: usize_of("limits.query_memory_bytes", d.query_memory_bytes)?,
         };
+        if limits.query_memory_bytes < 1024 * 1024 {
+            return Err(err(
+                "limits.query_memory_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         if limits.max_header_bytes < 8192 {
             return Err(err("limits.max_header_bytes", "must be at least 8192"));
         }
@@ -820,6 +917,47 @@ fn parse_keys(value: Option<&toml::Value>, base: &Path) -> Result<Vec<KeyConfig>
     Ok(out)
 }
 
+/// The `[[auth.keys]]` entry that verifies EdDSA tokens signed by the
+/// Ed25519 key whose 32-byte public key is `public_key` (as a JWK `x`).
+/// `meshgov token` prints it for the key it signed with.
+pub fn eddsa_key_toml(public_key: &[u8]) -> String {
+    use base64::Engine as _;
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_key);
+    format!("[[auth.keys]]\nalg = \"EdDSA\"\nx = \"{x}\"\n")
+}
+
+/// The `[auth]` table of a config whose sidecar accepts the EdDSA tokens
+/// of one identity provider: its `issuer` and `audience`, the default claim
+/// names, and the one key entry of [`eddsa_key_toml`]. For configs written
+/// by programs (`meshgov demo`, tests) rather than by hand.
+pub fn eddsa_auth_toml(issuer: &str, audience: &str, public_key: &[u8]) -> String {
+    format!(
+        "[auth]\nissuer = {}\naudience = {}\n{}",
+        toml_string(issuer),
+        toml_string(audience),
+        eddsa_key_toml(public_key)
+    )
+}
+
+/// `s` as a TOML basic string, quoted and escaped.
+fn toml_string(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -846,6 +984,29 @@ x = "abc"
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_rendered_auth_table_loads_back() {
+        let key = [7u8; 32];
+        let issuer = "https://idp.example/\"quoted\"\\ and\ttab";
+        let text = format!(
+            "mesh = \"m\"\ndescriptor = \"p.yaml\"\nstate_dir = \"state\"\n[listen]\ndata = \"127.0.0.1:0\"\n[upstream]\npath = \"data\"\n{}",
+            eddsa_auth_toml(issuer, "aud", &key)
+        );
+        let c = Config::from_toml(&text, Path::new("/"), &env(&[])).unwrap();
+        assert_eq!(c.auth.issuer, issuer);
+        assert_eq!(c.auth.audience, "aud");
+        assert_eq!(c.auth.groups_claim, "groups");
+        assert_eq!(c.auth.keys.len(), 1);
+        let k = c.auth.keys.first().unwrap();
+        assert_eq!(k.alg, "EdDSA");
+        use base64::Engine as _;
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+        assert_eq!(
+            k.source,
+            KeySource::Components(BTreeMap::from([("x".to_string(), x)]))
+        );
     }
 
     #[test]

@@ -18,295 +18,25 @@
 //! but requests never take it: they read the [`crate::state::BundleSlot`],
 //! so a swap never stalls a read.
 
+use crate::app::App;
+use crate::app::lock;
 use crate::body::Body;
 use crate::clock;
-use crate::engine_link::LinkStatus;
 use crate::error::ApiError;
 use crate::persist;
-use crate::pipeline::{App, json, request_id};
-use crate::state::{ActiveBundle, BundleError, Unavailable, verify_bundle};
+use crate::respond::{json, request_id};
+use crate::state::BundleError;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use meshgov_audit::{Decision, Event, Kind};
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use meshgov_wire::{Nack, NackCode, PushOutcome};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tracing::Instrument as _;
 
-/// A bundle accepted (or already in force).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ack {
-    pub revision: u64,
-    /// `sha256:<hex>` of the signed payload.
-    pub digest: String,
-    /// The same revision and digest were already in force: nothing changed.
-    pub noop: bool,
-}
-
-/// The last bundle this sidecar refused, for status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Refusal {
-    pub code: &'static str,
-    pub reason: String,
-    pub at: String,
-}
-
-/// What the control port keeps beside the bundle slot.
-#[derive(Default)]
-pub struct ControlState {
-    /// Serializes verify → persist → swap, so two deliveries (a push and a
-    /// long-poll answer) cannot interleave their rollback checks.
-    apply: Mutex<()>,
-    /// Where the last good bundle is persisted.
-    pub state_dir: PathBuf,
-    instance_id: OnceLock<String>,
-    last_refusal: Mutex<Option<Refusal>>,
-    link: Mutex<Option<LinkStatus>>,
-    /// The bundle replaced by the last swap. Kept until the next swap so
-    /// that freeing it (thousands of compiled policies) happens here, on the
-    /// control path, and not in whichever read drops the last reference.
-    retired: Mutex<Option<Arc<ActiveBundle>>>,
-    /// The last serving state the expiry watch logged (see [`watch_expiry`]).
-    logged_state: AtomicU8,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // INVARIANT: nothing panics while holding these locks; if something
-    // did, the data (plain values) is still consistent.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl ControlState {
-    pub fn new(state_dir: PathBuf) -> ControlState {
-        ControlState {
-            state_dir,
-            ..ControlState::default()
-        }
-    }
-
-    /// Sets this sidecar's fleet id (once, at start).
-    pub fn set_instance_id(&self, id: String) {
-        let _ = self.instance_id.set(id);
-    }
-
-    pub fn instance_id(&self) -> Option<&str> {
-        self.instance_id.get().map(String::as_str)
-    }
-
-    pub fn last_refusal(&self) -> Option<Refusal> {
-        lock(&self.last_refusal).clone()
-    }
-
-    pub fn link(&self) -> Option<LinkStatus> {
-        lock(&self.link).clone()
-    }
-
-    /// Updates the engine link's status in place.
-    pub fn update_link(&self, f: impl FnOnce(&mut LinkStatus)) {
-        if let Some(l) = lock(&self.link).as_mut() {
-            f(l);
-        }
-    }
-
-    pub fn set_link(&self, l: LinkStatus) {
-        *lock(&self.link) = Some(l);
-    }
-}
-
-impl App {
-    /// Verifies a signed bundle (signature against the trusted keys, mesh,
-    /// product slice, expiry), refuses rollbacks (a lower revision) and
-    /// revision reuse (the same revision with another digest), persists it
-    /// atomically to the state directory, then swaps it in. The same
-    /// revision and digest again is a no-op ACK.
-    ///
-    /// On any refusal the bundle in force stays in force, and the refusal
-    /// is logged and kept for status.
-    pub fn accept_bundle(&self, envelope: &[u8], now_unix: i64) -> Result<Ack, BundleError> {
-        self.apply_bundle(envelope, now_unix, true)
-    }
-
-    /// Loads the state directory's persisted bundle at start. Nothing to
-    /// load is `Ok(None)`.
-    pub fn restore_persisted(&self, now_unix: i64) -> Result<Option<Ack>, BundleError> {
-        let dir = &self.control.state_dir;
-        let bytes = persist::read_bundle(dir).map_err(|e| {
-            BundleError::rejected(
-                "unreadable",
-                format!("cannot read `{}`: {e}", persist::bundle_path(dir).display()),
-            )
-        })?;
-        match bytes {
-            None => Ok(None),
-            // Already on disk: no need to write it again.
-            Some(b) => self.apply_bundle(&b, now_unix, false).map(Some),
-        }
-    }
-
-    fn apply_bundle(
-        &self,
-        envelope: &[u8],
-        now_unix: i64,
-        persist: bool,
-    ) -> Result<Ack, BundleError> {
-        let _serial = lock(&self.control.apply);
-        let span = tracing::info_span!(
-            "bundle_swap",
-            bytes = envelope.len(),
-            revision = tracing::field::Empty,
-        )
-        .entered();
-        let r = self.verify_and_swap(envelope, now_unix, persist);
-        match &r {
-            Ok(a) if !a.noop => {
-                span.record("revision", a.revision);
-                self.metrics.bundle_swaps.inc();
-                tracing::info!(revision = a.revision, digest = %a.digest, "bundle accepted and in force");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.metrics.bundle_refused(e.code());
-                tracing::warn!(code = e.code(), "bundle refused: {e}");
-                *lock(&self.control.last_refusal) = Some(Refusal {
-                    code: e.code(),
-                    reason: e.to_string(),
-                    at: clock::rfc3339(now_unix),
-                });
-            }
-        }
-        r
-    }
-
-    fn verify_and_swap(
-        &self,
-        envelope: &[u8],
-        now_unix: i64,
-        persist: bool,
-    ) -> Result<Ack, BundleError> {
-        let product = self.descriptor.product_id();
-        let current = self.bundle.current();
-        let (policies, meta) = verify_bundle(
-            envelope,
-            &self.trust,
-            &self.mesh,
-            &product,
-            now_unix,
-            current.as_ref().map(|c| &c.policies),
-        )?;
-        if let Some(cur) = current {
-            if meta.revision < cur.meta.revision {
-                return Err(BundleError::Rollback {
-                    offered: meta.revision,
-                    active: cur.meta.revision,
-                });
-            }
-            if meta.revision == cur.meta.revision {
-                if meta.digest == cur.meta.digest {
-                    return Ok(Ack {
-                        revision: meta.revision,
-                        digest: meta.digest,
-                        noop: true,
-                    });
-                }
-                return Err(BundleError::RevisionConflict {
-                    revision: meta.revision,
-                    active_digest: cur.meta.digest.clone(),
-                });
-            }
-        }
-        let b = ActiveBundle::new(policies, &self.descriptor, meta, now_unix)?;
-        if persist {
-            let dir = &self.control.state_dir;
-            persist::write_bundle(dir, envelope).map_err(|e| {
-                BundleError::Persist(format!("`{}`: {e}", persist::bundle_path(dir).display()))
-            })?;
-        }
-        let ack = Ack {
-            revision: b.meta.revision,
-            digest: b.meta.digest.clone(),
-            noop: false,
-        };
-        let replaced = self.bundle.install(b);
-        // The bundle retired by the previous swap is freed here.
-        *lock(&self.control.retired) = replaced;
-        Ok(ack)
-    }
-
-    /// What the control port's status route reports.
-    pub fn control_status(&self, now_unix: i64) -> ControlStatus {
-        let bundle = self.bundle.current().map(|b| BundleStatus {
-            revision: b.meta.revision,
-            digest: b.meta.digest.clone(),
-            created_at: clock::rfc3339(b.meta.created_at_unix),
-            expires_at: clock::rfc3339(b.meta.expires_at_unix),
-            loaded_at: clock::rfc3339(b.loaded_at_unix),
-            age_seconds: now_unix.saturating_sub(b.meta.created_at_unix),
-            expires_in_seconds: b.meta.expires_at_unix.saturating_sub(now_unix),
-        });
-        let (state, reason) = match self.bundle.valid_at(now_unix) {
-            Ok(_) => (ServingState::Serving, None),
-            Err(u @ Unavailable::Expired { .. }) => (ServingState::Expired, Some(u.reason())),
-            Err(u) => (ServingState::NoBundle, Some(u.reason())),
-        };
-        ControlStatus {
-            instance_id: self.control.instance_id().map(str::to_string),
-            mesh: self.mesh.clone(),
-            product: self.descriptor.product_id(),
-            state,
-            reason,
-            bundle,
-            last_refusal: self.control.last_refusal(),
-            engine: self.control.link(),
-            trusted_keys: self.trust.keyids().map(str::to_string).collect(),
-            audit: crate::audit_feed::status(&self.audit),
-        }
-    }
-}
-
-/// Whether the sidecar serves reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServingState {
-    Serving,
-    /// The bundle in force has expired: reads get 503.
-    Expired,
-    /// No valid bundle was ever loaded: reads get 503.
-    NoBundle,
-}
-
-/// The bundle in force, as status reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BundleStatus {
-    pub revision: u64,
-    pub digest: String,
-    pub created_at: String,
-    pub expires_at: String,
-    pub loaded_at: String,
-    /// Seconds since the engine built it: staleness.
-    pub age_seconds: i64,
-    /// Negative once expired.
-    pub expires_in_seconds: i64,
-}
-
-/// `GET /control/v1/status`. One struct, so later concerns (plugins,
-/// privacy budget, the audit head and checkpoint key) add fields here.
-#[derive(Debug, Clone, Serialize)]
-pub struct ControlStatus {
-    pub instance_id: Option<String>,
-    pub mesh: String,
-    pub product: String,
-    pub state: ServingState,
-    /// Why reads are refused, when they are.
-    pub reason: Option<String>,
-    pub bundle: Option<BundleStatus>,
-    pub last_refusal: Option<Refusal>,
-    pub engine: Option<LinkStatus>,
-    /// Key ids of the governance keys trusted for bundles and control tokens.
-    pub trusted_keys: Vec<String>,
-    /// The audit log's head, checkpoint and checkpoint-signing public key.
-    pub audit: serde_json::Value,
-}
+/// The control port's messages (see `meshgov-wire`): a bundle accepted
+/// (or already in force), the last one refused, and the status document.
+pub use meshgov_wire::{Ack, BundleStatus, ControlStatus, Refusal, ServingState};
 
 /// The control port's routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,14 +125,8 @@ where
             Ok(()) => get_bundle(app, &rid).await,
             Err(e) => Err(e),
         },
-        Ok(Route::Status) => authorize_engine(app, &req).map(|()| {
-            let s = app.control_status(clock::now_unix());
-            json(
-                StatusCode::OK,
-                &rid,
-                &serde_json::to_value(&s).unwrap_or_default(),
-            )
-        }),
+        Ok(Route::Status) => authorize_engine(app, &req)
+            .map(|()| json(StatusCode::OK, &rid, &app.control_status(clock::now_unix()))),
         Ok(Route::Audit) => authorize_engine(app, &req)
             .map(|()| crate::audit_feed::respond(&app.audit, req.uri().query())),
     };
@@ -412,7 +136,7 @@ where
             error = e.code,
             "control request refused"
         );
-        crate::pipeline::error(&rid, &e)
+        crate::respond::error(&rid, &e)
     })
 }
 
@@ -440,17 +164,17 @@ where
             let (status, code, reason) = if too_large {
                 (
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
+                    NackCode::TooLarge,
                     format!("bundles are at most {limit} bytes"),
                 )
             } else {
                 (
                     StatusCode::BAD_REQUEST,
-                    "malformed",
+                    NackCode::Malformed,
                     format!("the request body could not be read: {e}"),
                 )
             };
-            return Ok(nack(app, rid, status, code, &reason));
+            return Ok(nack(app, rid, status, code, reason));
         }
     };
     let worker = Arc::clone(app);
@@ -476,11 +200,7 @@ where
             ev.decision = Some(Decision::Allow);
             ev.bundle_revision = Some(ack.revision);
             ev.bundle_digest = Some(ack.digest.clone());
-            json(
-                StatusCode::OK,
-                rid,
-                &serde_json::json!({"result": "ack", "revision": ack.revision, "digest": ack.digest, "noop": ack.noop}),
-            )
+            json(StatusCode::OK, rid, &PushOutcome::Ack(ack))
         }
         Err(e) => {
             let status = match &e {
@@ -489,13 +209,14 @@ where
                 }
                 BundleError::Persist(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 BundleError::Rejected {
-                    code: "too_large", ..
+                    code: NackCode::TooLarge,
+                    ..
                 } => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             };
             ev.decision = Some(Decision::Error);
-            ev.error = Some(e.code().into());
-            nack(app, rid, status, e.code(), &e.to_string())
+            ev.error = Some(e.code().to_string());
+            nack(app, rid, status, e.code(), e.to_string())
         }
     };
     ev.status = Some(resp.status().as_u16());
@@ -555,12 +276,22 @@ async fn get_bundle(app: &Arc<App>, rid: &str) -> Result<Response<Body>, ApiErro
 }
 
 /// A NACK: `{"result": "nack", "code", "reason", "active_revision"}`.
-fn nack(app: &App, rid: &str, status: StatusCode, code: &str, reason: &str) -> Response<Body> {
-    let active = app.bundle.current().map(|b| b.meta.revision);
+fn nack(
+    app: &App,
+    rid: &str,
+    status: StatusCode,
+    code: NackCode,
+    reason: String,
+) -> Response<Body> {
+    let active_revision = app.bundle.current().map(|b| b.meta.revision);
     json(
         status,
         rid,
-        &serde_json::json!({"result": "nack", "code": code, "reason": reason, "active_revision": active}),
+        &PushOutcome::Nack(Nack {
+            code,
+            reason,
+            active_revision,
+        }),
     )
 }
 

@@ -15,17 +15,17 @@
 //! register again. Failures back off up to 5 s and show in
 //! `GET /control/v1/status`, `/readyz` and the log.
 
+use crate::app::App;
 use crate::clock;
-use crate::pipeline::App;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
+use http::{Method, StatusCode, header};
+use meshgov_wire::client::HttpClient;
+use meshgov_wire::{Nack, PollQuery, PullReport, PulledAck, Registration, path};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The link's health, for status and `/readyz` (see `meshgov-wire`).
+pub use meshgov_wire::LinkStatus;
 
 /// How this sidecar reaches the engine, and presents itself.
 #[derive(Debug, Clone)]
@@ -38,32 +38,15 @@ pub struct LinkConfig {
     pub poll_wait: Duration,
 }
 
-/// The link's health, for status and `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LinkStatus {
-    pub engine_url: String,
-    pub registered: bool,
-    /// When the engine last answered.
-    pub last_contact: Option<String>,
-    /// The last failure talking to the engine, until it answers again.
-    pub last_error: Option<String>,
-}
-
 /// Characters a sidecar id may hold: it goes into URLs unescaped.
 pub fn valid_instance_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+    meshgov_wire::valid_sidecar_id(id)
 }
 
 /// The default id: the product and the control address, unique per host.
 pub fn default_instance_id(product: &str, control: std::net::SocketAddr) -> String {
     format!("{}@{control}", product.replace('/', "."))
 }
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The engine's answers (bundles) are refused beyond this size.
@@ -84,7 +67,7 @@ pub async fn run(app: Arc<App>, cfg: LinkConfig, shutdown: impl std::future::Fut
         last_contact: None,
         last_error: None,
     });
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client = HttpClient::default().with_max_answer_bytes(MAX_ANSWER_BYTES);
     tokio::pin!(shutdown);
     let mut registered = false;
     let mut backoff = Duration::from_millis(100);
@@ -137,124 +120,89 @@ pub async fn run(app: Arc<App>, cfg: LinkConfig, shutdown: impl std::future::Fut
     }
 }
 
-async fn send(
-    client: &HttpClient,
-    req: Request<Full<Bytes>>,
-    timeout: Duration,
-) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
-    let fut = async {
-        let resp = client.request(req).await.map_err(|e| format!("{e}"))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        Ok((status, headers, body))
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-}
-
-fn json_request(
-    method: Method,
-    url: &str,
-    body: &serde_json::Value,
-) -> Result<Request<Full<Bytes>>, String> {
-    Request::builder()
-        .method(method)
-        .uri(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(
-            serde_json::to_vec(body).unwrap_or_default(),
-        )))
-        .map_err(|e| format!("bad request to `{url}`: {e}"))
-}
-
 async fn register(client: &HttpClient, app: &App, cfg: &LinkConfig) -> Result<(), String> {
     let held = app.bundle.current();
-    let body = serde_json::json!({
-        "id": cfg.instance_id,
-        "product": app.descriptor.product_id(),
-        "mesh": app.mesh,
-        "control_url": cfg.control_url,
-        "revision": held.as_ref().map(|b| b.meta.revision),
-        "digest": held.as_ref().map(|b| b.meta.digest.clone()),
-    });
-    let req = json_request(
-        Method::POST,
-        &format!("{}/v1/sidecars", cfg.engine_url),
-        &body,
-    )?;
-    let (status, _, body) = send(client, req, Duration::from_secs(10)).await?;
-    if status.is_success() {
+    let reg = Registration {
+        id: cfg.instance_id.clone(),
+        product: app.descriptor.product_id(),
+        mesh: Some(app.mesh.clone()),
+        control_url: cfg.control_url.clone(),
+        revision: held.as_ref().map(|b| b.meta.revision),
+        digest: held.as_ref().map(|b| b.meta.digest.clone()),
+    };
+    let url = format!("{}{}", cfg.engine_url, path::SIDECARS);
+    let a = client
+        .send_json(Method::POST, &url, &reg, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    if a.status.is_success() {
         Ok(())
     } else {
         Err(format!(
-            "registration refused ({status}): {}",
-            String::from_utf8_lossy(&body)
-                .chars()
-                .take(300)
-                .collect::<String>()
+            "registration refused ({}): {}",
+            a.status,
+            a.excerpt(300)
         ))
     }
 }
 
 async fn poll(client: &HttpClient, app: &Arc<App>, cfg: &LinkConfig) -> Result<Step, String> {
     let held = app.bundle.current();
-    let url = format!(
-        "{}/v1/bundle?sidecar={}&wait={}",
-        cfg.engine_url,
-        cfg.instance_id,
-        cfg.poll_wait.as_secs()
-    );
-    let mut req = Request::builder().method(Method::GET).uri(&url);
-    if let Some(b) = &held {
-        req = req.header(header::IF_NONE_MATCH, format!("\"{}\"", b.meta.digest));
-    }
-    let req = req
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| format!("bad request to `{url}`: {e}"))?;
-    let (status, _, body) = send(client, req, cfg.poll_wait + Duration::from_secs(10)).await?;
-    match status {
+    let query = PollQuery {
+        sidecar: cfg.instance_id.clone(),
+        wait_secs: Some(cfg.poll_wait.as_secs()),
+    };
+    let url = format!("{}{}?{}", cfg.engine_url, path::POLL, query.to_query());
+    let headers: Vec<_> = held
+        .iter()
+        .map(|b| (header::IF_NONE_MATCH, meshgov_wire::etag(&b.meta.digest)))
+        .collect();
+    let a = client
+        .send(
+            Method::GET,
+            &url,
+            &headers,
+            Bytes::new(),
+            cfg.poll_wait + Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match a.status {
         StatusCode::NOT_MODIFIED => Ok(Step::Done),
         StatusCode::NOT_FOUND => Ok(Step::Unknown),
         StatusCode::OK => {
             let worker = Arc::clone(app);
             let span = tracing::Span::current();
+            let body = a.body;
             let r = tokio::task::spawn_blocking(move || {
                 span.in_scope(|| worker.accept_bundle(&body, clock::now_unix()))
             })
             .await
             .map_err(|_| "the bundle could not be processed".to_string())?;
-            let report = match &r {
-                Ok(a) => {
-                    serde_json::json!({"result": "ack", "revision": a.revision, "digest": a.digest})
-                }
-                Err(e) => {
-                    serde_json::json!({"result": "nack", "code": e.code(), "reason": e.to_string(),
-                    "active_revision": app.bundle.current().map(|b| b.meta.revision)})
-                }
+            let report = match r {
+                Ok(a) => PullReport::Ack(PulledAck {
+                    revision: a.revision,
+                    digest: a.digest,
+                }),
+                Err(e) => PullReport::Nack(Nack {
+                    code: e.code(),
+                    reason: e.to_string(),
+                    active_revision: app.bundle.current().map(|b| b.meta.revision),
+                }),
             };
-            let req = json_request(
-                Method::POST,
-                &format!("{}/v1/sidecars/{}/report", cfg.engine_url, cfg.instance_id),
-                &report,
-            )?;
-            let (status, _, _) = send(client, req, Duration::from_secs(10)).await?;
-            if status == StatusCode::NOT_FOUND {
+            let url = format!("{}{}", cfg.engine_url, path::report(&cfg.instance_id));
+            let a = client
+                .send_json(Method::POST, &url, &report, Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?;
+            if a.status == StatusCode::NOT_FOUND {
                 return Ok(Step::Unknown);
             }
             Ok(Step::Done)
         }
         other => Err(format!(
             "the engine answered the poll with {other}: {}",
-            String::from_utf8_lossy(&body)
-                .chars()
-                .take(300)
-                .collect::<String>()
+            a.excerpt(300)
         )),
     }
 }

@@ -25,6 +25,21 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
     }
 
+    /// 406: no format the client accepts can be served.
+    pub fn not_acceptable(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", reason)
+    }
+
+    /// 500: the read's query plan could not be built or run; nothing was
+    /// served.
+    pub fn plan_failed() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "plan_failed",
+            "the read could not be planned or run under the policy bundle; nothing was served",
+        )
+    }
+
     pub fn bad_request(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", reason)
     }
@@ -114,11 +129,8 @@ impl ApiError {
 
     /// The JSON body: `{"request_id", "error", "reason"}`.
     pub fn body(&self, request_id: &str) -> Vec<u8> {
-        let v = serde_json::json!({
-            "request_id": request_id,
-            "error": self.code,
-            "reason": self.reason,
-        });
+        let v = meshgov_wire::ErrorBody::new(self.code, self.reason.clone())
+            .with_request_id(request_id);
         serde_json::to_vec(&v).unwrap_or_default()
     }
 }

@@ -1,13 +1,14 @@
 //! Starting and stopping a sidecar: its listeners (data, control, metrics),
 //! its engine link and its expiry watch, for the `meshgov-sidecar` binary
-//! and for programs that run sidecars in process (`meshgov demo`); and the
-//! shutdown signals both listen to.
+//! and for programs that run sidecars in process (`meshgov demo`, tests).
+//! Shutdown signals are `meshgov-shutdown`'s, shared with the engine.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Strings};
 use crate::engine_link::{self, LinkConfig};
-use crate::{App, control, server};
-use std::io::Write as _;
+use crate::{App, clock, control, server};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -37,6 +38,58 @@ impl LaunchError {
             LaunchError::Bind { .. } => 70,
             LaunchError::InstanceId(_) => crate::config::EXIT_BAD_CONFIG as u8,
         }
+    }
+}
+
+/// Why [`boot`] could not start a sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The configuration, or what it names (descriptor, keys, state), is bad.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound, or the instance id is not valid.
+    #[error("{0}")]
+    Launch(#[from] LaunchError),
+}
+
+/// Boots a sidecar in this process from the text of its TOML config, as
+/// the `meshgov-sidecar` binary boots from its file: builds the [`App`],
+/// loads the bundles it starts with ([`load_start_bundles`]), then
+/// [`start`]s its listeners, engine link and expiry watch. Relative paths
+/// in `toml` resolve against `base`. `MESHGOV_SIDECAR_*` overrides are not
+/// read: they belong to a sidecar process, not to the program embedding one.
+///
+/// For programs that run sidecars beside other things (`meshgov demo`, the
+/// end-to-end tests); stop it with [`Running::stop`]. Needs a Tokio runtime.
+pub async fn boot(toml: &str, base: &Path) -> Result<Running, BootError> {
+    let no_overrides = BTreeMap::<String, String>::new();
+    let cfg = Config::from_toml(toml, base, &no_overrides as &dyn Strings)?;
+    let app = App::from_config(&cfg)?;
+    load_start_bundles(&app, &cfg);
+    Ok(start(&cfg, Arc::new(app)).await?)
+}
+
+/// Loads the persisted bundle from the state directory, then `bundle_file`
+/// (kept only if it is newer). With neither, or neither valid, the sidecar
+/// serves nothing (503) and says why on `/readyz` and in the log.
+pub fn load_start_bundles(app: &App, cfg: &Config) {
+    let now = clock::now_unix();
+    match app.restore_persisted(now) {
+        Ok(Some(a)) => tracing::info!(
+            revision = a.revision,
+            "persisted bundle loaded from the state directory"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!("the persisted bundle cannot be enforced: {e}"),
+    }
+    if let Some(f) = &cfg.bundle_file {
+        match app.load_bundle_file(f, now) {
+            Ok(rev) => tracing::info!(revision = rev, path = %f.display(), "bundle file loaded"),
+            Err(e) => tracing::warn!(path = %f.display(), "bundle file not loaded: {e}"),
+        }
+    }
+    if app.bundle.valid_at(now).is_err() {
+        tracing::error!("no valid bundle yet; serving nothing until one arrives");
     }
 }
 
@@ -170,60 +223,5 @@ impl Running {
             checkpoint_seq = head.checkpoint_seq,
             "stopped"
         );
-    }
-}
-
-/// The exit code of a second shutdown signal (128 + SIGINT, by convention).
-pub const EXIT_FORCED: u8 = 130;
-
-/// SIGTERM and SIGINT (Ctrl-C), as one stream of shutdown requests.
-/// Install it first, so that from then on a signal starts a drain rather
-/// than killing the process.
-pub struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub fn new() -> std::io::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Ok(Signals {
-                term: signal(SignalKind::terminate())?,
-                int: signal(SignalKind::interrupt())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Signals {})
-    }
-
-    /// The next SIGTERM or SIGINT.
-    pub async fn next(&mut self) {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-    }
-
-    /// From now on, the next signal exits the process at once with
-    /// [`EXIT_FORCED`], without waiting for a drain. Every audit event
-    /// already acknowledged is durable; streams cut then get no completion
-    /// event.
-    pub fn force_on_next(mut self, program: &'static str) {
-        tokio::spawn(async move {
-            self.next().await;
-            // Not `eprintln!`: it panics when stderr cannot be written.
-            let _ = writeln!(
-                std::io::stderr(),
-                "{program}: second shutdown signal; exiting at once"
-            );
-            std::process::exit(i32::from(EXIT_FORCED));
-        });
     }
 }

@@ -1,21 +1,28 @@
 //! `meshgov-sidecar`: the proxy beside one data product that enforces the
-//! policy bundle on every read (DESIGN.md section 6).
+//! policy bundle on every read. `docs/architecture.md` in the repository
+//! shows where it sits and the path of a read through it.
 //!
-//! Modules, one per concern:
+//! Modules, one per concern. [`app`] holds the shared state, built once
+//! at launch; the request handlers use it and it uses none of them, so the
+//! modules form no import cycle (a test checks this).
 //!
 //! - [`config`]: the TOML file and `MESHGOV_SIDECAR_*` overrides; bad config exits 64;
+//! - [`app`]: the shared state, bundle verification and swap, control status;
 //! - [`auth`]: consumer JWTs (EdDSA, ES256, RS256);
 //! - [`request`]: routes, ports, windows and limits, parsed purely;
-//! - [`state`]: the active bundle behind an `ArcSwap`;
+//! - [`state`]: the active bundle (its enforcement core) behind an `ArcSwap`;
+//! - [`data_port`]: the data port's router, request ids, spans, the audited decision;
+//! - [`records`]: a read: authenticate → parse → load bundle → enforce → stream;
 //! - [`aggregate`]: differentially private aggregates and their budget ledger;
-//! - [`pipeline`]: authenticate → parse → load bundle → plan → authorize → stream;
-//! - [`shape`]: the read plan compiled into a `meshgov-anonymize` record plan, NDJSON or CSV out;
+//! - [`shape`]: a read's per-record program applied, NDJSON or CSV out;
 //! - [`upstream`]: time-partitioned files or an HTTP NDJSON source;
+//! - [`respond`]: request ids, JSON bodies and error documents;
 //! - [`server`]: hyper 1 with limits, timeouts and graceful drain;
 //! - [`control`]: the control port: signed bundle pushes (ACK/NACK), status, engine-only auth;
 //! - [`persist`]: the last good bundle on disk, written atomically;
 //! - [`engine_link`]: registration with the engine and the long poll;
-//! - [`metrics`]: Prometheus counters and `GET /metrics` on `listen.metrics`.
+//! - [`metrics`]: Prometheus counters and `GET /metrics` on `listen.metrics`;
+//! - [`telemetry`]: typed events (a privacy spend) for the audit event, the log and metrics;
 //! - [`audit_feed`]: `GET /control/v1/audit?after=SEQ`, the audit stream for
 //!   collection (events, then checkpoints, as NDJSON).
 //!
@@ -40,23 +47,28 @@
 //!   `alg: none` has no key and is refused. Tests prove both.
 
 pub mod aggregate;
+pub mod app;
 pub mod audit_feed;
 pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod data_port;
 pub mod engine_link;
 pub mod error;
 pub mod launch;
 pub mod metrics;
 pub mod persist;
-pub mod pipeline;
+pub mod records;
 pub mod request;
+pub mod respond;
+pub mod scan;
 pub mod server;
 pub mod shape;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;
 
+pub use app::App;
 pub use config::Config;
-pub use pipeline::App;

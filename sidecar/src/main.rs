@@ -1,7 +1,7 @@
 //! `meshgov-sidecar --config sidecar.toml [--engine URL]`
 
 use meshgov_sidecar::config::{self, Config, EXIT_BAD_CONFIG, Strings};
-use meshgov_sidecar::{App, clock, launch};
+use meshgov_sidecar::{App, launch};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
             "audit.durability = \"buffered\": acknowledged audit events can be lost on power failure; use only for benchmarks"
         );
     }
-    load_start_bundles(&app, &cfg);
+    launch::load_start_bundles(&app, &cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
-    let mut signals = match launch::Signals::new() {
+    let mut signals = match meshgov_shutdown::Signals::new() {
         Ok(s) => s,
         Err(e) => {
             errln!("meshgov-sidecar: cannot install signal handlers: {e}");
@@ -135,30 +135,6 @@ async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
     signals.force_on_next("meshgov-sidecar");
     running.stop().await;
     ExitCode::SUCCESS
-}
-
-/// Loads the persisted bundle from the state directory, then `bundle_file`
-/// (kept only if it is newer). With neither, or neither valid, the sidecar
-/// serves nothing (503) and says why on `/readyz` and in the log.
-fn load_start_bundles(app: &App, cfg: &Config) {
-    let now = clock::now_unix();
-    match app.restore_persisted(now) {
-        Ok(Some(a)) => tracing::info!(
-            revision = a.revision,
-            "persisted bundle loaded from the state directory"
-        ),
-        Ok(None) => {}
-        Err(e) => tracing::error!("the persisted bundle cannot be enforced: {e}"),
-    }
-    if let Some(f) = &cfg.bundle_file {
-        match app.load_bundle_file(f, now) {
-            Ok(rev) => tracing::info!(revision = rev, path = %f.display(), "bundle file loaded"),
-            Err(e) => tracing::warn!(path = %f.display(), "bundle file not loaded: {e}"),
-        }
-    }
-    if app.bundle.valid_at(now).is_err() {
-        tracing::error!("no valid bundle yet; serving nothing until one arrives");
-    }
 }
 
 fn init_logging(format: &str) {

@@ -25,10 +25,11 @@
 //! the budget gauges (updated once per aggregate query) and bundle refusals
 //! take a lock.
 
-use crate::aggregate::SpendEvent;
-use crate::pipeline::App;
+use crate::state::BundleSlot;
 use meshgov_anonymize::FailureKind;
+use meshgov_audit::AuditLog;
 use meshgov_metrics::{Counter, Encoder, Gauge, Histogram, Type};
+use meshgov_privacy::ledger::{Account, Units};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -119,9 +120,24 @@ pub struct Metrics {
     pub nonconforming_withheld: Counter,
     plugin_failures: [Counter; 5],
     pub bundle_swaps: Counter,
-    bundle_refusals: Mutex<BTreeMap<&'static str, u64>>,
+    bundle_refusals: Mutex<BTreeMap<String, u64>>,
     spends: [Counter; 4],
     budgets: Mutex<Budgets>,
+}
+
+/// One ledger outcome, as the budget metrics see it (from
+/// [`crate::telemetry::SpendEvent::emit`]).
+pub struct Spend<'a> {
+    /// `granted`, `cached`, `exhausted` or `pending`.
+    pub outcome: &'a str,
+    pub rule: &'a str,
+    pub consumer: &'a str,
+    pub purpose: &'a str,
+    /// The consumer's account, then the product's, with their limits.
+    pub accounts: &'a [Account],
+    /// What each account has left.
+    pub remaining: &'a [Units],
+    pub window_end: i64,
 }
 
 /// The remaining budget of privacy accounts, as last seen by this sidecar.
@@ -301,18 +317,18 @@ impl Metrics {
     }
 
     /// A bundle refused, by its NACK code.
-    pub fn bundle_refused(&self, code: &'static str) {
+    pub fn bundle_refused(&self, code: &meshgov_wire::NackCode) {
         let mut m = self
             .bundle_refusals
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *m.entry(code).or_default() += 1;
+        *m.entry(code.as_str().to_owned()).or_default() += 1;
     }
 
     /// A ledger outcome for a query, and the budget each account has left
     /// (`accounts` and `remaining` are the consumer's account, then the
     /// product's).
-    pub fn spend(&self, e: &SpendEvent<'_>) {
+    pub fn spend(&self, e: &Spend<'_>) {
         let (accounts, remaining) = (e.accounts, e.remaining);
         if let Some(c) = self.spends.get(index_of(&SPEND_OUTCOMES, e.outcome)) {
             c.inc();
@@ -360,8 +376,9 @@ impl Metrics {
         b.consumers.insert(key, c);
     }
 
-    /// The exposition text for `app` at `now_unix`.
-    pub fn render(&self, app: &App, now_unix: i64) -> String {
+    /// The exposition text at `now_unix`, with the bundle in `bundle` and
+    /// the state of `audit`.
+    pub fn render(&self, bundle: &BundleSlot, audit: &AuditLog, now_unix: i64) -> String {
         let mut e = Encoder::new();
         e.family(
             "meshgov_sidecar_build_info",
@@ -371,10 +388,10 @@ impl Metrics {
         .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1i64);
         self.render_requests(&mut e);
         self.render_streams(&mut e);
-        render_bundle(&mut e, app, now_unix);
+        render_bundle(&mut e, bundle, now_unix);
         self.render_bundle_events(&mut e);
         self.render_privacy(&mut e, now_unix);
-        render_audit(&mut e, app);
+        render_audit(&mut e, audit);
         e.family(
             "meshgov_sidecar_plugin_failures_total",
             Type::Counter,
@@ -535,7 +552,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (code, n) in m.iter() {
-            e.sample(&[("code", code)], *n);
+            e.sample(&[("code", code.as_str())], *n);
         }
     }
 
@@ -613,9 +630,9 @@ fn itoa_status(s: u16) -> &'static str {
     }
 }
 
-fn render_bundle(e: &mut Encoder, app: &App, now: i64) {
-    let current = app.bundle.current();
-    let serving = app.bundle.valid_at(now).is_ok();
+fn render_bundle(e: &mut Encoder, slot: &BundleSlot, now: i64) {
+    let current = slot.current();
+    let serving = slot.valid_at(now).is_ok();
     e.family(
         "meshgov_sidecar_serving",
         Type::Gauge,
@@ -651,20 +668,20 @@ fn render_bundle(e: &mut Encoder, app: &App, now: i64) {
     .sample(&[], b.meta.expires_at_unix.saturating_sub(now));
 }
 
-fn render_audit(e: &mut Encoder, app: &App) {
-    let head = app.audit.head();
+fn render_audit(e: &mut Encoder, audit: &AuditLog) {
+    let head = audit.head();
     e.family(
         "meshgov_sidecar_audit_queue_depth",
         Type::Gauge,
         "Audit events submitted but not yet written by the audit writer.",
     )
-    .sample(&[], app.audit.queue_depth());
+    .sample(&[], audit.queue_depth());
     e.family(
         "meshgov_sidecar_audit_fsync_seconds",
         Type::Histogram,
         "Duration of each audit batch's fdatasync (group commit).",
     )
-    .histogram(&[], &app.audit.fsync_seconds());
+    .histogram(&[], &audit.fsync_seconds());
     e.family(
         "meshgov_sidecar_audit_head_sequence",
         Type::Gauge,

@@ -79,15 +79,38 @@ pub struct RecordsQuery {
     /// Exclusive end of the window.
     pub to: Option<OffsetDateTime>,
     pub limit: Option<u64>,
+    /// `fields=`: a projection, as written.
+    pub fields: Option<String>,
+    /// `filter=`: conditions on the fields the consumer sees, as written.
+    pub filter: Option<String>,
+    /// `order_by=`, as written.
+    pub order_by: Option<String>,
+    /// `offset=`: rows to skip.
+    pub offset: Option<u64>,
+    /// `cursor=`: where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+impl RecordsQuery {
+    /// Whether the read asks for more than a window and a limit.
+    pub fn shapes_the_answer(&self) -> bool {
+        self.fields.is_some()
+            || self.filter.is_some()
+            || self.order_by.is_some()
+            || self.offset.is_some()
+            || self.cursor.is_some()
+    }
 }
 
 /// The longest query string accepted.
 pub const MAX_QUERY: usize = 2048;
 
-/// Parses `from=&to=&limit=`. Times are RFC 3339 (`2026-03-01T00:00:00Z`)
-/// or a UTC date (`2026-03-01`, meaning its midnight). `limit` is
-/// `1..=max_limit`. Unknown or repeated parameters are refused, so a typo
-/// never silently widens a read.
+/// Parses `from=&to=&limit=&fields=&filter=&order_by=&offset=&cursor=`.
+/// Times are RFC 3339 (`2026-03-01T00:00:00Z`) or a UTC date (`2026-03-01`,
+/// meaning its midnight). `limit` is `1..=max_limit`. `fields`, `filter`,
+/// `order_by` and `cursor` are kept as written, for the columnar plane to
+/// parse against the consumer's view. Unknown or repeated parameters are
+/// refused, so a typo never silently widens a read.
 pub fn parse_records_query(query: Option<&str>, max_limit: u64) -> Result<RecordsQuery, String> {
     let mut q = RecordsQuery::default();
     let Some(query) = query.filter(|s| !s.is_empty()) else {
@@ -97,6 +120,7 @@ pub fn parse_records_query(query: Option<&str>, max_limit: u64) -> Result<Record
         return Err(format!("the query string is longer than {MAX_QUERY} bytes"));
     }
     let (mut seen_from, mut seen_to, mut seen_limit) = (false, false, false);
+    let mut seen_offset = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode(k).ok_or("the query string has a bad percent-encoding")?;
@@ -130,9 +154,26 @@ pub fn parse_records_query(query: Option<&str>, max_limit: u64) -> Result<Record
                 }
                 q.limit = Some(n);
             }
+            "offset" => {
+                once(&mut seen_offset)?;
+                q.offset = Some(v.parse::<u64>().map_err(|_| {
+                    format!("`offset` must be a whole number, got `{}`", shorten(&v))
+                })?);
+            }
+            "fields" | "filter" | "order_by" | "cursor" => {
+                let slot = match k.as_str() {
+                    "fields" => &mut q.fields,
+                    "filter" => &mut q.filter,
+                    "order_by" => &mut q.order_by,
+                    _ => &mut q.cursor,
+                };
+                if slot.replace(v).is_some() {
+                    return Err(format!("parameter `{k}` is given more than once"));
+                }
+            }
             other => {
                 return Err(format!(
-                    "unknown parameter `{}`; expected `from`, `to` or `limit`",
+                    "unknown parameter `{}`; expected `from`, `to`, `limit`, `fields`, `filter`, `order_by`, `offset` or `cursor`",
                     shorten(other)
                 ));
             }
@@ -190,27 +231,58 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Response formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Ndjson,
-    Csv,
+/// Answer formats.
+pub use meshgov_columnar::answer::AnswerFormat as Format;
+
+fn format_of_media_type(media: &str) -> Option<Format> {
+    let media = media.to_ascii_lowercase();
+    Some(match media.as_str() {
+        "*/*"
+        | "application/*"
+        | "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl" => Format::Ndjson,
+        "text/*" | "text/csv" => Format::Csv,
+        "application/vnd.apache.arrow.stream" => Format::ArrowStream,
+        "application/vnd.apache.parquet" | "application/x-parquet" => Format::Parquet,
+        _ => return None,
+    })
 }
 
-/// `text/csv` anywhere in `Accept` selects CSV; anything else NDJSON.
-pub fn format_from_accept(accept: Option<&str>) -> Format {
-    match accept {
-        Some(a)
-            if a.split(',').any(|m| {
-                m.split(';')
-                    .next()
-                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/csv"))
-            }) =>
-        {
-            Format::Csv
+/// Chooses the answer's format from an `Accept` header: the supported
+/// media type with the highest `q` (the first listed on a tie). No header,
+/// `*/*` or `application/*` is NDJSON; `text/*` is CSV. `Err` (a 406
+/// reason) when nothing listed can be served.
+pub fn format_from_accept(accept: Option<&str>) -> Result<Format, String> {
+    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
+        return Ok(Format::Ndjson);
+    };
+    let mut best: Option<(u16, Format)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim();
+        // q in thousandths; a malformed q counts as 1, as most servers do.
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .next()
+            .and_then(|q| q.trim().parse::<f32>().ok())
+            .map_or(1000, |q| (q.clamp(0.0, 1.0) * 1000.0) as u16);
+        if q == 0 {
+            continue;
         }
-        _ => Format::Ndjson,
+        if let Some(format) = format_of_media_type(media)
+            && best.is_none_or(|(bq, _)| q > bq)
+        {
+            best = Some((q, format));
+        }
     }
+    best.map(|(_, f)| f).ok_or_else(|| {
+        let served: Vec<&str> = Format::ALL.iter().map(|f| f.media_type()).collect();
+        format!(
+            "none of the media types in `Accept` can be served; ask for one of: {}",
+            served.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -267,15 +339,28 @@ mod tests {
 
     #[test]
     fn accept() {
+        let f = |a| format_from_accept(Some(a));
+        assert_eq!(f("text/csv; charset=utf-8"), Ok(Format::Csv));
+        assert_eq!(f("application/x-ndjson"), Ok(Format::Ndjson));
+        assert_eq!(format_from_accept(None), Ok(Format::Ndjson));
         assert_eq!(
-            format_from_accept(Some("text/csv; charset=utf-8")),
-            Format::Csv
+            f("application/vnd.apache.arrow.stream"),
+            Ok(Format::ArrowStream)
+        );
+        assert_eq!(f("application/vnd.apache.parquet"), Ok(Format::Parquet));
+        // The highest q wins; ties go to the first listed; q=0 is refusal.
+        assert_eq!(
+            f("text/csv;q=0.5, application/vnd.apache.arrow.stream"),
+            Ok(Format::ArrowStream)
         );
         assert_eq!(
-            format_from_accept(Some("application/x-ndjson")),
-            Format::Ndjson
+            f("text/csv, application/vnd.apache.parquet"),
+            Ok(Format::Csv)
         );
-        assert_eq!(format_from_accept(None), Format::Ndjson);
+        assert_eq!(f("text/html, */*;q=0.8"), Ok(Format::Ndjson));
+        assert!(f("application/vnd.apache.parquet;q=0").is_err());
+        assert!(f("text/html").unwrap_err().contains("text/csv"));
+        assert!(f("application/json").is_err());
     }
 
     proptest! {

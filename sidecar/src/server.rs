@@ -10,8 +10,8 @@
 //! connection task has ended, so every completion event has been handed to
 //! the audit log before the caller closes it.
 
+use crate::app::App;
 use crate::body::Body;
-use crate::pipeline::App;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -30,7 +30,7 @@ const MAX_HEADERS: usize = 64;
 /// Serves the data port until `shutdown` completes, then drains.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     serve_with(listener, app, shutdown, |app, req| async move {
-        crate::pipeline::handle(&app, req).await
+        crate::data_port::handle(&app, req).await
     })
     .await;
 }
@@ -64,7 +64,8 @@ fn metrics_route<B>(app: &App, req: &Request<B>) -> Response<Body> {
         (&http::Method::GET, "/metrics") => (
             http::StatusCode::OK,
             meshgov_metrics::CONTENT_TYPE,
-            app.metrics.render(app, crate::clock::now_unix()),
+            app.metrics
+                .render(&app.bundle, &app.audit, crate::clock::now_unix()),
         ),
         (_, "/metrics") => (
             http::StatusCode::METHOD_NOT_ALLOWED,

@@ -1,57 +1,48 @@
-//! Shaping records for one consumer: the request's read plan, compiled once
-//! into a [`RecordPlan`] (`meshgov-anonymize`), applied to every record.
+//! Shaping records for one consumer: the read's record program, compiled once
+//! into a [`RecordProgram`] (`meshgov-anonymize`), applied to every record.
 //!
-//! - NDJSON out: [`RecordPlan::apply_json`] reads the upstream line and
+//! - NDJSON out: [`RecordProgram::apply_json`] reads the upstream line and
 //!   writes the shaped object straight into the response buffer.
-//! - CSV out: [`RecordPlan::project`] makes the same decisions and hands back
+//! - CSV out: [`RecordProgram::project`] makes the same decisions and hands back
 //!   cells, which are written as RFC 4180 rows under a header of
-//!   [`RecordPlan::columns`].
+//!   [`RecordProgram::columns`].
 //!
 //! Either way only the plan's fields leave, in the plan's order: a field the
 //! descriptor does not declare is never written, and a record the row filter
 //! excludes is never written.
 //!
-//! # CSV formula injection
-//!
-//! A spreadsheet opening the CSV would run a cell that starts with `=`, `+`,
-//! `-` or `@` (and, in some, a tab or carriage return) as a formula. Such text
-//! cells are written with a leading `'`, which spreadsheets show as text.
-//! Numbers, booleans and other JSON values are written as their JSON text,
-//! which is never a formula (`-5` stays `-5`).
+//! CSV cells are written by [`meshgov_anonymize::csv`], which neutralises
+//! spreadsheet formulas.
 
-use meshgov_anonymize::{Cell, Outcome, PluginFailure, RecordError, RecordPlan};
+use meshgov_anonymize::{Cell, Outcome, PluginFailure, RecordError, RecordProgram, csv};
 
-use crate::request::Format;
+use std::sync::Arc;
 
-/// A request's record plan and output format.
+/// A read's record program and output format.
 pub struct Shaper {
-    plan: RecordPlan,
-    format: Format,
+    plan: Arc<RecordProgram>,
+    /// CSV out (else NDJSON).
+    csv: bool,
     /// The CSV path's cell buffer, reused across records (see [`recycle`]).
     cells: Vec<Cell<'static>>,
 }
 
 impl Shaper {
-    pub fn new(plan: RecordPlan, format: Format) -> Shaper {
+    /// A shaper writing CSV when `csv`, else NDJSON.
+    pub fn new(plan: Arc<RecordProgram>, csv: bool) -> Shaper {
         Shaper {
             plan,
-            format,
+            csv,
             cells: Vec::new(),
         }
     }
 
     /// What goes before the first record: the CSV header row.
     pub fn write_preamble(&self, out: &mut Vec<u8>) {
-        if self.format != Format::Csv {
+        if !self.csv {
             return;
         }
-        for (i, column) in self.plan.columns().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_csv_text(column, out);
-        }
-        out.extend_from_slice(b"\r\n");
+        csv::write_header(self.plan.columns(), out);
     }
 
     /// Whether records must go through [`write_batch`](Self::write_batch):
@@ -69,14 +60,14 @@ impl Shaper {
         out: &mut Vec<u8>,
         outcomes: &mut Vec<Result<Outcome, RecordError>>,
     ) -> Result<(), PluginFailure> {
-        match self.format {
-            Format::Ndjson => self.plan.apply_json_batch(lines, out, outcomes),
-            Format::Csv => {
+        match self.csv {
+            false => self.plan.apply_json_batch(lines, out, outcomes),
+            true => {
                 outcomes.clear();
                 let mut rows = Vec::new();
                 self.plan.project_batch(lines, |outcome, cells| {
                     if outcome == Ok(Outcome::Emitted) {
-                        write_csv_row(cells, &mut rows);
+                        csv::write_row(cells, &mut rows);
                     }
                     outcomes.push(outcome);
                 })?;
@@ -91,13 +82,13 @@ impl Shaper {
     /// On [`Outcome::Filtered`] or an error nothing is written; an error
     /// means the line is malformed, to be skipped and counted.
     pub fn write(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<Outcome, RecordError> {
-        match self.format {
-            Format::Ndjson => self.plan.apply_json(line, out),
-            Format::Csv => {
+        match self.csv {
+            false => self.plan.apply_json(line, out),
+            true => {
                 let mut cells = recycle(std::mem::take(&mut self.cells));
                 let outcome = self.plan.project(line, &mut cells);
                 if outcome == Ok(Outcome::Emitted) {
-                    write_csv_row(&cells, out);
+                    csv::write_row(&cells, out);
                 }
                 self.cells = recycle(cells);
                 outcome
@@ -117,64 +108,6 @@ fn recycle<'b>(mut cells: Vec<Cell<'_>>) -> Vec<Cell<'b>> {
     cells.into_iter().filter_map(|_| None).collect()
 }
 
-fn write_csv_row(cells: &[Cell<'_>], out: &mut Vec<u8>) {
-    for (i, cell) in cells.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        match cell {
-            Cell::Null => {}
-            Cell::Text(text) => write_csv_text(text, out),
-            // A number, boolean, array or object as its JSON text: never a
-            // formula, but arrays and objects may hold commas and quotes.
-            Cell::Json(raw) => write_csv_quoted_if_needed(raw.get(), out),
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// A text cell: neutralised if a spreadsheet would read it as a formula,
-/// then quoted if it holds a separator, quote or line break.
-fn write_csv_text(text: &str, out: &mut Vec<u8>) {
-    let formula = text
-        .as_bytes()
-        .first()
-        .is_some_and(|b| matches!(b, b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r'));
-    let quote = text.contains([',', '"', '\n', '\r']);
-    if quote {
-        out.push(b'"');
-    }
-    if formula {
-        out.push(b'\'');
-    }
-    if quote {
-        for part in text.split_inclusive('"') {
-            out.extend_from_slice(part.as_bytes());
-            if part.ends_with('"') {
-                out.push(b'"');
-            }
-        }
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(text.as_bytes());
-    }
-}
-
-fn write_csv_quoted_if_needed(text: &str, out: &mut Vec<u8>) {
-    if text.contains([',', '"', '\n', '\r']) {
-        out.push(b'"');
-        for part in text.split_inclusive('"') {
-            out.extend_from_slice(part.as_bytes());
-            if part.ends_with('"') {
-                out.push(b'"');
-            }
-        }
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(text.as_bytes());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -184,7 +117,7 @@ mod tests {
 
     fn text(s: &str) -> String {
         let mut out = Vec::new();
-        write_csv_text(s, &mut out);
+        csv::write_text(s, &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -203,7 +136,7 @@ mod tests {
 
     #[test]
     fn csv_rows_write_numbers_as_numbers_and_formulas_as_text() {
-        let plan = RecordPlan::new(
+        let plan = RecordProgram::new(
             vec![
                 FieldRule::new("a", Transform::Clear),
                 FieldRule::new("n", Transform::Clear),
@@ -214,7 +147,7 @@ mod tests {
             RowPredicate::keep_all(),
         )
         .unwrap();
-        let mut s = Shaper::new(plan, Format::Csv);
+        let mut s = Shaper::new(Arc::new(plan), true);
         let mut out = Vec::new();
         s.write_preamble(&mut out);
         for line in [
@@ -249,11 +182,15 @@ mod tests {
         #[test]
         fn csv_text_cells_round_trip(s in "\\PC{0,30}|[=+@,\"-][\\PC,\"]{0,10}") {
             let written = text(&s);
-            let cells = crate::upstream::split_csv_line(&written).unwrap();
-            prop_assert_eq!(cells.len(), 1);
+            let mut cell = vec![0; 4 * written.len() + 8];
+            let mut ends = [0; 3];
+            let (_, _, _, cells) = csv_core::Reader::new()
+                .read_record(format!("{written},x\n").as_bytes(), &mut cell, &mut ends);
+            prop_assert_eq!(cells, 2);
+            let n = ends[0];
             let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
             let expected = if formula { format!("'{s}") } else { s.clone() };
-            prop_assert_eq!(&cells[0], &expected);
+            prop_assert_eq!(std::str::from_utf8(&cell[..n]).unwrap(), expected);
         }
     }
 }

@@ -3,10 +3,11 @@
 //! never blocks or changes a request in flight.
 
 use arc_swap::ArcSwapOption;
-use meshgov_core::ProductView;
 use meshgov_core::descriptor::{Descriptor, ProductInfo};
-use meshgov_core::plan::PlanCache;
-use meshgov_core::policies::Policies;
+use meshgov_core::policies::{ComponentError, Policies};
+use meshgov_core::records::KeyRing;
+use meshgov_core::{Enforcer, ProductView, Unenforceable};
+use meshgov_wire::NackCode;
 use std::sync::Arc;
 
 /// What the manifest of the enforced bundle says about itself.
@@ -22,20 +23,14 @@ pub struct BundleMeta {
 /// One loaded bundle, ready to serve.
 #[derive(Debug)]
 pub struct ActiveBundle {
-    pub policies: Policies,
-    pub view: ProductView,
-    /// Read plans of this bundle by consumer, purpose and port; dropped
-    /// with the bundle, so a swap never serves a stale plan.
-    pub plans: PlanCache,
-    /// The bundle's plugins, compiled when it loaded (never per request).
-    pub plugins: meshgov_wasm::Plugins,
+    /// The bundle compiled for this product, with this sidecar's pseudonym
+    /// keys and the bundle's plugins (compiled when it loaded, never per
+    /// request). Every read asks it; its cache of compiled reads goes with
+    /// the bundle, so a swap never serves a stale one.
+    pub enforcer: Enforcer,
     pub meta: BundleMeta,
     pub loaded_at_unix: i64,
 }
-
-/// Read plans kept per bundle. A plan is a few hundred bytes; a full cache
-/// starts over.
-const PLAN_CACHE_CAPACITY: usize = 1024;
 
 /// Why a bundle cannot be enforced. Each has a stable [`code`](Self::code),
 /// the NACK reason the control port answers with.
@@ -49,7 +44,7 @@ pub enum BundleError {
     Descriptor(String),
     /// Refused by verification (`meshgov-bundle`'s codes) or while compiling.
     #[error("bundle rejected: {reason} ({code})")]
-    Rejected { code: &'static str, reason: String },
+    Rejected { code: NackCode, reason: String },
     #[error(
         "revision {offered} is older than revision {active} in force; rollbacks are refused (rollback)"
     )]
@@ -67,23 +62,35 @@ pub enum BundleError {
     Persist(String),
     #[error("bundle rejected: {0} (plugin_invalid)")]
     Plugin(#[from] meshgov_wasm::LoadError),
+    /// Valid and signed, but this sidecar cannot enforce all of it.
+    #[error("bundle rejected: {0} ({code})", code = unenforceable_code(.0).as_str())]
+    Unenforceable(#[from] Unenforceable),
+}
+
+fn unenforceable_code(e: &Unenforceable) -> NackCode {
+    match e {
+        Unenforceable::MissingKey { .. } => NackCode::MissingKey,
+        Unenforceable::MissingPlugin { .. } => NackCode::PluginInvalid,
+        Unenforceable::Invalid { .. } => NackCode::UnsupportedPolicy,
+    }
 }
 
 impl BundleError {
     /// A stable machine-readable code, for NACKs, logs and status.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> NackCode {
         match self {
-            BundleError::WrongProduct { .. } => "wrong_product",
-            BundleError::Descriptor(_) => "descriptor",
-            BundleError::Rejected { code, .. } => code,
-            BundleError::Rollback { .. } => "rollback",
-            BundleError::RevisionConflict { .. } => "revision_conflict",
-            BundleError::Persist(_) => "persist_failed",
-            BundleError::Plugin(_) => "plugin_invalid",
+            BundleError::WrongProduct { .. } => NackCode::WrongProduct,
+            BundleError::Descriptor(_) => NackCode::Descriptor,
+            BundleError::Rejected { code, .. } => code.clone(),
+            BundleError::Rollback { .. } => NackCode::Rollback,
+            BundleError::RevisionConflict { .. } => NackCode::RevisionConflict,
+            BundleError::Persist(_) => NackCode::PersistFailed,
+            BundleError::Plugin(_) => NackCode::PluginInvalid,
+            BundleError::Unenforceable(e) => unenforceable_code(e),
         }
     }
 
-    pub(crate) fn rejected(code: &'static str, reason: impl Into<String>) -> BundleError {
+    pub(crate) fn rejected(code: NackCode, reason: impl Into<String>) -> BundleError {
         BundleError::Rejected {
             code,
             reason: reason.into(),
@@ -93,10 +100,12 @@ impl BundleError {
 
 impl ActiveBundle {
     /// Compiles the product view for `descriptor` against `policies`, and
-    /// every plugin the bundle carries.
+    /// every plugin the bundle carries, and proves that every rule that can
+    /// reach the product compiles with `keys`.
     pub fn new(
         policies: Policies,
         descriptor: &Descriptor,
+        keys: &KeyRing,
         meta: BundleMeta,
         now_unix: i64,
     ) -> Result<ActiveBundle, BundleError> {
@@ -113,14 +122,20 @@ impl ActiveBundle {
             .map_err(|e| BundleError::Descriptor(e.to_string()))?;
         let view = ProductView::new(info, &policies).map_err(BundleError::Descriptor)?;
         let plugins = meshgov_wasm::Plugins::compile(&policies)?;
+        let enforcer = Enforcer::new(policies, view, keys.clone(), Arc::new(plugins))?;
         Ok(ActiveBundle {
-            plans: PlanCache::new(&policies, PLAN_CACHE_CAPACITY),
-            plugins,
-            view,
-            policies,
+            enforcer,
             meta,
             loaded_at_unix: now_unix,
         })
+    }
+
+    pub fn policies(&self) -> &Policies {
+        self.enforcer.policies()
+    }
+
+    pub fn view(&self) -> &ProductView {
+        self.enforcer.view()
     }
 
     pub fn expired_at(&self, now_unix: i64) -> bool {
@@ -202,18 +217,25 @@ pub fn verify_bundle(
         ..meshgov_bundle::Expect::default()
     };
     let verified = meshgov_bundle::verify(envelope, trust, now_unix, &expect)
-        .map_err(|e| BundleError::rejected(e.code(), e.to_string()))?;
+        .map_err(|e| BundleError::rejected(NackCode::from_code(e.code()), e.to_string()))?;
     let digest = verified.digest().to_string();
     let (manifest, components) = verified.into_parts();
     let policies =
         Policies::from_components_reusing(&components, manifest.product.clone(), previous)
-            .map_err(|e| BundleError::rejected("components", e.to_string()))?;
+            .map_err(|e| {
+                let code = match e {
+                    ComponentError::Unsupported { .. } => NackCode::UnsupportedPolicy,
+                    _ => NackCode::Components,
+                };
+                BundleError::rejected(code, e.to_string())
+            })?;
     let unix = |s: &str| {
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map(time::OffsetDateTime::unix_timestamp)
-            .map_err(|_| {
-                BundleError::rejected("malformed", format!("manifest time `{s}` is not RFC 3339"))
-            })
+        meshgov_bundle::parse_timestamp(s).ok_or_else(|| {
+            BundleError::rejected(
+                NackCode::Malformed,
+                format!("manifest time `{s}` is not RFC 3339"),
+            )
+        })
     };
     Ok((
         policies,
@@ -224,4 +246,43 @@ pub fn verify_bundle(
             expires_at_unix: unix(&manifest.expires_at)?,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshgov_bundle::VerifyError;
+
+    /// Every verification refusal NACKs with a code the wire names, the
+    /// same string `meshgov-bundle` gives it.
+    #[test]
+    fn verification_codes_are_known_nack_codes() {
+        let s = String::new;
+        let errors = [
+            VerifyError::TooLarge { size: 2, limit: 1 },
+            VerifyError::Malformed { reason: s() },
+            VerifyError::UnknownPayloadType { found: s() },
+            VerifyError::UntrustedKey { keyids: vec![] },
+            VerifyError::BadSignature { keyids: vec![] },
+            VerifyError::UnsupportedFormat { found: s() },
+            VerifyError::DigestMismatch { component: s() },
+            VerifyError::MissingComponent { component: s() },
+            VerifyError::UnlistedComponent { component: s() },
+            VerifyError::WrongMesh {
+                expected: s(),
+                found: s(),
+            },
+            VerifyError::WrongProduct {
+                expected: s(),
+                found: s(),
+            },
+            VerifyError::Expired { expires_at: s() },
+            VerifyError::NotYetValid { created_at: s() },
+        ];
+        for e in errors {
+            let code = NackCode::from_code(e.code());
+            assert!(!matches!(code, NackCode::Other(_)), "{}", e.code());
+            assert_eq!(code.as_str(), e.code());
+        }
+    }
 }

@@ -4,8 +4,8 @@
 //!
 //! - **Directory** (`upstream.kind = "dir"`): `<path>/<port>/` holds the
 //!   port's files, `*.ndjson` / `*.jsonl` (one JSON object per line) or
-//!   `*.csv` (a header row, then one record per line; quoted cells may not
-//!   span lines). Files are **time-partitioned by name**:
+//!   `*.csv` (RFC 4180: a header row, then one record per row; a quoted
+//!   cell may hold commas, quotes and line breaks). Files are **time-partitioned by name**:
 //!   - `YYYY-MM-DD*` holds records of that UTC day,
 //!   - `YYYY-MM*` (no day) holds records of that UTC month,
 //!   - any other name is undated and always read.
@@ -13,23 +13,29 @@
 //!   A read with `from`/`to` opens only the files whose period overlaps
 //!   the window, in name order. Records are still checked one by one
 //!   against the window, so a misfiled record never escapes it.
+//!
+//!   A port directory may instead hold **Parquet** files (`*.parquet`),
+//!   optionally in Hive-style partition directories (`date=2026-03-01/`);
+//!   such a port is read through the columnar plane (`crate::scan`), with
+//!   files pruned by the dates in their names and directories.
 //! - **HTTP** (`upstream.kind = "http"`): `GET {url}/{port}?from=&to=`
 //!   answering NDJSON, read as it arrives.
 //!
 //! Either way records are read in bounded chunks; nothing holds the data set.
 //! Records are handed on as one JSON object per line, as bytes: the reader
-//! does not parse NDJSON (the record plan does, once, while shaping), and it
+//! does not parse NDJSON (the record program does, once, while shaping), and it
 //! turns each CSV row into such a line once, keeping only the port's
 //! declared fields and typing their cells by the descriptor's `logicalType`.
 //! A line longer than `limits.max_line_bytes`, or a CSV row with the wrong
 //! number of cells, is *malformed*: it is skipped and counted, never passed
-//! through. (A line that is not a JSON object is caught by the record plan.)
+//! through. (A line that is not a JSON object is caught by the record program.)
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use meshgov_columnar::source::Bucket;
 use meshgov_core::descriptor::FieldInfo;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -40,22 +46,10 @@ use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, Month, OffsetDateTime};
 
-/// The window a read asks for: `[from, to)`, either end open.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Window {
-    pub from: Option<OffsetDateTime>,
-    pub to: Option<OffsetDateTime>,
-}
+pub use meshgov_core::window::Window;
 
-impl Window {
-    fn overlaps(&self, start: OffsetDateTime, end: OffsetDateTime) -> bool {
-        self.to.is_none_or(|t| start < t) && self.from.is_none_or(|f| end > f)
-    }
-
-    pub fn contains(&self, t: OffsetDateTime) -> bool {
-        self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|to| t < to)
-    }
-}
+mod csv;
+pub use csv::{CsvRows, CsvSchema, CsvStep};
 
 /// The upstream failed; the detail is logged, not shown to consumers.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +65,14 @@ enum FileFormat {
 /// A configured upstream.
 pub enum Upstream {
     Dir(PathBuf),
+    /// Parquet in S3-compatible object storage: `<prefix>/<port>/…`.
+    S3 {
+        bucket: Bucket,
+        prefix: String,
+    },
     Http {
         base: String,
-        client: Client<HttpConnector, Empty<Bytes>>,
+        client: Box<Client<HttpConnector, Empty<Bytes>>>,
         /// A body that sends nothing for this long has failed.
         stall: Duration,
     },
@@ -85,35 +84,65 @@ const HTTP_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 impl Upstream {
     /// `stall`: how long an HTTP upstream may send nothing mid-body
     /// before the read fails (`limits.upstream_stall_timeout_ms`).
-    pub fn from_config(c: &crate::config::UpstreamConfig, stall: Duration) -> Upstream {
-        match c {
+    pub fn from_config(
+        c: &crate::config::UpstreamConfig,
+        stall: Duration,
+    ) -> Result<Upstream, UpstreamError> {
+        Ok(match c {
             crate::config::UpstreamConfig::Dir(p) => Upstream::Dir(p.clone()),
+            crate::config::UpstreamConfig::S3 { bucket, prefix } => Upstream::S3 {
+                bucket: Bucket::new(bucket).map_err(|e| UpstreamError(e.to_string()))?,
+                prefix: prefix.clone(),
+            },
             crate::config::UpstreamConfig::Http(base) => Upstream::Http {
                 base: base.clone(),
-                client: Client::builder(TokioExecutor::new()).build_http(),
+                client: Box::new(Client::builder(TokioExecutor::new()).build_http()),
                 stall,
             },
-        }
+        })
     }
 
-    /// Opens the port's records in `window`. Fails (→ 502) only if the
-    /// upstream cannot be reached at all.
+    /// Opens the port in `window`: its records, or, for a port kept as
+    /// Parquet, its files in the window for the columnar plane. Fails
+    /// (→ 502) only if the upstream cannot be reached at all.
     pub async fn open(
         &self,
         port: &str,
         window: Window,
         max_line: usize,
         csv: CsvSchema,
-    ) -> Result<RecordReader, UpstreamError> {
+    ) -> Result<Opened, UpstreamError> {
         // INVARIANT: `port` passed `request::valid_port_name`, so joining it
         // cannot leave the upstream directory.
         let source = match self {
+            Upstream::S3 { bucket, prefix } => {
+                let dir = if prefix.is_empty() {
+                    port.to_string()
+                } else {
+                    format!("{prefix}/{port}")
+                };
+                let objects = bucket
+                    .list(&dir)
+                    .await
+                    .map_err(|e| UpstreamError(format!("cannot list `{dir}`: {e}")))?;
+                // A bucket port is always Parquet, even before its first file.
+                let files = select_parquet(objects, window, &dir)?.unwrap_or_default();
+                return Ok(Opened::Parquet(ParquetFiles {
+                    files,
+                    bucket: Some(bucket.clone()),
+                }));
+            }
             Upstream::Dir(root) => {
                 let dir = root.join(port);
-                // One trip to the blocking pool lists the partitions, opens
-                // the first file and reads its first chunk: a small read
-                // costs one hop, not one per file-system call.
-                let (cursor, first) = tokio::task::spawn_blocking(move || {
+                // One trip to the blocking pool tells Parquet from records,
+                // lists the partitions, opens the first file and reads its
+                // first chunk: a small read costs one hop, not one per
+                // file-system call.
+                let opened = tokio::task::spawn_blocking(move || {
+                    let shown = dir.display().to_string();
+                    if let Some(files) = select_parquet(walk_port_dir(&dir)?, window, &shown)? {
+                        return Ok(Err(files));
+                    }
                     let mut cursor = FileCursor {
                         files: list_partitions(&dir, window)?.into(),
                         current: None,
@@ -121,10 +150,19 @@ impl Upstream {
                     // A first file that cannot be read is a 502, not a
                     // truncated 200.
                     let first = cursor.step()?;
-                    Ok::<_, UpstreamError>((cursor, first))
+                    Ok::<_, UpstreamError>(Ok((cursor, first)))
                 })
                 .await
                 .map_err(|e| UpstreamError(format!("listing failed: {e}")))??;
+                let (cursor, first) = match opened {
+                    Ok(records) => records,
+                    Err(files) => {
+                        return Ok(Opened::Parquet(ParquetFiles {
+                            files,
+                            bucket: None,
+                        }));
+                    }
+                };
                 Source::Files {
                     cursor: Some(cursor),
                     prefetched: Some(Ok(first)),
@@ -166,111 +204,8 @@ impl Upstream {
                 }
             }
         };
-        Ok(RecordReader {
-            source,
-            format: FileFormat::Ndjson,
-            lines: Lines {
-                chunk: Bytes::new(),
-                pos: 0,
-                max: max_line,
-            },
-            line: Vec::new(),
-            csv,
-            csv_columns: None,
-            json: Vec::new(),
-        })
+        Ok(Opened::Records(RecordReader::new(source, max_line, csv)))
     }
-}
-
-/// How a CSV cell is written as JSON, from the declared field's
-/// `logicalType`. A cell that does not fit its type stays a string, so a
-/// row filter comparing it with a number fails closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CellType {
-    Text,
-    Number,
-    Boolean,
-}
-
-/// A CSV column: its pre-rendered `"name":` key and type, or `None` when
-/// the descriptor does not declare it.
-type Column = Option<(Box<[u8]>, CellType)>;
-
-/// A port's declared fields, for turning CSV rows into JSON records.
-/// Columns the descriptor does not declare are dropped at this step.
-#[derive(Debug, Clone, Default)]
-pub struct CsvSchema {
-    fields: Vec<(String, CellType)>,
-}
-
-impl CsvSchema {
-    pub fn new(fields: &[FieldInfo]) -> CsvSchema {
-        let fields = fields
-            .iter()
-            .map(|f| {
-                let t = match f.logical_type.as_deref() {
-                    Some("integer" | "number" | "long" | "double" | "decimal") => CellType::Number,
-                    Some("boolean") => CellType::Boolean,
-                    _ => CellType::Text,
-                };
-                (f.name.clone(), t)
-            })
-            .collect();
-        CsvSchema { fields }
-    }
-
-    /// For each header cell: the pre-rendered `"name":` key and cell type,
-    /// or `None` for an undeclared column.
-    fn columns(&self, header: &[String]) -> Vec<Column> {
-        header
-            .iter()
-            .map(|h| {
-                let (name, t) = self.fields.iter().find(|(n, _)| n == h)?;
-                let mut key = serde_json::to_vec(name).ok()?;
-                key.push(b':');
-                Some((key.into_boxed_slice(), *t))
-            })
-            .collect()
-    }
-}
-
-/// One CSV data row as the JSON record line the read path hands to the
-/// record plan, given the file's header row: the per-row step of a CSV
-/// upstream, for fuzzing and tests.
-#[doc(hidden)]
-pub fn csv_record(schema: &CsvSchema, header: &[String], cells: &[String], out: &mut Vec<u8>) {
-    csv_row_to_json(&schema.columns(header), cells, out);
-}
-
-/// Writes one CSV row as a JSON object line (declared columns only). An
-/// empty cell is `null`.
-fn csv_row_to_json(columns: &[Column], cells: &[String], out: &mut Vec<u8>) {
-    out.clear();
-    out.push(b'{');
-    for (col, cell) in columns.iter().zip(cells) {
-        let Some((key, t)) = col else {
-            continue;
-        };
-        if out.len() > 1 {
-            out.push(b',');
-        }
-        out.extend_from_slice(key);
-        let trimmed = cell.trim();
-        match t {
-            _ if cell.is_empty() => out.extend_from_slice(b"null"),
-            CellType::Number if serde_json::from_str::<serde_json::Number>(trimmed).is_ok() => {
-                out.extend_from_slice(trimmed.as_bytes());
-            }
-            CellType::Boolean if trimmed == "true" || trimmed == "false" => {
-                out.extend_from_slice(trimmed.as_bytes());
-            }
-            // INVARIANT: serializing a `str` into a Vec cannot fail.
-            _ => {
-                let _ = serde_json::to_writer(&mut *out, cell.as_str());
-            }
-        }
-    }
-    out.push(b'}');
 }
 
 /// The period a file name covers, if it is dated.
@@ -315,6 +250,161 @@ fn format_of(name: &str) -> Option<FileFormat> {
     } else {
         None
     }
+}
+
+/// How deep Hive-style partition directories (`date=2026-03-01/`) may nest.
+const MAX_PARTITION_DEPTH: usize = 4;
+
+/// A port opened for a read.
+pub enum Opened {
+    /// Records, one JSON object line at a time.
+    Records(RecordReader),
+    /// A port kept as Parquet: its files in the window.
+    Parquet(ParquetFiles),
+}
+
+/// A port's Parquet files that overlap a read's window.
+#[derive(Debug, Clone)]
+pub struct ParquetFiles {
+    /// Absolute paths, or `s3://` URLs in `bucket`.
+    pub files: Vec<String>,
+    pub bucket: Option<Bucket>,
+}
+
+/// The raw records of a port kept as Parquet, as NDJSON lines, for the
+/// sidecar's own computations on them (aggregates): the declared fields
+/// only, untreated, never sent to a consumer as they are.
+pub async fn parquet_records(
+    files: &ParquetFiles,
+    fields: &[FieldInfo],
+    memory_limit: usize,
+    max_line: usize,
+) -> Result<RecordReader, UpstreamError> {
+    use futures::StreamExt as _;
+    use meshgov_columnar::answer::{AnswerFormat, Encoder};
+    use meshgov_columnar::datafusion::error::DataFusionError;
+    use meshgov_columnar::source::{parquet_table, session};
+    use tracing::Instrument as _;
+    let fail = |e: DataFusionError| UpstreamError(format!("cannot scan the Parquet files: {e}"));
+    let ctx = session(memory_limit, files.bucket.as_ref()).map_err(fail)?;
+    let schema = meshgov_columnar::schema::fields_schema(fields);
+    let table = parquet_table(&files.files, schema.clone()).map_err(fail)?;
+    let mut stream = ctx
+        .read_table(table)
+        .map_err(fail)?
+        .execute_stream()
+        .await
+        .map_err(fail)?;
+    let mut encoder = Encoder::new(AnswerFormat::Ndjson, &schema)
+        .map_err(|e| UpstreamError(format!("cannot encode records: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(
+        async move {
+            while let Some(batch) = stream.next().await {
+                let chunk = batch
+                    .map_err(fail)
+                    .and_then(|b| encoder.write(&b).map_err(|e| UpstreamError(e.to_string())));
+                let failed = chunk.is_err();
+                if tx.send(chunk.map(Bytes::from)).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(RecordReader::from_chunks(rx, max_line))
+}
+
+/// Whether a partition's or file's name puts it outside `window`.
+fn outside(name: &str, window: Window) -> bool {
+    period_of(name).is_some_and(|(s, e)| !window.overlaps(s, e))
+}
+
+/// From every object of a port (its path relative to the port's
+/// directory, and where to read it), the Parquet files that overlap
+/// `window`, sorted by path; `None` when the port keeps no Parquet.
+///
+/// Files are pruned by a date in their name, as record files are, and by
+/// Hive-style partition directories named `<key>=<date or month>`, at any
+/// depth up to [`MAX_PARTITION_DEPTH`]; other directories and hidden
+/// entries are ignored. A port that mixes Parquet and record files is
+/// refused: which of them it serves would be a guess.
+fn select_parquet(
+    objects: Vec<(String, String)>,
+    window: Window,
+    port_dir: &str,
+) -> Result<Option<Vec<String>>, UpstreamError> {
+    let (mut parquet, mut records) = (false, false);
+    let mut files = Vec::new();
+    for (rel, location) in objects {
+        let parts: Vec<&str> = rel.split('/').collect();
+        let Some((name, dirs)) = parts.split_last() else {
+            continue;
+        };
+        if name.starts_with('.')
+            || dirs.len() > MAX_PARTITION_DEPTH
+            || dirs.iter().any(|d| d.starts_with('.') || !d.contains('='))
+        {
+            continue;
+        }
+        if name.ends_with(".parquet") {
+            parquet = true;
+            let pruned = outside(name, window)
+                || dirs
+                    .iter()
+                    .any(|d| d.split_once('=').is_some_and(|(_, v)| outside(v, window)));
+            if !pruned {
+                files.push((rel, location));
+            }
+        } else if dirs.is_empty() && format_of(name).is_some() {
+            records = true;
+        }
+    }
+    if !parquet {
+        return Ok(None);
+    }
+    if records {
+        return Err(UpstreamError(format!(
+            "`{port_dir}` holds both Parquet and NDJSON/CSV files; keep one kind per port"
+        )));
+    }
+    files.sort();
+    Ok(Some(
+        files.into_iter().map(|(_, location)| location).collect(),
+    ))
+}
+
+/// Every file under `dir` (descending into partition directories only),
+/// as its path relative to `dir` and its absolute path; empty when `dir`
+/// cannot be read (the record path reports that). Blocking.
+fn walk_port_dir(dir: &Path) -> Result<Vec<(String, String)>, UpstreamError> {
+    fn walk(
+        dir: &Path,
+        rel: &str,
+        depth: usize,
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), UpstreamError> {
+        let cannot =
+            |e: std::io::Error| UpstreamError(format!("cannot list `{}`: {e}", dir.display()));
+        for entry in std::fs::read_dir(dir).map_err(cannot)? {
+            let entry = entry.map_err(cannot)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = format!("{rel}{name}");
+            if entry.file_type().map_err(cannot)?.is_dir() {
+                if depth < MAX_PARTITION_DEPTH && name.contains('=') && !name.starts_with('.') {
+                    walk(&entry.path(), &format!("{path}/"), depth + 1, out)?;
+                }
+            } else {
+                out.push((path, entry.path().to_string_lossy().into_owned()));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    if std::fs::metadata(dir).is_ok() {
+        walk(dir, "", 0, &mut out)?;
+    }
+    Ok(out)
 }
 
 /// The port's files that overlap `window`, sorted by name. Blocking.
@@ -410,13 +500,14 @@ enum Source {
         /// The longest wait for the next frame.
         stall: Duration,
     },
+    Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, UpstreamError>>),
 }
 
 /// One item read from upstream.
 #[derive(Debug)]
 pub enum Item<'a> {
     /// One record as a JSON object line, without its newline. It is not
-    /// parsed yet: the record plan refuses it if it is not a JSON object.
+    /// parsed yet: the record program refuses it if it is not a JSON object.
     Record(&'a [u8]),
     /// A line that is not a record: skipped and counted.
     Malformed,
@@ -444,6 +535,8 @@ enum Line {
     /// A line that spans chunks, assembled in `RecordReader::line`.
     Assembled,
     TooLong,
+    /// A CSV file begins: its rows are read by `RecordReader::next_csv`.
+    CsvFile,
 }
 
 /// Reads records one at a time; memory is one chunk plus one line.
@@ -453,19 +546,48 @@ pub struct RecordReader {
     format: FileFormat,
     lines: Lines,
     line: Vec<u8>,
-    /// The port's declared fields, for CSV files.
-    csv: CsvSchema,
-    /// The current CSV file's columns, once its header is read.
-    csv_columns: Option<Vec<Column>>,
-    /// The current CSV row as a JSON line.
-    json: Vec<u8>,
+    /// CSV files' rows as JSON lines (boxed: the reader's tables are
+    /// large, and most ports are not CSV).
+    csv: Box<CsvRows>,
+    /// The current CSV file's bytes are all read: its reader is being fed
+    /// the empty input that ends it.
+    csv_eof: bool,
 }
 
 impl RecordReader {
+    fn new(source: Source, max_line: usize, csv: CsvSchema) -> RecordReader {
+        RecordReader {
+            source,
+            format: FileFormat::Ndjson,
+            lines: Lines {
+                chunk: Bytes::new(),
+                pos: 0,
+                max: max_line,
+            },
+            line: Vec::new(),
+            csv: Box::new(CsvRows::new(csv, max_line)),
+            csv_eof: false,
+        }
+    }
+
+    /// Records arriving as NDJSON chunks from a producer task (a port kept
+    /// as Parquet, scanned by the columnar plane); an `Err` fails the read.
+    pub fn from_chunks(
+        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, UpstreamError>>,
+        max_line: usize,
+    ) -> RecordReader {
+        RecordReader::new(Source::Chunks(chunks), max_line, CsvSchema::default())
+    }
+
     /// The next chunk; `FileEnd` after each file, so a last line without a
     /// newline ends with its own file (and is read in that file's format).
     async fn next_chunk(&mut self) -> Result<Option<Chunk>, UpstreamError> {
         match &mut self.source {
+            Source::Chunks(rx) => match rx.recv().await {
+                None => Ok(None),
+                Some(Ok(data)) => Ok(Some(Chunk::Data(data))),
+                Some(Err(e)) => Err(e),
+            },
             Source::Http { body, stall } => loop {
                 // An upstream that stops sending mid-body would otherwise
                 // hold the read (and its client) open for ever.
@@ -511,7 +633,7 @@ impl RecordReader {
                 if let Some(fmt) = step.opened {
                     // A new file: its own format, and (for CSV) its own header.
                     self.format = fmt;
-                    self.csv_columns = None;
+                    self.csv.end_file();
                 }
                 Ok(step.chunk)
             }
@@ -535,6 +657,11 @@ impl RecordReader {
                     Some(Chunk::Data(c)) => {
                         self.lines.chunk = c;
                         self.lines.pos = 0;
+                        // Files open only after the last one's `FileEnd`,
+                        // so no line is under way here.
+                        if self.format == FileFormat::Csv {
+                            return Ok(Some(Line::CsvFile));
+                        }
                         continue;
                     }
                 }
@@ -578,6 +705,16 @@ impl RecordReader {
     /// The next record or malformed line; `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Item<'_>>, UpstreamError> {
         loop {
+            if self.format == FileFormat::Csv {
+                match self.next_csv().await? {
+                    CsvNext::Step(CsvStep::Record) => {
+                        return Ok(Some(Item::Record(self.csv.record())));
+                    }
+                    CsvNext::Step(CsvStep::Malformed) => return Ok(Some(Item::Malformed)),
+                    CsvNext::Step(_) | CsvNext::OtherFormat => continue,
+                    CsvNext::Done => return Ok(None),
+                }
+            }
             let Some(l) = self.next_line().await? else {
                 return Ok(None);
             };
@@ -585,49 +722,71 @@ impl RecordReader {
             // record is returned, so the loop may go on reading.
             let (assembled, start, mut end) = match l {
                 Line::TooLong => return Ok(Some(Item::Malformed)),
+                Line::CsvFile => continue,
                 Line::InChunk { start, end } => (false, start, end),
                 Line::Assembled => (true, 0, self.line.len()),
             };
-            {
-                let line = line_at(&self.lines.chunk, &self.line, assembled, start, end);
-                if line.last() == Some(&b'\r') {
-                    end -= 1;
-                }
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
+            let line = line_at(&self.lines.chunk, &self.line, assembled, start, end);
+            if line.last() == Some(&b'\r') {
+                end -= 1;
             }
-            match self.format {
-                FileFormat::Ndjson => {
-                    return Ok(Some(Item::Record(line_at(
-                        &self.lines.chunk,
-                        &self.line,
-                        assembled,
-                        start,
-                        end,
-                    ))));
-                }
-                FileFormat::Csv => {
-                    let line = line_at(&self.lines.chunk, &self.line, assembled, start, end);
-                    let Some(cells) = std::str::from_utf8(line).ok().and_then(split_csv_line)
-                    else {
-                        return Ok(Some(Item::Malformed));
-                    };
-                    match &self.csv_columns {
-                        None => {
-                            self.csv_columns = Some(self.csv.columns(&cells));
-                            continue;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some(Item::Record(line_at(
+                &self.lines.chunk,
+                &self.line,
+                assembled,
+                start,
+                end,
+            ))));
+        }
+    }
+
+    /// Feeds the current CSV file to its reader until a row is found, the
+    /// file ends, or the next file is not CSV.
+    async fn next_csv(&mut self) -> Result<CsvNext, UpstreamError> {
+        loop {
+            if !self.csv_eof && self.lines.pos >= self.lines.chunk.len() {
+                match self.next_chunk().await? {
+                    Some(Chunk::Data(c)) => {
+                        self.lines.chunk = c;
+                        self.lines.pos = 0;
+                        if self.format != FileFormat::Csv {
+                            return Ok(CsvNext::OtherFormat);
                         }
-                        Some(columns) if columns.len() == cells.len() => {
-                            csv_row_to_json(columns, &cells, &mut self.json);
-                            return Ok(Some(Item::Record(&self.json)));
-                        }
-                        Some(_) => return Ok(Some(Item::Malformed)),
                     }
+                    Some(Chunk::FileEnd) => self.csv_eof = true,
+                    None => return Ok(CsvNext::Done),
                 }
+                continue;
+            }
+            let input = if self.csv_eof {
+                &[][..]
+            } else {
+                self.lines.chunk.get(self.lines.pos..).unwrap_or_default()
+            };
+            let (step, used) = self.csv.step(input);
+            self.lines.pos += used;
+            match step {
+                CsvStep::NeedInput => continue,
+                CsvStep::FileEnd => {
+                    self.csv_eof = false;
+                    return Ok(CsvNext::Step(step));
+                }
+                CsvStep::Record | CsvStep::Malformed => return Ok(CsvNext::Step(step)),
             }
         }
     }
+}
+
+/// What `RecordReader::next_csv` found.
+enum CsvNext {
+    Step(CsvStep),
+    /// The next file is not CSV.
+    OtherFormat,
+    /// Every file is read.
+    Done,
 }
 
 /// The current line's bytes, in the chunk or assembled.
@@ -642,31 +801,6 @@ fn line_at<'a>(
     from.get(start..end).unwrap_or_default()
 }
 
-/// Splits one RFC 4180 line; `None` on an unterminated quote.
-pub fn split_csv_line(line: &str) -> Option<Vec<String>> {
-    let mut cells = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                cur.push('"');
-            }
-            (true, '"') => quoted = false,
-            (false, '"') if cur.is_empty() => quoted = true,
-            (false, ',') => cells.push(std::mem::take(&mut cur)),
-            (_, c) => cur.push(c),
-        }
-    }
-    if quoted {
-        return None;
-    }
-    cells.push(cur);
-    Some(cells)
-}
-
 /// The time of a record: its `field` read as RFC 3339, or as a date.
 /// `None` when the line is not a JSON object, the field is missing, appears
 /// twice, is not a string, or does not parse. Only the one field is
@@ -679,12 +813,7 @@ pub fn record_time(line: &[u8], field: &str) -> Option<OffsetDateTime> {
         // Escapes in the string: decode them.
         Err(_) => Cow::Owned(serde_json::from_str::<String>(raw.get()).ok()?),
     };
-    OffsetDateTime::parse(&text, &Rfc3339).ok().or_else(|| {
-        let f = time::macros::format_description!("[year]-[month]-[day]");
-        Date::parse(&text, &f)
-            .ok()
-            .map(|d| d.midnight().assume_utc())
-    })
+    meshgov_core::window::parse_time(&text)
 }
 
 /// Finds one top-level key's raw value; a repeated key is an error.
@@ -732,6 +861,69 @@ impl Visitor<'_> for KeyIs<'_> {
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
         Ok(key == self.0)
+    }
+}
+
+#[cfg(test)]
+mod parquet_listing {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn objects(rels: &[&str]) -> Vec<(String, String)> {
+        rels.iter()
+            .map(|r| (r.to_string(), format!("/port/{r}")))
+            .collect()
+    }
+
+    #[test]
+    fn partitions_and_dated_names_are_pruned_by_the_window() {
+        let day = |d: &str| meshgov_core::window::parse_time(d);
+        let w = Window {
+            from: day("2026-03-02"),
+            to: day("2026-03-03"),
+        };
+        let all = objects(&[
+            "date=2026-03-01/part-0.parquet",
+            "date=2026-03-02/part-0.parquet",
+            "region=eu/date=2026-03-02/part-1.parquet",
+            "2026-03-01.parquet",
+            "2026-03-02.parquet",
+            "month=2026-03/x.parquet",
+            "month=2026-04/x.parquet",
+            "undated.parquet",
+            ".hidden.parquet",
+            "tmp/part-0.parquet",
+            "_SUCCESS",
+        ]);
+        let got = select_parquet(all, w, "port").unwrap().unwrap();
+        assert_eq!(
+            got,
+            [
+                "/port/2026-03-02.parquet",
+                "/port/date=2026-03-02/part-0.parquet",
+                "/port/month=2026-03/x.parquet",
+                "/port/region=eu/date=2026-03-02/part-1.parquet",
+                "/port/undated.parquet",
+            ]
+        );
+        // An open window keeps every Parquet file.
+        let open = select_parquet(
+            objects(&["a.parquet", "date=2020-01-01/b.parquet"]),
+            Window::default(),
+            "port",
+        );
+        assert_eq!(open.unwrap().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn record_ports_are_not_parquet_and_mixing_is_refused() {
+        let w = Window::default();
+        assert!(
+            select_parquet(objects(&["a.ndjson", "b.csv"]), w, "port")
+                .unwrap()
+                .is_none()
+        );
+        assert!(select_parquet(objects(&["a.ndjson", "b.parquet"]), w, "port").is_err());
     }
 }
 
@@ -796,15 +988,18 @@ mod tests {
             .unwrap();
         let items = rt.block_on(async {
             let up = Upstream::Dir(d.path().to_path_buf());
-            let mut r = up
+            let Opened::Records(mut r) = up
                 .open(
                     "p",
                     Window::default(),
                     1024,
-                    schema(&[("x", "integer"), ("y", "string")]),
+                    csv::schema(&[("x", "integer"), ("y", "string")]),
                 )
                 .await
-                .unwrap();
+                .unwrap()
+            else {
+                panic!("not a record port")
+            };
             let mut v = Vec::new();
             while let Some(i) = r.next().await.unwrap() {
                 v.push(match i {
@@ -816,7 +1011,7 @@ mod tests {
             v
         });
         // CSV cells are typed by the declared fields; NDJSON lines pass as
-        // they are (the record plan refuses the one that is not JSON).
+        // they are (the record program refuses the one that is not JSON).
         let expected = [
             serde_json::json!({"x": 1, "y": "2"}),
             serde_json::json!({"x": 3, "y": "4"}),
@@ -826,6 +1021,54 @@ mod tests {
             serde_json::json!({"x": 8}),
         ];
         assert_eq!(items, expected);
+    }
+
+    #[test]
+    fn csv_rows_with_line_breaks_across_chunk_edges_arrive_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let port = d.path().join("p");
+        std::fs::create_dir_all(&port).unwrap();
+        // Quoted cells with line breaks, long enough that chunk edges fall
+        // inside them, then an NDJSON file after the CSV one.
+        let mut text = String::from("id,note\r\n");
+        let mut expected = Vec::new();
+        for i in 0..800usize {
+            let note = format!(
+                "{}\n\"{i}\",\r\n{}",
+                "a".repeat(i * 3 % 701),
+                "b".repeat(i % 13)
+            );
+            text.push_str(&format!("{i},\"{}\"\r\n", note.replace('"', "\"\"")));
+            expected.push(serde_json::json!({"id": i, "note": note}));
+        }
+        assert!(text.len() > 3 * CHUNK);
+        std::fs::write(port.join("a.csv"), text).unwrap();
+        std::fs::write(port.join("b.ndjson"), "{\"id\":-1}\n").unwrap();
+        expected.push(serde_json::json!({"id": -1}));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let up = Upstream::Dir(d.path().to_path_buf());
+            let schema = csv::schema(&[("id", "integer"), ("note", "string")]);
+            let Opened::Records(mut r) =
+                up.open("p", Window::default(), 4096, schema).await.unwrap()
+            else {
+                panic!("not a record port")
+            };
+            let mut v = Vec::new();
+            while let Some(i) = r.next().await.unwrap() {
+                match i {
+                    Item::Record(l) => {
+                        v.push(serde_json::from_slice::<serde_json::Value>(l).unwrap())
+                    }
+                    Item::Malformed => panic!("no row here is malformed"),
+                }
+            }
+            v
+        });
+        assert_eq!(got, expected);
     }
 
     #[test]
@@ -850,10 +1093,13 @@ mod tests {
             .unwrap();
         let got = rt.block_on(async {
             let up = Upstream::Dir(d.path().to_path_buf());
-            let mut r = up
+            let Opened::Records(mut r) = up
                 .open("p", Window::default(), 1024, CsvSchema::default())
                 .await
-                .unwrap();
+                .unwrap()
+            else {
+                panic!("not a record port")
+            };
             let mut v = Vec::new();
             while let Some(i) = r.next().await.unwrap() {
                 match i {
@@ -879,43 +1125,17 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let up = Upstream::Dir(d.path().to_path_buf());
-            let mut r = up
+            let Opened::Records(mut r) = up
                 .open("p", Window::default(), 1024, CsvSchema::default())
                 .await
-                .unwrap();
+                .unwrap()
+            else {
+                panic!("not a record port")
+            };
             assert!(matches!(r.next().await.unwrap(), Some(Item::Malformed)));
             assert!(matches!(r.next().await.unwrap(), Some(Item::Record(_))));
             assert!(r.next().await.unwrap().is_none());
         });
-    }
-
-    fn schema(fields: &[(&str, &str)]) -> CsvSchema {
-        let fields: Vec<FieldInfo> = fields
-            .iter()
-            .map(|(n, t)| FieldInfo {
-                name: n.to_string(),
-                logical_type: Some(t.to_string()),
-                classification: None,
-                level: meshgov_core::mesh::Level::Restricted,
-                direct_identifier: false,
-            })
-            .collect();
-        CsvSchema::new(&fields)
-    }
-
-    #[test]
-    fn csv_rows_become_json_lines_of_declared_fields() {
-        let s = schema(&[("n", "integer"), ("ok", "boolean"), ("t", "string")]);
-        let header: Vec<String> = ["t", "secret", "n", "ok"].map(String::from).to_vec();
-        let cols = s.columns(&header);
-        let mut out = Vec::new();
-        let row = |cells: [&str; 4]| cells.map(String::from).to_vec();
-        csv_row_to_json(&cols, &row(["=1+1", "pw", "-42", "true"]), &mut out);
-        assert_eq!(out, br#"{"t":"=1+1","n":-42,"ok":true}"#);
-        csv_row_to_json(&cols, &row(["a\"b", "pw", "1e400", "yes"]), &mut out);
-        assert_eq!(out, br#"{"t":"a\"b","n":"1e400","ok":"yes"}"#);
-        csv_row_to_json(&cols, &row(["", "", "", ""]), &mut out);
-        assert_eq!(out, br#"{"t":null,"n":null,"ok":null}"#);
     }
 
     #[test]
@@ -937,14 +1157,5 @@ mod tests {
         assert_eq!(t(r#"{"at":1}"#), None);
         assert_eq!(t(r#"{"other":"2026-03-01"}"#), None);
         assert_eq!(t("not json"), None);
-    }
-
-    #[test]
-    fn csv_lines() {
-        assert_eq!(
-            split_csv_line("a,\"b,c\",\"d\"\"e\"").unwrap(),
-            ["a", "b,c", "d\"e"]
-        );
-        assert!(split_csv_line("\"open").is_none());
     }
 }

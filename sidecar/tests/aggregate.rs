@@ -380,3 +380,79 @@ async fn spends_are_audited_with_cost_and_budget_left() {
     );
     s.stop().await;
 }
+
+/// The same plays as `plays()`, kept as Parquet (typed as the descriptor
+/// declares them).
+fn write_plays_parquet(dir: &std::path::Path) {
+    use meshgov_columnar::datafusion::arrow::array::{
+        ArrayRef, Int64Array, RecordBatch, StringArray,
+    };
+    use meshgov_columnar::datafusion::parquet::arrow::ArrowWriter;
+    let rows: Vec<serde_json::Value> = plays()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let text = |k: &str| -> ArrayRef {
+        std::sync::Arc::new(
+            rows.iter()
+                .map(|r| r[k].as_str().map(str::to_string))
+                .collect::<StringArray>(),
+        )
+    };
+    let batch = RecordBatch::try_from_iter([
+        ("event_id", text("event_id")),
+        ("user_id", text("user_id")),
+        ("song_id", text("song_id")),
+        ("artist_id", text("artist_id")),
+        ("played_at", text("played_at")),
+        (
+            "duration_ms",
+            std::sync::Arc::new(
+                rows.iter()
+                    .map(|r| r["duration_ms"].as_i64())
+                    .collect::<Int64Array>(),
+            ) as ArrayRef,
+        ),
+        ("country", text("country")),
+        ("device", text("device")),
+    ])
+    .unwrap();
+    let d = dir.join("data/plays");
+    std::fs::create_dir_all(&d).unwrap();
+    let file = std::fs::File::create(d.join("today.parquet")).unwrap();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[tokio::test]
+async fn aggregates_over_a_parquet_port_give_the_same_statistics() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            product: "play-events",
+            ..Options::default()
+        },
+    )
+    .await;
+    write_plays_parquet(s.dir.path());
+    let t = marketing(&keys);
+    let body = r#"{"aggregations":[{"count":{}},{"sum":{"field":"duration_ms"}}],"group_by":["country"],"epsilon":0.8}"#;
+    let r = post(s.addr, &t, body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let de = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["key"]["country"] == "DE")
+        .unwrap()
+        .clone();
+    // 600 plays from 300 users (noise scale 5 / 0.2 for the count).
+    let c = de["count"].as_f64().unwrap();
+    assert!((c - 600.0).abs() < 100.0, "{de}");
+    assert!(de["sum_duration_ms"].as_f64().is_some(), "{de}");
+    assert!((v["cost"]["epsilon"].as_f64().unwrap() - 0.8).abs() < 1e-9);
+    s.stop().await;
+}

@@ -359,8 +359,8 @@ async fn the_feed_streams_events_then_checkpoints_after_a_sequence() {
     let bad = get(addr, "/control/v1/audit?after=-1", &[]).await;
     assert_eq!(bad.status, 400);
     let status = meshgov_sidecar::audit_feed::status(&s.app.audit);
-    assert_eq!(status["head_seq"], 7);
-    assert_eq!(status["public_key"], s.app.audit.public_key().to_string());
+    assert_eq!(status.head_seq, 7);
+    assert_eq!(status.public_key, s.app.audit.public_key().to_string());
     s.stop().await;
 }
 

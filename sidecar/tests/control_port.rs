@@ -9,8 +9,10 @@
 )]
 
 mod common;
+use base64::Engine as _;
 use common::*;
 use serde_json::json;
+use sha2::Digest as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -165,6 +167,130 @@ async fn tampered_foreign_rolled_back_expired_and_conflicting_bundles_are_nacked
     s.stop().await;
 }
 
+/// The example slice's components with the `pii.user_id` rule replaced.
+fn with_user_id_rule(
+    policies: &meshgov_core::Policies,
+    rule: serde_json::Value,
+) -> std::collections::BTreeMap<String, String> {
+    let mut c = policies.components();
+    let mut anon: serde_json::Value = serde_json::from_str(&c["anonymization.json"]).unwrap();
+    let rules = anon["rules"].as_array_mut().unwrap();
+    let at = rules
+        .iter()
+        .position(|r| r["classification"] == "pii.user_id")
+        .unwrap();
+    rules[at] = rule;
+    c.insert("anonymization.json".into(), anon.to_string());
+    c
+}
+
+#[tokio::test]
+async fn bundles_this_sidecar_cannot_enforce_in_full_are_nacked_with_a_typed_code() {
+    let keys = Keys::generate();
+    let s = sidecar(&keys, true).await; // revision 7 in force
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let policies = policies_for(&s.app.descriptor);
+    let rule = |extra: serde_json::Value| {
+        let mut r = json!({"id": "anon.user-id", "classification": "pii.user_id"});
+        r.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        r
+    };
+    // A plugin whose module is not WebAssembly, pinned by its true digest.
+    let junk = b"not a wasm module".to_vec();
+    let mut bad_module = with_user_id_rule(
+        &policies,
+        rule(json!({"transform": "plugin", "plugin": "junk"})),
+    );
+    bad_module.insert(
+        "plugins.json".into(),
+        json!([{"name": "junk", "kind": "transform", "module": "junk.wasm",
+                "sha256": hex::encode(sha2::Sha256::digest(&junk))}])
+        .to_string(),
+    );
+    bad_module.insert(
+        "plugins/junk.wasm.b64".into(),
+        base64::engine::general_purpose::STANDARD.encode(&junk),
+    );
+    let mut unknown_check = policies.components();
+    let mut standards: serde_json::Value =
+        serde_json::from_str(&unknown_check["standards.json"]).unwrap();
+    standards["rules"][0]["check"] = json!("lineage");
+    unknown_check.insert("standards.json".into(), standards.to_string());
+    let cases = [
+        (
+            "a standards check this build does not know",
+            unknown_check,
+            "unsupported_policy",
+            "lineage",
+        ),
+        (
+            "a transform this build does not know",
+            with_user_id_rule(&policies, rule(json!({"transform": "tokenize"}))),
+            "unsupported_policy",
+            "tokenize",
+        ),
+        (
+            "a key scope with no key on this sidecar",
+            with_user_id_rule(
+                &policies,
+                rule(json!({"transform": "hmac", "key_scope": "billing-identity"})),
+            ),
+            "missing_key",
+            "billing-identity",
+        ),
+        (
+            "a plugin the bundle does not carry",
+            with_user_id_rule(
+                &policies,
+                rule(json!({"transform": "plugin", "plugin": "absent"})),
+            ),
+            "plugin_invalid",
+            "absent",
+        ),
+        (
+            "a plugin module that cannot be loaded",
+            bad_module,
+            "plugin_invalid",
+            "junk",
+        ),
+    ];
+    for (revision, (what, components, code, named)) in (8..).zip(cases) {
+        let bundle = sign_components(&s.gov, policies.product.clone(), components, revision, 600);
+        let r = push(&s, &bundle).await;
+        assert_eq!(r.status, 422, "{what}: {}", r.text());
+        let nack = r.json();
+        assert_eq!(nack["result"], "nack", "{what}");
+        assert_eq!(nack["code"], code, "{what}: {nack}");
+        assert_eq!(nack["active_revision"], 7, "{what}");
+        assert!(
+            nack["reason"].as_str().unwrap().contains(named),
+            "{what}: {nack}"
+        );
+        // Revision 7 keeps serving, pseudonyms and all.
+        let r = get_as(s.addr, RECORDS, &t).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(r.header("x-meshgov-bundle-revision"), Some("7"), "{what}");
+        assert!(r.lines()[0]["user_id"].as_str().unwrap().starts_with("u_"));
+        assert_eq!(status(&s).await["last_refusal"]["code"], code, "{what}");
+    }
+    // Each refusal is in the audit log with its code (the audit submit
+    // returns before the NACK is answered).
+    let refused: Vec<String> = meshgov_audit::show::read_filtered(
+        &s.dir.path().join("state/audit"),
+        &meshgov_audit::show::Filter::default(),
+    )
+    .unwrap()
+    .into_iter()
+    .filter_map(|(e, _)| e.error)
+    .collect();
+    for code in ["unsupported_policy", "missing_key", "plugin_invalid"] {
+        assert!(refused.iter().any(|e| e == code), "{code}: {refused:?}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn only_the_engine_may_call_control_routes() {
     let keys = Keys::generate();
@@ -303,14 +429,6 @@ async fn swaps_under_load_drop_no_request() {
     s.stop().await;
 }
 
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn wait_ready(addr: SocketAddr, within: Duration) -> Option<Resp> {
     let start = Instant::now();
     while start.elapsed() < within {
@@ -334,9 +452,9 @@ async fn a_restarted_sidecar_serves_its_persisted_bundle_before_the_engine_answe
     let data = dir.path().join("data/profiles");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("2026-03-01.ndjson"), DAY1).unwrap();
-    let (data_addr, control_addr) = (free_addr(), free_addr());
+    let [data_addr, control_addr, engine_addr] = free_addrs();
     // An engine that never answers: nothing listens there.
-    let engine = format!("http://{}", free_addr());
+    let engine = format!("http://{engine_addr}");
     // No bundle file: the sidecar starts with nothing to enforce.
     let cfg = ProcessConfig {
         listen: &format!("data = \"{data_addr}\"\ncontrol = \"{control_addr}\""),
@@ -344,14 +462,13 @@ async fn a_restarted_sidecar_serves_its_persisted_bundle_before_the_engine_answe
     }
     .write(dir.path(), &descriptor_path, &gov, &keys);
     let spawn = || {
-        Child(
+        Process::spawn_unlogged(
             sidecar_command(&cfg, "info")
                 .arg("--engine")
                 .arg(&engine)
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
+                .stderr(std::process::Stdio::null()),
         )
+        .unwrap()
     };
     let first = spawn();
     // No bundle yet: not ready.

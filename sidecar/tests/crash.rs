@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,11 +26,8 @@ use std::time::Duration;
 const ROUNDS: usize = 24;
 const READERS: usize = 4;
 
-fn spawn(config: &Path) -> Child {
-    sidecar_command(config, "warn")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn spawn(config: &Path) -> Process {
+    Process::spawn_unlogged(sidecar_command(config, "warn").stderr(Stdio::null())).unwrap()
 }
 
 fn wait_ready(addr: SocketAddr) {
@@ -94,12 +91,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_decision() {
     }
     .write(d, &descriptor_path, &gov, &keys);
     let token = token(&keys, "mia", &["marketing"], "campaign-analytics");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("seed {seed}");
+    let seed = seed("audit crash");
     let mut rng = Rng(seed);
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
     let counter = Arc::new(AtomicU64::new(0));
@@ -134,8 +126,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_decision() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.kill();
         stop.store(true, Ordering::Relaxed);
         for r in readers {
             r.join().unwrap();
@@ -164,8 +155,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_decision() {
             s.last_seq
         );
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let n = acknowledged.lock().unwrap().len();
     let recoveries = read_filtered(&audit, &Filter::default())
         .unwrap()

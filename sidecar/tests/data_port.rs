@@ -213,28 +213,27 @@ async fn csv_output_neutralises_formulas() {
 }
 
 #[tokio::test]
-async fn a_missing_pseudonym_key_refuses_the_read_instead_of_leaking() {
+async fn a_missing_pseudonym_key_refuses_the_bundle_instead_of_leaking() {
     let keys = Keys::generate();
     let s = start(
         &keys,
         Options {
             pseudonym_keys: String::new(),
+            install_bundle: false,
             ..Options::default()
         },
     )
     .await;
     write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
-    // Marketing sees `user_id` only as a pseudonym: with no key, nothing.
+    // `user_id` is pseudonymized for some consumers: with no key for its
+    // scope, the sidecar cannot enforce the bundle, so it does not take it.
+    let bundle = signed_bundle(&s.gov, &s.app.descriptor, 7, 600);
+    let e = s.app.load_bundle(&bundle, now()).unwrap_err();
+    assert_eq!(e.code().as_str(), "missing_key", "{e}");
+    assert!(e.to_string().contains("`user-identity`"), "{e}");
     let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
     let r = get_as(s.addr, RECORDS, &t).await;
-    assert_eq!(r.status, 500, "{}", r.text());
-    assert_eq!(r.error_code(), "cannot_anonymize");
-    assert!(
-        r.json()["reason"]
-            .as_str()
-            .unwrap()
-            .contains("pseudonym key")
-    );
+    assert_eq!(r.status, 503, "{}", r.text());
     assert!(!r.text().contains("u-1") && !r.text().contains("user-identity"));
     s.stop().await;
 }

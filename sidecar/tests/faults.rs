@@ -25,28 +25,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- harness
-
-/// The run's seed: `MESHGOV_FAULT_SEED`, else the clock. Printed.
-fn seeded(test: &str) -> Rng {
-    let seed = std::env::var("MESHGOV_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-        | 1;
-    println!("{test}: seed {seed} (rerun with MESHGOV_FAULT_SEED={seed})");
-    Rng(seed)
-}
 
 fn now_ms() -> i64 {
     meshgov_sidecar::clock::now_ms()
@@ -75,7 +59,7 @@ impl Setup {
         let gov = governance_key();
         let (descriptor_path, descriptor) = example_descriptor(product);
         let policies = policies_for(&descriptor);
-        let (data, control) = (free_addr(), free_addr());
+        let [data, control] = free_addrs();
         let config = ProcessConfig {
             top: "log_format = \"json\"",
             listen: &format!("data = \"{data}\"\ncontrol = \"{control}\""),
@@ -118,7 +102,7 @@ impl Setup {
         let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"));
         c.arg("--config");
         // Per-request lines (`read finished`) are debug.
-        self.spawn_with(c, log, "info,meshgov_sidecar::pipeline=debug")
+        self.spawn_with(c, log, "info,meshgov_sidecar::records=debug")
     }
 
     /// Starts the sidecar with a file-size limit of `bytes` (`ulimit -f`,
@@ -134,42 +118,32 @@ impl Setup {
             .arg(env!("CARGO_BIN_EXE_meshgov-sidecar"));
         // The limit applies to the log file too; a log line that cannot be
         // written is dropped (see the unwritable-log test).
-        self.spawn_with(c, log, "info,meshgov_sidecar::pipeline=debug")
+        self.spawn_with(c, log, "info,meshgov_sidecar::records=debug")
     }
 
     /// Runs `c` with the config path as its last argument.
     fn spawn_with(&self, mut c: Command, log: &str, filter: &str) -> Proc {
-        let log = self.path().join(log);
-        let child = c
-            .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("MESHGOV_FAULT_LOG").unwrap_or_else(|_| filter.into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        c.arg(&self.config).env(
+            "RUST_LOG",
+            std::env::var("MESHGOV_FAULT_LOG").unwrap_or_else(|_| filter.into()),
+        );
         Proc {
-            child,
+            process: Process::spawn(&mut c, &self.path().join(log)).unwrap(),
             data: self.data,
-            log,
         }
     }
 }
 
 /// A running sidecar process; killed when dropped.
 struct Proc {
-    child: Child,
+    process: Process,
     data: SocketAddr,
-    log: PathBuf,
 }
 
 impl Proc {
     /// SIGKILL, and reap.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// Waits for the data port to answer `/readyz`, and returns that first
@@ -181,7 +155,7 @@ impl Proc {
             if let Some(r) = http(self.data, "GET", "/readyz", &[], b"") {
                 return r;
             }
-            if let Ok(Some(code)) = self.child.try_wait() {
+            if let Ok(Some(code)) = self.process.exited() {
                 panic!("the sidecar exited with {code}: {}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -196,7 +170,7 @@ impl Proc {
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.stderr()
     }
 
     /// The structured log lines (JSON) whose message is `message`.
@@ -216,12 +190,6 @@ fn of_request(v: &serde_json::Value, rid: &str) -> bool {
         || v["spans"]
             .as_array()
             .is_some_and(|s| s.iter().any(|s| s["request_id"] == rid))
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// One request on a fresh connection; `None` if the connection failed or
@@ -826,7 +794,7 @@ fn a_full_disk_refuses_reads_with_503_rather_than_serving_them_unaudited() {
     }
     assert!(failed.load(Ordering::SeqCst), "the log never filled up");
     assert!(
-        p.child.try_wait().unwrap().is_none(),
+        p.process.running().unwrap(),
         "the sidecar died: {}",
         p.stderr()
     );
@@ -928,24 +896,14 @@ fn an_unwritable_process_log_does_not_stop_the_sidecar() {
     write_upstream(s.path(), "plays", "today.ndjson", &long_plays);
     let payments = s.token("pay", &["payments"], "royalty-payments");
     let marketing = s.token("ann", &["marketing"], "campaign-analytics");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"));
-    c.arg("--config");
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let child = c
-        .arg(&s.config)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(full)
-        .spawn()
-        .unwrap();
-    // Nothing to read back: `stderr()` finds no file.
+    // Nothing to read back: `stderr()` is empty.
     let mut p = Proc {
-        child,
+        process: Process::spawn_unlogged(sidecar_command(&s.config, "debug").stderr(full)).unwrap(),
         data: s.data,
-        log: s.path().join("stderr-went-to-dev-full"),
     };
     p.ready();
     for i in 0..20 {
@@ -961,21 +919,13 @@ fn an_unwritable_process_log_does_not_stop_the_sidecar() {
     )
     .unwrap();
     assert_eq!(agg.status, 200, "{}", agg.text());
-    assert!(p.child.try_wait().unwrap().is_none(), "the sidecar died");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(p.child.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = p.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "no exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(p.process.running().unwrap(), "the sidecar died");
+    p.process.signal(Signal::SIGTERM).unwrap();
+    let code = p
+        .process
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("no exit on SIGTERM: {e}"));
+    assert_eq!(code, Some(0));
     let summary = verify_path(&s.state().join("audit"), &audit_key(&s.state())).unwrap();
     let by_rid = decisions(&audit_events(&s.state()));
     for rid in (0..20).map(|i| format!("r{i}")).chain(["agg".into()]) {
@@ -1343,7 +1293,7 @@ fn a_clock_jump_past_expiry_refuses_the_next_request() {
         .env("FAKETIME_NO_CACHE", "1")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .arg("--config");
-    let mut p = s.spawn_with(c, "sidecar.log", "info,meshgov_sidecar::pipeline=debug");
+    let mut p = s.spawn_with(c, "sidecar.log", "info,meshgov_sidecar::records=debug");
     assert_eq!(p.ready()["revision"], 7);
     let count = r#"{"aggregations":[{"count":{}}],"epsilon":0.01}"#;
     let r = read(s.data, "plays", "?limit=3", &payments, "before").unwrap();
@@ -1661,5 +1611,5 @@ fn postgres_down_mid_spend_refuses_aggregates_and_recovers_by_itself() {
     );
     assert!(spent >= audited - 1e-9, "spent {spent} < granted {audited}");
     assert!(spent >= paid - 1e-9, "spent {spent} < answered {paid}");
-    assert!(p.child.try_wait().unwrap().is_none(), "the sidecar exited");
+    assert!(p.process.running().unwrap(), "the sidecar exited");
 }

@@ -13,13 +13,12 @@ mod common;
 use common::*;
 use meshgov_audit::show::{Filter, read_filtered};
 use meshgov_audit::{Kind, verify_path};
-use nix::sys::signal::Signal::{SIGINT, SIGTERM};
+use meshgov_e2e::Signal::{SIGINT, SIGTERM};
 use prometheus_parse::{LineInfo, SampleType, Scrape, Value};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ fn play(i: usize) -> String {
 
 /// A play-events sidecar process with its own directory.
 struct Proc {
-    child: Child,
+    process: Process,
     dir: tempfile::TempDir,
     data: SocketAddr,
     metrics: SocketAddr,
@@ -55,7 +54,7 @@ impl Proc {
             signed_bundle(&gov, &descriptor, 7, 3600),
         )
         .unwrap();
-        let (data, metrics) = (free_addr(), free_addr());
+        let [data, metrics] = free_addrs();
         let config = ProcessConfig {
             top: "log_format = \"json\"",
             listen: &format!("data = \"{data}\"\nmetrics = \"{metrics}\""),
@@ -63,13 +62,13 @@ impl Proc {
             tables: extra,
         }
         .write(d, &descriptor_path, &gov, &keys);
-        let log = std::fs::File::create(d.join("stderr.log")).unwrap();
-        let child = sidecar_command(&config, rust_log)
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let process = Process::spawn(
+            &mut sidecar_command(&config, rust_log),
+            &d.join("stderr.log"),
+        )
+        .unwrap();
         let p = Proc {
-            child,
+            process,
             dir,
             data,
             metrics,
@@ -87,28 +86,16 @@ impl Proc {
         );
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, sig).unwrap();
+    fn signal(&self, sig: Signal) {
+        self.process.signal(sig).unwrap();
     }
 
     fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(
-                t0.elapsed() < within,
-                "still running after {within:?}: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.process.wait_exit(within).unwrap()
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.process.stderr()
     }
 
     fn audit(&self) -> PathBuf {
@@ -124,13 +111,6 @@ impl Proc {
 
     fn token(&self, sub: &str, group: &str, purpose: &str) -> String {
         token(&self.keys, sub, &[group], purpose)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -661,7 +641,7 @@ fn a_second_signal_exits_at_once() {
     // Still draining (the default grace period is 10 s, the stream 100 s).
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        p.child.try_wait().unwrap().is_none(),
+        p.process.running().unwrap(),
         "exited before the second signal"
     );
     let t0 = Instant::now();

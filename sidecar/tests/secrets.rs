@@ -77,7 +77,7 @@ fn run(log_format: &str) {
         "a.ndjson",
         &format!("{record}\n{broken}\n{record}\n"),
     );
-    let (addr, control) = (free_addr(), free_addr());
+    let [addr, control] = free_addrs();
     let config = ProcessConfig {
         top: &format!("log_format = \"{log_format}\""),
         listen: &format!("data = \"{addr}\"\ncontrol = \"{control}\""),
@@ -87,11 +87,12 @@ fn run(log_format: &str) {
     .write(d, &descriptor_path, &gov, &keys);
     let stdout = std::fs::File::create(d.join("stdout.log")).unwrap();
     let stderr = std::fs::File::create(d.join("stderr.log")).unwrap();
-    let mut child = sidecar_command(&config, "trace")
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap();
+    let mut child = Process::spawn_unlogged(
+        sidecar_command(&config, "trace")
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr)),
+    )
+    .unwrap();
     assert!(
         ready_within(addr, Duration::from_secs(30)),
         "the sidecar did not become ready"
@@ -143,8 +144,7 @@ fn run(log_format: &str) {
     bodies.push(r);
     // Let a checkpoint cover the events, then stop.
     std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 
     let state = d.join("state");
     // Key files are private.

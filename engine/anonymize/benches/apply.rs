@@ -2,7 +2,7 @@
 //!
 //! - `records/A_value_roundtrip`: `serde_json::from_slice::<Value>` and
 //!   `to_writer` of every record: what a naive pass-through costs.
-//! - `records/B_apply_json`: `RecordPlan::apply_json` with a realistic plan.
+//! - `records/B_apply_json`: `RecordProgram::apply_json` with a realistic plan.
 //!   Target: at least 0.5x A's throughput.
 //! - `records/C_project`: the CSV path, for reference.
 //! - `transforms/*`: single transforms over 10k values, in values/s.
@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use meshgov_anonymize::{DatePart, FieldRule, RawValue, RecordPlan, RowPredicate, Transform};
+use meshgov_anonymize::{DatePart, FieldRule, RawValue, RecordProgram, RowPredicate, Transform};
 
 const RECORDS: usize = 10_000;
 const SECRET: &[u8; 32] = b"bench-secret-bench-secret-bench!";
@@ -149,8 +149,8 @@ fn records() -> Vec<String> {
         .collect()
 }
 
-fn plan() -> RecordPlan {
-    RecordPlan::new(
+fn plan() -> RecordProgram {
+    RecordProgram::new(
         vec![
             FieldRule::new("user_id", Transform::hmac_sha256(SECRET, "u_").unwrap()),
             FieldRule::new(

@@ -2,12 +2,12 @@
 //! once per request) and a record that cannot be read (bad upstream data,
 //! skipped and counted per record).
 
-/// Why a [`RecordPlan`](crate::RecordPlan) could not be built.
+/// Why a [`RecordProgram`](crate::RecordProgram) could not be built.
 ///
 /// These name fields and operators from the policy, never data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum PlanError {
+pub enum ProgramError {
     /// Two output fields with one name would write the key twice.
     #[error("field `{field}` appears twice in the plan; keep one rule per field")]
     DuplicateField {

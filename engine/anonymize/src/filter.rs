@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::error::PlanError;
+use crate::error::ProgramError;
 use crate::value::{Num, RawKind, classify};
 
 /// How a [`Clause`] compares a field's input value with its `value`.
@@ -46,8 +46,27 @@ pub enum CompareOp {
 }
 
 impl CompareOp {
-    /// The operator's name in error messages.
-    fn name(self) -> &'static str {
+    /// Every operator.
+    pub const ALL: [CompareOp; 10] = [
+        CompareOp::Eq,
+        CompareOp::Ne,
+        CompareOp::In,
+        CompareOp::NotIn,
+        CompareOp::Lt,
+        CompareOp::Le,
+        CompareOp::Gt,
+        CompareOp::Ge,
+        CompareOp::IsNull,
+        CompareOp::NotNull,
+    ];
+
+    /// The operator with this name (`eq`, `not_in`, `is_null`, …).
+    pub fn parse(name: &str) -> Option<CompareOp> {
+        CompareOp::ALL.into_iter().find(|op| op.name() == name)
+    }
+
+    /// The operator's name, as policies write it and errors show it.
+    pub fn name(self) -> &'static str {
         match self {
             CompareOp::Eq => "eq",
             CompareOp::Ne => "ne",
@@ -149,8 +168,8 @@ struct ScalarSet {
 }
 
 impl CompiledClause {
-    pub(crate) fn compile(clause: &Clause, slot: usize) -> Result<Self, PlanError> {
-        let invalid = |expected: &'static str| PlanError::InvalidClause {
+    pub(crate) fn compile(clause: &Clause, slot: usize) -> Result<Self, ProgramError> {
+        let invalid = |expected: &'static str| ProgramError::InvalidClause {
             field: clause.field.clone(),
             op: clause.op.name(),
             expected,
@@ -261,6 +280,7 @@ fn scalar(value: &Value) -> Option<Scalar> {
 fn compare(kind: RawKind<'_>, operand: &Scalar) -> Option<Ordering> {
     match (kind, operand) {
         (RawKind::String(s), Scalar::Str(want)) => s.cmp_str(want),
+        (RawKind::Text(text), Scalar::Str(want)) => Some(text.as_bytes().cmp(want.as_bytes())),
         (RawKind::Number(text), Scalar::Num(want)) => Num::parse(text)?.cmp_num(*want),
         (RawKind::Bool(b), Scalar::Bool(want)) => Some(b.cmp(want)),
         _ => None,
@@ -419,7 +439,7 @@ mod tests {
             (NotNull, json!("x")),
         ] {
             let err = CompiledClause::compile(&Clause::new("f", op, value), 0).unwrap_err();
-            assert!(matches!(err, PlanError::InvalidClause { .. }), "{op:?}");
+            assert!(matches!(err, ProgramError::InvalidClause { .. }), "{op:?}");
             assert!(err.to_string().contains("`f`"), "{err}");
         }
     }

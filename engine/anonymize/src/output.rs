@@ -159,6 +159,7 @@ impl<'a> Sink<'a> for CellSink<'_, 'a> {
                 Some(text) => Cell::Text(text.text),
                 None => Cell::Null,
             },
+            RawKind::Text(text) => Cell::Text(Cow::Borrowed(text)),
             RawKind::Bool(_) | RawKind::Number(_) | RawKind::Compound => {
                 Cell::Json(Cow::Borrowed(value))
             }
@@ -193,4 +194,54 @@ impl<'a> Sink<'a> for CellSink<'_, 'a> {
         let built = std::mem::take(&mut self.building);
         self.cells.push(Cell::Text(Cow::Owned(built)));
     }
+}
+
+/// Writes one value's text into a caller's buffer, for columnar writers:
+/// every built-in transform but `Clear` gives a string or null.
+pub(crate) struct TextSink<'o> {
+    pub(crate) out: &'o mut String,
+    pub(crate) null: bool,
+}
+
+impl<'a> Sink<'a> for TextSink<'_> {
+    fn null(&mut self) {
+        self.null = true;
+    }
+
+    fn raw(&mut self, value: &'a RawValue) {
+        match classify(value) {
+            RawKind::Null => self.null = true,
+            RawKind::String(s) => match s.decode() {
+                Some(text) => self.out.push_str(&text.text),
+                None => self.null = true,
+            },
+            RawKind::Text(text) => self.out.push_str(text),
+            RawKind::Bool(_) | RawKind::Number(_) | RawKind::Compound => {
+                self.out.push_str(value.get());
+            }
+        }
+    }
+
+    fn borrowed_str(&mut self, text: &'a str, _json_safe: bool) {
+        self.out.push_str(text);
+    }
+
+    fn begin_string(&mut self) {}
+
+    fn push_str(&mut self, text: &str) {
+        self.out.push_str(text);
+    }
+
+    fn push_repeated(&mut self, c: char, count: usize) {
+        self.out.extend(std::iter::repeat_n(c, count));
+    }
+
+    fn push_plain_ascii(&mut self, bytes: &[u8]) {
+        // INVARIANT (from the trait): `bytes` is ASCII, so this never fails.
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            self.out.push_str(text);
+        }
+    }
+
+    fn end_string(&mut self) {}
 }

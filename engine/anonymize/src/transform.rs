@@ -14,9 +14,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::KeyError;
-use crate::output::{JsonSink, Sink};
+use crate::output::{JsonSink, Sink, TextSink};
 use crate::plugin::PluginTransform;
-use crate::value::{Num, RawKind, Text, classify, format_i128};
+use crate::value::{Input, Num, RawKind, Text, classify, format_i128};
 
 /// The smallest HMAC secret [`Transform::hmac_sha256`] accepts, in bytes.
 ///
@@ -35,7 +35,7 @@ pub const PSEUDONYM_BYTES: usize = 16;
 /// What a consumer sees of one field.
 ///
 /// Plain data, so the policy compiler can build it and tests can write it
-/// out literally. [`RecordPlan::new`](crate::RecordPlan::new) checks it once
+/// out literally. [`RecordProgram::new`](crate::RecordProgram::new) checks it once
 /// per request; applying it to a value cannot fail.
 #[derive(Debug, Clone)]
 pub enum Transform {
@@ -104,7 +104,7 @@ pub enum Transform {
         chars: usize,
     },
     /// A plugin's transform (see [`PluginTransform`]). A plugin is called
-    /// per batch of values by [`RecordPlan`](crate::RecordPlan)'s batch
+    /// per batch of values by [`RecordProgram`](crate::RecordProgram)'s batch
     /// methods; a missing field is `null` without calling it. Applied to a
     /// lone value outside a batch (as by [`Transform::write_json`]) it writes
     /// `null`: no plugin answer, no value.
@@ -152,7 +152,7 @@ impl Transform {
     /// text to `out`. `None` means the field was missing from the record.
     ///
     /// For callers that handle values one at a time (and for benchmarks);
-    /// [`RecordPlan`](crate::RecordPlan) is the per-record entry point.
+    /// [`RecordProgram`](crate::RecordProgram) is the per-record entry point.
     /// [`Transform::Redact`] writes `null` here, whether or not it drops the
     /// key, because only the record writer can omit a key.
     pub fn write_json(&self, value: Option<&RawValue>, out: &mut Vec<u8>) {
@@ -169,29 +169,53 @@ impl Transform {
         !matches!(self, Transform::Redact { .. })
     }
 
+    /// Applies the transform to one value from a typed source (a cell of
+    /// an Arrow column) and appends the result's text to `out`; `false`
+    /// means the result is null and nothing was written.
+    ///
+    /// Every transform but [`Transform::Clear`] gives a string or null, so
+    /// a columnar writer needs nothing else. `Clear` writes the value's
+    /// text (a number's JSON text, `true`/`false`); a columnar plan serves
+    /// a clear column as it is instead. [`Transform::Plugin`] gives null,
+    /// as in [`Transform::write_json`]: plugins are called per batch.
+    pub fn write_text(&self, value: Input<'_>, out: &mut String) -> bool {
+        let mut sink = TextSink { out, null: false };
+        match (self, value.kind()) {
+            (_, RawKind::Null) => sink.null(),
+            (Transform::Clear, RawKind::Bool(b)) => sink.push_str(if b { "true" } else { "false" }),
+            (Transform::Clear, RawKind::Number(text) | RawKind::Text(text)) => sink.push_str(text),
+            (_, kind) => self.apply_kind(kind, &mut sink),
+        }
+        !sink.null
+    }
+
     pub(crate) fn apply<'a, S: Sink<'a>>(&self, value: Option<&'a RawValue>, sink: &mut S) {
-        let Some(value) = value else {
-            sink.null();
-            return;
-        };
+        match (self, value) {
+            (_, None) => sink.null(),
+            (Transform::Clear, Some(value)) => sink.raw(value),
+            (_, Some(value)) => self.apply_kind(classify(value), sink),
+        }
+    }
+
+    /// Every transform but `Clear`, on a classified value.
+    fn apply_kind<'a, S: Sink<'a>>(&self, value: RawKind<'a>, sink: &mut S) {
         match self {
-            Transform::Clear => sink.raw(value),
-            Transform::Redact { .. } | Transform::Plugin(_) => sink.null(),
+            Transform::Clear | Transform::Redact { .. } | Transform::Plugin(_) => sink.null(),
             Transform::Mask {
                 keep_first,
                 keep_last,
                 mask_char,
-            } => match scalar_text(classify(value)) {
+            } => match scalar_text(value) {
                 Some(text) => mask(&text.text, *keep_first, *keep_last, *mask_char, sink),
                 None => sink.null(),
             },
-            Transform::Hmac { key, prefix } => match scalar_text(classify(value)) {
+            Transform::Hmac { key, prefix } => match scalar_text(value) {
                 Some(text) => pseudonym(key, prefix, text.text.as_bytes(), sink),
                 None => sink.null(),
             },
-            Transform::GeneralizeDate(part) => generalize_date(classify(value), *part, sink),
-            Transform::GeneralizeBucket { width } => bucket(classify(value), *width, sink),
-            Transform::GeneralizePrefix { chars } => match scalar_text(classify(value)) {
+            Transform::GeneralizeDate(part) => generalize_date(value, *part, sink),
+            Transform::GeneralizeBucket { width } => bucket(value, *width, sink),
+            Transform::GeneralizePrefix { chars } => match scalar_text(value) {
                 Some(text) => prefix_of(text, *chars, sink),
                 None => sink.null(),
             },
@@ -204,6 +228,10 @@ impl Transform {
 fn scalar_text(kind: RawKind<'_>) -> Option<Text<'_>> {
     match kind {
         RawKind::String(s) => s.decode(),
+        RawKind::Text(text) => Some(Text {
+            text: Cow::Borrowed(text),
+            json_safe: false,
+        }),
         RawKind::Number(text) => Some(Text {
             text: Cow::Borrowed(text),
             json_safe: true,
@@ -264,11 +292,15 @@ fn pseudonym<'a, S: Sink<'a>>(key: &hmac::Key, prefix: &str, message: &[u8], sin
 }
 
 fn generalize_date<'a, S: Sink<'a>>(kind: RawKind<'a>, part: DatePart, sink: &mut S) {
-    let RawKind::String(s) = kind else {
-        sink.null();
-        return;
+    let text = match kind {
+        RawKind::String(s) => s.decode(),
+        RawKind::Text(text) => Some(Text {
+            text: Cow::Borrowed(text),
+            json_safe: false,
+        }),
+        _ => None,
     };
-    let Some(text) = s.decode() else {
+    let Some(text) = text else {
         sink.null();
         return;
     };
@@ -330,6 +362,7 @@ fn bucket<'a, S: Sink<'a>>(kind: RawKind<'a>, width: u64, sink: &mut S) {
     let number = match kind {
         RawKind::Number(text) => Num::parse(text),
         RawKind::String(s) => s.decode().and_then(|t| Num::parse(&t.text)),
+        RawKind::Text(text) => Num::parse(text),
         RawKind::Null | RawKind::Bool(_) | RawKind::Compound => None,
     };
     let width = i128::from(width);

@@ -20,8 +20,38 @@ pub(crate) enum RawKind<'a> {
     Number(&'a str),
     /// A JSON string.
     String(RawStr<'a>),
+    /// A string from a typed (columnar) source: already decoded, and
+    /// possibly holding characters JSON must escape.
+    Text(&'a str),
     /// An array or an object.
     Compound,
+}
+
+/// One value from a typed source, such as a cell of an Arrow column, for
+/// [`Transform::write_text`](crate::Transform::write_text). It is the same
+/// input a record's JSON value gives the transforms, so both kinds of
+/// source go through one implementation of each transform.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Input<'a> {
+    /// A missing or null value.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number as its JSON text, e.g. `42` or `-1.5e3`.
+    Number(&'a str),
+    /// A string's content.
+    Text(&'a str),
+}
+
+impl<'a> Input<'a> {
+    pub(crate) fn kind(self) -> RawKind<'a> {
+        match self {
+            Input::Null => RawKind::Null,
+            Input::Bool(b) => RawKind::Bool(b),
+            Input::Number(text) => RawKind::Number(text),
+            Input::Text(text) => RawKind::Text(text),
+        }
+    }
 }
 
 /// A JSON string as it appears in the input, quotes removed.

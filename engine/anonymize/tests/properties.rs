@@ -1,4 +1,4 @@
-//! Properties of the transforms and the read plan over generated input.
+//! Properties of the transforms and the record program over generated input.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -7,7 +7,7 @@
 )]
 
 use meshgov_anonymize::{
-    Cell, Clause, CompareOp, DatePart, FieldRule, Outcome, RecordPlan, RowPredicate, Transform,
+    Cell, Clause, CompareOp, DatePart, FieldRule, Outcome, RecordProgram, RowPredicate, Transform,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -20,8 +20,8 @@ const KEYS: &[&str] = &[
     "id", "email", "name", "born", "age", "zip", "note", "gone", "nulled", "q\"k", "é", "extra",
 ];
 
-fn full_plan() -> RecordPlan {
-    RecordPlan::new(
+fn full_plan() -> RecordProgram {
+    RecordProgram::new(
         vec![
             FieldRule::new("id", Transform::hmac_sha256(SECRET, "u_").unwrap()),
             FieldRule::new(
@@ -335,7 +335,7 @@ proptest! {
         s in any::<String>(), t in any::<String>(),
     ) {
         let keeps = |op: CompareOp, operand: Value, input: &Value| {
-            let plan = RecordPlan::new(
+            let plan = RecordProgram::new(
                 vec![FieldRule::new("v", Transform::Clear)],
                 RowPredicate::all(vec![Clause::new("v", op, operand)]),
             )

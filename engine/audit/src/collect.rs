@@ -1,5 +1,6 @@
 //! Collection: pulling a sidecar's audit feed
-//! (`GET {control}/control/v1/audit?after=SEQ`) into a local store, one
+//! (`GET {control}/control/v1/audit?after=SEQ`, framed as `meshgov-wire`
+//! says) into a local store, one
 //! directory per sidecar, laid out like the sidecar's own (segments and
 //! `checkpoints.ndjson`), so `meshgov audit verify` checks it the same way.
 //!
@@ -18,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use meshgov_bundle::PublicKey;
+use meshgov_wire::{AuditFeedQuery, FeedLine, MAX_FEED_LINE_BYTES};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
@@ -25,8 +27,6 @@ use std::path::{Path, PathBuf};
 
 /// Segments of the store rotate past this size.
 const STORE_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// The longest line accepted from a feed.
-const MAX_LINE: usize = 1024 * 1024;
 
 /// Why a pull stopped.
 #[derive(Debug, thiserror::Error)]
@@ -116,9 +116,13 @@ impl Collector {
     /// control port is at `base_url` (`http://host:port`).
     pub async fn pull(&mut self, base_url: &str) -> Result<Pulled, CollectError> {
         let url = format!(
-            "{}/control/v1/audit?after={}",
+            "{}{}?{}",
             base_url.trim_end_matches('/'),
-            self.head.seq
+            meshgov_wire::path::CONTROL_AUDIT,
+            AuditFeedQuery {
+                after: self.head.seq
+            }
+            .to_query()
         );
         let http_err = |reason: String| CollectError::Http {
             url: url.clone(),
@@ -174,7 +178,7 @@ impl Collector {
                 }
             }
             pending.drain(..start);
-            if pending.len() > MAX_LINE {
+            if pending.len() > MAX_FEED_LINE_BYTES {
                 outcome = Err(CollectError::Chain {
                     seq: self.head.seq + 1,
                     reason: "a line longer than 1 MiB".into(),
@@ -198,7 +202,7 @@ impl Collector {
         pulled: &mut Pulled,
     ) -> Result<(), CollectError> {
         let want = self.head.seq + 1;
-        if line.starts_with(b"{\"hash\":") {
+        if let FeedLine::Checkpoint(line) = FeedLine::of(line) {
             let c = Checkpoint::parse(line).ok_or_else(|| CollectError::Chain {
                 seq: want,
                 reason: "a line that is neither an event nor a checkpoint".into(),

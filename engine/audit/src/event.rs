@@ -108,6 +108,13 @@ pub struct Event {
     pub budget_remaining: Option<f64>,
     pub bundle_revision: Option<u64>,
     pub bundle_digest: Option<String>,
+    /// A read's answer format (`ndjson`, `csv`, `arrow`, `parquet`).
+    pub format: Option<String>,
+    /// The fields a read asked for (`fields=`); empty for all of them.
+    pub projection: Vec<String>,
+    /// The shape of a read's filter, every value replaced by `?`
+    /// (`country eq ? and age ge ?`): no field value enters the log.
+    pub filter: Option<String>,
     /// Completion: records and bytes handed to the connection.
     pub records: Option<u64>,
     pub bytes: Option<u64>,
@@ -144,6 +151,9 @@ impl Event {
             budget_remaining: None,
             bundle_revision: None,
             bundle_digest: None,
+            format: None,
+            projection: Vec::new(),
+            filter: None,
             records: None,
             bytes: None,
             outcome: None,
@@ -206,6 +216,8 @@ fn encode_body(ev: &Event, seq: u64, prev: &Hash, out: &mut Vec<u8>) {
     w.opt_str("consumer", ev.consumer.as_deref());
     w.opt_str("decision", ev.decision.map(Decision::as_str));
     w.opt_str("error", ev.error.as_deref());
+    w.opt_str("filter", ev.filter.as_deref());
+    w.opt_str("format", ev.format.as_deref());
     w.list("groups", &ev.groups);
     w.key("kind");
     w.string(ev.kind.as_str());
@@ -217,6 +229,7 @@ fn encode_body(ev: &Event, seq: u64, prev: &Hash, out: &mut Vec<u8>) {
     push_hex(w.out, prev);
     w.out.push(b'"');
     w.opt_f64("privacy_cost", ev.privacy_cost);
+    w.list("projection", &ev.projection);
     w.opt_str("purpose", ev.purpose.as_deref());
     w.opt_u64("records", ev.records);
     w.opt_str("request_id", ev.request_id.as_deref());
@@ -240,9 +253,9 @@ fn encode_body(ev: &Event, seq: u64, prev: &Hash, out: &mut Vec<u8>) {
         for (i, (k, v)) in sorted.into_iter().enumerate() {
             // Field names come from descriptors: escape them like any string.
             w.out.push(if i == 0 { b'{' } else { b',' });
-            push_json_str(w.out, k);
+            meshgov_json::push_string(w.out, k);
             w.out.push(b':');
-            push_json_str(w.out, v);
+            meshgov_json::push_string(w.out, v);
         }
         w.out.push(b'}');
     }
@@ -265,7 +278,7 @@ impl Obj<'_> {
     }
 
     fn string(&mut self, s: &str) {
-        push_json_str(self.out, s);
+        meshgov_json::push_string(self.out, s);
     }
 
     fn opt_str(&mut self, k: &str, v: Option<&str>) {
@@ -301,7 +314,7 @@ impl Obj<'_> {
             if i > 0 {
                 self.out.push(b',');
             }
-            push_json_str(self.out, s);
+            meshgov_json::push_string(self.out, s);
         }
         self.out.push(b']');
     }
@@ -324,16 +337,6 @@ fn push_u64(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// A JSON string literal; plain ASCII is copied as is.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-}
-
 fn nibble(n: u8) -> u8 {
     if n < 10 { b'0' + n } else { b'a' + n - 10 }
 }
@@ -458,6 +461,12 @@ pub struct StoredEvent {
     pub bundle_revision: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projection: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

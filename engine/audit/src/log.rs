@@ -172,11 +172,10 @@ impl Pending {
     }
 }
 
+/// The wall clock, for the log's own events and checkpoints.
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    use meshgov_bundle::clock::{Clock as _, SystemClock};
+    SystemClock.now_ms()
 }
 
 impl AuditLog {

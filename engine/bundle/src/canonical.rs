@@ -14,43 +14,7 @@
 use std::collections::BTreeMap;
 
 /// Appends `s` as a JSON string literal.
-pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
-        };
-        // INVARIANT: `start..i` lies on char boundaries, because every byte
-        // that stops the scan is ASCII.
-        out.extend_from_slice(s.get(start..i).unwrap_or_default().as_bytes());
-        if escape.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX_DIGITS.get(usize::from(b >> 4)).copied().unwrap_or(b'0'));
-            out.push(
-                HEX_DIGITS
-                    .get(usize::from(b & 0xf))
-                    .copied()
-                    .unwrap_or(b'0'),
-            );
-        } else {
-            out.extend_from_slice(escape);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(s.get(start..).unwrap_or_default().as_bytes());
-    out.push(b'"');
-}
-
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+pub(crate) use meshgov_json::push_string as string;
 
 /// Appends `"key":` (after a comma unless it is the object's first key).
 pub(crate) fn key(out: &mut Vec<u8>, name: &str, first: bool) {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod canonical;
+pub mod clock;
 mod control_token;
 mod envelope;
 mod excerpt;
@@ -19,7 +20,10 @@ pub use key::{
     KeyError, KeyFileError, PUBLIC_KEY_PREFIX, PublicKey, SigningKey, TrustStore,
     read_public_key_file, read_signing_key_file,
 };
-pub use payload::{BuildError, BundleMeta, BundlePayload, DIGEST_PREFIX, FORMAT_VERSION, Manifest};
+pub use payload::{
+    BuildError, BundleMeta, BundlePayload, DIGEST_PREFIX, FORMAT_VERSION, Manifest,
+    format_timestamp, parse_timestamp, sha256_digest,
+};
 pub use verify::{
     DEFAULT_MAX_ENVELOPE_BYTES, Expect, Inspection, MAX_CLOCK_SKEW_SECS, VerifiedBundle,
     VerifyError, inspect, verify,

@@ -168,8 +168,9 @@ impl BundlePayload {
     }
 }
 
-/// `sha256:<lowercase hex>` of `bytes`.
-pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
+/// `sha256:<lowercase hex>` of `bytes`: the digest of a component, and of
+/// a signed payload (a bundle's identity, which a sidecar's ACK names).
+pub fn sha256_digest(bytes: &[u8]) -> String {
     let hash = digest::digest(&digest::SHA256, bytes);
     format!("{DIGEST_PREFIX}{}", hex::encode(hash.as_ref()))
 }
@@ -177,7 +178,10 @@ pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
 const TIMESTAMP: &[time::format_description::BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
 
-fn format_timestamp(unix: i64) -> Result<String, BuildError> {
+/// A manifest timestamp: RFC 3339 UTC to the second
+/// (`2026-01-02T03:04:05Z`), the one spelling [`parse_timestamp`] reads
+/// back. Refuses times outside the years 1970 to 9999.
+pub fn format_timestamp(unix: i64) -> Result<String, BuildError> {
     let out_of_range = || BuildError::TimeOutOfRange { unix };
     let t = OffsetDateTime::from_unix_timestamp(unix).map_err(|_| out_of_range())?;
     if !(1970..=9999).contains(&t.year()) {
@@ -189,7 +193,7 @@ fn format_timestamp(unix: i64) -> Result<String, BuildError> {
 /// Reads a manifest timestamp back to unix seconds. Only the exact form this
 /// crate writes is accepted, so one instant has one spelling in signed bytes.
 /// The years are those a builder can write (1970 to 9999).
-pub(crate) fn parse_timestamp(text: &str) -> Option<i64> {
+pub fn parse_timestamp(text: &str) -> Option<i64> {
     let t = time::PrimitiveDateTime::parse(text, TIMESTAMP)
         .ok()?
         .assume_utc();

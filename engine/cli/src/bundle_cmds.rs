@@ -1,9 +1,11 @@
 //! `keygen`, `build` and `bundle inspect`: signing keys and signed bundles.
 
 use crate::Failure;
-use crate::policy_cmds::load_checked;
-use meshgov_bundle::{BundleMeta, BundlePayload, Expect, SigningKey, TrustStore};
-use meshgov_core::descriptor::ProductInfo;
+use crate::policy_cmds::{print_cases, print_summary};
+use meshgov_bundle::{Expect, SigningKey, TrustStore};
+use meshgov_core::testing::CaseResult;
+use meshgov_core::{Diagnostic, Severity};
+use meshgov_server::build::{BuildError, Options, Progress, Slices, Stamp};
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -56,6 +58,8 @@ pub struct BuildArgs<'a> {
     pub product: Option<&'a str>,
     pub revision: Option<u64>,
     pub created_at: Option<&'a str>,
+    /// Build without running the policy tests.
+    pub skip_tests: bool,
 }
 
 fn build_time(created_at: Option<&str>) -> Result<i64, Failure> {
@@ -76,42 +80,39 @@ fn build_time(created_at: Option<&str>) -> Result<i64, Failure> {
     Ok(OffsetDateTime::now_utc().unix_timestamp())
 }
 
+/// Prints what the build reports as it goes: every diagnostic, as `meshgov
+/// check` does, and the policy tests as `meshgov test` does when one fails
+/// (else their count).
+#[derive(Default)]
+struct Printer {
+    errors: usize,
+}
+
+impl Progress for Printer {
+    fn checked(&mut self, diagnostics: &[Diagnostic]) {
+        for d in diagnostics {
+            outln!("{d}");
+        }
+        self.errors = diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+    }
+
+    fn tested(&mut self, results: &[CaseResult]) {
+        if results.iter().any(|r| !r.passed()) {
+            print_cases(results);
+        }
+        print_summary(results);
+    }
+}
+
+/// `meshgov build`: [`meshgov_server::build::build`], the engine's build
+/// path, for one bundle (the whole mesh, or one product's slice).
 pub fn build(a: BuildArgs<'_>) -> Result<(), Failure> {
     let key =
         meshgov_bundle::read_signing_key_file(a.key).map_err(|e| Failure::usage(e.to_string()))?;
-    let (_, checked) = load_checked(a.dir)?;
-    let Some(policies) = checked.policies else {
-        return Err(Failure::violations(
-            "the policies do not check; fix the errors above before building",
-        ));
-    };
-    let policies = match a.product {
-        None => policies,
-        Some(id) => {
-            let (path, d) = checked
-                .products
-                .iter()
-                .find(|(_, d)| d.product_id() == id)
-                .ok_or_else(|| {
-                    let known: Vec<String> = checked
-                        .products
-                        .iter()
-                        .map(|(_, d)| d.product_id())
-                        .collect();
-                    Failure::usage(format!(
-                        "unknown product `{id}`; the repository describes: {}",
-                        known.join(", ")
-                    ))
-                })?;
-            let info = ProductInfo::resolve(d, &policies.mesh)
-                .map_err(|e| Failure::violations(e.diagnostic(path).to_string()))?;
-            policies
-                .slice(&info)
-                .map_err(|e| Failure::violations(e.to_string()))?
-        }
-    };
     let created = build_time(a.created_at)?;
-    let ttl = i64::try_from(policies.mesh.bundle.ttl_seconds).unwrap_or(i64::MAX);
     // One default scheme, so a later build never gets a lower revision
     // (a commit count can shrink after a rebase, and mixing schemes jumps).
     let revision = match a.revision {
@@ -119,32 +120,51 @@ pub fn build(a: BuildArgs<'_>) -> Result<(), Failure> {
         None => u64::try_from(created)
             .map_err(|_| Failure::usage("the build time is before 1970; pass --revision"))?,
     };
-    let meta = BundleMeta {
-        mesh: policies.mesh.id.clone(),
+    let opts = Options {
+        tests: !a.skip_tests,
+        slices: a.product.map_or(Slices::None, Slices::One),
+    };
+    let mut printer = Printer::default();
+    let built = meshgov_server::build::build(a.dir, &key, &opts, &mut printer, |c| Stamp {
         revision,
         created_at_unix: created,
-        expires_at_unix: created.saturating_add(ttl),
-        source_commit: meshgov_server::build::source_commit(a.dir),
-        product: policies.product.clone(),
+        ttl_seconds: c.ttl_seconds,
+    })
+    .map_err(|e| match e {
+        BuildError::Read(_) | BuildError::UnknownProduct { .. } => Failure::usage(e.to_string()),
+        BuildError::Check { .. } if printer.errors > 0 => Failure::violations(
+            "the policies do not check; fix the errors above before building",
+        ),
+        BuildError::Test { failed, total, .. } => Failure::violations(format!(
+            "{failed} of {total} policy tests failed; nothing was built (fix them, or pass --skip-tests)"
+        )),
+        BuildError::Check { .. } | BuildError::Slice { .. } => Failure::violations(e.to_string()),
+        BuildError::Sign(_) => Failure::usage(e.to_string()),
+    })?;
+    let release = built.release.map_err(|e| Failure::usage(e.to_string()))?;
+    let (signed, components) = match a.product {
+        None => (&release.whole, &built.compiled.whole),
+        Some(id) => match (release.slices.get(id), built.compiled.slices.get(id)) {
+            (Some(s), Some(c)) => (s, c),
+            _ => return Err(Failure::usage(format!("no slice was built for `{id}`"))),
+        },
     };
-    let payload = BundlePayload::new(meta, policies.components())
-        .map_err(|e| Failure::usage(e.to_string()))?;
-    let envelope = meshgov_bundle::sign(&payload.to_canonical_bytes(), &[&key])
-        .map_err(|e| Failure::usage(e.to_string()))?;
-    let bytes = envelope.to_json_bytes();
+    if a.skip_tests {
+        outln!("policy tests not run (--skip-tests)");
+    }
+    let bytes = &signed.bytes;
     let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, a.out).map_err(|e| io(a.out, e))?;
-    let m = &payload.manifest;
     outln!(
         "built {} revision {} for {} ({} components, {} bytes), signed by {}, expires {}",
         a.out.display(),
-        m.revision,
-        m.product.as_deref().unwrap_or("the whole mesh"),
-        m.components.len(),
+        release.revision,
+        a.product.unwrap_or("the whole mesh"),
+        components.len(),
         bytes.len(),
         key.keyid(),
-        m.expires_at
+        meshgov_bundle::format_timestamp(release.expires_at_unix).unwrap_or_default()
     );
     Ok(())
 }

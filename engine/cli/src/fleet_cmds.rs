@@ -2,9 +2,10 @@
 //! the fleet.
 
 use crate::Failure;
-use meshgov_server::client::{self, HttpClient, PushOutcome};
+use meshgov_server::client::{self, HttpClient};
 use meshgov_server::{Canary, Engine, EngineConfig};
-use meshgov_sidecar::launch::Signals;
+use meshgov_shutdown::Signals;
+use meshgov_wire::{Ack, Nack, PushOutcome};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -149,30 +150,29 @@ pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
         outln!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
         return Ok(());
     }
-    // Text of the value at a JSON pointer; `-` when absent or null.
-    let at = |v: &serde_json::Value, p: &str| match v.pointer(p) {
-        None | Some(serde_json::Value::Null) => "-".to_string(),
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    };
+    // An optional value as text; `-` when absent.
+    fn or_dash<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map_or_else(|| "-".to_string(), |v| v.to_string())
+    }
     outln!(
         "released: revision {} (expires {}); rollout: {} {}{}",
-        at(&f, "/released/revision"),
-        at(&f, "/released/expires_at"),
-        at(&f, "/rollout/phase"),
-        at(&f, "/rollout/revision"),
-        f.pointer("/rollout/reason")
-            .and_then(|r| r.as_str())
+        or_dash(f.released.as_ref().map(|r| r.revision)),
+        or_dash(f.released.as_ref().map(|r| &r.expires_at)),
+        f.rollout.phase.as_str(),
+        or_dash(f.rollout.revision),
+        f.rollout
+            .reason
+            .as_ref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default()
     );
-    if f.pointer("/last_build/at").is_some() {
-        match f.pointer("/last_build/error").and_then(|e| e.as_str()) {
-            Some(e) => outln!("last build: FAILED at {}: {e}", at(&f, "/last_build/at")),
+    if let Some(b) = &f.last_build {
+        match &b.error {
+            Some(e) => outln!("last build: FAILED at {}: {e}", b.at),
             None => outln!(
                 "last build: ok at {}, revision {}",
-                at(&f, "/last_build/at"),
-                at(&f, "/last_build/revision")
+                b.at,
+                or_dash(b.revision)
             ),
         }
     }
@@ -186,25 +186,17 @@ pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
         "AGE",
         "LAST CONTACT"
     );
-    let none = vec![];
-    let sidecars = f
-        .get("sidecars")
-        .and_then(|s| s.as_array())
-        .unwrap_or(&none);
-    for sc in sidecars {
+    for sc in &f.sidecars {
         outln!(
             "{:<40} {:<28} {:<12} {:>12} {:>12} {:>8}  {:<20}  {}",
-            at(sc, "/id"),
-            at(sc, "/product"),
-            at(sc, "/state"),
-            at(sc, "/acked_revision"),
-            at(sc, "/target_revision"),
-            sc.get("bundle_age_seconds")
-                .and_then(|a| a.as_i64())
-                .map(|a| format!("{a}s"))
-                .unwrap_or_else(|| "-".into()),
-            at(sc, "/last_contact"),
-            at(sc, "/last_error")
+            sc.id,
+            sc.product,
+            sc.state.as_str(),
+            or_dash(sc.acked_revision),
+            or_dash(sc.target_revision),
+            or_dash(sc.bundle_age_seconds.map(|a| format!("{a}s"))),
+            sc.last_contact,
+            or_dash(sc.last_error.as_ref())
         );
     }
     Ok(())
@@ -222,22 +214,22 @@ pub fn push(file: &Path, sidecar: &str) -> Result<(), Failure> {
         ))
         .map_err(Failure::usage)?;
     match r {
-        PushOutcome::Ack {
+        PushOutcome::Ack(Ack {
             revision,
             digest,
             noop,
-        } => {
+        }) => {
             outln!(
                 "ACK revision {revision} {digest}{}",
                 if noop { " (already in force)" } else { "" }
             );
             Ok(())
         }
-        PushOutcome::Nack {
+        PushOutcome::Nack(Nack {
             code,
             reason,
             active_revision,
-        } => Err(Failure::violations(format!(
+        }) => Err(Failure::violations(format!(
             "NACK [{code}]: {reason} (in force: revision {})",
             active_revision.map_or("none".into(), |r| r.to_string())
         ))),

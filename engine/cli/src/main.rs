@@ -53,15 +53,14 @@ fn write_stdout(args: std::fmt::Arguments<'_>) {
 
 mod audit_cmds;
 mod bundle_cmds;
-mod conformance_cmds;
-mod conformance_run;
+mod conformance;
 mod demo;
 mod diff_cmd;
 mod fleet_cmds;
 mod init;
 mod inject;
 mod policy_cmds;
-mod token;
+mod token_cmd;
 
 /// Policy-as-code governance for a data mesh.
 #[derive(Parser)]
@@ -78,7 +77,8 @@ enum Command {
     /// Writes the example policy repository, fresh keys and seeded sample
     /// data to a work directory, starts the engine and one sidecar per
     /// product on 127.0.0.1, rolls out the bundle, then shows: one port read
-    /// by three consumers (masked, revealed, refused), a differentially
+    /// by three consumers (masked, revealed, refused), the plays (kept as
+    /// Parquet) read as Arrow by projection and filter, a differentially
     /// private aggregate and its budget, a policy edit rolled out live, and
     /// the audit logs verifying. The mesh then keeps running, with its URLs
     /// printed, until Ctrl-C.
@@ -116,7 +116,17 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Check, compile and sign a bundle (whole mesh, or sliced for one product).
+    /// Check, test, compile and sign a bundle (whole mesh, or sliced for one product).
+    ///
+    /// The same build as `meshgov serve`'s: the repository must check, and
+    /// its policy tests (tests/*.toml) must pass, or nothing is written and
+    /// the exit code is 1 (failing tests are printed as `meshgov test` prints
+    /// them). --skip-tests builds without running the tests.
+    ///
+    /// Examples:
+    ///   meshgov build policies --key keys/guild --out bundle.dsse.json
+    ///   meshgov build policies --key keys/guild --out profiles.dsse.json --product users/user-profiles
+    #[command(verbatim_doc_comment)]
     Build {
         #[arg(default_value = "policies")]
         dir: PathBuf,
@@ -135,6 +145,9 @@ enum Command {
         /// The build time (RFC 3339); default: SOURCE_DATE_EPOCH, else now.
         #[arg(long)]
         created_at: Option<String>,
+        /// Build without running the repository's policy tests.
+        #[arg(long)]
+        skip_tests: bool,
     },
     /// Product CI: check a product descriptor against the mesh's rules.
     Conformance {
@@ -262,7 +275,7 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
         #[command(flatten)]
-        issuer: token::Issuer,
+        issuer: meshgov_conformance::token::Issuer,
     },
 }
 
@@ -295,10 +308,10 @@ enum ConformanceCommand {
         #[arg(long)]
         previous: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
-        format: conformance_cmds::Format,
+        format: meshgov_conformance::report::Format,
         /// The lowest severity that fails the run.
         #[arg(long, value_enum, default_value = "error")]
-        fail_on: conformance_cmds::FailOn,
+        fail_on: meshgov_conformance::report::FailOn,
     },
     /// Black-box suite against a live sidecar (rules LIVE-*: conformance/RULES.md).
     ///
@@ -329,7 +342,7 @@ enum ConformanceCommand {
         #[arg(long)]
         issuer_key: PathBuf,
         #[command(flatten)]
-        issuer: token::Issuer,
+        issuer: meshgov_conformance::token::Issuer,
         /// A control token (`meshgov control-token`) for the control port.
         #[arg(long, env = "MESHGOV_CONTROL_TOKEN", hide_env_values = true)]
         control_token: Option<String>,
@@ -350,10 +363,10 @@ enum ConformanceCommand {
         #[arg(long)]
         skip_budget: bool,
         #[arg(long, value_enum, default_value = "text")]
-        format: conformance_cmds::Format,
+        format: meshgov_conformance::report::Format,
         /// The lowest severity that fails the run.
         #[arg(long, value_enum, default_value = "error")]
-        fail_on: conformance_cmds::FailOn,
+        fail_on: meshgov_conformance::report::FailOn,
     },
 }
 
@@ -447,6 +460,15 @@ impl Failure {
     }
 }
 
+impl From<meshgov_conformance::Failure> for Failure {
+    fn from(f: meshgov_conformance::Failure) -> Failure {
+        match f {
+            meshgov_conformance::Failure::Usage(m) => Failure::usage(m),
+            meshgov_conformance::Failure::Violations(m) => Failure::violations(m),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -462,6 +484,7 @@ fn main() -> ExitCode {
             product,
             revision,
             created_at,
+            skip_tests,
         } => bundle_cmds::build(bundle_cmds::BuildArgs {
             dir: &dir,
             key: &key,
@@ -469,6 +492,7 @@ fn main() -> ExitCode {
             product: product.as_deref(),
             revision,
             created_at: created_at.as_deref(),
+            skip_tests,
         }),
         Command::Conformance {
             command:
@@ -481,15 +505,17 @@ fn main() -> ExitCode {
                     format,
                     fail_on,
                 },
-        } => conformance_cmds::check(conformance_cmds::CheckArgs {
-            descriptor: &descriptor,
-            policies: policies.as_deref(),
-            bundle: bundle.as_deref(),
-            trust: &trust,
-            previous: previous.as_deref(),
+        } => conformance::check(
+            meshgov_conformance::check::CheckArgs {
+                descriptor: &descriptor,
+                policies: policies.as_deref(),
+                bundle: bundle.as_deref(),
+                trust: &trust,
+                previous: previous.as_deref(),
+            },
             format,
             fail_on,
-        }),
+        ),
         Command::Conformance {
             command:
                 ConformanceCommand::Run {
@@ -507,21 +533,23 @@ fn main() -> ExitCode {
                     format,
                     fail_on,
                 },
-        } => conformance_run::run(&conformance_run::RunArgs {
-            sidecar: &sidecar,
-            control: &control,
-            product: &product,
-            issuer_key: &issuer_key,
-            issuer: &issuer,
-            control_token: control_token.as_deref(),
-            governance_key: governance_key.as_deref(),
-            trust: &trust,
-            consumers: &consumer,
-            limit,
-            skip_budget,
+        } => conformance::run(
+            &meshgov_conformance::live::RunArgs {
+                sidecar: &sidecar,
+                control: &control,
+                product: &product,
+                issuer_key: &issuer_key,
+                issuer: &issuer,
+                control_token: control_token.as_deref(),
+                governance_key: governance_key.as_deref(),
+                trust: &trust,
+                consumers: &consumer,
+                limit,
+                skip_budget,
+            },
             format,
             fail_on,
-        }),
+        ),
         Command::Diff {
             old,
             new,
@@ -568,7 +596,7 @@ fn main() -> ExitCode {
             purpose,
             ttl,
             issuer,
-        } => token::run(&token::TokenArgs {
+        } => token_cmd::run(&meshgov_conformance::token::TokenArgs {
             key: &key,
             sub: &sub,
             groups: &groups,

@@ -1,6 +1,7 @@
 //! `check` and `test`: the guild's CI commands.
 
 use crate::Failure;
+use meshgov_core::testing::CaseResult;
 use meshgov_core::{Checked, SourceSet};
 use std::path::Path;
 
@@ -59,25 +60,35 @@ pub fn test(dir: &Path, junit: Option<&Path>) -> Result<(), Failure> {
     let plugins =
         meshgov_wasm::Plugins::compile(policies).map_err(|e| Failure::violations(e.to_string()))?;
     let results = meshgov_core::testing::run(policies, &plugins, &checked.products, &checked.tests);
-    let mut failed = 0;
-    for r in &results {
+    print_cases(&results);
+    if let Some(path) = junit {
+        std::fs::write(path, meshgov_core::testing::junit(&results))
+            .map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))?;
+    }
+    let failed = print_summary(&results);
+    if failed > 0 {
+        return Err(Failure::violations(""));
+    }
+    Ok(())
+}
+
+/// One line per case, with what differed under each failing one.
+pub fn print_cases(results: &[CaseResult]) {
+    for r in results {
         if r.passed() {
             outln!("ok   {}: {}", r.file, r.name);
         } else {
-            failed += 1;
             outln!("FAIL {}: {}", r.file, r.name);
             for f in &r.failures {
                 outln!("     {}", f.replace('\n', "\n     "));
             }
         }
     }
-    if let Some(path) = junit {
-        std::fs::write(path, meshgov_core::testing::junit(&results))
-            .map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))?;
-    }
+}
+
+/// `N passed, N failed`; returns the failed count.
+pub fn print_summary(results: &[CaseResult]) -> usize {
+    let failed = results.iter().filter(|r| !r.passed()).count();
     outln!("{} passed, {failed} failed", results.len() - failed);
-    if failed > 0 {
-        return Err(Failure::violations(""));
-    }
-    Ok(())
+    failed
 }

@@ -264,6 +264,71 @@ fn a_broken_repository_exits_1_listing_every_problem() {
     assert!(!d.join("b.json").exists());
 }
 
+/// `meshgov build` runs the policy tests, as the engine's build does: one
+/// that fails fails the build (exit 1, the failure printed as `meshgov test`
+/// prints it) and nothing is written; `--skip-tests` builds anyway.
+#[test]
+fn build_runs_the_policy_tests_unless_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    assert_eq!(code(&meshgov(&["init", "repo"], d)), 0);
+    assert_eq!(code(&meshgov(&["keygen", "--out", "k"], d)), 0);
+    let tests = d.join("repo/tests/access.toml");
+    let s = std::fs::read_to_string(&tests).unwrap();
+    let case = "name = \"marketing may not read profiles for another purpose\"";
+    let at = s.find(case).unwrap();
+    let (before, after) = s.split_at(at);
+    let broken = format!(
+        "{before}{}",
+        after.replacen("expect = \"deny\"", "expect = \"allow\"", 1)
+    );
+    std::fs::write(&tests, broken).unwrap();
+
+    let t = meshgov(&["test", "repo"], d);
+    assert_eq!(code(&t), 1, "{}", text(&t));
+    let tested = String::from_utf8_lossy(&t.stdout).into_owned();
+    let failure: Vec<&str> = tested
+        .lines()
+        .skip_while(|l| !l.starts_with("FAIL "))
+        .take_while(|l| !l.starts_with("ok "))
+        .collect();
+    assert!(
+        failure[0]
+            .starts_with("FAIL tests/access.toml: marketing may not read profiles for another"),
+        "{tested}"
+    );
+
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "repo", "--key", "k", "--out", "b.json"];
+        args.extend_from_slice(extra);
+        meshgov(&args, d)
+    };
+    let o = build(&[]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(!d.join("b.json").exists(), "a bundle was written");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains(&failure.join("\n")), "{out}");
+    assert!(out.contains(" passed, 1 failed"), "{out}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("1 of ")
+            && String::from_utf8_lossy(&o.stderr).contains("policy tests failed"),
+        "{}",
+        text(&o)
+    );
+    // Nor is a product's slice built.
+    let o = build(&["--product", "users/user-profiles"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(!d.join("b.json").exists(), "a bundle was written");
+
+    let o = build(&["--skip-tests"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(!text(&o).contains("FAIL "), "{}", text(&o));
+    assert!(text(&o).contains("policy tests not run (--skip-tests)"));
+    assert!(d.join("b.json").exists());
+    let o = meshgov(&["bundle", "inspect", "b.json", "--trust", "k.pub"], d);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+}
+
 /// A sidecar config around the `[[auth.keys]]` entry `meshgov token` printed.
 fn sidecar_auth(key_entry: &str) -> meshgov_sidecar::auth::Authenticator {
     let cfg = format!(

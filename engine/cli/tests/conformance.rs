@@ -125,7 +125,7 @@ fn json_sarif_junit_and_github_formats() {
         .descendants()
         .filter(|n| n.has_tag_name("testcase"))
         .collect();
-    assert_eq!(cases.len(), meshgov_core_rule_count());
+    assert_eq!(cases.len(), static_rule_count());
     let failed: Vec<&str> = cases
         .iter()
         .filter(|c| c.children().any(|n| n.has_tag_name("failure")))
@@ -145,7 +145,7 @@ fn json_sarif_junit_and_github_formats() {
     );
 }
 
-fn meshgov_core_rule_count() -> usize {
+fn static_rule_count() -> usize {
     let doc = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/RULES.md"),
     )

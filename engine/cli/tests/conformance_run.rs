@@ -8,15 +8,11 @@
     clippy::indexing_slicing
 )]
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use meshgov_sidecar::config::Strings;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
 
 async fn meshgov(args: Vec<String>, cwd: &Path) -> Output {
     let cwd = cwd.to_path_buf();
@@ -41,6 +37,8 @@ fn text(o: &Output) -> String {
 }
 
 struct Mesh {
+    /// Serving until the test ends.
+    _sidecar: meshgov_sidecar::launch::Running,
     _tmp: tempfile::TempDir,
     dir: std::path::PathBuf,
     data: SocketAddr,
@@ -50,6 +48,59 @@ struct Mesh {
 /// The example mesh's play-events sidecar, with its data port and control
 /// port on loopback, serving a bundle signed by a fresh guild key.
 async fn play_events_sidecar() -> Mesh {
+    play_events_sidecar_kept(false).await
+}
+
+/// The plays as one Parquet file, typed as declared, with the same
+/// undeclared column.
+fn write_plays_parquet(path: &Path, ndjson: &str) {
+    use meshgov_columnar::datafusion::arrow::array::{
+        ArrayRef, Int64Array, RecordBatch, StringArray,
+    };
+    use meshgov_columnar::datafusion::parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+    let rows: Vec<serde_json::Value> = ndjson
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let text = |k: &str| -> (String, ArrayRef) {
+        (
+            k.to_string(),
+            Arc::new(
+                rows.iter()
+                    .map(|r| r[k].as_str().map(str::to_string))
+                    .collect::<StringArray>(),
+            ),
+        )
+    };
+    let mut columns: Vec<(String, ArrayRef)> =
+        ["event_id", "user_id", "song_id", "artist_id", "played_at"]
+            .iter()
+            .map(|k| text(k))
+            .collect();
+    columns.push((
+        "duration_ms".into(),
+        Arc::new(
+            rows.iter()
+                .map(|r| r["duration_ms"].as_i64())
+                .collect::<Int64Array>(),
+        ),
+    ));
+    columns.extend(
+        ["country", "device", "internal_note"]
+            .iter()
+            .map(|k| text(k)),
+    );
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// As [`play_events_sidecar`], with the plays kept as Parquet when
+/// `parquet`.
+async fn play_events_sidecar_kept(parquet: bool) -> Mesh {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_path_buf();
     let run = |args: &[&str]| meshgov(args.iter().map(|s| s.to_string()).collect(), &d);
@@ -88,61 +139,49 @@ async fn play_events_sidecar() -> Mesh {
             5_000 + i * 3_000
         ));
     }
-    std::fs::write(d.join("data/plays/plays.ndjson"), lines).unwrap();
+    if parquet {
+        write_plays_parquet(&d.join("data/plays/plays.parquet"), &lines);
+    } else {
+        std::fs::write(d.join("data/plays/plays.ndjson"), lines).unwrap();
+    }
     std::fs::write(d.join("uid.key"), "k".repeat(40)).unwrap();
     let guild = meshgov_bundle::read_signing_key_file(&d.join("keys/guild")).unwrap();
     let idp = meshgov_bundle::read_signing_key_file(&d.join("keys/idp")).unwrap();
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(idp.public_key().as_bytes());
     let cfg = format!(
         r#"
 mesh = "media-mesh"
 descriptor = "pol/products/play-events.yaml"
 state_dir = "state"
+bundle_file = "bundle.json"
 trusted_bundle_keys = ["{}"]
 [listen]
 data = "127.0.0.1:0"
 control = "127.0.0.1:0"
 [upstream]
 path = "data"
-[auth]
-issuer = "https://idp.media.example"
-audience = "meshgov"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
+{}
 [pseudonym_keys]
 user-identity = "uid.key"
 "#,
-        guild.public_key()
+        guild.public_key(),
+        meshgov_sidecar::config::eddsa_auth_toml(
+            "https://idp.media.example",
+            "meshgov",
+            idp.public_key().as_bytes()
+        ),
     );
-    let cfg = meshgov_sidecar::Config::from_toml(
-        &cfg,
-        &d,
-        &BTreeMap::<String, String>::new() as &dyn Strings,
-    )
-    .unwrap();
-    let app = Arc::new(meshgov_sidecar::App::from_config(&cfg).unwrap());
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    app.accept_bundle(&std::fs::read(d.join("bundle.json")).unwrap(), now)
-        .unwrap();
-    let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (data_addr, control_addr) = (data.local_addr().unwrap(), control.local_addr().unwrap());
-    tokio::spawn(meshgov_sidecar::server::serve(
-        data,
-        Arc::clone(&app),
-        std::future::pending(),
-    ));
-    tokio::spawn(meshgov_sidecar::server::serve_control(
-        control,
-        app,
-        std::future::pending(),
-    ));
+    let sidecar = meshgov_sidecar::launch::boot(&cfg, &d).await.unwrap();
+    assert_eq!(
+        sidecar.app().bundle.current().map(|b| b.meta.revision),
+        Some(7),
+        "the bundle file is in force"
+    );
     Mesh {
+        data: sidecar.data_addr,
+        control: sidecar.control_addr.unwrap(),
+        _sidecar: sidecar,
         _tmp: tmp,
         dir: d,
-        data: data_addr,
-        control: control_addr,
     }
 }
 
@@ -225,6 +264,16 @@ async fn a_sound_sidecar_passes_every_live_check() {
         out.contains("LIVE-008: not run: signing it needs the governance key"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_port_passes_every_live_check() {
+    let m = play_events_sidecar_kept(true).await;
+    let o = meshgov(run_args(&m, m.data, "json"), &m.dir).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["findings"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["not_run"], serde_json::json!({}), "{v:#}");
 }
 
 /// A proxy in front of the data port that replaces every caller's token

@@ -135,14 +135,15 @@ fn the_tour_runs_end_to_end() {
 #[test]
 fn ctrl_c_stops_a_running_mesh_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgov"))
-        .args(["demo", "--rows", "50", "--no-tour", "--dir"])
-        .arg(tmp.path().join("demo"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut demo = meshgov_e2e::Process::spawn_unlogged(
+        Command::new(env!("CARGO_BIN_EXE_meshgov"))
+            .args(["demo", "--rows", "50", "--no-tour", "--dir"])
+            .arg(tmp.path().join("demo"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let mut lines = BufReader::new(demo.child_mut().stdout.take().unwrap()).lines();
     let mut seen = String::new();
     loop {
         let l = lines.next().expect("the demo ended early").unwrap();
@@ -154,23 +155,11 @@ fn ctrl_c_stops_a_running_mesh_cleanly() {
     }
     assert!(seen.contains("rolled out revision"), "{seen}");
     assert!(!seen.contains("── 1."), "--no-tour ran the tour: {seen}");
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the demo did not stop within 20 s of SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    demo.signal(meshgov_e2e::Signal::SIGINT).unwrap();
+    let code = demo
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the demo did not stop within 20 s of SIGINT: {e}"));
+    assert_eq!(code, Some(0));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("stopping")), "{rest:?}");
 }

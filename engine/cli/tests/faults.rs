@@ -10,57 +10,28 @@
     clippy::indexing_slicing
 )]
 
-#[path = "../../server/tests/common/mod.rs"]
-mod common;
-use common::*;
+use meshgov_e2e::*;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// xorshift64, for kill moments.
-struct Rng(u64);
-impl Rng {
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        lo + self.0 % (hi - lo)
-    }
-}
-
-/// `meshgov serve` as a child process; killed when dropped.
-struct Serve(Child);
-
-impl Serve {
-    fn start(repo: &Path, key: &Path, listen: SocketAddr, log: &Path) -> Serve {
-        Serve(
-            Command::new(env!("CARGO_BIN_EXE_meshgov"))
-                .arg("serve")
-                .arg("--policies")
-                .arg(repo)
-                .arg("--key")
-                .arg(key)
-                .args(["--listen", &listen.to_string(), "--watch-interval-ms", "50"])
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(log).unwrap())
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `meshgov serve` as a child process, its stderr in `log`; killed when
+/// dropped.
+fn serve(repo: &Path, key: &Path, listen: SocketAddr, log: &Path) -> Process {
+    Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_meshgov"))
+            .arg("serve")
+            .arg("--policies")
+            .arg(repo)
+            .arg("--key")
+            .arg(key)
+            .args(["--listen", &listen.to_string(), "--watch-interval-ms", "50"]),
+        log,
+    )
+    .unwrap()
 }
 
 /// `GET /v1/fleet`, or `None` while the engine is down.
@@ -96,19 +67,8 @@ fn fleet(engine: SocketAddr) -> Option<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_engine_mid_rollout_converges_without_going_backwards() {
     const ROUNDS: usize = 3;
-    let seed = std::env::var("MESHGOV_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-        | 1;
-    println!("seed {seed} (rerun with MESHGOV_FAULT_SEED={seed})");
-    let mut rng = Rng(seed);
-    let mut repo = PolicyRepo::new();
+    let mut rng = seeded("engine kills");
+    let mut repo = PolicyRepo::new().unwrap();
     let work = tempfile::tempdir().unwrap();
     let key_pem =
         meshgov_bundle::SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new()).unwrap();
@@ -117,11 +77,8 @@ async fn sigkill_of_the_engine_mid_rollout_converges_without_going_backwards() {
     let public = meshgov_bundle::SigningKey::from_pkcs8_pem(&key_pem)
         .unwrap()
         .public_key();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut engine = Serve::start(
+    let listen = free_addr().unwrap();
+    let mut engine = serve(
         repo.path(),
         &key_path,
         listen,
@@ -140,13 +97,14 @@ async fn sigkill_of_the_engine_mid_rollout_converges_without_going_backwards() {
                     id: id.into(),
                     product,
                     trusted: vec![public],
-                    engine_url: format!("http://{listen}"),
+                    engine_url: Some(format!("http://{listen}")),
                     advertise: None,
                     poll_wait: Duration::from_secs(1),
                     dir: None,
                 },
             )
-            .await,
+            .await
+            .unwrap(),
         );
     }
     let apps: Vec<_> = sidecars.iter().map(|s| Arc::clone(&s.app)).collect();
@@ -206,12 +164,12 @@ async fn sigkill_of_the_engine_mid_rollout_converges_without_going_backwards() {
     let (mut revision, _) = converged(Duration::from_secs(60)).await;
     println!("initial rollout: revision {revision}");
     for round in 0..ROUNDS {
-        repo.commit_change();
+        repo.commit_change().unwrap();
         let wait = rng.between(0, 400);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         engine.kill();
         let held = highest.lock().unwrap().clone();
-        engine = Serve::start(
+        engine = serve(
             repo.path(),
             &key_path,
             listen,

@@ -7,11 +7,8 @@
     clippy::indexing_slicing
 )]
 
-use meshgov_sidecar::config::Strings;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn meshgov(args: &[&str], cwd: &Path) -> Output {
@@ -37,14 +34,6 @@ fn out(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn wait_for_status(
@@ -87,7 +76,8 @@ async fn serve_status_push_and_control_tokens() {
         .local_addr()
         .unwrap();
     let url = format!("http://{port}");
-    let _serve = Child(
+    // Killed when dropped, at the end of the test.
+    let _serve = meshgov_e2e::Process::spawn_unlogged(
         Command::new(env!("CARGO_BIN_EXE_meshgov"))
             .args([
                 "serve",
@@ -100,10 +90,9 @@ async fn serve_status_push_and_control_tokens() {
             ])
             .args(["--watch-interval-ms", "50"])
             .current_dir(d)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+            .stderr(std::process::Stdio::null()),
+    )
+    .unwrap();
     let v = wait_for_status(d, &url, "the first build", |v| {
         v["released"]["revision"].is_u64()
     })
@@ -144,8 +133,23 @@ async fn serve_status_push_and_control_tokens() {
     assert_eq!(claims.aud, meshgov_bundle::CONTROL_AUDIENCE);
 
     // `push` against a sidecar's control port: ACK, no-op, NACK (exit 1).
-    let control = sidecar(d, &public.to_string()).await;
-    let sidecar_url = format!("http://{control}");
+    // A sidecar of `users/user-profiles` trusting the guild key, without an
+    // engine link: bundles reach it by push only.
+    let sidecar = meshgov_e2e::start_sidecar(
+        &d.join("pol"),
+        meshgov_e2e::SidecarOptions {
+            id: "profiles-0".into(),
+            product: "user-profiles",
+            trusted: vec![public],
+            engine_url: None,
+            advertise: None,
+            poll_wait: Duration::from_secs(30),
+            dir: None,
+        },
+    )
+    .await
+    .unwrap();
+    let sidecar_url = format!("http://{}", sidecar.control);
     for rev in ["5", "4"] {
         let o = meshgov(
             &[
@@ -175,44 +179,4 @@ async fn serve_status_push_and_control_tokens() {
     assert!(out(&o).contains("NACK [rollback]"), "{}", out(&o));
     let o = meshgov(&["push", "b4.json", "--sidecar", "http://127.0.0.1:9"], d).await;
     assert_eq!(o.status.code(), Some(2), "{}", out(&o));
-}
-
-/// A sidecar control port for `users/user-profiles` trusting `key`.
-async fn sidecar(d: &Path, key: &str) -> std::net::SocketAddr {
-    std::fs::write(d.join("uid.key"), "x".repeat(40)).unwrap();
-    let text = format!(
-        r#"
-mesh = "media-mesh"
-descriptor = "pol/products/user-profiles.yaml"
-state_dir = "state"
-trusted_bundle_keys = ["{key}"]
-[listen]
-data = "127.0.0.1:0"
-[upstream]
-path = "data"
-[auth]
-issuer = "i"
-audience = "meshgov"
-[[auth.keys]]
-alg = "EdDSA"
-x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
-[pseudonym_keys]
-user-identity = "uid.key"
-"#
-    );
-    let cfg = meshgov_sidecar::Config::from_toml(
-        &text,
-        d,
-        &BTreeMap::<String, String>::new() as &dyn Strings,
-    )
-    .unwrap();
-    let app = Arc::new(meshgov_sidecar::App::from_config(&cfg).unwrap());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(meshgov_sidecar::server::serve_control(
-        l,
-        app,
-        std::future::pending(),
-    ));
-    addr
 }

@@ -8,40 +8,17 @@
     clippy::indexing_slicing
 )]
 
-use nix::sys::signal::Signal::{SIGINT, SIGTERM};
+use meshgov_e2e::Signal::{SIGINT, SIGTERM};
+use meshgov_e2e::{Process, Signal, copy_dir, free_addr, repo_root};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 struct Serve {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _dir: tempfile::TempDir,
 }
 
 impl Serve {
@@ -54,33 +31,33 @@ impl Serve {
     fn start_with(extra: &[&str], stderr: Option<Stdio>, filter: &str) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        copy_dir(&repo().join("policies"), &d.join("policies"));
+        copy_dir(&repo_root().join("policies"), &d.join("policies")).unwrap();
         let k = Command::new(env!("CARGO_BIN_EXE_meshgov"))
             .args(["keygen", "--out"])
             .arg(d.join("guild"))
             .output()
             .unwrap();
         assert!(k.status.success());
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log =
-            stderr.unwrap_or_else(|| std::fs::File::create(d.join("stderr.log")).unwrap().into());
-        let child = Command::new(env!("CARGO_BIN_EXE_meshgov"))
-            .arg("serve")
+        let addr = free_addr().unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov"));
+        c.arg("serve")
             .arg("--policies")
             .arg(d.join("policies"))
             .arg("--key")
             .arg(d.join("guild"))
             .args(["--listen", &addr.to_string(), "--log-format", "json"])
             .args(extra)
-            .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let s = Serve { child, addr, dir };
+            .env("RUST_LOG", filter);
+        let process = match stderr {
+            None => Process::spawn(&mut c, &d.join("stderr.log")),
+            Some(stderr) => Process::spawn_unlogged(c.stdout(Stdio::null()).stderr(stderr)),
+        }
+        .unwrap();
+        let s = Serve {
+            process,
+            addr,
+            _dir: dir,
+        };
         let t0 = Instant::now();
         loop {
             if let Ok((200, body)) = s.try_get("/metrics", &[])
@@ -95,27 +72,19 @@ impl Serve {
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.process.stderr()
     }
 
     fn try_get(&self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
         request(self.addr, "GET", path, headers, "")
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, sig).unwrap();
+    fn signal(&self, sig: Signal) {
+        self.process.signal(sig).unwrap();
     }
 
     fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(t0.elapsed() < within, "still running: {}", self.stderr());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.process.wait_exit(within).unwrap()
     }
 
     fn register(&self, control: SocketAddr) {
@@ -269,7 +238,7 @@ fn a_second_signal_exits_at_once() {
     std::thread::sleep(Duration::from_millis(500));
     s.signal(SIGTERM);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(s.child.try_wait().unwrap().is_none(), "{}", s.stderr());
+    assert!(s.process.running().unwrap(), "{}", s.stderr());
     let t0 = Instant::now();
     s.signal(SIGINT);
     assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(130));
@@ -283,7 +252,7 @@ fn every_serve_flag_is_in_the_operations_guide() {
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    let doc = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let doc = std::fs::read_to_string(repo_root().join("docs/operations.md")).unwrap();
     // The option lines of the `Options:` section.
     let options = help.split_once("Options:").unwrap().1;
     let flags: Vec<&str> = options

@@ -10,10 +10,13 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshgov_core::descriptor::{Descriptor, ProductInfo};
+use meshgov_core::plugins::NoPlugins;
+use meshgov_core::records::KeyRing;
 use meshgov_core::source::{SourceFile, SourceSet};
-use meshgov_core::{Asker, Principal, ProductView};
+use meshgov_core::{Asker, Enforcer, Principal, ProductView};
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The example mesh plus 100 generated products with 10 policies each.
 fn big_mesh() -> SourceSet {
@@ -57,9 +60,9 @@ fn bench_plan(c: &mut Criterion) {
         purpose: "fraud-investigation",
         now_unix: 1_767_225_600,
     };
-    let plan = sliced.plan_read(&view, "profiles", who).unwrap();
+    let plan = sliced.decide_read(&view, "profiles", who).unwrap();
     assert!(plan.decision.allowed);
-    assert_eq!(plan, whole.plan_read(&view, "profiles", who).unwrap());
+    assert_eq!(plan, whole.decide_read(&view, "profiles", who).unwrap());
     eprintln!(
         "policies: whole mesh {}, slice for users/user-profiles {}",
         whole.access.len(),
@@ -68,14 +71,18 @@ fn bench_plan(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("read_plan");
     g.bench_function("sliced", |b| {
-        b.iter(|| black_box(sliced.plan_read(&view, "profiles", who).unwrap()))
+        b.iter(|| black_box(sliced.decide_read(&view, "profiles", who).unwrap()))
     });
-    let cache = meshgov_core::plan::PlanCache::new(&sliced, 10_000);
+    // The enforcement core: the decision and its per-record program,
+    // compiled once per consumer and cached for the bundle.
+    let mut keys = KeyRing::new();
+    keys.insert("user-identity", &[7; 32]).unwrap();
+    let enforcer = Enforcer::new(sliced.clone(), view.clone(), keys, Arc::new(NoPlugins)).unwrap();
     g.bench_function("sliced_cached", |b| {
-        b.iter(|| black_box(cache.plan_read(&sliced, &view, "profiles", who).unwrap()))
+        b.iter(|| black_box(enforcer.read("profiles", who).unwrap()))
     });
     g.bench_function("unsliced_1000", |b| {
-        b.iter(|| black_box(whole.plan_read(&view, "profiles", who).unwrap()))
+        b.iter(|| black_box(whole.decide_read(&view, "profiles", who).unwrap()))
     });
     g.finish();
 }

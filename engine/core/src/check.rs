@@ -4,19 +4,15 @@
 
 use crate::access::Access;
 use crate::access::{Principal, ProductEntities};
-use crate::anonymization::{
-    AnonRule, AnonymizationFile, FILTER_OPS, GENERALIZATIONS, RowFilterRule, TRANSFORMS,
-};
+use crate::anonymization::{AnonRule, AnonymizationFile, Method, RowFilter};
 use crate::descriptor::{Descriptor, ProductInfo, position_of};
 use crate::diag::{Diagnostic, Diagnostics, Position};
 use crate::mesh::MeshConfig;
-use crate::plugins::{
-    MAX_PLUGIN_MEMORY, ModuleInspector, PLUGIN_KINDS, PluginFile, PluginManifest,
-};
+use crate::plugins::{MAX_PLUGIN_MEMORY, ModuleInspector, PluginFile, PluginKind, PluginManifest};
 use crate::policies::Policies;
 use crate::privacy::{AGGREGATIONS, PrivacyFile, PrivacyRule};
 use crate::source::{SourceFile, SourceSet, Step};
-use crate::standards::{CHECKS, StandardRule, StandardsFile};
+use crate::standards::{Check, StandardRule, StandardsFile};
 use crate::testing::TestFile;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -183,11 +179,8 @@ impl Checker {
         out
     }
 
-    fn plugin_kind(&self, name: &str) -> Option<String> {
-        self.plugins
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.kind.clone())
+    fn plugin_kind(&self, name: &str) -> Option<PluginKind> {
+        self.plugins.iter().find(|p| p.name == name).map(|p| p.kind)
     }
 
     fn plugins(&mut self, src: &SourceSet, inspector: Option<&dyn ModuleInspector>) {
@@ -201,15 +194,6 @@ impl Checker {
                     at("name"),
                     &mut self.diags,
                 );
-                if !PLUGIN_KINDS.contains(&p.kind.as_str()) {
-                    self.diags.push(Diagnostic::error(
-                        &f.path,
-                        at("kind"),
-                        "PLUGIN-KIND",
-                        format!("unknown plugin kind `{}`", p.kind),
-                        "use `transform` or `validator`",
-                    ));
-                }
                 match src.modules.get(&p.module) {
                     None if !crate::plugins::module_path_is_confined(&p.module) => {
                         self.diags.push(Diagnostic::error(
@@ -281,12 +265,12 @@ impl Checker {
         }
     }
 
-    fn anonymization(&mut self, src: &SourceSet) -> (Vec<AnonRule>, Vec<RowFilterRule>) {
-        let mut anonymization = Vec::new();
+    fn anonymization(&mut self, src: &SourceSet) -> (Vec<AnonRule>, Vec<RowFilter>) {
+        let mut anonymization: Vec<AnonRule> = Vec::new();
         let mut row_filters = Vec::new();
         for (f, doc) in self.parse_all::<AnonymizationFile>(&src.anonymization, "ANON-PARSE") {
             let loc = f.locator();
-            for (i, r) in doc.rules.iter().enumerate() {
+            for (i, r) in doc.rules.into_iter().enumerate() {
                 let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
                 self.scope(f, "rules", i, &r.domains, &r.products, &[]);
@@ -303,110 +287,49 @@ impl Checker {
                 let err = |k: &str, rule: &'static str, msg: String, hint: &str| {
                     Diagnostic::error(&f.path, at(k), rule, msg, hint)
                 };
-                match r.transform.as_str() {
-                "mask" if r.keep_first.is_none() && r.keep_last.is_none() => self.diags.push(err(
-                    "transform",
-                    "ANON-PARAM",
-                    format!("rule `{}`: `mask` needs `keep_first` or `keep_last`", r.id),
-                    "add e.g. `keep_last = 4`",
-                )),
-                "hmac" if r.key_scope.as_deref().is_none_or(str::is_empty) => self.diags.push(err(
-                    "transform",
-                    "ANON-PARAM",
-                    format!("rule `{}`: `hmac` needs a `key_scope`", r.id),
-                    "add e.g. `key_scope = \"user-identity\"`; products sharing a scope get joinable pseudonyms",
-                )),
-                "generalize" => match r.to.as_deref() {
-                    Some(to) if GENERALIZATIONS.contains(&to) => {
-                        if to == "bucket" && r.width.unwrap_or(0) == 0 {
-                            self.diags.push(err("to", "ANON-PARAM", format!("rule `{}`: `bucket` needs a positive `width`", r.id), "add e.g. `width = 10`"));
-                        }
-                        if to == "prefix" && r.chars.is_none() {
-                            self.diags.push(err("to", "ANON-PARAM", format!("rule `{}`: `prefix` needs `chars`", r.id), "add e.g. `chars = 3`"));
-                        }
+                let rule = match AnonRule::try_from(r) {
+                    Ok(rule) => rule,
+                    Err(e) => {
+                        self.diags
+                            .push(err(e.key(), e.code(), e.to_string(), &e.hint()));
+                        continue;
                     }
-                    other => self.diags.push(err(
-                        if other.is_some() { "to" } else { "transform" },
-                        "ANON-PARAM",
-                        format!("rule `{}`: `generalize` needs `to`, one of {}", r.id, GENERALIZATIONS.join(", ")),
-                        "add e.g. `to = \"year\"`",
-                    )),
-                },
-                "plugin" => match r.plugin.as_deref() {
-                    None => self.diags.push(err("transform", "ANON-PLUGIN", format!("rule `{}`: `plugin` needs `plugin = \"name\"`", r.id), "name a plugin declared in `plugins/*.toml`")),
-                    Some(name) => match self.plugin_kind(name) {
-                        None => self.diags.push(err("plugin", "ANON-PLUGIN", format!("plugin `{name}` is not declared"), "declare it in `plugins/*.toml`, or fix the name")),
-                        Some(k) if k != "transform" => self.diags.push(err("plugin", "ANON-PLUGIN", format!("plugin `{name}` is a `{k}`, not a `transform`"), "name a transform plugin")),
+                };
+                if let Method::Plugin { name } = &rule.method {
+                    match self.plugin_kind(name) {
+                        None => self.diags.push(err(
+                            "plugin",
+                            "ANON-PLUGIN",
+                            format!("plugin `{name}` is not declared"),
+                            "declare it in `plugins/*.toml`, or fix the name",
+                        )),
+                        Some(k) if k != PluginKind::Transform => self.diags.push(err(
+                            "plugin",
+                            "ANON-PLUGIN",
+                            format!("plugin `{name}` is a `{}`, not a `transform`", k.name()),
+                            "name a transform plugin",
+                        )),
                         Some(_) => {}
-                    },
-                },
-                t if !TRANSFORMS.contains(&t) => self.diags.push(err(
-                    "transform",
-                    "ANON-TRANSFORM",
-                    format!("unknown transform `{t}`"),
-                    &format!("use one of {}", TRANSFORMS.join(", ")),
-                )),
-                _ => {}
-            }
-                if let Some(other) =
-                    anonymization
-                        .iter()
-                        .find(|o: &&crate::anonymization::AnonRule| {
-                            o.classification == r.classification && scopes_overlap(o, r)
-                        })
+                    }
+                }
+                if let Some(other) = anonymization
+                    .iter()
+                    .find(|o| o.classification == rule.classification && scopes_overlap(o, &rule))
                 {
                     self.diags.push(err(
                     "classification",
                     "ANON-CONFLICT",
-                    format!("rules `{}` and `{}` both treat `{}` at the same specificity for some product", other.id, r.id, r.classification),
+                    format!("rules `{}` and `{}` both treat `{}` at the same specificity for some product", other.id, rule.id, rule.classification),
                     "keep one rule per classification and scope, or narrow one with `products`/`domains`",
                 ));
                 }
-                anonymization.push(r.clone());
+                anonymization.push(rule);
             }
-            for (i, r) in doc.row_filters.iter().enumerate() {
+            for (i, r) in doc.row_filters.into_iter().enumerate() {
                 let at =
                     |k: &str| loc.at(&[Step::Key("row_filters"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
                 self.scope(f, "row_filters", i, &r.domains, &r.products, &r.ports);
-                if !FILTER_OPS.contains(&r.op.as_str()) {
-                    self.diags.push(Diagnostic::error(
-                        &f.path,
-                        at("op"),
-                        "FILTER-OP",
-                        format!("unknown operator `{}`", r.op),
-                        format!("use one of {}", FILTER_OPS.join(", ")),
-                    ));
-                } else {
-                    let needs_value = !matches!(r.op.as_str(), "is_null" | "not_null");
-                    let needs_list = matches!(r.op.as_str(), "in" | "not_in");
-                    match (&r.value, needs_value) {
-                        (None, true) => self.diags.push(Diagnostic::error(
-                            &f.path,
-                            at("op"),
-                            "FILTER-VALUE",
-                            format!("row filter `{}`: `{}` needs a `value`", r.id, r.op),
-                            "add `value = …`",
-                        )),
-                        (Some(v), true) if needs_list && !v.is_array() => {
-                            self.diags.push(Diagnostic::error(
-                                &f.path,
-                                at("value"),
-                                "FILTER-VALUE",
-                                format!("row filter `{}`: `{}` needs a list", r.id, r.op),
-                                "write `value = [\"a\", \"b\"]`",
-                            ))
-                        }
-                        (Some(_), false) => self.diags.push(Diagnostic::error(
-                            &f.path,
-                            at("value"),
-                            "FILTER-VALUE",
-                            format!("row filter `{}`: `{}` takes no `value`", r.id, r.op),
-                            "remove `value`",
-                        )),
-                        _ => {}
-                    }
-                }
                 if let Some(mesh) = &self.mesh {
                     for (j, p) in r.purposes.iter().enumerate() {
                         if !mesh.has_purpose(p) {
@@ -420,7 +343,16 @@ impl Checker {
                         }
                     }
                 }
-                row_filters.push(r.clone());
+                match RowFilter::try_from(r) {
+                    Ok(filter) => row_filters.push(filter),
+                    Err(e) => self.diags.push(Diagnostic::error(
+                        &f.path,
+                        at(e.key()),
+                        e.code(),
+                        e.to_string(),
+                        e.hint(),
+                    )),
+                }
             }
         }
 
@@ -502,22 +434,6 @@ impl Checker {
                         "use a delta between 0 and the mesh's `max_delta`",
                     ));
                 }
-                for (j, a) in r.aggregations.iter().enumerate() {
-                    if !AGGREGATIONS.contains(&a.as_str()) {
-                        self.diags.push(Diagnostic::error(
-                            &f.path,
-                            loc.at(&[
-                                Step::Key("rules"),
-                                Step::Index(i),
-                                Step::Key("aggregations"),
-                                Step::Index(j),
-                            ]),
-                            "PRIV-AGGREGATION",
-                            format!("unknown aggregation `{a}`"),
-                            format!("use one of {}", AGGREGATIONS.join(", ")),
-                        ));
-                    }
-                }
                 for (field, [lo, hi]) in &r.bounds {
                     if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                         self.diags.push(Diagnostic::error(
@@ -573,7 +489,21 @@ impl Checker {
                         }
                     }
                 }
-                privacy.push(r.clone());
+                match r.clone().parse() {
+                    Ok(rule) => privacy.push(rule),
+                    Err((j, a)) => self.diags.push(Diagnostic::error(
+                        &f.path,
+                        loc.at(&[
+                            Step::Key("rules"),
+                            Step::Index(i),
+                            Step::Key("aggregations"),
+                            Step::Index(j),
+                        ]),
+                        "PRIV-AGGREGATION",
+                        format!("unknown aggregation `{a}`"),
+                        format!("use one of {}", AGGREGATIONS.join(", ")),
+                    )),
+                }
             }
         }
 
@@ -584,21 +514,25 @@ impl Checker {
         let mut standards = Vec::new();
         for (f, doc) in self.parse_all::<StandardsFile>(&src.standards, "STD-PARSE") {
             let loc = f.locator();
-            for (i, r) in doc.rules.iter().enumerate() {
+            for (i, r) in doc.rules.into_iter().enumerate() {
                 let at = |k: &str| loc.at(&[Step::Key("rules"), Step::Index(i), Step::Key(k)]);
                 self.ids.claim(&r.id, &f.path, at("id"), &mut self.diags);
                 self.scope(f, "rules", i, &r.domains, &r.products, &[]);
-                let Some((_, needs)) = CHECKS.iter().find(|(c, _)| *c == r.check) else {
-                    let known: Vec<&str> = CHECKS.iter().map(|(c, _)| *c).collect();
-                    self.diags.push(Diagnostic::error(
-                        &f.path,
-                        at("check"),
-                        "STD-CHECK",
-                        format!("unknown check `{}`", r.check),
-                        format!("use one of {}", known.join(", ")),
-                    ));
-                    continue;
+                let r = match r.parse() {
+                    Ok(rule) => rule,
+                    Err(unknown) => {
+                        let known: Vec<&str> = Check::ALL.iter().map(|c| c.name()).collect();
+                        self.diags.push(Diagnostic::error(
+                            &f.path,
+                            at("check"),
+                            "STD-CHECK",
+                            format!("unknown check `{unknown}`"),
+                            format!("use one of {}", known.join(", ")),
+                        ));
+                        continue;
+                    }
                 };
+                let (check, needs) = (r.check.name(), r.check.takes());
                 for (key, value) in [("pattern", &r.pattern), ("field_pattern", &r.field_pattern)] {
                     if let Some(re) = value {
                         if let Err(e) = regex::Regex::new(re) {
@@ -617,35 +551,35 @@ impl Checker {
                                 "fix the regular expression (Rust `regex` syntax)",
                             ));
                         }
-                    } else if needs.contains(&format!("`{key}`")) {
+                    } else if r.check.needs().contains(&key) {
                         self.diags.push(Diagnostic::error(
                             &f.path,
                             at("check"),
                             "STD-PARAM",
-                            format!("rule `{}`: check `{}` needs `{key}`", r.id, r.check),
-                            format!("`{}` takes {needs}", r.check),
+                            format!("rule `{}`: check `{check}` needs `{key}`", r.id),
+                            format!("`{check}` takes {needs}"),
                         ));
                     }
                 }
-                if needs.contains("`logical_type`") && r.logical_type.is_none() {
+                if r.check.needs().contains(&"logical_type") && r.logical_type.is_none() {
                     self.diags.push(Diagnostic::error(
                         &f.path,
                         at("check"),
                         "STD-PARAM",
-                        format!("rule `{}`: check `{}` needs `logical_type`", r.id, r.check),
-                        format!("`{}` takes {needs}", r.check),
+                        format!("rule `{}`: check `{check}` needs `logical_type`", r.id),
+                        format!("`{check}` takes {needs}"),
                     ));
                 }
-                if needs.contains("`keys`") && r.keys.is_empty() {
+                if r.check.needs().contains(&"keys") && r.keys.is_empty() {
                     self.diags.push(Diagnostic::error(
                         &f.path,
                         at("check"),
                         "STD-PARAM",
-                        format!("rule `{}`: check `{}` needs `keys`", r.id, r.check),
-                        format!("`{}` takes {needs}", r.check),
+                        format!("rule `{}`: check `{check}` needs `keys`", r.id),
+                        format!("`{check}` takes {needs}"),
                     ));
                 }
-                if r.check == "plugin" {
+                if r.check == Check::Plugin {
                     match r.plugin.as_deref().map(|n| (n, self.plugin_kind(n))) {
                         None => self.diags.push(Diagnostic::error(
                             &f.path,
@@ -661,19 +595,19 @@ impl Checker {
                             format!("plugin `{n}` is not declared"),
                             "declare it in `plugins/*.toml`",
                         )),
-                        Some((n, Some(k))) if k != "validator" => {
+                        Some((n, Some(k))) if k != PluginKind::Validator => {
                             self.diags.push(Diagnostic::error(
                                 &f.path,
                                 at("plugin"),
                                 "STD-PLUGIN",
-                                format!("plugin `{n}` is a `{k}`, not a `validator`"),
+                                format!("plugin `{n}` is a `{}`, not a `validator`", k.name()),
                                 "name a validator plugin",
                             ))
                         }
                         _ => {}
                     }
                 }
-                standards.push(r.clone());
+                standards.push(r);
             }
         }
 

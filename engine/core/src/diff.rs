@@ -3,10 +3,11 @@
 //! settings that move; every widening of access is flagged.
 
 use crate::access::Principal;
+use crate::anonymization::Method;
+use crate::decision::{Asker, ProductView, ReadDecision, Treatment};
 use crate::descriptor::{Descriptor, ProductInfo};
-use crate::plan::{Asker, ProductView, ReadPlan, Treatment};
 use crate::policies::Policies;
-use crate::privacy::PrivacyRule;
+use crate::privacy::{Aggregation, PrivacyRule};
 use crate::testing::{DEFAULT_TEST_TIME, TestCase, TestFile};
 use std::collections::BTreeSet;
 
@@ -27,7 +28,7 @@ pub struct Change {
 fn strictness(t: &Treatment) -> u8 {
     match t {
         Treatment::Withheld { .. } => 3,
-        Treatment::Anonymized(r) if r.transform == "redact" => 3,
+        Treatment::Anonymized(r) if matches!(r.method, Method::Redact { .. }) => 3,
         Treatment::Anonymized(_) => 2,
         Treatment::Revealed { .. } | Treatment::Clear => 0,
     }
@@ -52,7 +53,7 @@ impl<'a> Side<'a> {
         self.views.iter().find(|v| v.info.id == product)
     }
 
-    fn plan(&self, product: &str, port: &str, group: &str, purpose: &str) -> Option<ReadPlan> {
+    fn plan(&self, product: &str, port: &str, group: &str, purpose: &str) -> Option<ReadDecision> {
         let principal = Principal {
             id: "diff-probe".into(),
             groups: vec![group.to_string()],
@@ -63,7 +64,9 @@ impl<'a> Side<'a> {
             purpose,
             now_unix: DEFAULT_TEST_TIME,
         };
-        self.policies.plan_read(self.view(product)?, port, who).ok()
+        self.policies
+            .decide_read(self.view(product)?, port, who)
+            .ok()
     }
 
     /// The decision of a policy test case, or why it could not be made.
@@ -115,6 +118,11 @@ fn groups(p: &Policies, out: &mut BTreeSet<String>) {
     }
 }
 
+fn names(aggregations: &[Aggregation]) -> String {
+    let names: Vec<&str> = aggregations.iter().map(|a| a.name()).collect();
+    names.join(", ")
+}
+
 fn privacy_changes(old: &[PrivacyRule], new: &[PrivacyRule], out: &mut Vec<Change>) {
     let ids: BTreeSet<&str> = old.iter().chain(new).map(|r| r.id.as_str()).collect();
     for id in ids {
@@ -137,7 +145,7 @@ fn privacy_changes(old: &[PrivacyRule], new: &[PrivacyRule], out: &mut Vec<Chang
                 push(
                     "rule",
                     "absent".into(),
-                    format!("allows {}", n.aggregations.join(", ")),
+                    format!("allows {}", names(&n.aggregations)),
                     true,
                 );
                 continue;
@@ -167,7 +175,7 @@ fn privacy_changes(old: &[PrivacyRule], new: &[PrivacyRule], out: &mut Vec<Chang
                 push(what, b.to_string(), a.to_string(), a > b);
             }
         }
-        let added: Vec<&String> = n
+        let added: Vec<&Aggregation> = n
             .aggregations
             .iter()
             .filter(|x| !o.aggregations.contains(x))
@@ -175,8 +183,8 @@ fn privacy_changes(old: &[PrivacyRule], new: &[PrivacyRule], out: &mut Vec<Chang
         if !added.is_empty() || n.aggregations.len() != o.aggregations.len() {
             push(
                 "aggregations",
-                o.aggregations.join(", "),
-                n.aggregations.join(", "),
+                names(&o.aggregations),
+                names(&n.aggregations),
                 !added.is_empty(),
             );
         }
@@ -242,7 +250,7 @@ pub fn diff(
                     let subject =
                         format!("{id}/{} for group {group}, purpose {purpose}", port.name);
                     let allowed =
-                        |p: &Option<ReadPlan>| p.as_ref().is_some_and(|p| p.decision.allowed);
+                        |p: &Option<ReadDecision>| p.as_ref().is_some_and(|p| p.decision.allowed);
                     if allowed(&b) != allowed(&a) {
                         let word = |x: bool| if x { "allow" } else { "deny" };
                         out.push(Change {
@@ -272,7 +280,7 @@ pub fn diff(
                             });
                         }
                     }
-                    let filters = |p: &ReadPlan| -> Vec<String> {
+                    let filters = |p: &ReadDecision| -> Vec<String> {
                         p.row_filters.iter().map(|r| r.id.clone()).collect()
                     };
                     let (fb, fa) = (filters(&b), filters(&a));

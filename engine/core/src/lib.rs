@@ -8,12 +8,12 @@
 pub mod access;
 pub mod anonymization;
 pub mod check;
-pub mod conformance;
+pub mod decision;
 pub mod descriptor;
 pub mod diag;
 pub mod diff;
+pub mod enforce;
 pub mod mesh;
-pub mod plan;
 pub mod plugins;
 pub mod policies;
 pub mod privacy;
@@ -22,10 +22,12 @@ pub mod scope;
 pub mod source;
 pub mod standards;
 pub mod testing;
+pub mod window;
 
 pub use access::Principal;
 pub use check::{Checked, check, check_with};
+pub use decision::{Asker, ProductView, ReadDecision, Treatment};
 pub use diag::{Diagnostic, Severity};
-pub use plan::{Asker, ProductView, ReadPlan, Treatment};
+pub use enforce::{CompiledRead, Enforcer, Unenforceable};
 pub use policies::Policies;
 pub use source::SourceSet;

@@ -15,8 +15,8 @@ pub struct PluginFile {
 #[serde(deny_unknown_fields)]
 pub struct PluginManifest {
     pub name: String,
-    /// `transform` (anonymization) or `validator` (standards).
-    pub kind: String,
+    /// What the plugin is for.
+    pub kind: PluginKind,
     /// The module's path, relative to the `plugins/` directory.
     pub module: String,
     /// Lowercase hex SHA-256 of the module bytes; a mismatch is refused.
@@ -45,7 +45,24 @@ fn default_memory() -> u64 {
     16 << 20
 }
 
-pub const PLUGIN_KINDS: &[&str] = &["transform", "validator"];
+/// What a plugin is for: `transform` (anonymization) or `validator`
+/// (standards). Any other `kind` is a parse error with its location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    Transform,
+    Validator,
+}
+
+impl PluginKind {
+    /// The name a manifest writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginKind::Transform => "transform",
+            PluginKind::Validator => "validator",
+        }
+    }
+}
 
 /// True when `module` names a file inside `plugins/`: relative, with no
 /// `..`, so a manifest cannot make the checker read arbitrary files.

@@ -2,13 +2,13 @@
 //! checker produces, what a bundle carries, and what the evaluators read.
 
 use crate::access::{Access, AccessLoadError};
-use crate::anonymization::{AnonRule, AnonymizationFile, RowFilterRule};
+use crate::anonymization::{AnonRule, AnonymizationFile, Method, RowFilter};
 use crate::descriptor::ProductInfo;
 use crate::mesh::MeshConfig;
 use crate::plugins::PluginManifest;
-use crate::privacy::{PrivacyFile, PrivacyRule};
+use crate::privacy::{Aggregation, PrivacyFile, PrivacyRule};
 use crate::scope;
-use crate::standards::{StandardRule, StandardsFile};
+use crate::standards::{Check, StandardRule, StandardsFile};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -19,7 +19,7 @@ pub struct Policies {
     pub mesh: MeshConfig,
     pub access: Access,
     pub anonymization: Vec<AnonRule>,
-    pub row_filters: Vec<RowFilterRule>,
+    pub row_filters: Vec<RowFilter>,
     pub privacy: Vec<PrivacyRule>,
     pub standards: Vec<StandardRule>,
     pub plugins: Vec<PluginManifest>,
@@ -55,6 +55,11 @@ pub enum ComponentError {
     Missing(&'static str),
     #[error("component `{name}` is malformed: {reason}")]
     Malformed { name: String, reason: String },
+    /// Well-formed, but it holds a policy choice this build does not know
+    /// (a newer engine's transform, say): enforcing the rest would enforce
+    /// less than the guild wrote, so the whole bundle is refused.
+    #[error("component `{name}` holds a policy this build cannot enforce: {reason}")]
+    Unsupported { name: String, reason: String },
     #[error(transparent)]
     Access(#[from] AccessLoadError),
     #[error("plugin `{plugin}`: the module's digest is {actual}, but its manifest pins {pinned}")]
@@ -76,10 +81,40 @@ fn from_json<T: for<'de> Deserialize<'de>>(
     name: &'static str,
 ) -> Result<T, ComponentError> {
     let text = c.get(name).ok_or(ComponentError::Missing(name))?;
-    serde_json::from_str(text).map_err(|e| ComponentError::Malformed {
-        name: name.into(),
-        reason: e.to_string(),
+    serde_json::from_str(text).map_err(|e| {
+        let reason = e.to_string();
+        // serde_json has no typed category for it, but every enum of the
+        // model reports an unknown name through `Error::unknown_variant`.
+        if reason.starts_with("unknown variant") {
+            ComponentError::Unsupported {
+                name: name.into(),
+                reason,
+            }
+        } else {
+            ComponentError::Malformed {
+                name: name.into(),
+                reason,
+            }
+        }
     })
+}
+
+/// Parses each written rule into the model; a rule the model cannot hold
+/// makes the component unsupported.
+fn parse_each<S, T, E: std::fmt::Display>(
+    name: &'static str,
+    specs: Vec<S>,
+    parse: impl Fn(S) -> Result<T, E>,
+) -> Result<Vec<T>, ComponentError> {
+    specs
+        .into_iter()
+        .map(|s| {
+            parse(s).map_err(|e| ComponentError::Unsupported {
+                name: name.into(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 impl Policies {
@@ -104,19 +139,19 @@ impl Policies {
         c.insert(
             component::ANONYMIZATION.into(),
             to_json(&AnonymizationFile {
-                rules: self.anonymization.clone(),
-                row_filters: self.row_filters.clone(),
+                rules: self.anonymization.iter().cloned().map(Into::into).collect(),
+                row_filters: self.row_filters.iter().cloned().map(Into::into).collect(),
             }),
         );
         c.insert(
             component::PRIVACY.into(),
-            to_json(&PrivacyFile {
+            to_json(&PrivacyFile::<Aggregation> {
                 rules: self.privacy.clone(),
             }),
         );
         c.insert(
             component::STANDARDS.into(),
-            to_json(&StandardsFile {
+            to_json(&StandardsFile::<Check> {
                 rules: self.standards.clone(),
             }),
         );
@@ -158,7 +193,20 @@ impl Policies {
         let access = Access::from_texts_reusing(schema, &texts, previous.map(|p| &p.access))?;
         let anon: AnonymizationFile = from_json(c, component::ANONYMIZATION)?;
         let privacy: PrivacyFile = from_json(c, component::PRIVACY)?;
+        let anonymization = parse_each(component::ANONYMIZATION, anon.rules, AnonRule::try_from)?;
+        let row_filters = parse_each(
+            component::ANONYMIZATION,
+            anon.row_filters,
+            RowFilter::try_from,
+        )?;
+        let privacy = parse_each(component::PRIVACY, privacy.rules, |r| {
+            r.parse()
+                .map_err(|(_, a)| format!("unknown aggregation `{a}`"))
+        })?;
         let standards: StandardsFile = from_json(c, component::STANDARDS)?;
+        let standards = parse_each(component::STANDARDS, standards.rules, |r| {
+            r.parse().map_err(|c| format!("unknown check `{c}`"))
+        })?;
         let plugins: Vec<PluginManifest> = from_json(c, component::PLUGINS)?;
         let mut modules = BTreeMap::new();
         for p in &plugins {
@@ -193,10 +241,10 @@ impl Policies {
         Ok(Policies {
             mesh,
             access,
-            anonymization: anon.rules,
-            row_filters: anon.row_filters,
-            privacy: privacy.rules,
-            standards: standards.rules,
+            anonymization,
+            row_filters,
+            privacy,
+            standards,
             plugins,
             modules,
             product,
@@ -222,7 +270,10 @@ impl Policies {
             .collect();
         let used: Vec<&str> = anonymization
             .iter()
-            .filter_map(|r| r.plugin.as_deref())
+            .filter_map(|r| match &r.method {
+                Method::Plugin { name } => Some(name.as_str()),
+                _ => None,
+            })
             .chain(standards.iter().filter_map(|r| r.plugin.as_deref()))
             .collect();
         let plugins: Vec<PluginManifest> = self

@@ -1,12 +1,13 @@
-//! From a [`ReadPlan`] to a [`RecordPlan`]: the once-per-request step that
+//! From a [`ReadDecision`] to a [`RecordProgram`]: the once-per-request step that
 //! turns policy decisions into the per-record transform program, with the
 //! pseudonym keys bound in. Everything that can fail fails here, before the
 //! first record is read.
 
-use crate::plan::{ReadPlan, Treatment};
+use crate::anonymization::{Generalization, Method};
+use crate::decision::{ReadDecision, Treatment};
 use crate::plugins::PluginSet;
 use meshgov_anonymize::{
-    Clause, CompareOp, DatePart, FieldRule, RecordPlan, RowPredicate, Transform,
+    Clause, DatePart, FieldRule, PluginValidator, RecordProgram, RowPredicate, Transform,
 };
 use ring::hmac;
 use std::collections::BTreeMap;
@@ -60,9 +61,10 @@ impl KeyRing {
     }
 }
 
-/// Why a read plan cannot be applied; the request fails closed.
+/// Why a read decision cannot be compiled into a record program; the
+/// request fails closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordPlanError {
+pub enum CompileError {
     #[error("no pseudonym key is configured for key scope `{0}`")]
     MissingKey(String),
     #[error("transform `{0}` is not available in this build")]
@@ -71,145 +73,138 @@ pub enum RecordPlanError {
     InvalidRule { rule: String, reason: String },
 }
 
-fn transform(
+/// One field's treatment as a transform, with its key or plugin bound in.
+pub(crate) fn compile_treatment(
     t: &Treatment,
     keys: &KeyRing,
     plugins: &dyn PluginSet,
-) -> Result<Transform, RecordPlanError> {
+) -> Result<Transform, CompileError> {
     let rule = match t {
         Treatment::Clear | Treatment::Revealed { .. } => return Ok(Transform::Clear),
         Treatment::Withheld { .. } => return Ok(Transform::Redact { drop: false }),
         Treatment::Anonymized(rule) => rule,
     };
-    let invalid = |reason: &str| RecordPlanError::InvalidRule {
-        rule: rule.id.clone(),
-        reason: reason.into(),
-    };
-    Ok(match rule.transform.as_str() {
-        "redact" => Transform::Redact {
-            drop: rule.drop.unwrap_or(false),
+    Ok(match &rule.method {
+        Method::Redact { drop } => Transform::Redact { drop: *drop },
+        Method::Mask {
+            keep_first,
+            keep_last,
+            mask_char,
+        } => Transform::Mask {
+            keep_first: *keep_first,
+            keep_last: *keep_last,
+            mask_char: *mask_char,
         },
-        "mask" => Transform::Mask {
-            keep_first: rule.keep_first.unwrap_or(0),
-            keep_last: rule.keep_last.unwrap_or(0),
-            mask_char: rule.mask_char.unwrap_or('*'),
-        },
-        "hmac" => {
-            let scope = rule
-                .key_scope
-                .as_deref()
-                .ok_or_else(|| invalid("no key scope"))?;
-            let key = keys
+        Method::Hmac { key_scope, prefix } => Transform::Hmac {
+            key: keys
                 .keys
-                .get(scope)
-                .ok_or_else(|| RecordPlanError::MissingKey(scope.to_string()))?;
-            Transform::Hmac {
-                key: Arc::clone(key),
-                prefix: rule.prefix.clone().unwrap_or_default(),
-            }
-        }
-        "generalize" => match rule.to.as_deref() {
-            Some("year") => Transform::GeneralizeDate(DatePart::Year),
-            Some("month") => Transform::GeneralizeDate(DatePart::Month),
-            Some("bucket") => Transform::GeneralizeBucket {
-                width: rule.width.unwrap_or(0),
-            },
-            Some("prefix") => Transform::GeneralizePrefix {
-                chars: rule.chars.unwrap_or(0),
-            },
-            _ => return Err(invalid("unknown generalization")),
+                .get(key_scope)
+                .cloned()
+                .ok_or_else(|| CompileError::MissingKey(key_scope.clone()))?,
+            prefix: prefix.clone(),
         },
-        "plugin" => {
-            let name = rule.plugin.as_deref().ok_or_else(|| invalid("no plugin"))?;
-            Transform::Plugin(
-                plugins
-                    .transform(name)
-                    .ok_or_else(|| RecordPlanError::Unavailable(format!("plugin:{name}")))?,
-            )
+        Method::Generalize(Generalization::Year) => Transform::GeneralizeDate(DatePart::Year),
+        Method::Generalize(Generalization::Month) => Transform::GeneralizeDate(DatePart::Month),
+        Method::Generalize(Generalization::Bucket { width }) => {
+            Transform::GeneralizeBucket { width: *width }
         }
-        other => return Err(RecordPlanError::Unavailable(other.to_string())),
+        Method::Generalize(Generalization::Prefix { chars }) => {
+            Transform::GeneralizePrefix { chars: *chars }
+        }
+        Method::Plugin { name } => Transform::Plugin(
+            plugins
+                .transform(name)
+                .ok_or_else(|| CompileError::Unavailable(format!("plugin:{name}")))?,
+        ),
     })
 }
 
-fn op(name: &str) -> Option<CompareOp> {
-    Some(match name {
-        "eq" => CompareOp::Eq,
-        "ne" => CompareOp::Ne,
-        "in" => CompareOp::In,
-        "not_in" => CompareOp::NotIn,
-        "lt" => CompareOp::Lt,
-        "le" => CompareOp::Le,
-        "gt" => CompareOp::Gt,
-        "ge" => CompareOp::Ge,
-        "is_null" => CompareOp::IsNull,
-        "not_null" => CompareOp::NotNull,
-        _ => return None,
-    })
+/// A read decision with its keys and plugins bound in: what every reader of
+/// a port applies, whichever protocol it speaks. The record path compiles it
+/// into a [`RecordProgram`]; the columnar path into a query plan.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The port's declared fields in order, each with its transform.
+    pub fields: Vec<FieldRule>,
+    /// The row predicate, on raw values.
+    pub filter: RowPredicate,
+    /// Validators every served record must pass.
+    pub validators: Vec<Arc<dyn PluginValidator>>,
 }
 
-impl ReadPlan {
-    /// Compiles this plan into the per-record program, with the pseudonym
-    /// keys and the bundle's compiled plugins bound in. Call once per
-    /// request.
-    pub fn record_plan(
-        &self,
-        keys: &KeyRing,
-        plugins: &dyn PluginSet,
-    ) -> Result<RecordPlan, RecordPlanError> {
+impl Rules {
+    /// The per-record program of these rules.
+    pub fn record_program(&self) -> Result<RecordProgram, CompileError> {
+        RecordProgram::with_validators(
+            self.fields.clone(),
+            self.filter.clone(),
+            self.validators.clone(),
+        )
+        .map_err(|e| CompileError::InvalidRule {
+            rule: "read decision".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl ReadDecision {
+    /// Binds the pseudonym keys and the bundle's compiled plugins into this
+    /// decision. Call once per request (the enforcer caches the result).
+    pub fn rules(&self, keys: &KeyRing, plugins: &dyn PluginSet) -> Result<Rules, CompileError> {
         let fields = self
             .fields
             .iter()
             .map(|f| {
                 Ok(FieldRule::new(
                     f.name.clone(),
-                    transform(&f.treatment, keys, plugins)?,
+                    compile_treatment(&f.treatment, keys, plugins)?,
                 ))
             })
-            .collect::<Result<Vec<_>, RecordPlanError>>()?;
+            .collect::<Result<Vec<_>, CompileError>>()?;
         let clauses = self
             .row_filters
             .iter()
-            .map(|r| {
-                let op = op(&r.op).ok_or_else(|| RecordPlanError::InvalidRule {
-                    rule: r.id.clone(),
-                    reason: format!("unknown operator `{}`", r.op),
-                })?;
-                Ok(Clause::new(
-                    r.field.clone(),
-                    op,
-                    r.value.clone().unwrap_or(serde_json::Value::Null),
-                ))
-            })
-            .collect::<Result<Vec<_>, RecordPlanError>>()?;
+            .map(|r| Clause::new(r.field.clone(), r.op, r.value.clone()))
+            .collect();
         let validators = self
             .validators
             .iter()
             .map(|name| {
                 plugins
                     .validator(name)
-                    .ok_or_else(|| RecordPlanError::Unavailable(format!("plugin:{name}")))
+                    .ok_or_else(|| CompileError::Unavailable(format!("plugin:{name}")))
             })
-            .collect::<Result<Vec<_>, RecordPlanError>>()?;
-        RecordPlan::with_validators(fields, RowPredicate::all(clauses), validators).map_err(|e| {
-            RecordPlanError::InvalidRule {
-                rule: "read plan".into(),
-                reason: e.to_string(),
-            }
+            .collect::<Result<Vec<_>, CompileError>>()?;
+        Ok(Rules {
+            fields,
+            filter: RowPredicate::all(clauses),
+            validators,
         })
+    }
+
+    /// Compiles this decision into the per-record program.
+    pub fn record_program(
+        &self,
+        keys: &KeyRing,
+        plugins: &dyn PluginSet,
+    ) -> Result<RecordProgram, CompileError> {
+        self.rules(keys, plugins)?.record_program()
     }
 }
 
 /// Applies a plan to JSON records, for policy tests and tools; the sidecar
-/// streams bytes through [`RecordPlan::apply_json`] instead.
+/// streams bytes through [`RecordProgram::apply_json`] instead.
 /// The records go through as one batch, as a sidecar reads a chunk, so
 /// plugins see the same calls here as there.
 pub fn apply_to_values(
-    plan: &ReadPlan,
+    plan: &ReadDecision,
     keys: &KeyRing,
     plugins: &dyn PluginSet,
     input: &[serde_json::Map<String, serde_json::Value>],
 ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
-    let program = plan.record_plan(keys, plugins).map_err(|e| e.to_string())?;
+    let program = plan
+        .record_program(keys, plugins)
+        .map_err(|e| e.to_string())?;
     let lines = input
         .iter()
         .map(serde_json::to_vec)

@@ -57,6 +57,8 @@ fn toml_hint(message: &str) -> String {
         "remove the key, or fix its spelling to one of the expected keys".into()
     } else if message.starts_with("missing field") {
         "add the missing key to this table".into()
+    } else if message.starts_with("unknown variant") {
+        "use one of the expected values".into()
     } else if message.starts_with("invalid type") {
         "change the value to the expected type".into()
     } else if message.contains("duplicate key") {

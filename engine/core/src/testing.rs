@@ -3,8 +3,8 @@
 //! sidecar uses.
 
 use crate::access::Principal;
+use crate::decision::{Asker, ProductView};
 use crate::descriptor::{Descriptor, ProductInfo};
-use crate::plan::{Asker, ProductView};
 use crate::plugins::PluginSet;
 use crate::policies::Policies;
 use serde::{Deserialize, Serialize};
@@ -207,7 +207,7 @@ fn run_case(
         now_unix: now,
     };
     let (decision, plan) = if case.action == "read" {
-        match policies.plan_read(view, &case.port, who) {
+        match policies.decide_read(view, &case.port, who) {
             Ok(plan) => (plan.decision.clone(), Some(plan)),
             Err(e) => return vec![e.to_string()],
         }

@@ -194,6 +194,37 @@ fn unknown_transform_and_missing_parameters() {
 }
 
 #[test]
+fn unknown_choices_are_located_with_a_fix() {
+    // A plugin kind is parsed into its enum as the file loads.
+    let src = with(
+        example(),
+        "plugins/p.toml",
+        "[[plugins]]\nname = \"x\"\nkind = \"transformer\"\nmodule = \"x.wasm\"\nsha256 = \"00\"\n",
+    );
+    assert_finding(&src, "PLUGIN-PARSE", "plugins/p.toml:3:8");
+    let d = meshgov_core::check(&src)
+        .diagnostics
+        .into_iter()
+        .find(|d| d.rule == "PLUGIN-PARSE")
+        .unwrap();
+    assert!(d.message.contains("`transform` or `validator`"), "{d:?}");
+    assert_eq!(d.hint, "use one of the expected values");
+    // A generalization that does not exist points at `to`.
+    let src = edit(
+        example(),
+        "anonymization/personal-data.toml",
+        "to = \"year\"",
+        "to = \"decade\"",
+    );
+    let f = findings(&src);
+    assert!(
+        f.iter()
+            .any(|(r, a)| r == "ANON-PARAM" && a.starts_with("anonymization/personal-data.toml:")),
+        "{f:?}"
+    );
+}
+
+#[test]
 fn undeclared_plugin_is_refused() {
     let src = edit(
         example(),

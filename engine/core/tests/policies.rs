@@ -27,7 +27,7 @@ fn product(policies: &Policies, file: &str) -> ProductInfo {
     ProductInfo::resolve(&Descriptor::parse(file, &text).unwrap(), &policies.mesh).unwrap()
 }
 
-fn plans(p: &Policies, info: &ProductInfo, port: &str) -> Vec<meshgov_core::ReadPlan> {
+fn plans(p: &Policies, info: &ProductInfo, port: &str) -> Vec<meshgov_core::ReadDecision> {
     let view = ProductView::new(info.clone(), p).unwrap();
     let who = [
         ("ana", "marketing", "campaign-analytics"),
@@ -43,7 +43,7 @@ fn plans(p: &Policies, info: &ProductInfo, port: &str) -> Vec<meshgov_core::Read
                 groups: vec![group.to_string()],
                 ..Default::default()
             };
-            p.plan_read(
+            p.decide_read(
                 &view,
                 port,
                 Asker {

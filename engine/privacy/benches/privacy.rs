@@ -12,9 +12,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use meshgov_core::descriptor::{FieldInfo, PortInfo};
 use meshgov_core::mesh::Level;
 use meshgov_core::privacy::PrivacyRule;
-use meshgov_privacy::engine::{self, Accumulator};
 use meshgov_privacy::ledger::{Account, FileLedger, Ledger, Reservation, Units};
-use meshgov_privacy::query::{self, Caps, Plan};
+use meshgov_privacy::mechanism::{self, Accumulator};
+use meshgov_privacy::query::{self, Caps, ValidQuery};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
@@ -58,7 +58,7 @@ fn port() -> PortInfo {
     }
 }
 
-fn plan(body: &str) -> Plan {
+fn plan(body: &str) -> ValidQuery {
     let r = query::parse(body.as_bytes()).unwrap();
     query::validate(&r, &rule(), &port(), Caps::default(), 0).unwrap()
 }
@@ -74,7 +74,7 @@ fn noise_and_accounting(c: &mut Criterion) {
     let mut i = 0u64;
     c.bench_function("noise_and_accounting/one_statistic", |b| {
         b.iter(|| {
-            let costed = engine::cost(&p).unwrap();
+            let costed = mechanism::cost(&p).unwrap();
             i += 1;
             let r = Reservation {
                 query: format!("q{i}"),
@@ -86,7 +86,7 @@ fn noise_and_accounting(c: &mut Criterion) {
             black_box(ledger.reserve(&r).unwrap());
             let mut acc = Accumulator::new(&p);
             acc.add(Some("u"), &[], &[]);
-            black_box(engine::release(&p, &costed, acc).unwrap())
+            black_box(mechanism::release(&p, &costed, acc).unwrap())
         })
     });
 }
@@ -131,12 +131,12 @@ fn rows_1m(c: &mut Criterion) {
     });
     g.bench_function("dp", |b| {
         b.iter(|| {
-            let costed = engine::cost(&p).unwrap();
+            let costed = mechanism::cost(&p).unwrap();
             let mut acc = Accumulator::new(&p);
             for r in &data {
                 acc.add(Some(&r.user), &[r.country], &[r.duration]);
             }
-            black_box(engine::release(&p, &costed, acc).unwrap())
+            black_box(mechanism::release(&p, &costed, acc).unwrap())
         })
     });
     g.finish();

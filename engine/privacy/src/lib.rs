@@ -7,7 +7,7 @@
 //! - [`ledger`]: the budget ledger trait and the embedded file ledger;
 //! - [`pg`]: the PostgreSQL ledger for several replicas.
 
-pub mod engine;
 pub mod ledger;
+pub mod mechanism;
 pub mod pg;
 pub mod query;

@@ -10,7 +10,7 @@
 //! says what is wrong and what would be accepted.
 
 use meshgov_core::descriptor::PortInfo;
-use meshgov_core::privacy::PrivacyRule;
+use meshgov_core::privacy::{Aggregation, PrivacyRule};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use time::OffsetDateTime;
@@ -78,7 +78,7 @@ impl Stat {
 
 /// A validated query, ready to cost and run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub struct ValidQuery {
     pub rule_id: String,
     pub stats: Vec<Stat>,
     pub group_by: Vec<String>,
@@ -99,7 +99,7 @@ pub struct Plan {
     pub fields: Vec<String>,
 }
 
-impl Plan {
+impl ValidQuery {
     /// A canonical text of everything that decides the answer; with the
     /// consumer, purpose and port it identifies a repeat of the same query.
     pub fn canonical(&self) -> String {
@@ -173,7 +173,7 @@ pub fn validate(
     port: &PortInfo,
     caps: Caps,
     now_unix: i64,
-) -> Result<Plan, QueryError> {
+) -> Result<ValidQuery, QueryError> {
     // epsilon
     let eps = req.epsilon;
     let cap = caps
@@ -261,7 +261,7 @@ pub fn validate(
                 )));
             }
         };
-        if !rule.aggregations.iter().any(|x| x == name) {
+        if !Aggregation::parse(name).is_some_and(|a| rule.allows(a)) {
             return Err(bad(format!(
                 "aggregation `{name}` is not allowed on this port"
             )));
@@ -280,7 +280,7 @@ pub fn validate(
     if req.group_by.len() > MAX_GROUP_BY {
         return Err(bad(format!("at most {MAX_GROUP_BY} `group_by` fields")));
     }
-    if !req.group_by.is_empty() && !rule.aggregations.iter().any(|x| x == "histogram") {
+    if !req.group_by.is_empty() && !rule.allows(Aggregation::Histogram) {
         return Err(bad("`group_by` is not allowed on this port"));
     }
     let mut seen = BTreeSet::new();
@@ -399,7 +399,7 @@ pub fn validate(
             fields.push(f.to_string());
         }
     }
-    Ok(Plan {
+    Ok(ValidQuery {
         rule_id: rule.id.clone(),
         stats,
         group_by: req.group_by.clone(),

@@ -6,11 +6,13 @@
 //! | `GET /v1/fleet` | the fleet as JSON: releases, rollout, last build, every sidecar |
 //! | `POST /v1/sidecars` | register `{id, product, mesh, control_url, revision, digest}` |
 //! | `GET /v1/bundle?sidecar=ID&wait=S` | long poll; `If-None-Match: "<digest>"`; 200 with the bundle, or 304 after `S` seconds |
-//! | `POST /v1/sidecars/{id}/report` | `{"result": "ack", revision, digest}` or `{"result": "nack", code, reason}` after a pull |
+//! | `POST /v1/sidecars/{id}/report` | `{"result": "ack", revision, digest}` or `{"result": "nack", code, reason, active_revision}` after a pull |
 //! | `GET /healthz` | alive |
 //! | `GET /metrics` | Prometheus metrics (see [`crate::metrics`]) |
+//!
+//! The messages are `meshgov-wire`'s types.
 
-use crate::engine::{Engine, PollAnswer, Registration, Report};
+use crate::engine::{Engine, PollAnswer};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
@@ -19,6 +21,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use meshgov_wire::{
+    BUNDLE_REVISION_HEADER, ErrorBody, PollQuery, PullReport, Registration, RegistrationAnswer,
+    ReportAnswer, path,
+};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -54,10 +60,7 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Resp {
 }
 
 fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Resp {
-    json(
-        status,
-        &serde_json::json!({"error": code, "reason": reason.into()}),
-    )
+    json(status, &ErrorBody::new(code, reason))
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
@@ -93,13 +96,6 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
     })
 }
 
-fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
-    q?.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
-}
-
 /// Handles one request. Never panics.
 pub async fn handle(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
@@ -111,43 +107,37 @@ pub async fn handle(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp {
             crate::page::HTML,
         ),
         (Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        (Method::GET, "/v1/fleet") => json(StatusCode::OK, &engine.fleet()),
+        (Method::GET, path::FLEET) => json(StatusCode::OK, &engine.fleet()),
         (Method::GET, "/metrics") => respond(
             StatusCode::OK,
             meshgov_metrics::CONTENT_TYPE,
             engine.render_metrics(),
         ),
-        (Method::POST, "/v1/sidecars") => match read_json::<Registration>(req).await {
+        (Method::POST, path::SIDECARS) => match read_json::<Registration>(req).await {
             Err(r) => r,
             Ok(reg) => {
-                let id = reg.id.clone();
+                let answer = RegistrationAnswer::new(&reg.id);
                 match engine.register(reg) {
-                    Ok(()) => json(
-                        StatusCode::OK,
-                        &serde_json::json!({"id": id, "poll": format!("/v1/bundle?sidecar={id}")}),
-                    ),
+                    Ok(()) => json(StatusCode::OK, &answer),
                     Err(e) => error(StatusCode::BAD_REQUEST, "bad_registration", e),
                 }
             }
         },
-        (Method::GET, "/v1/bundle") => poll(engine, &req).await,
-        (Method::POST, p) if p.starts_with("/v1/sidecars/") && p.ends_with("/report") => {
-            let id = p
-                .trim_start_matches("/v1/sidecars/")
-                .trim_end_matches("/report")
-                .to_string();
-            match read_json::<Report>(req).await {
+        (Method::GET, path::POLL) => poll(engine, &req).await,
+        (Method::POST, p) if path::report_id(p).is_some() => {
+            let id = path::report_id(p).unwrap_or_default().to_string();
+            match read_json::<PullReport>(req).await {
                 Err(r) => r,
                 Ok(rep) => {
                     if engine.report(&id, rep) {
-                        json(StatusCode::OK, &serde_json::json!({"recorded": true}))
+                        json(StatusCode::OK, &ReportAnswer { recorded: true })
                     } else {
                         error(StatusCode::NOT_FOUND, "unknown_sidecar", "register first")
                     }
                 }
             }
         }
-        (_, "/" | "/healthz" | "/metrics" | "/v1/fleet" | "/v1/sidecars" | "/v1/bundle") => error(
+        (_, "/" | "/healthz" | "/metrics" | path::FLEET | path::SIDECARS | path::POLL) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "see the engine's API in the README",
@@ -157,37 +147,18 @@ pub async fn handle(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp {
 }
 
 async fn poll(engine: &Arc<Engine>, req: &Request<Incoming>) -> Resp {
-    let q = req.uri().query();
-    let Some(id) = query(q, "sidecar") else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "`sidecar=ID` is required",
-        );
+    let q = match PollQuery::parse(req.uri().query()) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
-    let wait = match query(q, "wait").map(str::parse::<u64>) {
-        None => 30,
-        Some(Ok(w)) => w.min(MAX_WAIT_SECS),
-        Some(Err(_)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "`wait` is a number of seconds",
-            );
-        }
-    };
+    let wait = q.wait_secs.map_or(30, |w| w.min(MAX_WAIT_SECS));
     let held = req
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.trim()
-                .trim_start_matches("W/")
-                .trim_matches('"')
-                .to_string()
-        });
+        .map(|v| meshgov_wire::etag_digest(v).to_string());
     match engine
-        .poll(id, held.as_deref(), Duration::from_secs(wait))
+        .poll(&q.sidecar, held.as_deref(), Duration::from_secs(wait))
         .await
     {
         PollAnswer::UnknownSidecar => error(
@@ -197,18 +168,19 @@ async fn poll(engine: &Arc<Engine>, req: &Request<Incoming>) -> Resp {
         ),
         PollAnswer::NotModified => {
             let mut r = respond(StatusCode::NOT_MODIFIED, "application/json", Bytes::new());
-            if let Some(h) = held.and_then(|h| HeaderValue::from_str(&format!("\"{h}\"")).ok()) {
+            if let Some(h) = held.and_then(|h| HeaderValue::from_str(&meshgov_wire::etag(&h)).ok())
+            {
                 r.headers_mut().insert(header::ETAG, h);
             }
             r
         }
         PollAnswer::Bundle(b, revision) => {
             let mut r = respond(StatusCode::OK, "application/json", b.bytes);
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", b.digest)) {
+            if let Ok(v) = HeaderValue::from_str(&meshgov_wire::etag(&b.digest)) {
                 r.headers_mut().insert(header::ETAG, v);
             }
             if let Ok(v) = HeaderValue::from_str(&revision.to_string()) {
-                r.headers_mut().insert("x-meshgov-bundle-revision", v);
+                r.headers_mut().insert(BUNDLE_REVISION_HEADER, v);
             }
             r
         }

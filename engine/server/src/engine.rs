@@ -20,11 +20,14 @@
 //! restarts, so sidecars never see a rollback from a restarted engine.
 
 use crate::build::{self, Compiled, Release, Signed};
-use crate::client::{self, HttpClient, PushOutcome};
+use crate::client::{self, HttpClient};
+use crate::collect::{self, Collectors};
+use crate::metrics::EngineMetrics;
 use meshgov_bundle::SigningKey;
-use serde::Serialize;
+use meshgov_bundle::clock::{Clock, SystemClock, rfc3339};
+use meshgov_wire::{Ack, Nack, PulledAck, PushOutcome, ServingState};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -88,10 +91,16 @@ pub struct EngineConfig {
     /// At shutdown, how long requests in flight and an audit collection
     /// pass under way may take to finish.
     pub drain_timeout: Duration,
+    /// The wall clock of every time the engine reads: revisions, bundle
+    /// creation and expiry, renewal, last contact, control tokens and the
+    /// fleet document. (Waits, timeouts and the bake time are measured on
+    /// tokio's monotonic clock.)
+    pub clock: Arc<dyn Clock>,
 }
 
 impl EngineConfig {
-    /// Defaults for everything but the repository and the key.
+    /// Defaults for everything but the repository and the key; the clock
+    /// is the system clock.
     pub fn new(policies: PathBuf, key: SigningKey) -> EngineConfig {
         EngineConfig {
             policies,
@@ -105,47 +114,17 @@ impl EngineConfig {
             audit_dir: None,
             audit_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
         }
     }
 }
 
-/// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Nothing built yet.
-    Idle,
-    /// Pushed to the canaries; waiting for their ACKs.
-    Canary,
-    /// Canaries ACKed; watching their health for the bake time.
-    Baking,
-    /// Released to the whole fleet.
-    Released,
-    /// Stopped by a NACK or failing canary health; the rest keep the
-    /// previous release.
-    Halted,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RolloutStatus {
-    pub revision: Option<u64>,
-    pub phase: Phase,
-    pub canaries: Vec<String>,
-    pub reason: Option<String>,
-    pub started_at: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BuildStatus {
-    pub at: String,
-    /// The repository state built: `git:<commit>` or `files:<sha256>`.
-    pub fingerprint: String,
-    pub ok: bool,
-    pub revision: Option<u64>,
-    /// A re-signed revision of unchanged policies, before expiry.
-    pub renewal: bool,
-    pub error: Option<String>,
-}
+/// The fleet document and its parts (see `meshgov-wire`).
+pub use meshgov_wire::{
+    BuildStatus, Fleet, Phase, ReleaseView, RolloutStatus, SidecarState, SidecarView,
+};
+/// What sidecars send: a registration, and a report on a pulled bundle.
+pub use meshgov_wire::{PullReport, Registration};
 
 /// One registered sidecar.
 #[derive(Debug, Clone)]
@@ -184,51 +163,9 @@ pub struct Engine {
     state: Mutex<State>,
     /// Bumped whenever what some sidecar should hold changes; wakes long polls.
     changed: watch::Sender<u64>,
-    pub(crate) client: HttpClient,
+    client: HttpClient,
     /// Counters for `GET /metrics`.
-    pub metrics: crate::metrics::EngineMetrics,
-}
-
-fn now_unix() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-/// A registration, as a sidecar sends it.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Registration {
-    pub id: String,
-    pub product: String,
-    pub mesh: Option<String>,
-    pub control_url: String,
-    pub revision: Option<u64>,
-    pub digest: Option<String>,
-}
-
-/// A sidecar's report after applying a bundle it pulled.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Report {
-    Ack {
-        revision: u64,
-        digest: String,
-    },
-    Nack {
-        code: String,
-        reason: String,
-        #[serde(default)]
-        active_revision: Option<u64>,
-    },
+    pub metrics: EngineMetrics,
 }
 
 /// What a long poll ends with.
@@ -240,11 +177,7 @@ pub enum PollAnswer {
 
 /// Characters a sidecar id may hold (it travels in URLs unescaped).
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b))
+    meshgov_wire::valid_sidecar_id(id)
 }
 
 impl Engine {
@@ -273,7 +206,7 @@ impl Engine {
             }),
             changed,
             client: HttpClient::default(),
-            metrics: crate::metrics::EngineMetrics::default(),
+            metrics: EngineMetrics::default(),
         })
     }
 
@@ -282,6 +215,11 @@ impl Engine {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Now, in Unix seconds, on the configured clock.
+    fn now(&self) -> i64 {
+        self.cfg.clock.now_unix()
     }
 
     fn notify(&self) {
@@ -329,7 +267,7 @@ impl Engine {
             let me = Arc::clone(&self);
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
-                let collectors = crate::collect::Collectors::default();
+                let collectors = Collectors::default();
                 let mut tick = tokio::time::interval(me.cfg.audit_interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -382,25 +320,36 @@ impl Engine {
             }
             Err(_) => return,
         };
+        let now = self.now();
         let (changed, renew) = {
             let s = self.lock();
             let changed = s.fingerprint.as_deref() != Some(fp.as_str());
             let renew = s.candidate.is_none()
                 && s.released.as_ref().is_some_and(|r| {
                     let half = (r.expires_at_unix - r.created_at_unix) / 2;
-                    now_unix() >= r.created_at_unix + half
+                    now >= r.created_at_unix + half
                 });
             (changed, renew)
         };
         if changed {
             self.lock().fingerprint = Some(fp.clone());
-            let dir = self.cfg.policies.clone();
-            let compiled = tokio::task::spawn_blocking(move || build::compile(&dir)).await;
-            match compiled {
-                Ok(Ok(c)) => {
-                    let c = Arc::new(c);
+            let engine = Arc::clone(&self);
+            let built = tokio::task::spawn_blocking(move || {
+                let cfg = &engine.cfg;
+                build::build(
+                    &cfg.policies,
+                    &cfg.key,
+                    &build::Options::default(),
+                    &mut (),
+                    |c| engine.stamp(c),
+                )
+            })
+            .await;
+            match built {
+                Ok(Ok(b)) => {
+                    let c = Arc::new(b.compiled);
                     self.lock().compiled = Some(Arc::clone(&c));
-                    self.release(&c, &fp, false);
+                    self.release(&c, &fp, false, Some(b.release));
                 }
                 Ok(Err(e)) => self.record_build_failure(&fp, e.to_string(), false),
                 Err(_) => self.record_build_failure(&fp, "the build task failed".into(), false),
@@ -408,7 +357,7 @@ impl Engine {
         } else if renew {
             let c = self.lock().compiled.clone();
             if let Some(c) = c {
-                self.release(&c, &fp, true);
+                self.release(&c, &fp, true, None);
             }
         }
     }
@@ -417,7 +366,7 @@ impl Engine {
         self.metrics.builds_failed.inc();
         tracing::error!(fingerprint = fp, "not rolled out: {error}");
         self.lock().last_build = Some(BuildStatus {
-            at: rfc3339(now_unix()),
+            at: rfc3339(self.now()),
             fingerprint: fp.to_string(),
             ok: false,
             revision: None,
@@ -426,25 +375,52 @@ impl Engine {
         });
     }
 
-    /// Signs `c` as the next revision and starts its rollout.
-    fn release(self: &Arc<Self>, c: &Compiled, fp: &str, renewal: bool) {
+    /// The next revision, signed now: above every revision this engine
+    /// signed and every one a sidecar holds, and at least the time.
+    fn stamp(&self, c: &Compiled) -> build::Stamp {
+        let now = self.now();
+        let revision = {
+            let s = self.lock();
+            let now_rev = u64::try_from(now).unwrap_or(0);
+            (s.last_revision + 1)
+                .max(now_rev)
+                .max(s.fleet_max_revision + 1)
+        };
+        build::Stamp {
+            revision,
+            created_at_unix: now,
+            ttl_seconds: self.cfg.ttl_seconds.unwrap_or(c.ttl_seconds).max(1),
+        }
+    }
+
+    /// Starts the rollout of `c` signed as the next revision: `signed`, when
+    /// the build has just signed it, else signed here.
+    fn release(
+        self: &Arc<Self>,
+        c: &Compiled,
+        fp: &str,
+        renewal: bool,
+        mut signed: Option<Result<Release, build::BuildError>>,
+    ) {
         // A sidecar may register with a higher revision (an engine before a
         // restart signed it) while this one is being signed; the release is
         // then refused, and the policies are signed again above it.
         loop {
-            let now = now_unix();
-            let revision = {
-                let s = self.lock();
-                let now_rev = u64::try_from(now).unwrap_or(0);
-                (s.last_revision + 1)
-                    .max(now_rev)
-                    .max(s.fleet_max_revision + 1)
-            };
-            let ttl = self.cfg.ttl_seconds.unwrap_or(c.ttl_seconds).max(1);
-            let r = match build::sign_release(c, &self.cfg.key, revision, now, ttl) {
+            let attempt = signed.take().unwrap_or_else(|| {
+                let s = self.stamp(c);
+                build::sign_release(
+                    c,
+                    &self.cfg.key,
+                    s.revision,
+                    s.created_at_unix,
+                    s.ttl_seconds,
+                )
+            });
+            let r = match attempt {
                 Ok(r) => Arc::new(r),
                 Err(e) => return self.record_build_failure(fp, e.to_string(), renewal),
             };
+            let now = r.created_at_unix;
             if self.record_release(r, fp, now, renewal) {
                 return;
             }
@@ -530,7 +506,7 @@ impl Engine {
                 },
                 canaries: canaries.iter().cloned().collect(),
                 reason: None,
-                started_at: Some(rfc3339(now_unix())),
+                started_at: Some(rfc3339(self.now())),
             };
             if canaries.is_empty() {
                 s.released = Some(Arc::clone(&r));
@@ -636,13 +612,11 @@ impl Engine {
                         .await
                     {
                         Ok(st) => {
-                            let state = st.get("state").and_then(|v| v.as_str()).unwrap_or("?");
-                            let serving = state == "serving";
-                            let rev = st.pointer("/bundle/revision").and_then(|v| v.as_u64());
-                            if serving && rev == Some(r.revision) {
+                            let rev = st.bundle.as_ref().map(|b| b.revision);
+                            if st.state == ServingState::Serving && rev == Some(r.revision) {
                                 Ok(())
                             } else {
-                                Err(format!("state `{state}` at revision {rev:?}"))
+                                Err(format!("state `{}` at revision {rev:?}", st.state.as_str()))
                             }
                         }
                         Err(e) => Err(e),
@@ -743,14 +717,14 @@ impl Engine {
                     };
                     sc.pushing = None;
                     match r {
-                        Ok(PushOutcome::Ack {
+                        Ok(PushOutcome::Ack(Ack {
                             revision: rev,
                             digest,
                             ..
-                        }) => {
+                        })) => {
                             me.metrics.pushes_ack.inc();
                             tracing::debug!(acked = rev, "ACK");
-                            sc.last_contact = now_unix();
+                            sc.last_contact = me.now();
                             sc.last_error = None;
                             if digest == b.digest {
                                 sc.acked = Some((rev, digest));
@@ -758,10 +732,10 @@ impl Engine {
                             }
                             false
                         }
-                        Ok(PushOutcome::Nack { code, reason, .. }) => {
+                        Ok(PushOutcome::Nack(Nack { code, reason, .. })) => {
                             me.metrics.pushes_nack.inc();
-                            sc.last_contact = now_unix();
-                            tracing::warn!(code, "NACK: {reason}");
+                            sc.last_contact = me.now();
+                            tracing::warn!(code = code.as_str(), "NACK: {reason}");
                             sc.last_error =
                                 Some(format!("NACK {code} for revision {revision}: {reason}"));
                             sc.nacked = Some(b.digest.clone());
@@ -786,7 +760,6 @@ impl Engine {
         tokio::spawn(task.instrument(span));
     }
 
-    /// Registers (or re-registers) a sidecar and pushes it its bundle.
     /// `(id, control URL)` of every registered sidecar.
     pub fn control_urls(&self) -> Vec<(String, String)> {
         self.lock()
@@ -798,15 +771,42 @@ impl Engine {
 
     /// A fresh control token for calling sidecars' control ports.
     pub fn control_token(&self) -> String {
-        meshgov_bundle::mint_control_token(&self.cfg.key, "meshgov-engine", now_unix(), 60)
+        meshgov_bundle::mint_control_token(&self.cfg.key, "meshgov-engine", self.now(), 60)
     }
 
-    pub(crate) fn record_audit(&self, id: &str, result: Result<u64, String>) {
-        if let Some(sc) = self.lock().sidecars.get_mut(id) {
-            sc.audit = Some(result);
-        }
+    /// One audit collection pass over the fleet into `root` (see
+    /// [`crate::collect`]); errors are recorded per sidecar.
+    pub async fn collect_audit(self: &Arc<Self>, root: &Path, collectors: &Collectors) {
+        let token = || self.control_token();
+        let pass = collect::Pass {
+            root,
+            client: &self.client,
+            status_timeout: self.cfg.push_timeout,
+            token: &token,
+        };
+        collectors
+            .pass(&pass, self.control_urls(), |id, result| {
+                match &result {
+                    Ok(c) => self.metrics.audit_events_collected.add(c.events),
+                    Err(e) => {
+                        self.metrics.audit_collection_errors.inc();
+                        tracing::warn!(sidecar = %id, "audit collection: {e}");
+                    }
+                }
+                if let Some(sc) = self.lock().sidecars.get_mut(id) {
+                    sc.audit = Some(result.map(|c| c.head_seq));
+                }
+            })
+            .await;
     }
 
+    /// The Prometheus exposition text for `GET /metrics`: the counters and
+    /// the fleet as it is now.
+    pub fn render_metrics(&self) -> String {
+        crate::metrics::render(&self.metrics, &self.fleet())
+    }
+
+    /// Registers (or re-registers) a sidecar and pushes it its bundle.
     pub fn register(self: &Arc<Self>, r: Registration) -> Result<(), String> {
         if !valid_id(&r.id) {
             return Err(format!(
@@ -820,7 +820,7 @@ impl Engine {
                 r.control_url
             ));
         }
-        let now = now_unix();
+        let now = self.now();
         let resign = {
             let mut s = self.lock();
             if let (Some(m), Some(c)) = (&r.mesh, &s.compiled)
@@ -869,7 +869,7 @@ impl Engine {
         tracing::info!(sidecar = %r.id, product = %r.product, control = %r.control_url, "sidecar registered");
         if let Some((c, fp)) = resign {
             tracing::warn!(sidecar = %r.id, revision = r.revision, "the sidecar holds a revision this engine did not sign; signing the policies again above it");
-            self.release(&c, &fp, true);
+            self.release(&c, &fp, true, None);
         }
         self.push(r.id);
         Ok(())
@@ -877,22 +877,22 @@ impl Engine {
 
     /// Records a sidecar's report on a bundle it pulled. `false` if the
     /// sidecar is unknown.
-    pub fn report(&self, id: &str, r: Report) -> bool {
+    pub fn report(&self, id: &str, r: PullReport) -> bool {
         let mut s = self.lock();
         let target = Self::target(&s, id).cloned();
         let Some(sc) = s.sidecars.get_mut(id) else {
             return false;
         };
-        sc.last_contact = now_unix();
+        sc.last_contact = self.now();
         match r {
-            Report::Ack { digest, .. } => {
+            PullReport::Ack(PulledAck { digest, .. }) => {
                 self.metrics.pull_acks.inc();
                 sc.last_error = None;
                 Self::note_held(&mut s, id, &digest);
             }
-            Report::Nack { code, reason, .. } => {
+            PullReport::Nack(Nack { code, reason, .. }) => {
                 self.metrics.pull_nacks.inc();
-                tracing::warn!(sidecar = %id, code, "NACK on pull: {reason}");
+                tracing::warn!(sidecar = %id, code = code.as_str(), "NACK on pull: {reason}");
                 sc.last_error = Some(format!("NACK {code}: {reason}"));
                 sc.nacked = target.map(|t| t.for_product(&sc.product).digest.clone());
             }
@@ -918,7 +918,7 @@ impl Engine {
                 let Some(sc) = s.sidecars.get_mut(id) else {
                     return PollAnswer::UnknownSidecar;
                 };
-                sc.last_contact = now_unix();
+                sc.last_contact = self.now();
                 if let Some(t) = target {
                     let b = t.for_product(&sc.product);
                     if held != Some(b.digest.as_str()) && sc.nacked.as_ref() != Some(&b.digest) {
@@ -935,7 +935,7 @@ impl Engine {
 
     /// The fleet as `GET /v1/fleet` shows it.
     pub fn fleet(&self) -> Fleet {
-        let now = now_unix();
+        let now = self.now();
         let s = self.lock();
         let sidecars = s
             .sidecars
@@ -949,13 +949,13 @@ impl Engine {
                     _ => false,
                 };
                 let state = if sc.nacked.is_some() && !in_sync {
-                    "nacked"
+                    SidecarState::Nacked
                 } else if in_sync {
-                    "in_sync"
+                    SidecarState::InSync
                 } else if sc.last_error.is_some() {
-                    "unreachable"
+                    SidecarState::Unreachable
                 } else {
-                    "pending"
+                    SidecarState::Pending
                 };
                 SidecarView {
                     id: id.clone(),
@@ -978,8 +978,8 @@ impl Engine {
         Fleet {
             mesh: s.compiled.as_ref().map(|c| c.mesh.clone()),
             key_id: self.cfg.key.keyid(),
-            released: s.released.as_ref().map(|r| ReleaseView::of(r)),
-            candidate: s.candidate.as_ref().map(|r| ReleaseView::of(r)),
+            released: s.released.as_deref().map(release_view),
+            candidate: s.candidate.as_deref().map(release_view),
             rollout: s.rollout.clone(),
             last_build: s.last_build.clone(),
             sidecars,
@@ -987,60 +987,15 @@ impl Engine {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ReleaseView {
-    pub revision: u64,
-    pub created_at: String,
-    pub expires_at: String,
-    pub source_commit: Option<String>,
-    pub products: Vec<String>,
-}
-
-impl ReleaseView {
-    fn of(r: &Release) -> ReleaseView {
-        ReleaseView {
-            revision: r.revision,
-            created_at: rfc3339(r.created_at_unix),
-            expires_at: rfc3339(r.expires_at_unix),
-            source_commit: r.source_commit.clone(),
-            products: r.slices.keys().cloned().collect(),
-        }
+/// A release as the fleet shows it.
+fn release_view(r: &Release) -> ReleaseView {
+    ReleaseView {
+        revision: r.revision,
+        created_at: rfc3339(r.created_at_unix),
+        expires_at: rfc3339(r.expires_at_unix),
+        source_commit: r.source_commit.clone(),
+        products: r.slices.keys().cloned().collect(),
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SidecarView {
-    pub id: String,
-    pub product: String,
-    pub control_url: String,
-    /// `in_sync`, `pending`, `nacked` or `unreachable`.
-    pub state: &'static str,
-    pub canary: bool,
-    pub acked_revision: Option<u64>,
-    pub acked_digest: Option<String>,
-    pub target_revision: Option<u64>,
-    pub last_contact: String,
-    pub last_contact_seconds_ago: i64,
-    pub last_error: Option<String>,
-    /// Seconds since the engine built the bundle the sidecar ACKed.
-    pub bundle_age_seconds: Option<i64>,
-    /// With `--collect-audit`: the last audit sequence collected.
-    pub audit_collected_seq: Option<u64>,
-    /// With `--collect-audit`: why the last collection failed.
-    pub audit_error: Option<String>,
-}
-
-/// `GET /v1/fleet`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Fleet {
-    pub mesh: Option<String>,
-    /// The key id bundles are signed with.
-    pub key_id: String,
-    pub released: Option<ReleaseView>,
-    pub candidate: Option<ReleaseView>,
-    pub rollout: RolloutStatus,
-    pub last_build: Option<BuildStatus>,
-    pub sidecars: Vec<SidecarView>,
 }
 
 /// Stops a background task when the loop that owns it returns.
@@ -1083,8 +1038,8 @@ mod tests {
             repo.clone(),
             SigningKey::from_pkcs8_pem(&pem).unwrap(),
         ));
-        let c = build::compile(&repo).unwrap();
-        let now = now_unix();
+        let c = build::compile(&repo, &build::Options::default(), &mut ()).unwrap();
+        let now = engine.now();
         let signing =
             build::sign_release(&c, &key, u64::try_from(now).unwrap(), now, 3600).unwrap();
         // Meanwhile: a sidecar holding what a previous engine signed later.

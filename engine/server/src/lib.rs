@@ -1,5 +1,5 @@
 //! `meshgov-server`: the authoring service behind `meshgov serve`
-//! (DESIGN.md section 7).
+//! (`docs/architecture.md` in the repository shows where it sits).
 //!
 //! It watches a policy repository, and for each change checks, tests,
 //! compiles and signs the next revision (a slice per product and the whole
@@ -18,6 +18,17 @@
 //! - [`client`]: pushes and status reads (also used by `meshgov push` and `meshgov status`);
 //! - [`collect`]: audit collection from every registered sidecar;
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
+//!
+//! They import each other without a cycle (`tests/module_graph.rs` checks
+//! it): `api` uses `engine` and `page`; `engine` uses `build`, `client`,
+//! `collect` and `metrics`, handing the last two what they need (a fleet
+//! snapshot, a collection pass's inputs) rather than itself; `collect` uses
+//! `client`.
+//!
+//! Every wall-clock time the engine reads comes from
+//! [`EngineConfig::clock`]: the system clock in `meshgov serve`, a
+//! [`meshgov_bundle::clock::ManualClock`] in tests that drive renewal and
+//! expiry.
 
 pub mod api;
 pub mod build;

@@ -31,7 +31,7 @@ const VALUES: usize = 10_000;
 fn load(name: &str, kind: &str, bytes: &[u8]) -> Plugin {
     let manifest = PluginManifest {
         name: name.into(),
-        kind: kind.into(),
+        kind: serde_json::from_value(serde_json::Value::from(kind)).unwrap(),
         module: String::new(),
         sha256: hex::encode(sha2::Sha256::digest(bytes)),
         description: String::new(),

@@ -40,26 +40,13 @@ pub enum LoadError {
 }
 
 /// What a plugin is for, from its manifest's `kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Transform,
-    Validator,
-}
+pub use meshgov_core::plugins::PluginKind as Kind;
 
-impl Kind {
-    fn parse(kind: &str) -> Option<Kind> {
-        match kind {
-            "transform" => Some(Kind::Transform),
-            "validator" => Some(Kind::Validator),
-            _ => None,
-        }
-    }
-
-    fn entry(self) -> &'static str {
-        match self {
-            Kind::Transform => export::TRANSFORM,
-            Kind::Validator => export::VALIDATE,
-        }
+/// The guest export a plugin of this kind must provide.
+fn entry(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Transform => export::TRANSFORM,
+        Kind::Validator => export::VALIDATE,
     }
 }
 
@@ -116,8 +103,7 @@ impl Runtime {
                 pinned: manifest.sha256.clone(),
             });
         }
-        let kind = Kind::parse(&manifest.kind)
-            .ok_or_else(|| invalid(format!("unknown plugin kind `{}`", manifest.kind)))?;
+        let kind = manifest.kind;
         if manifest.max_memory_bytes == 0 || manifest.max_memory_bytes > MAX_PLUGIN_MEMORY {
             return Err(invalid(format!(
                 "`max_memory_bytes` must be within 1..={MAX_PLUGIN_MEMORY}"
@@ -157,7 +143,7 @@ impl Runtime {
         };
         let version = func(export::ABI_VERSION, &[], &["i32"])?;
         let alloc = func(export::ALLOC, &["i32"], &["i32"])?;
-        let entry = func(kind.entry(), &["i32", "i32"], &["i64"])?;
+        let entry = func(entry(kind), &["i32", "i32"], &["i64"])?;
         let memory = match module.get_export(export::MEMORY) {
             Some(ExternType::Memory(m)) if !m.is_64() && !m.is_shared() => module
                 .get_export_index(export::MEMORY)

@@ -17,7 +17,7 @@ use sha2::Digest;
 fn manifest(name: &str, kind: &str, bytes: &[u8]) -> PluginManifest {
     PluginManifest {
         name: name.into(),
-        kind: kind.into(),
+        kind: serde_json::from_value(serde_json::Value::from(kind)).unwrap(),
         module: format!("{name}.wasm"),
         sha256: hex::encode(sha2::Sha256::digest(bytes)),
         description: String::new(),

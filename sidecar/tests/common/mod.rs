@@ -12,8 +12,8 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use meshgov_core::descriptor::ProductInfo;
 use meshgov_core::{SourceSet, check};
-use meshgov_sidecar::config::Strings;
-use meshgov_sidecar::{App, Config, clock, server};
+use meshgov_sidecar::launch::{self, Running};
+use meshgov_sidecar::{App, clock};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use std::collections::BTreeMap;
@@ -26,6 +26,9 @@ pub mod process;
 // Not every test binary runs a sidecar process.
 #[allow(unused_imports)]
 pub use process::*;
+// The end-to-end harness's process handling and seeded generator.
+#[allow(unused_imports)]
+pub use meshgov_e2e::{Process, Rng, Signal, ready_within, seed, seeded};
 
 pub const ISSUER: &str = "https://idp.media.example";
 pub const AUDIENCE: &str = "meshgov";
@@ -67,27 +70,6 @@ impl Keys {
             rsa_private_pem: std::fs::read(fx.join("rs256-test.key.pem")).unwrap(),
             rsa_public_pem: fx.join("rs256-test.pub.pem").display().to_string(),
         }
-    }
-}
-
-/// xorshift64: small and deterministic, for random kill moments and
-/// request sizes that a printed seed replays. The seed must not be 0.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// In `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// In `lo..hi`.
-    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo)
     }
 }
 
@@ -158,6 +140,23 @@ pub fn sign_policies(
     revision: u64,
     expires_in: i64,
 ) -> Vec<u8> {
+    sign_components(
+        key,
+        policies.product.clone(),
+        policies.components(),
+        revision,
+        expires_in,
+    )
+}
+
+/// Signs bundle components as they are, for bundles no engine would build.
+pub fn sign_components(
+    key: &meshgov_bundle::SigningKey,
+    product: Option<String>,
+    components: BTreeMap<String, String>,
+    revision: u64,
+    expires_in: i64,
+) -> Vec<u8> {
     let payload = meshgov_bundle::BundlePayload::new(
         meshgov_bundle::BundleMeta {
             mesh: "media-mesh".into(),
@@ -165,9 +164,9 @@ pub fn sign_policies(
             created_at_unix: now() - 60,
             expires_at_unix: now() + expires_in,
             source_commit: Some("test".into()),
-            product: policies.product.clone(),
+            product,
         },
-        policies.components(),
+        components,
     )
     .unwrap();
     meshgov_bundle::sign(&payload.to_canonical_bytes(), &[key])
@@ -175,6 +174,8 @@ pub fn sign_policies(
         .to_json_bytes()
 }
 
+/// A sidecar booted in this process by `launch::boot`, as `meshgov demo`
+/// and the end-to-end harness boot theirs.
 pub struct Sidecar {
     pub addr: SocketAddr,
     /// The control port, when `Options::control` asked for one.
@@ -182,22 +183,13 @@ pub struct Sidecar {
     pub app: Arc<App>,
     pub dir: tempfile::TempDir,
     pub gov: meshgov_bundle::SigningKey,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
-    pub task: Option<tokio::task::JoinHandle<()>>,
-    control_task: Vec<tokio::task::JoinHandle<()>>,
+    running: Running,
 }
 
 impl Sidecar {
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(true);
-        }
-        if let Some(t) = self.task.take() {
-            t.await.unwrap();
-        }
-        for t in self.control_task.drain(..) {
-            t.await.unwrap();
-        }
+    /// Stops it as on SIGTERM: drains, then closes the audit log.
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -255,14 +247,35 @@ pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
         .unwrap_or_else(|| format!("path = {:?}", dir.path().join("data").display().to_string()));
     let (ex, ey) = (&keys.ec_public[1..33], &keys.ec_public[33..65]);
     let gov = governance_key();
+    let bundle_file = if opts.install_bundle {
+        let parsed = meshgov_core::descriptor::Descriptor::parse(
+            "product.yaml",
+            &std::fs::read_to_string(&descriptor).unwrap(),
+        )
+        .unwrap();
+        let policies = policies_in(&policy_repo, &parsed);
+        let envelope = sign_policies(&gov, &policies, 7, opts.expires_in);
+        std::fs::write(dir.path().join("bundle.dsse.json"), &envelope).unwrap();
+        "bundle_file = \"bundle.dsse.json\""
+    } else {
+        ""
+    };
+    // Also the control port; bundles it accepts persist to `<dir>/state`.
+    let control = if opts.control {
+        "control = \"127.0.0.1:0\""
+    } else {
+        ""
+    };
     let cfg = format!(
         r#"
 mesh = "media-mesh"
 state_dir = "state"
 trusted_bundle_keys = ["{gov_pub}"]
 descriptor = {descriptor:?}
+{bundle_file}
 [listen]
 data = "127.0.0.1:0"
+{control}
 [upstream]
 {upstream}
 [auth]
@@ -292,53 +305,20 @@ pem_file = {rsa:?}
         extra = opts.extra_config,
         gov_pub = gov.public_key(),
     );
-    let cfg = Config::from_toml(
-        &cfg,
-        dir.path(),
-        &BTreeMap::<String, String>::new() as &dyn Strings,
-    )
-    .unwrap();
-    let app = App::from_config(&cfg).unwrap();
-    if opts.install_bundle {
-        let policies = policies_in(&policy_repo, &app.descriptor);
-        let envelope = sign_policies(&gov, &policies, 7, opts.expires_in);
-        std::fs::write(dir.path().join("bundle.dsse.json"), &envelope).unwrap();
-        if let Err(e) = app.load_bundle_file(&dir.path().join("bundle.dsse.json"), now()) {
-            assert!(opts.expires_in <= 0, "a fresh signed bundle must load: {e}");
-        }
-    }
-    let app = Arc::new(app);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let task = tokio::spawn(server::serve(listener, Arc::clone(&app), stopped()));
-    let mut control_task = Vec::new();
-    let mut control = None;
-    if opts.control {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        control = Some(l.local_addr().unwrap());
-        app.control.set_instance_id("test-sidecar".into());
-        control_task.push(tokio::spawn(server::serve_control(
-            l,
-            Arc::clone(&app),
-            stopped(),
-        )));
+    let running = launch::boot(&cfg, dir.path()).await.unwrap();
+    if opts.install_bundle && opts.expires_in > 0 {
+        assert!(
+            running.app().bundle.current().is_some(),
+            "a fresh signed bundle must load"
+        );
     }
     Sidecar {
-        addr,
-        control,
-        control_task,
-        app,
+        addr: running.data_addr,
+        control: running.control_addr,
+        app: Arc::clone(running.app()),
         dir,
         gov,
-        stop: Some(tx),
-        task: Some(task),
+        running,
     }
 }
 

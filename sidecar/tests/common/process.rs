@@ -1,20 +1,21 @@
-//! For tests that run the real `meshgov-sidecar` binary: its config file,
-//! its command line and its readiness.
+//! For tests that run the real `meshgov-sidecar` binary: its config file
+//! and its command line. Spawning, readiness, signals and exit codes are
+//! the end-to-end harness's (`meshgov_e2e::Process`, `ready_within`).
 
-use super::{AUDIENCE, ISSUER, Keys, PSEUDONYM_KEY, b64u, repo};
+use super::{AUDIENCE, ISSUER, Keys, PSEUDONYM_KEY, repo};
 use meshgov_core::descriptor::Descriptor;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A loopback address that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    meshgov_e2e::free_addr().unwrap()
+}
+
+/// `N` distinct loopback addresses that were free a moment ago.
+pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    meshgov_e2e::free_addrs().unwrap()
 }
 
 /// `policies/products/<product>.yaml` of the example mesh, parsed.
@@ -71,12 +72,7 @@ trusted_bundle_keys = ["{gov}"]
 {listen}
 [upstream]
 {upstream}
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
+{auth}
 [pseudonym_keys]
 user-identity = "user-identity.key"
 {tables}
@@ -85,7 +81,7 @@ user-identity = "user-identity.key"
                 gov = gov.public_key(),
                 top = self.top,
                 listen = self.listen,
-                x = b64u(&keys.ed_public),
+                auth = meshgov_sidecar::config::eddsa_auth_toml(ISSUER, AUDIENCE, &keys.ed_public),
                 tables = self.tables,
             ),
         )
@@ -103,22 +99,4 @@ pub fn sidecar_command(config: &Path, filter: &str) -> Command {
         .env("RUST_LOG", filter)
         .stdout(Stdio::null());
     c
-}
-
-/// Polls `GET /readyz` on `addr` until it answers 200 (true) or `within`
-/// has passed (false).
-pub fn ready_within(addr: SocketAddr, within: Duration) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < within {
-        if let Ok(mut c) = TcpStream::connect(addr) {
-            let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-            let mut b = Vec::new();
-            let _ = c.read_to_end(&mut b);
-            if b.starts_with(b"HTTP/1.1 200") {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }

@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use meshgov_core::descriptor::{Descriptor, ProductInfo};
 use meshgov_core::privacy::PrivacyRule;
 use meshgov_fuzz::{NOW, example, repo};
-use meshgov_privacy::engine::{Accumulator, cost, release};
+use meshgov_privacy::mechanism::{Accumulator, cost, release};
 use meshgov_privacy::query::{self, Caps};
 use std::sync::LazyLock;
 

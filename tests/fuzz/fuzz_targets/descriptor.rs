@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshgov_core::conformance::{Input, check_product};
+use meshgov_conformance::{Input, check_product};
 use meshgov_core::descriptor::{Descriptor, ProductInfo};
 use meshgov_fuzz::{CREATED, example, split_mode};
 

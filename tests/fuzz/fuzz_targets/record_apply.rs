@@ -1,7 +1,7 @@
-//! Upstream records on the per-record path (`meshgov_anonymize::RecordPlan`
+//! Upstream records on the per-record path (`meshgov_anonymize::RecordProgram`
 //! `apply_json` and `project`), from NDJSON lines (mode byte even) or CSV
 //! files (odd: a header row, then rows turned into records the way a CSV
-//! upstream does, `meshgov_sidecar::upstream::csv_record`). Every built-in
+//! upstream does, `meshgov_sidecar::upstream::CsvRows`, fed in pieces). Every built-in
 //! transform is in the plan; bit 1 of the mode byte adds a row filter.
 //!
 //! Invariants: no panic; `apply_json` and `project` agree; an emitted record
@@ -13,11 +13,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshgov_anonymize::{
-    Clause, CompareOp, DatePart, FieldRule, Outcome, RecordPlan, RowPredicate, Transform,
+    Clause, CompareOp, DatePart, FieldRule, Outcome, RecordProgram, RowPredicate, Transform,
 };
 use meshgov_core::descriptor::FieldInfo;
 use meshgov_core::mesh::Level;
-use meshgov_sidecar::upstream::{CsvSchema, csv_record, split_csv_line};
+use meshgov_sidecar::upstream::{CsvRows, CsvSchema, CsvStep};
 use std::sync::LazyLock;
 
 fn fields() -> Vec<FieldRule> {
@@ -43,14 +43,14 @@ fn fields() -> Vec<FieldRule> {
     ]
 }
 
-static PLANS: LazyLock<[RecordPlan; 2]> = LazyLock::new(|| {
+static PLANS: LazyLock<[RecordProgram; 2]> = LazyLock::new(|| {
     let filter = RowPredicate::all(vec![
         Clause::new("country", CompareOp::In, serde_json::json!(["DE", "SE"])),
         Clause::new("age", CompareOp::Ge, serde_json::json!(18)),
     ]);
     [
-        RecordPlan::new(fields(), RowPredicate::keep_all()),
-        RecordPlan::new(fields(), filter),
+        RecordProgram::new(fields(), RowPredicate::keep_all()),
+        RecordProgram::new(fields(), filter),
     ]
     .map(|p| p.unwrap_or_else(|e| panic!("plan: {e}")))
 });
@@ -94,30 +94,39 @@ fuzz_target!(|data: &[u8]| {
         }
         return;
     }
-    let Ok(text) = std::str::from_utf8(rest) else {
-        return;
-    };
-    let mut lines = text.lines();
-    let Some(header) = lines.next().and_then(split_csv_line) else {
-        return;
-    };
-    let mut record = Vec::new();
-    for row in lines {
-        let Some(cells) = split_csv_line(row) else {
-            continue;
-        };
-        csv_record(&CSV, &header, &cells, &mut record);
-        if let Err(e) = serde_json::from_slice::<serde_json::Value>(&record) {
-            panic!(
-                "CSV row {row:?} became invalid JSON {:?}: {e}",
-                String::from_utf8_lossy(&record)
-            );
+    // The CSV reader meets chunk edges anywhere: pieces of 1 to 16 bytes.
+    let piece = usize::from(mode >> 4) + 1;
+    let mut rows = CsvRows::new(CSV.clone(), 4096);
+    let mut pieces: Vec<&[u8]> = rest.chunks(piece).collect();
+    pieces.push(b"");
+    for p in pieces {
+        let mut at = 0;
+        loop {
+            let (step, used) = rows.step(&p[at..]);
+            at += used;
+            match step {
+                CsvStep::Record => {
+                    let record = rows.record();
+                    if let Err(e) = serde_json::from_slice::<serde_json::Value>(record) {
+                        panic!(
+                            "a CSV row became invalid JSON {:?}: {e}",
+                            String::from_utf8_lossy(record)
+                        );
+                    }
+                    check(plan, record);
+                }
+                CsvStep::Malformed => {}
+                CsvStep::NeedInput | CsvStep::FileEnd => break,
+            }
+            // Empty input ends the file: only the last, empty piece may.
+            if at == p.len() && !p.is_empty() {
+                break;
+            }
         }
-        check(plan, &record);
     }
 });
 
-fn check(plan: &RecordPlan, line: &[u8]) {
+fn check(plan: &RecordProgram, line: &[u8]) {
     let mut out = Vec::new();
     let applied = plan.apply_json(line, &mut out);
     let mut cells = Vec::new();

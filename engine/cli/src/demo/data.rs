@@ -2,9 +2,10 @@
 //! give the same files byte for byte.
 //!
 //! - `user-profiles/profiles/profiles.ndjson`: one account per row;
-//! - `play-events/plays/YYYY-MM-DD.ndjson`: plays of those accounts over the
-//!   last week, one file per UTC day (the sidecar opens only the days a
-//!   read's window covers);
+//! - `play-events/plays/YYYY-MM-DD.parquet`: plays of those accounts over
+//!   the last week, one Parquet file per UTC day (the sidecar opens only the
+//!   days a read's window covers, and serves them through its columnar
+//!   plane);
 //! - `artist-payments/payments/payments.ndjson`: royalty payments.
 
 use meshgov_sidecar::clock::rfc3339;
@@ -63,6 +64,52 @@ fn day_of(unix: i64) -> String {
     rfc3339(unix).get(..10).unwrap_or("1970-01-01").to_string()
 }
 
+/// One day of plays, column by column.
+#[derive(Default)]
+struct Plays {
+    event_id: Vec<String>,
+    user_id: Vec<String>,
+    song_id: Vec<String>,
+    artist_id: Vec<String>,
+    played_at: Vec<String>,
+    duration_ms: Vec<i64>,
+    country: Vec<String>,
+    device: Vec<String>,
+}
+
+impl Plays {
+    /// Writes the day as one Parquet file, typed as the descriptor
+    /// declares the fields.
+    fn write(self, path: &Path) -> std::io::Result<()> {
+        use meshgov_columnar::datafusion::arrow::array::{
+            ArrayRef, Int64Array, RecordBatch, StringArray,
+        };
+        use meshgov_columnar::datafusion::parquet::arrow::ArrowWriter;
+        use std::sync::Arc;
+        let text = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
+        let batch = RecordBatch::try_from_iter([
+            ("event_id", text(self.event_id)),
+            ("user_id", text(self.user_id)),
+            ("song_id", text(self.song_id)),
+            ("artist_id", text(self.artist_id)),
+            ("played_at", text(self.played_at)),
+            (
+                "duration_ms",
+                Arc::new(Int64Array::from(self.duration_ms)) as ArrayRef,
+            ),
+            ("country", text(self.country)),
+            ("device", text(self.device)),
+        ])
+        .map_err(std::io::Error::other)?;
+        let file = std::fs::File::create(path)?;
+        let mut w =
+            ArrowWriter::try_new(file, batch.schema(), None).map_err(std::io::Error::other)?;
+        w.write(&batch).map_err(std::io::Error::other)?;
+        w.close().map_err(std::io::Error::other)?;
+        Ok(())
+    }
+}
+
 /// How much data was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Generated {
@@ -115,34 +162,29 @@ pub fn generate(dir: &Path, rows: usize, seed: u64, now_unix: i64) -> std::io::R
         .map(|_| now_unix - week + i64::try_from(rng.below(week as u64)).unwrap_or(0))
         .collect();
     plays.sort_unstable();
-    let mut days: BTreeMap<String, std::io::BufWriter<std::fs::File>> = BTreeMap::new();
+    let mut days: BTreeMap<String, Plays> = BTreeMap::new();
     for (i, at) in plays.iter().enumerate() {
         let u = usize::try_from(rng.below(users.len() as u64)).unwrap_or(0);
         let (user_id, country) = users.get(u).cloned().unwrap_or_default();
         let song = rng.below(500);
-        let day = day_of(*at);
-        let w = match days.entry(day.clone()) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(open(&format!("play-events/plays/{day}.ndjson"))?)
-            }
-        };
-        line(
-            w,
-            serde_json::json!({
-                "event_id": format!("e-{:08}", i + 1),
-                "user_id": user_id,
-                "song_id": format!("s-{song:04}"),
-                "artist_id": format!("urn:mesh:artist:a{}", song % 60),
-                "played_at": rfc3339(*at),
-                "duration_ms": 5_000 + rng.below(295_000),
-                "country": country,
-                "device": rng.pick(DEVICES),
-            }),
-        )?;
+        let day = days.entry(day_of(*at)).or_default();
+        day.event_id.push(format!("e-{:08}", i + 1));
+        day.user_id.push(user_id);
+        day.song_id.push(format!("s-{song:04}"));
+        day.artist_id
+            .push(format!("urn:mesh:artist:a{}", song % 60));
+        day.played_at.push(rfc3339(*at));
+        day.duration_ms
+            .push(i64::try_from(5_000 + rng.below(295_000)).unwrap_or(0));
+        day.country.push(country.to_string());
+        day.device.push(rng.pick(DEVICES).to_string());
     }
-    for w in days.values_mut() {
-        w.flush()?;
+    for (day, plays) in days {
+        let path = dir.join(format!("play-events/plays/{day}.parquet"));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        plays.write(&path)?;
     }
 
     let payments = (rows / 10).max(1);
@@ -175,7 +217,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn read_all(dir: &Path) -> BTreeMap<String, String> {
+    fn read_all(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         let mut out = BTreeMap::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -185,7 +227,7 @@ mod tests {
                     stack.push(p);
                 } else {
                     let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                    out.insert(rel, std::fs::read_to_string(&p).unwrap());
+                    out.insert(rel, std::fs::read(&p).unwrap());
                 }
             }
         }
@@ -214,22 +256,32 @@ mod tests {
         assert_eq!(read_all(a.path()), read_all(b.path()));
         assert_ne!(read_all(a.path()), read_all(c.path()));
         let files = read_all(a.path());
-        let plays: usize = files
-            .iter()
-            .filter(|(k, _)| k.starts_with("play-events/plays/"))
-            .map(|(_, v)| v.lines().count())
-            .sum();
-        assert_eq!(plays, 200);
+        let mut plays = 0;
         // Every play falls on the day its file is named for.
         for (k, v) in files
             .iter()
             .filter(|(k, _)| k.starts_with("play-events/plays/"))
         {
+            use meshgov_columnar::datafusion::arrow::array::AsArray;
+            use meshgov_columnar::datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+            assert!(k.ends_with(".parquet"), "{k}");
             let day = &k["play-events/plays/".len()..][..10];
-            for l in v.lines() {
-                let r: serde_json::Value = serde_json::from_str(l).unwrap();
-                assert!(r["played_at"].as_str().unwrap().starts_with(day), "{l}");
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(v.clone()))
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                plays += batch.num_rows();
+                let at = batch
+                    .column_by_name("played_at")
+                    .unwrap()
+                    .as_string::<i32>();
+                for t in at.iter() {
+                    assert!(t.unwrap().starts_with(day), "{t:?} in {k}");
+                }
             }
         }
+        assert_eq!(plays, 200);
     }
 }

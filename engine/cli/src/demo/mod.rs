@@ -8,17 +8,15 @@ mod data;
 mod tour;
 
 use crate::Failure;
-use crate::token::{
+use meshgov_bundle::SigningKey;
+use meshgov_conformance::token::{
     self, DEFAULT_AUDIENCE as AUDIENCE, DEFAULT_ISSUER as ISSUER, Issuer, TokenArgs,
 };
-use meshgov_bundle::SigningKey;
 use meshgov_server::{Engine, EngineConfig};
-use meshgov_sidecar::config::Strings;
-use meshgov_sidecar::launch::{Running, Signals};
-use std::collections::BTreeMap;
+use meshgov_shutdown::Signals;
+use meshgov_sidecar::launch::Running;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `meshgov demo`'s options.
@@ -114,6 +112,7 @@ impl Mesh {
             },
         )
         .map(|m| m.token)
+        .map_err(Failure::from)
     }
 
     /// Waits until every sidecar has a bundle of at least `revision` in force.
@@ -330,8 +329,8 @@ async fn start(
         let _ = rx.wait_for(|s| *s).await;
     }));
 
-    use base64::Engine as _;
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(idp.public_key().as_bytes());
+    let auth =
+        meshgov_sidecar::config::eddsa_auth_toml(ISSUER, AUDIENCE, idp.public_key().as_bytes());
     let mut sidecars = Vec::new();
     for (file, product, port) in PRODUCTS {
         let text = format!(
@@ -350,25 +349,12 @@ instance_id = "{file}-0"
 poll_wait_seconds = 5
 [upstream]
 path = "data/{file}"
-[auth]
-issuer = "{ISSUER}"
-audience = "{AUDIENCE}"
-[[auth.keys]]
-alg = "EdDSA"
-x = "{x}"
+{auth}
 [pseudonym_keys]
 user-identity = "keys/user-identity.key"
 "#
         );
-        let cfg = meshgov_sidecar::Config::from_toml(
-            &text,
-            dir,
-            &BTreeMap::<String, String>::new() as &dyn Strings,
-        )
-        .map_err(|e| Failure::usage(format!("{product}: {e}")))?;
-        let app = meshgov_sidecar::App::from_config(&cfg)
-            .map_err(|e| Failure::usage(format!("{product}: {e}")))?;
-        let running = meshgov_sidecar::launch::start(&cfg, Arc::new(app))
+        let running = meshgov_sidecar::launch::boot(&text, dir)
             .await
             .map_err(|e| Failure::usage(format!("{product}: {e}")))?;
         sidecars.push(Sidecar {

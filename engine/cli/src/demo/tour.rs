@@ -4,8 +4,8 @@
 
 use super::Mesh;
 use crate::Failure;
-use crate::conformance_run::at;
 use http::{Method, header};
+use meshgov_conformance::live::at;
 use meshgov_server::client::{Answer, HttpClient};
 use serde_json::Value;
 use std::time::Duration;
@@ -41,7 +41,7 @@ async fn send(
     client
         .send(method, url, &headers, body.into(), TIMEOUT)
         .await
-        .map_err(Failure::usage)
+        .map_err(|e| Failure::usage(e.to_string()))
 }
 
 /// Reads `port` as one consumer and prints the answer.
@@ -77,6 +77,57 @@ async fn read(
         }
     }
     Ok((a.status.as_u16(), records))
+}
+
+/// Reads the plays of one country as an Arrow stream, by projection and
+/// filter, and checks the rows against the same read as NDJSON.
+async fn columnar(m: &Mesh, client: &HttpClient) -> Result<(), Failure> {
+    use meshgov_columnar::datafusion::arrow::ipc::reader::StreamReader;
+    let s = m
+        .sidecar("playback/play-events")
+        .ok_or_else(|| Failure::usage("no play-events sidecar"))?;
+    let token = m.token("dana", &["data-science"], "product-analytics")?;
+    let url = format!(
+        "{}/v1/ports/plays/records?fields=country,device,duration_ms&filter=country+eq+%27SE%27+and+duration_ms+ge+60000",
+        s.data_url()
+    );
+    outln!(
+        "\n$ GET {url}\n  Accept: application/vnd.apache.arrow.stream\n  as dana (groups: data-science; purpose: product-analytics)"
+    );
+    let headers = vec![
+        (header::AUTHORIZATION, format!("Bearer {token}")),
+        (header::ACCEPT, "application/vnd.apache.arrow.stream".into()),
+    ];
+    let a = client
+        .send(Method::GET, &url, &headers, Default::default(), TIMEOUT)
+        .await
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    outln!("  {}, {} bytes", a.status, a.body.len());
+    let reader = StreamReader::try_new(std::io::Cursor::new(a.body.to_vec()), None)
+        .map_err(|e| Failure::violations(format!("the answer is not an Arrow stream: {e}")))?;
+    let columns: Vec<String> = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    outln!("  schema: {}", columns.join(", "));
+    let mut rows = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| Failure::violations(format!("a broken Arrow batch: {e}")))?;
+        rows += batch.num_rows();
+    }
+    outln!("  {rows} rows");
+    let ndjson = send(client, Method::GET, &url, &token, None).await?;
+    let lines = ndjson
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    expect(
+        a.status == 200 && columns.len() == 3 && rows > 0 && rows == lines,
+        "the Arrow answer holds the projected fields and the filtered rows, the same rows as NDJSON",
+    )
 }
 
 fn emails(records: &[Value]) -> Vec<String> {
@@ -115,7 +166,10 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
         "a consumer no policy permits is refused (403), with no policy named",
     )?;
 
-    section("2. A differentially private aggregate");
+    section("2. Plays kept as Parquet, read as Arrow");
+    columnar(m, &client).await?;
+
+    section("3. A differentially private aggregate");
     let plays = m
         .sidecar("playback/play-events")
         .ok_or_else(|| Failure::usage("no play-events sidecar"))?;
@@ -169,7 +223,7 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
         "a repeat returns the stored answer at no cost, so noise cannot be averaged away",
     )?;
 
-    section("3. A policy change, rolled out live");
+    section("4. A policy change, rolled out live");
     let before = m
         .sidecars
         .iter()
@@ -228,7 +282,7 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
         "the marketing analyst's next read has no email at all",
     )?;
 
-    section("4. The audit trail");
+    section("5. The audit trail");
     for s in &m.sidecars {
         let dir = m
             .dir

@@ -139,7 +139,7 @@ fn descriptors(s: &mut Seeds) {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     files.sort();
-    files.push(repo().join("engine/core/tests/fixtures/odcs-full.yaml"));
+    files.push(repo().join("conformance/tests/fixtures/odcs-full.yaml"));
     for f in files {
         let text = read(&f);
         s.put("descriptor", Some(0), &text);

@@ -1,0 +1,57 @@
+//! `meshgov-conformance`: whether a data product meets the mesh's rules.
+//!
+//! - [`rules`]: the static rules on a product descriptor. Pure: the
+//!   descriptor's text and the policies in, findings out; no I/O.
+//! - [`check`]: `meshgov conformance check`: reads the descriptor and the
+//!   policies (a repository, or a verified bundle) and runs [`rules`].
+//! - [`live`]: `meshgov conformance run`, the black-box suite against a
+//!   running sidecar, over HTTP.
+//! - [`report`]: the reports both commands print (text, JSON, JUnit XML,
+//!   SARIF 2.1.0, GitHub workflow annotations).
+//! - [`token`]: consumer JWTs, as the live suite reads with them (and
+//!   `meshgov token` mints them).
+//!
+//! Every rule is documented under its id in `RULES.md`, next to this
+//! crate's manifest.
+
+pub mod check;
+pub mod live;
+pub mod report;
+pub mod rules;
+pub mod token;
+
+pub use rules::{Finding, Input, LIVE_RULES, RULES, Rule, check_product};
+
+/// Why a conformance command did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// A usage or I/O error: nothing was judged (the CLI exits 2).
+    Usage(String),
+    /// Findings at or above the threshold (the CLI exits 1).
+    Violations(String),
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure::Usage(message.into())
+    }
+
+    pub fn violations(message: impl Into<String>) -> Failure {
+        Failure::Violations(message.into())
+    }
+
+    /// The message, whichever the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Usage(m) | Failure::Violations(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for Failure {}

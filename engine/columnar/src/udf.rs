@@ -1,0 +1,396 @@
+//! The bundle's treatments as DataFusion scalar functions over Arrow arrays.
+//!
+//! Each function reads its input column value by value as an
+//! [`Input`](meshgov_anonymize::Input) and calls the transform of
+//! `meshgov-anonymize`, the same code the record path runs; plugins and
+//! validators are called once per batch. A failure is an error of the
+//! query, never the raw column.
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, StringBuilder,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use meshgov_anonymize::{Input, PluginTransform, PluginValidator, RawValue, Transform};
+use meshgov_core::window::{Window, parse_time};
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Tells one compiled function from another: two functions are the same
+/// only if they are the same instance (their keys and plugins differ).
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+macro_rules! identity_eq {
+    ($t:ty) => {
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.id == other.id
+            }
+        }
+        impl Eq for $t {}
+        impl Hash for $t {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                self.id.hash(state);
+            }
+        }
+    };
+}
+
+/// Calls `f` with every value of `array` as a transform input, in order.
+/// Strings, integers, floats and booleans are read as they are; any other
+/// type as Arrow's text form of it.
+pub(crate) fn for_each_input(array: &ArrayRef, mut f: impl FnMut(Input<'_>)) -> Result<()> {
+    let mut text = String::new();
+    match array.data_type() {
+        DataType::Utf8 => {
+            for v in array.as_string::<i32>() {
+                f(v.map_or(Input::Null, Input::Text));
+            }
+        }
+        DataType::LargeUtf8 => {
+            for v in array.as_string::<i64>() {
+                f(v.map_or(Input::Null, Input::Text));
+            }
+        }
+        DataType::Utf8View => {
+            for v in array.as_string_view() {
+                f(v.map_or(Input::Null, Input::Text));
+            }
+        }
+        DataType::Boolean => {
+            for v in array.as_boolean() {
+                f(v.map_or(Input::Null, Input::Bool));
+            }
+        }
+        DataType::Int64 => {
+            for v in array.as_primitive::<Int64Type>() {
+                match v {
+                    Some(v) => {
+                        text.clear();
+                        let _ = write!(text, "{v}");
+                        f(Input::Number(&text));
+                    }
+                    None => f(Input::Null),
+                }
+            }
+        }
+        DataType::Float64 => {
+            for v in array.as_primitive::<Float64Type>() {
+                // The JSON text serde_json writes for the number; not a
+                // number (NaN, infinities) is null, as JSON has none.
+                match v.and_then(serde_json::Number::from_f64) {
+                    Some(n) => {
+                        text.clear();
+                        let _ = write!(text, "{n}");
+                        f(Input::Number(&text));
+                    }
+                    None => f(Input::Null),
+                }
+            }
+        }
+        DataType::Null => (0..array.len()).for_each(|_| f(Input::Null)),
+        _ => {
+            let as_text = cast(array, &DataType::Utf8)?;
+            return for_each_input(&as_text, f);
+        }
+    }
+    Ok(())
+}
+
+/// A value as JSON text, for plugins: strings quoted and escaped.
+fn json_of(value: Input<'_>) -> Option<Box<RawValue>> {
+    let text = match value {
+        Input::Null => "null".to_string(),
+        Input::Bool(b) => b.to_string(),
+        Input::Number(n) => n.to_string(),
+        Input::Text(t) => serde_json::to_string(t).ok()?,
+    };
+    RawValue::from_string(text).ok()
+}
+
+fn one_array(args: &ScalarFunctionArgs) -> Result<ArrayRef> {
+    match args.args.first() {
+        Some(arg) => arg.to_array(args.number_rows),
+        None => Err(DataFusionError::Internal(
+            "a treatment takes one column".into(),
+        )),
+    }
+}
+
+/// A built-in transform over one column, giving strings (or null).
+#[derive(Debug)]
+pub(crate) struct Treat {
+    id: u64,
+    name: String,
+    transform: Transform,
+    signature: Signature,
+}
+identity_eq!(Treat);
+
+impl Treat {
+    pub(crate) fn udf(name: impl Into<String>, transform: Transform) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Treat {
+            id: next_id(),
+            name: name.into(),
+            transform,
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Treat {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let input = one_array(&args)?;
+        let mut out = StringBuilder::with_capacity(input.len(), input.len() * 16);
+        let mut text = String::new();
+        for_each_input(&input, |value| {
+            text.clear();
+            if self.transform.write_text(value, &mut text) {
+                out.append_value(&text);
+            } else {
+                out.append_null();
+            }
+        })?;
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// A plugin transform over one column: one sandboxed call per batch with
+/// every non-null value. A plugin's string answers are served as their
+/// content, other JSON answers as their JSON text.
+#[derive(Debug)]
+pub(crate) struct PluginTreat {
+    id: u64,
+    name: String,
+    plugin: Arc<dyn PluginTransform>,
+    signature: Signature,
+}
+identity_eq!(PluginTreat);
+
+impl PluginTreat {
+    pub(crate) fn udf(plugin: Arc<dyn PluginTransform>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(PluginTreat {
+            id: next_id(),
+            name: format!("plugin:{}", plugin.name()),
+            plugin,
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for PluginTreat {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let input = one_array(&args)?;
+        let mut at = Vec::new();
+        let mut values = Vec::new();
+        let mut row = 0;
+        let mut unreadable = false;
+        for_each_input(&input, |value| {
+            if value != Input::Null {
+                match json_of(value) {
+                    Some(json) => {
+                        at.push(row);
+                        values.push(json);
+                    }
+                    None => unreadable = true,
+                }
+            }
+            row += 1;
+        })?;
+        if unreadable {
+            return Err(DataFusionError::Execution(format!(
+                "plugin `{}`: a value could not be written as JSON",
+                self.plugin.name()
+            )));
+        }
+        let mut answers: Vec<Option<Box<RawValue>>> = vec![None; input.len()];
+        if !values.is_empty() {
+            let refs: Vec<&RawValue> = values.iter().map(AsRef::as_ref).collect();
+            let results = self
+                .plugin
+                .transform(&refs)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            if results.len() != refs.len() {
+                return Err(DataFusionError::Execution(format!(
+                    "plugin `{}` answered {} values for {}",
+                    self.plugin.name(),
+                    results.len(),
+                    refs.len()
+                )));
+            }
+            for (i, value) in at.into_iter().zip(results) {
+                if let Some(slot) = answers.get_mut(i) {
+                    *slot = Some(value);
+                }
+            }
+        }
+        let mut out = StringBuilder::with_capacity(input.len(), input.len() * 16);
+        for answer in &answers {
+            match answer.as_deref().map(RawValue::get) {
+                None | Some("null") => out.append_null(),
+                Some(text) => match serde_json::from_str::<&str>(text) {
+                    Ok(s) => out.append_value(s),
+                    Err(_) => match serde_json::from_str::<String>(text) {
+                        Ok(s) => out.append_value(s),
+                        Err(_) => out.append_value(text),
+                    },
+                },
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// Whether a row's time (its time field's text) is in the read's window;
+/// a time that does not parse is out, as on the record path.
+#[derive(Debug)]
+pub(crate) struct InWindow {
+    id: u64,
+    window: Window,
+    signature: Signature,
+}
+identity_eq!(InWindow);
+
+impl InWindow {
+    pub(crate) fn udf(window: Window) -> ScalarUDF {
+        ScalarUDF::new_from_impl(InWindow {
+            id: next_id(),
+            window,
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for InWindow {
+    fn name(&self) -> &str {
+        "in_window"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let input = one_array(&args)?;
+        let mut out = BooleanBuilder::with_capacity(input.len());
+        for_each_input(&input, |value| {
+            let inside = match value {
+                Input::Text(t) => parse_time(t).is_some_and(|t| self.window.contains(t)),
+                _ => false,
+            };
+            out.append_value(inside);
+        })?;
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// Whether each row passes every validator: one sandboxed call per
+/// validator per batch, with the values of all the port's fields.
+#[derive(Debug)]
+pub(crate) struct Conforms {
+    id: u64,
+    fields: Vec<String>,
+    validators: Vec<Arc<dyn PluginValidator>>,
+    signature: Signature,
+}
+identity_eq!(Conforms);
+
+impl Conforms {
+    pub(crate) fn udf(fields: Vec<String>, validators: Vec<Arc<dyn PluginValidator>>) -> ScalarUDF {
+        let signature = Signature::variadic_any(Volatility::Immutable);
+        ScalarUDF::new_from_impl(Conforms {
+            id: next_id(),
+            fields,
+            validators,
+            signature,
+        })
+    }
+}
+
+impl ScalarUDFImpl for Conforms {
+    fn name(&self) -> &str {
+        "conforms"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        // Column-major JSON values, then one slice per row.
+        let mut cells: Vec<Option<Box<RawValue>>> = Vec::with_capacity(rows * args.args.len());
+        for arg in &args.args {
+            let array = arg.to_array(rows)?;
+            for_each_input(&array, |value| cells.push(json_of(value)))?;
+        }
+        let width = args.args.len();
+        let records: Vec<Vec<Option<&RawValue>>> = (0..rows)
+            .map(|r| {
+                (0..width)
+                    .map(|c| cells.get(c * rows + r).and_then(|v| v.as_deref()))
+                    .collect()
+            })
+            .collect();
+        let records: Vec<&[Option<&RawValue>]> = records.iter().map(Vec::as_slice).collect();
+        let names: Vec<&str> = self.fields.iter().map(String::as_str).collect();
+        let mut keep = vec![true; rows];
+        for validator in &self.validators {
+            let verdicts = validator
+                .validate(&names, &records)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            if verdicts.len() != rows {
+                return Err(DataFusionError::Execution(format!(
+                    "validator `{}` answered {} verdicts for {rows} records",
+                    validator.name(),
+                    verdicts.len()
+                )));
+            }
+            for (k, verdict) in keep.iter_mut().zip(verdicts) {
+                *k &= verdict.is_none();
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(keep))))
+    }
+}

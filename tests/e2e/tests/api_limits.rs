@@ -1,0 +1,55 @@
+//! The engine's API against slow and oversized clients, over real sockets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use meshgov_e2e::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn send(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, Duration) {
+    let t0 = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the engine held a stalled client for 30 s");
+    (String::from_utf8_lossy(&buf).into_owned(), t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripped_registration_gets_408_and_an_oversized_one_400() {
+    let repo = PolicyRepo::new().unwrap();
+    let engine = start_engine(engine_config(&repo, new_key().unwrap()))
+        .await
+        .unwrap();
+    // Headers in time, then 10 of 500 promised body bytes, then nothing.
+    let (resp, took) = send(
+        engine.addr,
+        b"POST /v1/sidecars HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"id\":\"a\",",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("body_timeout"), "{resp}");
+    assert!(took >= Duration::from_secs(9), "gave up after {took:?}");
+    let big = format!("{{\"id\":\"{}\"}}", "a".repeat(70 * 1024));
+    let (resp, _) = send(
+        engine.addr,
+        format!(
+            "POST /v1/sidecars HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{big}",
+            big.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(
+        engine.fleet()["sidecars"]
+            .as_array()
+            .is_none_or(|s| s.is_empty())
+    );
+    engine.stop().await.unwrap();
+}
