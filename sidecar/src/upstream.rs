@@ -126,7 +126,7 @@ impl Upstream {
                     .await
                     .map_err(|e| UpstreamError(format!("cannot list `{dir}`: {e}")))?;
                 // A bucket port is always Parquet, even before its first file.
-                let files = select_parquet(objects, window, &dir)?.unwrap_or_default();
+                let files = select_parquet(&objects, window, &dir)?.unwrap_or_default();
                 return Ok(Opened::Parquet(ParquetFiles {
                     files,
                     bucket: Some(bucket.clone()),
@@ -140,11 +140,12 @@ impl Upstream {
                 // file-system call.
                 let opened = tokio::task::spawn_blocking(move || {
                     let shown = dir.display().to_string();
-                    if let Some(files) = select_parquet(walk_port_dir(&dir)?, window, &shown)? {
+                    let objects = walk_port_dir(&dir)?;
+                    if let Some(files) = select_parquet(&objects, window, &shown)? {
                         return Ok(Err(files));
                     }
                     let mut cursor = FileCursor {
-                        files: list_partitions(&dir, window)?.into(),
+                        files: record_files(objects, window).into(),
                         current: None,
                     };
                     // A first file that cannot be read is a 502, not a
@@ -330,7 +331,7 @@ fn outside(name: &str, window: Window) -> bool {
 /// entries are ignored. A port that mixes Parquet and record files is
 /// refused: which of them it serves would be a guess.
 fn select_parquet(
-    objects: Vec<(String, String)>,
+    objects: &[(String, String)],
     window: Window,
     port_dir: &str,
 ) -> Result<Option<Vec<String>>, UpstreamError> {
@@ -370,13 +371,15 @@ fn select_parquet(
     }
     files.sort();
     Ok(Some(
-        files.into_iter().map(|(_, location)| location).collect(),
+        files
+            .into_iter()
+            .map(|(_, location)| location.clone())
+            .collect(),
     ))
 }
 
 /// Every file under `dir` (descending into partition directories only),
-/// as its path relative to `dir` and its absolute path; empty when `dir`
-/// cannot be read (the record path reports that). Blocking.
+/// as its path relative to `dir` and its absolute path. Blocking.
 fn walk_port_dir(dir: &Path) -> Result<Vec<(String, String)>, UpstreamError> {
     fn walk(
         dir: &Path,
@@ -401,34 +404,24 @@ fn walk_port_dir(dir: &Path) -> Result<Vec<(String, String)>, UpstreamError> {
         Ok(())
     }
     let mut out = Vec::new();
-    if std::fs::metadata(dir).is_ok() {
-        walk(dir, "", 0, &mut out)?;
-    }
+    walk(dir, "", 0, &mut out)?;
     Ok(out)
 }
 
-/// The port's files that overlap `window`, sorted by name. Blocking.
-fn list_partitions(
-    dir: &Path,
-    window: Window,
-) -> Result<Vec<(PathBuf, FileFormat)>, UpstreamError> {
-    let cannot = |e: std::io::Error| UpstreamError(format!("cannot list `{}`: {e}", dir.display()));
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(cannot)? {
-        let entry = entry.map_err(cannot)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(fmt) = format_of(&name) else {
-            continue;
-        };
-        if let Some((start, end)) = period_of(&name)
-            && !window.overlaps(start, end)
-        {
-            continue;
-        }
-        out.push((entry.path(), fmt));
-    }
+/// The record files among a port directory's `objects` (from
+/// [`walk_port_dir`]) that overlap `window`, sorted by name.
+fn record_files(objects: Vec<(String, String)>, window: Window) -> Vec<(PathBuf, FileFormat)> {
+    let mut out: Vec<(PathBuf, FileFormat)> = objects
+        .into_iter()
+        .filter(|(rel, _)| !rel.contains('/'))
+        .filter_map(|(name, location)| {
+            let fmt = format_of(&name)?;
+            let outside = period_of(&name).is_some_and(|(start, end)| !window.overlaps(start, end));
+            (!outside).then(|| (PathBuf::from(location), fmt))
+        })
+        .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    out
 }
 
 /// The files still to read, and the open one. Its methods block; they run
@@ -895,7 +888,7 @@ mod parquet_listing {
             "tmp/part-0.parquet",
             "_SUCCESS",
         ]);
-        let got = select_parquet(all, w, "port").unwrap().unwrap();
+        let got = select_parquet(&all, w, "port").unwrap().unwrap();
         assert_eq!(
             got,
             [
@@ -908,7 +901,7 @@ mod parquet_listing {
         );
         // An open window keeps every Parquet file.
         let open = select_parquet(
-            objects(&["a.parquet", "date=2020-01-01/b.parquet"]),
+            &objects(&["a.parquet", "date=2020-01-01/b.parquet"]),
             Window::default(),
             "port",
         );
@@ -919,11 +912,11 @@ mod parquet_listing {
     fn record_ports_are_not_parquet_and_mixing_is_refused() {
         let w = Window::default();
         assert!(
-            select_parquet(objects(&["a.ndjson", "b.csv"]), w, "port")
+            select_parquet(&objects(&["a.ndjson", "b.csv"]), w, "port")
                 .unwrap()
                 .is_none()
         );
-        assert!(select_parquet(objects(&["a.ndjson", "b.parquet"]), w, "port").is_err());
+        assert!(select_parquet(&objects(&["a.ndjson", "b.parquet"]), w, "port").is_err());
     }
 }
 
@@ -966,7 +959,7 @@ mod tests {
             from: Some(datetime!(2026-03-02 12:00 UTC)),
             to: Some(datetime!(2026-03-03 0:00 UTC)),
         };
-        let files = list_partitions(d.path(), w).unwrap();
+        let files = record_files(walk_port_dir(d.path()).unwrap(), w);
         let names: Vec<String> = files
             .iter()
             .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
