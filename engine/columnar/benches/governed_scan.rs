@@ -1,7 +1,8 @@
 //! A governed scan against the same scan with no policy, in one run.
 //!
-//! Writes `COLUMNAR_ROWS` (default 2,000,000) rows of a plays-like table
-//! to one Parquet file, then alternates `COLUMNAR_ROUNDS` (5) times:
+//! Writes `COLUMNAR_ROWS` (default 10,000,000: about 520 MB) rows of a
+//! plays-like table to one Parquet file, then alternates `COLUMNAR_ROUNDS`
+//! (5) times:
 //!
 //! - **plain**: DataFusion scans the file, keeps the rows of five countries
 //!   and projects six columns, encoded as an Arrow IPC stream;
@@ -223,7 +224,7 @@ fn duckdb(file: &str, rounds: usize) -> Option<Duration> {
 }
 
 fn main() {
-    let rows = env("COLUMNAR_ROWS", 2_000_000);
+    let rows = env("COLUMNAR_ROWS", 10_000_000);
     let rounds = env("COLUMNAR_ROUNDS", 5);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plays.parquet");
