@@ -142,7 +142,8 @@ impl Upstream {
                     let shown = dir.display().to_string();
                     let objects = walk_port_dir(&dir)?;
                     if let Some(files) = select_parquet(&objects, window, &shown)? {
-                        return Ok(Err(files));
+                        let files = files.iter().map(|p| p.to_string_lossy().into_owned());
+                        return Ok(Err(files.collect()));
                     }
                     let mut cursor = FileCursor {
                         files: record_files(objects, window).into(),
@@ -330,11 +331,11 @@ fn outside(name: &str, window: Window) -> bool {
 /// depth up to [`MAX_PARTITION_DEPTH`]; other directories and hidden
 /// entries are ignored. A port that mixes Parquet and record files is
 /// refused: which of them it serves would be a guess.
-fn select_parquet(
-    objects: &[(String, String)],
+fn select_parquet<L: Clone + Ord>(
+    objects: &[(String, L)],
     window: Window,
     port_dir: &str,
-) -> Result<Option<Vec<String>>, UpstreamError> {
+) -> Result<Option<Vec<L>>, UpstreamError> {
     let (mut parquet, mut records) = (false, false);
     let mut files = Vec::new();
     for (rel, location) in objects {
@@ -379,13 +380,14 @@ fn select_parquet(
 }
 
 /// Every file under `dir` (descending into partition directories only),
-/// as its path relative to `dir` and its absolute path. Blocking.
-fn walk_port_dir(dir: &Path) -> Result<Vec<(String, String)>, UpstreamError> {
+/// as its path relative to `dir` (as text, for matching names) and its
+/// path (as the file system has it). Blocking.
+fn walk_port_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>, UpstreamError> {
     fn walk(
         dir: &Path,
         rel: &str,
         depth: usize,
-        out: &mut Vec<(String, String)>,
+        out: &mut Vec<(String, PathBuf)>,
     ) -> Result<(), UpstreamError> {
         let cannot =
             |e: std::io::Error| UpstreamError(format!("cannot list `{}`: {e}", dir.display()));
@@ -398,7 +400,7 @@ fn walk_port_dir(dir: &Path) -> Result<Vec<(String, String)>, UpstreamError> {
                     walk(&entry.path(), &format!("{path}/"), depth + 1, out)?;
                 }
             } else {
-                out.push((path, entry.path().to_string_lossy().into_owned()));
+                out.push((path, entry.path()));
             }
         }
         Ok(())
@@ -410,14 +412,14 @@ fn walk_port_dir(dir: &Path) -> Result<Vec<(String, String)>, UpstreamError> {
 
 /// The record files among a port directory's `objects` (from
 /// [`walk_port_dir`]) that overlap `window`, sorted by name.
-fn record_files(objects: Vec<(String, String)>, window: Window) -> Vec<(PathBuf, FileFormat)> {
+fn record_files(objects: Vec<(String, PathBuf)>, window: Window) -> Vec<(PathBuf, FileFormat)> {
     let mut out: Vec<(PathBuf, FileFormat)> = objects
         .into_iter()
         .filter(|(rel, _)| !rel.contains('/'))
         .filter_map(|(name, location)| {
             let fmt = format_of(&name)?;
             let outside = period_of(&name).is_some_and(|(start, end)| !window.overlaps(start, end));
-            (!outside).then(|| (PathBuf::from(location), fmt))
+            (!outside).then_some((location, fmt))
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -965,6 +967,17 @@ mod tests {
             .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["2026-03-02.ndjson", "undated.ndjson"]);
+    }
+
+    #[test]
+    fn a_file_name_that_is_not_utf8_is_still_opened() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"2026-03-01-\xff.ndjson");
+        std::fs::write(d.path().join(name), "{}\n").unwrap();
+        let files = record_files(walk_port_dir(d.path()).unwrap(), Window::default());
+        assert_eq!(files.len(), 1);
+        assert!(std::fs::File::open(&files[0].0).is_ok());
     }
 
     #[test]

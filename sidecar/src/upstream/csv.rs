@@ -70,7 +70,8 @@ pub enum CsvStep {
     /// A data row, now in [`CsvRows::record`] as a JSON object line.
     Record,
     /// A row that is not a record: over the size limit, not UTF-8, or with
-    /// another number of cells than the header.
+    /// another number of cells than the header. Every row after a header
+    /// that is malformed is malformed too.
     Malformed,
     /// The input is used up: call again with more.
     NeedInput,
@@ -90,8 +91,7 @@ pub struct CsvRows {
     cells_len: usize,
     ends: Vec<usize>,
     ends_len: usize,
-    /// Input bytes of the current row so far, and the most a row may take.
-    row_bytes: usize,
+    /// The most bytes a row's cells and the commas between them may take.
     max: usize,
     /// The current row went over `max`: its cells are being dropped.
     over: bool,
@@ -99,8 +99,9 @@ pub struct CsvRows {
 }
 
 impl CsvRows {
-    /// `max`: the most bytes one row may take in the file
-    /// (`limits.max_line_bytes`); a longer row is malformed.
+    /// `max`: the most bytes one row may take (`limits.max_line_bytes`),
+    /// counting its cells and the commas between them, not quotes or the
+    /// line break; a longer row is malformed.
     pub fn new(schema: CsvSchema, max: usize) -> CsvRows {
         CsvRows {
             reader: Reader::new(),
@@ -110,7 +111,6 @@ impl CsvRows {
             cells_len: 0,
             ends: vec![0; 64],
             ends_len: 0,
-            row_bytes: 0,
             max,
             over: false,
             json: Vec::new(),
@@ -132,10 +132,13 @@ impl CsvRows {
             let ends = self.ends.get_mut(self.ends_len..).unwrap_or_default();
             let (result, nin, nout, nend) = self.reader.read_record(rest, cells, ends);
             used += nin;
-            self.row_bytes += nin;
             self.cells_len += nout;
             self.ends_len += nend;
-            if self.row_bytes > self.max {
+            let too_wide = self
+                .columns
+                .as_ref()
+                .is_some_and(|c| self.ends_len > c.len());
+            if too_wide || self.cells_len + self.ends_len.saturating_sub(1) > self.max {
                 // Keep reading to the row's end, keeping none of it.
                 self.over = true;
                 self.cells_len = 0;
@@ -148,8 +151,10 @@ impl CsvRows {
                     return (CsvStep::FileEnd, used);
                 }
                 ReadRecordResult::InputEmpty => return (CsvStep::NeedInput, used),
-                ReadRecordResult::OutputFull => grow(&mut self.cells, self.max),
-                ReadRecordResult::OutputEndsFull => grow(&mut self.ends, self.max),
+                // A row being dropped reuses the buffers from the start.
+                ReadRecordResult::OutputFull if !self.over => grow(&mut self.cells, self.max),
+                ReadRecordResult::OutputEndsFull if !self.over => grow(&mut self.ends, self.max),
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {}
                 ReadRecordResult::Record => {
                     if let Some(step) = self.finish_row() {
                         return (step, used);
@@ -178,7 +183,6 @@ impl CsvRows {
     fn clear_row(&mut self) {
         self.cells_len = 0;
         self.ends_len = 0;
-        self.row_bytes = 0;
         self.over = false;
     }
 
@@ -187,15 +191,21 @@ impl CsvRows {
         let over = self.over;
         let cells = self.cells.get(..self.cells_len).unwrap_or_default();
         let ends = self.ends.get(..self.ends_len).unwrap_or_default();
-        let text = if over {
-            None
-        } else {
-            std::str::from_utf8(cells).ok()
-        };
+        // Each cell must be UTF-8 on its own, not only all of them joined.
+        let text = std::str::from_utf8(cells)
+            .ok()
+            .filter(|t| !over && ends.iter().all(|&e| t.is_char_boundary(e)));
         let step = match (text, &self.columns) {
-            (None, _) => Some(CsvStep::Malformed),
+            (None, None) => {
+                // No header: no row of this file can be read.
+                self.columns = Some(Vec::new());
+                Some(CsvStep::Malformed)
+            }
+            (None, Some(_)) => Some(CsvStep::Malformed),
             (Some(text), None) => {
-                self.columns = Some(self.schema.columns(split(text, ends)));
+                let mut header = split(text, ends);
+                let first = header.next().map(|h| h.trim_start_matches('\u{feff}'));
+                self.columns = Some(self.schema.columns(first.into_iter().chain(header)));
                 None
             }
             (Some(text), Some(columns)) if columns.len() == ends.len() => {
@@ -360,6 +370,65 @@ mod tests {
         let (step, _) = r.step(&bytes[used..]);
         assert_eq!(step, CsvStep::Record);
         assert_eq!(r.record(), br#"{"a":"7","b":"8"}"#);
+    }
+
+    #[test]
+    fn an_unreadable_header_makes_the_whole_file_malformed() {
+        let s = schema(&[("a", "string"), ("b", "string")]);
+        let mut r = CsvRows::new(s, 200);
+        let file = b"Stra\xdfe,b\nDE,1\nSE,2\n";
+        let mut at = 0;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let (step, used) = r.step(&file[at..]);
+            at += used;
+            got.push(step);
+        }
+        assert_eq!(got, [CsvStep::Malformed; 3]);
+    }
+
+    #[test]
+    fn each_cell_is_utf8_on_its_own() {
+        let s = schema(&[("a", "string"), ("b", "string")]);
+        let mut r = CsvRows::new(s, 200);
+        let file = b"a,b\n\xc3,\xa9\n";
+        assert_eq!(r.step(file).0, CsvStep::Malformed);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let s = schema(&[("id", "integer")]);
+        let got = rows(&s, 1024, &["\u{feff}id\n7\n"], 4096);
+        assert_eq!(got, [Some(r#"{"id":7}"#.to_string())]);
+    }
+
+    #[test]
+    fn the_size_limit_counts_cells_and_commas_only() {
+        let s = schema(&[("a", "string"), ("b", "string")]);
+        // 8 bytes of cells and comma: at the limit. Quotes, line breaks
+        // and blank lines before a row do not count.
+        let file = format!("a,b\r\n{}\"abc\",defg\r\n\"abc\",defgh\n", "\n".repeat(50));
+        let got = rows(&s, 8, &[&file], 5);
+        assert_eq!(got, [Some(r#"{"a":"abc","b":"defg"}"#.to_string()), None]);
+    }
+
+    #[test]
+    fn a_row_wider_than_its_header_is_cut_short() {
+        let s = schema(&[("a", "string"), ("b", "string")]);
+        let mut r = CsvRows::new(s, 1 << 20);
+        let mut file = b"a,b\n".to_vec();
+        file.extend(std::iter::repeat_n(b',', 500_000));
+        file.extend_from_slice(b"\n1,2\n");
+        let mut at = 0;
+        let mut got = Vec::new();
+        while at < file.len() {
+            let (step, used) = r.step(&file[at..]);
+            at += used;
+            got.push(step);
+        }
+        assert_eq!(got, [CsvStep::Malformed, CsvStep::Record]);
+        // The cell ends kept never grew with the commas.
+        assert!(r.ends.len() < 1024, "{} ends kept", r.ends.len());
     }
 
     #[test]
