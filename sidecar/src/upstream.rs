@@ -541,9 +541,11 @@ pub struct RecordReader {
     format: FileFormat,
     lines: Lines,
     line: Vec<u8>,
-    /// CSV files' rows as JSON lines (boxed: the reader's tables are
-    /// large, and most ports are not CSV).
-    csv: Box<CsvRows>,
+    /// The port's declared fields, until the first CSV file opens.
+    csv_schema: CsvSchema,
+    /// CSV files' rows as JSON lines, made when the first CSV file opens:
+    /// most ports are not CSV (boxed: the reader's tables are large).
+    csv: Option<Box<CsvRows>>,
     /// The current CSV file's bytes are all read: its reader is being fed
     /// the empty input that ends it.
     csv_eof: bool,
@@ -560,7 +562,8 @@ impl RecordReader {
                 max: max_line,
             },
             line: Vec::new(),
-            csv: Box::new(CsvRows::new(csv, max_line)),
+            csv_schema: csv,
+            csv: None,
             csv_eof: false,
         }
     }
@@ -628,7 +631,9 @@ impl RecordReader {
                 if let Some(fmt) = step.opened {
                     // A new file: its own format, and (for CSV) its own header.
                     self.format = fmt;
-                    self.csv.end_file();
+                    if let Some(csv) = &mut self.csv {
+                        csv.end_file();
+                    }
                 }
                 Ok(step.chunk)
             }
@@ -703,7 +708,8 @@ impl RecordReader {
             if self.format == FileFormat::Csv {
                 match self.next_csv().await? {
                     CsvNext::Step(CsvStep::Record) => {
-                        return Ok(Some(Item::Record(self.csv.record())));
+                        let record = self.csv.as_ref().map_or(&[][..], |c| c.record());
+                        return Ok(Some(Item::Record(record)));
                     }
                     CsvNext::Step(CsvStep::Malformed) => return Ok(Some(Item::Malformed)),
                     CsvNext::Step(_) | CsvNext::OtherFormat => continue,
@@ -761,7 +767,13 @@ impl RecordReader {
             } else {
                 self.lines.chunk.get(self.lines.pos..).unwrap_or_default()
             };
-            let (step, used) = self.csv.step(input);
+            let csv = self.csv.get_or_insert_with(|| {
+                Box::new(CsvRows::new(
+                    std::mem::take(&mut self.csv_schema),
+                    self.lines.max,
+                ))
+            });
+            let (step, used) = csv.step(input);
             self.lines.pos += used;
             match step {
                 CsvStep::NeedInput => continue,
