@@ -23,25 +23,54 @@ fn vm_hwm_kb(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Starts the sidecar binary over `dir` (trusting `gov`, config tables
-/// `tables` added),
+/// A state directory with a signed `user-profiles` bundle, and the empty
+/// directory of its `profiles` port for the test to fill.
+struct Port {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    descriptor_path: std::path::PathBuf,
+    gov: meshgov_bundle::SigningKey,
+    keys: Keys,
+}
+
+/// The port, or `None` (the test skipped) where there is no `/proc` to
+/// read peak RSS from.
+fn profiles_port() -> Option<Port> {
+    if !std::path::Path::new("/proc/self/status").exists() {
+        eprintln!("skipped: no /proc on this platform");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gov = governance_key();
+    let (descriptor_path, descriptor) = example_descriptor("user-profiles");
+    std::fs::write(
+        dir.path().join("bundle.json"),
+        signed_bundle(&gov, &descriptor, 1, 3600),
+    )
+    .unwrap();
+    let data = dir.path().join("data/profiles");
+    std::fs::create_dir_all(&data).unwrap();
+    Some(Port {
+        dir,
+        data,
+        descriptor_path,
+        gov,
+        keys: Keys::generate(),
+    })
+}
+
+/// Starts the sidecar binary over `port` (config tables `tables` added),
 /// reads the whole `profiles` port as `accept` and discards it; returns
 /// the bytes received and the sidecar's VmHWM before and after, in KB.
-async fn read_whole_port(
-    dir: &std::path::Path,
-    descriptor_path: &std::path::Path,
-    gov: &meshgov_bundle::SigningKey,
-    keys: &Keys,
-    tables: &str,
-    accept: &str,
-) -> (usize, u64, u64) {
+async fn read_whole_port(port: &Port, tables: &str, accept: &str) -> (usize, u64, u64) {
     let addr = free_addr();
+    let keys = &port.keys;
     let config = ProcessConfig {
         listen: &format!("data = \"{addr}\""),
         tables,
         ..ProcessConfig::default()
     }
-    .write(dir, descriptor_path, gov, keys);
+    .write(port.dir.path(), &port.descriptor_path, &port.gov, keys);
     let mut child = Process::spawn_unlogged(&mut sidecar_command(&config, "warn")).unwrap();
     assert!(
         ready_within(addr, std::time::Duration::from_secs(10)),
@@ -71,23 +100,11 @@ async fn read_whole_port(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_much_larger_than_the_memory_ceiling_streams_through() {
-    if !std::path::Path::new("/proc/self/status").exists() {
-        eprintln!("skipped: no /proc on this platform");
+    let Some(port) = profiles_port() else {
         return;
-    }
-    let keys = Keys::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let gov = governance_key();
-    let (descriptor_path, descriptor) = example_descriptor("user-profiles");
-    std::fs::write(
-        dir.path().join("bundle.json"),
-        signed_bundle(&gov, &descriptor, 1, 3600),
-    )
-    .unwrap();
+    };
     // ~1 KB records; the email is long so output is as large as input.
-    let data = dir.path().join("data/profiles");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut w = BufWriter::new(std::fs::File::create(data.join("2026-03-01.ndjson")).unwrap());
+    let mut w = BufWriter::new(std::fs::File::create(port.data.join("2026-03-01.ndjson")).unwrap());
     let pad = "x".repeat(850);
     let (mut written, mut n) = (0usize, 0u64);
     while written < FILE_BYTES {
@@ -100,15 +117,7 @@ async fn a_file_much_larger_than_the_memory_ceiling_streams_through() {
     }
     w.flush().unwrap();
     drop(w);
-    let (received, idle_kb, peak_kb) = read_whole_port(
-        dir.path(),
-        &descriptor_path,
-        &gov,
-        &keys,
-        "",
-        "application/x-ndjson",
-    )
-    .await;
+    let (received, idle_kb, peak_kb) = read_whole_port(&port, "", "application/x-ndjson").await;
     eprintln!(
         "streamed {} MB of {} records from a {} MB file; sidecar VmHWM idle {} KB, peak {} KB (ceiling {} KB)",
         received / 1_000_000,
@@ -137,23 +146,11 @@ async fn a_parquet_port_much_larger_than_the_pool_streams_within_it() {
     use meshgov_columnar::datafusion::parquet::arrow::ArrowWriter;
     use meshgov_columnar::datafusion::parquet::file::properties::WriterProperties;
     use std::sync::Arc;
-    if !std::path::Path::new("/proc/self/status").exists() {
-        eprintln!("skipped: no /proc on this platform");
+    let Some(port) = profiles_port() else {
         return;
-    }
-    let keys = Keys::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let gov = governance_key();
-    let (descriptor_path, descriptor) = example_descriptor("user-profiles");
-    std::fs::write(
-        dir.path().join("bundle.json"),
-        signed_bundle(&gov, &descriptor, 1, 3600),
-    )
-    .unwrap();
-    let data = dir.path().join("data/profiles");
-    std::fs::create_dir_all(&data).unwrap();
+    };
     // ~1 KB rows, uncompressed, in row groups of 8,192 rows.
-    let file = std::fs::File::create(data.join("2026-03-01.parquet")).unwrap();
+    let file = std::fs::File::create(port.data.join("2026-03-01.parquet")).unwrap();
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(8192))
         .set_dictionary_enabled(false)
@@ -198,15 +195,8 @@ async fn a_parquet_port_much_larger_than_the_pool_streams_within_it() {
     }
     w.unwrap().close().unwrap();
     let limits = format!("[limits]\nquery_memory_bytes = {POOL_BYTES}\n");
-    let (received, idle_kb, peak_kb) = read_whole_port(
-        dir.path(),
-        &descriptor_path,
-        &gov,
-        &keys,
-        &limits,
-        "application/vnd.apache.arrow.stream",
-    )
-    .await;
+    let (received, idle_kb, peak_kb) =
+        read_whole_port(&port, &limits, "application/vnd.apache.arrow.stream").await;
     // What a read may add to the idle process: the pool, plus the row
     // group being decoded (8 MB here), the batches being treated and
     // encoded, and the chunks in flight to the client. Far below the
