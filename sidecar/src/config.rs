@@ -69,7 +69,7 @@
 //! max_line_bytes = 1048576
 //! max_limit = 100000000
 //! drain_timeout_ms = 10000
-//! query_memory_bytes = 268435456            # what one read of a Parquet port may hold
+//! query_memory_bytes = 268435456            # what one columnar read may hold
 //!
 //! [audit]                                   # the log lives in <state_dir>/audit
 //! segment_bytes = 67108864                  # rotate segments past this size

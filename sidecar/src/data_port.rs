@@ -215,7 +215,7 @@ fn discovery(app: &App, rid: &str) -> Response<Body> {
                 "schema": p.schema.clone().unwrap_or_else(|| p.name.clone()),
                 "time_field": p.time_field,
                 "records": format!("/v1/ports/{}/records", p.name),
-                "formats": ["application/x-ndjson", "text/csv"],
+                "formats": crate::request::Format::ALL.map(|f| f.media_type()),
             })
         })
         .collect();

@@ -8,11 +8,15 @@
 //!    the per-record program with keys and plugins bound in), cached per
 //!    bundle by consumer, purpose and port (404 unknown port);
 //! 5. **authorize** (403);
-//! 6. **stream**: open the upstream (502), then shape record by record; a
-//!    plan that calls plugins shapes batches of up to `PLUGIN_BATCH`
-//!    records, one sandboxed call per plugin per batch, and answers only
-//!    once the first batch went through (500 `plugin_failed` if a plugin
-//!    failed; a later failure aborts the body).
+//! 6. **stream**: open the upstream (502). Whole records as NDJSON or CSV
+//!    are shaped record by record; a plan that calls plugins shapes
+//!    batches of up to `PLUGIN_BATCH` records, one sandboxed call per
+//!    plugin per batch, and answers only once the first batch went through
+//!    (500 `plugin_failed` if a plugin failed; a later failure aborts the
+//!    body). A port kept as Parquet, and any read that asks for a
+//!    projection, filters, an order, a page, or an Arrow or Parquet answer,
+//!    goes through the columnar plane instead ([`crate::scan`]), under the
+//!    same rules.
 //!
 //! Every answer except the `/healthz` and `/readyz` probes is audited: the
 //! steps fill in one decision event as they learn who asks, for what, and
@@ -32,6 +36,7 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::request::{self, Format};
 use crate::respond::respond;
+use crate::scan::{Scan, Source};
 use crate::shape::Shaper;
 use crate::upstream::{Item, Opened, RecordReader, Window, record_time};
 use bytes::Bytes;
@@ -130,8 +135,19 @@ pub(crate) async fn records<B>(
         .await?;
     let completion = crate::scan::completion_event(rid, ev.consumer.clone(), port);
     let reader = match opened {
-        Opened::Records(reader) => reader,
-        Opened::Parquet(files) => {
+        // Whole records as NDJSON or CSV: the record program, record by
+        // record.
+        Opened::Records(reader)
+            if !q.shapes_the_answer() && matches!(format, Format::Ndjson | Format::Csv) =>
+        {
+            reader
+        }
+        // Anything more: the columnar plane.
+        opened => {
+            let source = match opened {
+                Opened::Records(reader) => Source::Records(reader),
+                Opened::Parquet(files) => Source::Parquet(files),
+            };
             let rules = read.rules.clone().ok_or_else(ApiError::forbidden)?;
             let query = crate::scan::consumer_query(&q, port).map_err(ApiError::bad_request)?;
             ev.projection = query.fields.clone().unwrap_or_default();
@@ -139,8 +155,8 @@ pub(crate) async fn records<B>(
                 ev.filter = Some(meshgov_columnar::query::filter_shape(&query.filter));
             }
             let next = crate::scan::next_cursor(&q, port, query.offset);
-            let scan = crate::scan::Scan {
-                files,
+            let scan = Scan {
+                source,
                 port: port_info.clone(),
                 rules,
                 window,
@@ -158,19 +174,6 @@ pub(crate) async fn records<B>(
             return Ok(resp);
         }
     };
-    if q.shapes_the_answer() {
-        return Err(ApiError::bad_request(format!(
-            "port `{port}` keeps its records as NDJSON or CSV; `fields`, `filter`, \
-             `order_by`, `offset` and `cursor` are served for ports kept as Parquet"
-        )));
-    }
-    if matches!(format, Format::ArrowStream | Format::Parquet) {
-        return Err(ApiError::not_acceptable(format!(
-            "port `{port}` keeps its records as NDJSON or CSV, which are served as \
-             application/x-ndjson or text/csv; Arrow and Parquet answers are served \
-             for ports kept as Parquet"
-        )));
-    }
     let shaper = Shaper::new(program, format == Format::Csv);
     let (tx, rx, stalled) = ChunkSender::channel(
         CHANNEL_CHUNKS,

@@ -1,25 +1,39 @@
-//! Reads of Parquet ports, through the columnar plane (`meshgov-columnar`).
+//! Reads through the columnar plane (`meshgov-columnar`): every read of
+//! a port kept as Parquet, and the reads of other ports that ask for more
+//! than records (a projection, filters, an order, a page, or an Arrow or
+//! Parquet answer).
 //!
 //! The read's compiled rules become a DataFusion plan over the port's
-//! Parquet files ([`meshgov_columnar::view::consumer_view`]): the window and
-//! the row predicate on raw values, validators, then every field with its
-//! treatment. Batches are encoded in the answer's format and streamed
-//! through the same metered body as record reads.
+//! table ([`meshgov_columnar::view::consumer_view`]): the window and the
+//! row predicate on raw values, validators, then every field with its
+//! treatment. A Parquet port's table is its files; another port's table is
+//! its records, turned into batches of the port's schema as they are read
+//! ([`meshgov_columnar::rows`]). Batches are encoded in the answer's format
+//! and streamed through the same metered body as record reads.
 //!
 //! The answer starts only once the plan ran and its first batch came
 //! through: a plan that cannot be built, a failing transform or plugin,
-//! or a file that cannot be read is a clean, audited refusal, never a
-//! fallback to raw data. A failure after that aborts the body.
+//! or an upstream that cannot be read is a clean, audited refusal, never
+//! a fallback to raw data. A failure after that aborts the body.
 
 use crate::app::App;
 use crate::body::{ChunkSender, Metered};
 use crate::error::ApiError;
+use crate::metrics::PortIx;
 use crate::request::{Format, RecordsQuery};
-use crate::upstream::ParquetFiles;
+use crate::upstream::{Item, ParquetFiles, RecordReader, UpstreamError};
 use bytes::Bytes;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
 use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use meshgov_anonymize::PluginFailure;
 use meshgov_audit::{Event, Kind};
 use meshgov_columnar::answer::Encoder;
@@ -27,22 +41,33 @@ use meshgov_columnar::datafusion;
 use meshgov_columnar::query::{
     ConsumerQuery, QueryApplyError, QueryError, parse_fields, parse_filter, parse_order_by,
 };
+use meshgov_columnar::rows::RowBatcher;
 use meshgov_columnar::schema::port_schema;
 use meshgov_columnar::source::{parquet_table, session};
 use meshgov_columnar::view::consumer_view;
 use meshgov_core::descriptor::PortInfo;
 use meshgov_core::records::Rules;
 use meshgov_core::window::Window;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::Instrument as _;
 
 /// Encoded chunks in flight between the query and the connection.
 const CHANNEL_CHUNKS: usize = 4;
+/// Records per batch, for a port read as records.
+const BATCH_ROWS: usize = 4096;
 
-/// One read of a Parquet port.
+/// Where a scan's rows come from.
+pub(crate) enum Source {
+    /// The port's Parquet files in the window.
+    Parquet(ParquetFiles),
+    /// The port's records, read as batches of the port's schema.
+    Records(RecordReader),
+}
+
+/// One read through the columnar plane.
 pub(crate) struct Scan {
-    pub files: ParquetFiles,
+    pub source: Source,
     pub port: PortInfo,
     pub rules: Arc<Rules>,
     pub window: Window,
@@ -144,13 +169,15 @@ fn refusal(app: &App, e: &DataFusionError) -> ApiError {
         tracing::error!(plugin = %failure.plugin, kind = failure.kind.label(), "{failure}");
         return ApiError::plugin_failed(failure);
     }
-    if matches!(
-        root,
+    let upstream = match root {
+        DataFusionError::External(inner) => inner.is::<UpstreamError>(),
         DataFusionError::ParquetError(_)
-            | DataFusionError::ObjectStore(_)
-            | DataFusionError::IoError(_)
-    ) {
-        tracing::error!("the port's Parquet files could not be read: {e}");
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_) => true,
+        _ => false,
+    };
+    if upstream {
+        tracing::error!("the port's upstream could not be read: {e}");
         return ApiError::upstream("the product's upstream could not be read");
     }
     tracing::error!("columnar read failed: {e}");
@@ -166,9 +193,10 @@ impl Scan {
         port_name: &str,
         completion: Event,
     ) -> Result<(Metered, &'static str), ApiError> {
-        let mut stream = self.start(app).await?;
+        let format = self.format;
+        let mut stream = self.start(app, port_name).await?;
         let schema = stream.schema();
-        let mut encoder = Encoder::new(self.format, &schema).map_err(|e| {
+        let mut encoder = Encoder::new(format, &schema).map_err(|e| {
             tracing::error!("cannot encode the answer: {e}");
             ApiError::plan_failed()
         })?;
@@ -204,14 +232,36 @@ impl Scan {
             completion,
             crate::body::Meter::start(&app.metrics, &app.cut_at_shutdown, port_name),
         );
-        Ok((body, self.format.media_type()))
+        Ok((body, format.media_type()))
     }
 
-    async fn start(&self, app: &App) -> Result<SendableRecordBatchStream, ApiError> {
+    async fn start(
+        self,
+        app: &Arc<App>,
+        port_name: &str,
+    ) -> Result<SendableRecordBatchStream, ApiError> {
         let fail = |e: DataFusionError| refusal(app, &e);
-        let ctx =
-            session(app.limits.query_memory_bytes, self.files.bucket.as_ref()).map_err(fail)?;
-        let table = parquet_table(&self.files.files, port_schema(&self.port)).map_err(fail)?;
+        let schema = port_schema(&self.port);
+        let (ctx, table) = match self.source {
+            Source::Parquet(files) => (
+                session(app.limits.query_memory_bytes, files.bucket.as_ref()).map_err(fail)?,
+                parquet_table(&files.files, schema).map_err(fail)?,
+            ),
+            Source::Records(reader) => {
+                let rows = Rows {
+                    reader,
+                    batcher: RowBatcher::new(Arc::clone(&schema)),
+                    app: Arc::clone(app),
+                    port: app.metrics.port(Some(port_name)),
+                    malformed: 0,
+                    done: false,
+                };
+                (
+                    session(app.limits.query_memory_bytes, None).map_err(fail)?,
+                    rows.table(schema).map_err(fail)?,
+                )
+            }
+        };
         let scan = ctx.read_table(table).map_err(fail)?;
         let view = consumer_view(scan, &self.port, &self.rules, &self.window).map_err(|e| {
             tracing::error!("cannot plan the consumer's view: {e}");
@@ -222,6 +272,102 @@ impl Scan {
             QueryApplyError::DataFusion(e) => fail(e),
         })?;
         view.execute_stream().await.map_err(fail)
+    }
+}
+
+/// A port's records as a stream of batches of its schema. Records that
+/// do not fit the schema are skipped and counted as malformed, as lines
+/// that are not records are.
+struct Rows {
+    reader: RecordReader,
+    batcher: RowBatcher,
+    app: Arc<App>,
+    port: PortIx,
+    malformed: u64,
+    done: bool,
+}
+
+impl Rows {
+    /// A table of one partition, which streams these records once.
+    fn table(self, schema: SchemaRef) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+        let stream = futures::stream::unfold(self, |mut rows| async move {
+            let batch = rows.next_batch().await?;
+            Some((batch, rows))
+        })
+        .boxed();
+        let partition = OnePass {
+            schema: Arc::clone(&schema),
+            stream: Mutex::new(Some(stream)),
+        };
+        Ok(Arc::new(StreamingTable::try_new(
+            schema,
+            vec![Arc::new(partition)],
+        )?))
+    }
+
+    async fn next_batch(&mut self) -> Option<Result<RecordBatch, DataFusionError>> {
+        while !self.done {
+            match self.reader.next().await {
+                Ok(Some(Item::Record(line))) => {
+                    if self.batcher.push(line).is_err() {
+                        self.malformed += 1;
+                    } else if self.batcher.len() >= BATCH_ROWS {
+                        break;
+                    }
+                }
+                Ok(Some(Item::Malformed)) => self.malformed += 1,
+                Ok(None) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    self.app.metrics.upstream_error(self.port, true);
+                    return Some(Err(DataFusionError::External(Box::new(e))));
+                }
+            }
+        }
+        if self.batcher.is_empty() {
+            return None;
+        }
+        Some(self.batcher.finish().map_err(DataFusionError::from))
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        self.app.metrics.malformed_skipped.add(self.malformed);
+    }
+}
+
+/// A partition that can be executed once: the stream of a read's records.
+struct OnePass {
+    schema: SchemaRef,
+    stream: Mutex<Option<BoxStream<'static, Result<RecordBatch, DataFusionError>>>>,
+}
+
+impl std::fmt::Debug for OnePass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnePass").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for OnePass {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        let stream = taken.unwrap_or_else(|| {
+            futures::stream::once(async {
+                Err(DataFusionError::Internal(
+                    "a read's records were asked for twice".into(),
+                ))
+            })
+            .boxed()
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        ))
     }
 }
 

@@ -1102,6 +1102,11 @@ fn dead_garbage_and_stalled_upstreams_fail_visibly_and_are_audited() {
         took < Duration::from_secs(15),
         "the stalled read took {took:?}"
     );
+    // Through the columnar plane (a projection), the stall comes before
+    // the first batch is whole: a clean 502, not a partial answer.
+    let r = read(s.data, "profiles", "?fields=email", &token, "stall-shaped").unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.error_code(), "upstream_failed");
     release.store(true, Ordering::SeqCst);
 
     // The sidecar still serves.
@@ -1112,20 +1117,43 @@ fn dead_garbage_and_stalled_upstreams_fail_visibly_and_are_audited() {
             .status,
         200
     );
+    // The same garbage through the columnar plane: the same records, the
+    // same lines skipped.
+    let r = read(
+        s.data,
+        "profiles",
+        "?fields=email",
+        &token,
+        "garbage-shaped",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let emails: Vec<serde_json::Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(emails.len(), valid, "{}", r.text());
+    for rec in &emails {
+        assert_eq!(rec.as_object().unwrap().len(), 1, "{rec}");
+        assert!(rec["email"].as_str().unwrap().contains('*'), "{rec}");
+    }
 
     // The audit log, once the completions are written.
     std::thread::sleep(Duration::from_millis(300));
     let events = audit_events(&s.state());
     let by_rid = decisions(&events);
-    for rid in ["dead", "error"] {
+    for rid in ["dead", "error", "stall-shaped"] {
         let e = &by_rid[rid];
         assert_eq!(e.status, Some(502));
         assert_eq!(e.error.as_deref(), Some("upstream_failed"));
         assert_eq!(e.decision, Some(Decision::Error));
     }
-    let c = completion(&events, "garbage").unwrap();
-    assert_eq!(c.outcome.as_deref(), Some("complete"));
-    assert_eq!(c.records, Some(valid as u64));
+    for rid in ["garbage", "garbage-shaped"] {
+        let c = completion(&events, rid).unwrap();
+        assert_eq!(c.outcome.as_deref(), Some("complete"), "{rid}");
+        assert_eq!(c.records, Some(valid as u64), "{rid}");
+    }
     let c = completion(&events, "stall").unwrap();
     assert_eq!(c.outcome.as_deref(), Some("upstream_failed"));
     assert_eq!(c.records, Some(2));

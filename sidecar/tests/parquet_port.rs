@@ -1,6 +1,8 @@
-//! A port kept as Parquet, read over a real socket through the columnar
-//! plane: the same treatments as the record path, in every answer format,
-//! with undeclared columns left inside and unknown formats refused.
+//! Reads through the columnar plane over a real socket: a port kept as
+//! Parquet, and record ports asked for a projection, filters, an order, a
+//! page or an Arrow or Parquet answer. The same treatments as the record
+//! path, in every answer format, with undeclared columns left inside and
+//! unknown formats refused.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -224,18 +226,6 @@ async fn unknown_formats_are_406_and_denials_stay_denials() {
 }
 
 #[tokio::test]
-async fn arrow_answers_of_a_record_port_are_406_with_the_reason() {
-    let keys = Keys::generate();
-    let s = start(&keys, Options::default()).await;
-    write_upstream(s.dir.path(), "profiles", "a.ndjson", "{}\n");
-    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
-    let r = get_with(s.addr, RECORDS, &t, "application/vnd.apache.arrow.stream").await;
-    assert_eq!(r.status, 406, "{}", r.text());
-    assert!(r.text().contains("Parquet"), "{}", r.text());
-    s.stop().await;
-}
-
-#[tokio::test]
 async fn a_port_mixing_parquet_and_records_is_refused() {
     let keys = Keys::generate();
     let s = parquet_profiles(&keys).await;
@@ -383,15 +373,148 @@ async fn hidden_and_undeclared_fields_do_not_exist() {
     s.stop().await;
 }
 
+/// Rows of the profiles port as NDJSON lines, `ssn` included.
+fn ndjson(rows: &[[&str; 8]]) -> String {
+    rows.iter()
+        .map(|r| {
+            let record: serde_json::Map<String, serde_json::Value> = COLUMNS
+                .iter()
+                .zip(r)
+                .map(|(c, v)| (c.to_string(), serde_json::Value::from(*v)))
+                .collect();
+            format!("{}\n", serde_json::Value::Object(record))
+        })
+        .collect()
+}
+
+/// The `country` column of every batch of an Arrow IPC stream or a
+/// Parquet file.
+fn countries(batches: impl Iterator<Item = RecordBatch>) -> Vec<String> {
+    batches
+        .flat_map(|b| {
+            let c = b.column_by_name("country").unwrap().as_string::<i32>();
+            c.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn record_ports_refuse_what_only_the_columnar_plane_serves() {
+async fn record_ports_are_shaped_and_answered_as_arrow_and_parquet_like_parquet_ports() {
+    let keys = Keys::generate();
+    let parquet = parquet_profiles(&keys).await;
+    let records = start(&keys, Options::default()).await;
+    // Lines that are not records, or whose declared fields do not have
+    // their declared types, are skipped.
+    let skipped = "not json\n{\"country\":5}\n[1]\n";
+    write_upstream(
+        records.dir.path(),
+        "profiles",
+        "2026-03-01.ndjson",
+        &format!("{}{skipped}", ndjson(&[ALICE, BOB])),
+    );
+    write_upstream(
+        records.dir.path(),
+        "profiles",
+        "2026-03-02.ndjson",
+        &ndjson(&[CAROL]),
+    );
+    let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    for params in [
+        "fields=country,email&order_by=country:desc",
+        "filter=email+eq+%27a************.com%27",
+        "filter=email+eq+%27alice%40example.com%27",
+        "filter=country+in+(%27DE%27,%27FR%27)+and+postcode+ge+%27750%27&order_by=user_id",
+        "order_by=country&limit=2&offset=1",
+        "from=2026-03-02&fields=user_id,signed_up_at",
+        "order_by=postcode:desc,country&fields=postcode,birth_date,country",
+    ] {
+        let want = get_as(parquet.addr, &query(params), &t).await;
+        let got = get_as(records.addr, &query(params), &t).await;
+        assert_eq!(got.status, 200, "{params}: {}", got.text());
+        assert_eq!(got.lines(), want.lines(), "{params}");
+        assert_eq!(
+            got.header("x-meshgov-next-cursor"),
+            want.header("x-meshgov-next-cursor"),
+            "{params}"
+        );
+    }
+    // The record port's answer still leaves hidden fields out of reach.
+    let r = get_as(records.addr, &query("filter=name+is+null"), &t).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("no such field"), "{}", r.text());
+
+    let shaped = query("fields=country,postcode&order_by=country");
+    let r = get_with(
+        records.addr,
+        &shaped,
+        &t,
+        "application/vnd.apache.arrow.stream",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.apache.arrow.stream")
+    );
+    let reader = StreamReader::try_new(std::io::Cursor::new(r.body.clone()), None).unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    let postcodes: Vec<&str> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("postcode")
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+        })
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(countries(batches.clone().into_iter()), ["DE", "FR", "NL"]);
+    assert_eq!(postcodes, ["101", "750", "101"]);
+
+    let r = get_with(records.addr, RECORDS, &t, "application/vnd.apache.parquet").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(r.body.clone()))
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut got = countries(reader.map(Result::unwrap));
+    got.sort();
+    assert_eq!(got, ["DE", "FR", "NL"]);
+
+    // A plain NDJSON read of the same port is the record path's, which
+    // serves every JSON object, typed or not.
+    let r = get_as(records.addr, RECORDS, &t).await;
+    assert_eq!(r.lines().len(), 4, "{}", r.text());
+    parquet.stop().await;
+    records.stop().await;
+}
+
+#[tokio::test]
+async fn csv_ports_are_shaped_with_their_cells_typed_by_the_descriptor() {
     let keys = Keys::generate();
     let s = start(&keys, Options::default()).await;
-    write_upstream(s.dir.path(), "profiles", "a.ndjson", "{}\n");
+    write_upstream(
+        s.dir.path(),
+        "profiles",
+        "2026-03-01.csv",
+        "user_id,email,country,postcode,signed_up_at\r\n\
+         u-1,alice@example.com,NL,029,2026-03-01T10:00:00Z\r\n\
+         u-2,\"bob@\nexample.org\",DE,10115,2026-03-01T11:00:00Z\r\n",
+    );
     let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
-    let r = get_as(s.addr, &query("fields=country"), &t).await;
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.text().contains("Parquet"), "{}", r.text());
+    let r = get_with(
+        s.addr,
+        &query("fields=postcode,email&filter=country+eq+%27NL%27"),
+        &t,
+        "text/csv",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "postcode,email\r\n029,a************.com\r\n");
+    let r = get_as(s.addr, &query("order_by=country&fields=email"), &t).await;
+    let emails: Vec<_> = r.lines().iter().map(|l| l["email"].clone()).collect();
+    // Bob's email holds a line break (a quoted cell across lines).
+    assert_eq!(emails, ["b***********.org", "a************.com"]);
     s.stop().await;
 }
 

@@ -19,9 +19,14 @@
 //! What a consumer adds (projection, filters, order, paging) goes on top
 //! of that plan, so it only ever sees treated values. [`answer`] encodes
 //! the result as NDJSON, CSV, an Arrow IPC stream or Parquet.
+//!
+//! A port kept as Parquet is scanned as it is ([`source`]); a port whose
+//! upstream yields records (NDJSON, CSV, HTTP) is turned into batches of
+//! the same schema by [`rows`], and planned the same way.
 
 pub mod answer;
 pub mod query;
+pub mod rows;
 pub mod schema;
 pub mod source;
 mod udf;

@@ -1,6 +1,8 @@
 //! The columnar path and the record path agree: random ports, rules, row
 //! filters, windows and data go through both, and the consumer gets the
-//! same records.
+//! same records, whether the columnar path scans typed columns (a port
+//! kept as Parquet) or the record lines turned into batches (a port kept
+//! as NDJSON or CSV, shaped by the consumer).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +17,7 @@ use datafusion::arrow::array::{
 use datafusion::prelude::SessionContext;
 use meshgov_anonymize::{Clause, CompareOp, DatePart, FieldRule, RowPredicate, Transform};
 use meshgov_columnar::answer::{AnswerFormat, Encoder};
+use meshgov_columnar::rows::RowBatcher;
 use meshgov_columnar::schema::port_schema;
 use meshgov_columnar::view::consumer_view;
 use meshgov_core::descriptor::{FieldInfo, PortInfo};
@@ -224,15 +227,35 @@ fn normalize(v: Value) -> Value {
     }
 }
 
+/// The case's rows as the JSON object lines a record upstream yields.
+fn lines(case: &Case) -> Vec<Vec<u8>> {
+    case.rows
+        .iter()
+        .map(|row| {
+            let record: Map<String, Value> = row
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (name(i), v.clone()))
+                .collect();
+            serde_json::to_vec(&record).unwrap()
+        })
+        .collect()
+}
+
+/// The same lines as one batch, through [`RowBatcher`].
+fn batch_of_lines(case: &Case, port: &PortInfo) -> RecordBatch {
+    let mut batcher = RowBatcher::new(port_schema(port));
+    for line in lines(case) {
+        batcher.push(&line).unwrap();
+    }
+    batcher.finish().unwrap()
+}
+
 fn record_path(case: &Case, port: &PortInfo, rules: &Rules, window: &Window) -> Vec<Value> {
     let program = rules.record_program().unwrap();
     let mut out = Vec::new();
-    for row in &case.rows {
-        let record: Map<String, Value> = row
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (name(i), v.clone()))
-            .collect();
+    for line in lines(case) {
+        let record: Map<String, Value> = serde_json::from_slice(&line).unwrap();
         if !window.is_open() {
             let tf = port.time_field.as_deref().unwrap();
             let t = record.get(tf).and_then(Value::as_str).and_then(parse_time);
@@ -240,7 +263,6 @@ fn record_path(case: &Case, port: &PortInfo, rules: &Rules, window: &Window) -> 
                 continue;
             }
         }
-        let line = serde_json::to_vec(&record).unwrap();
         program.apply_json(&line, &mut out).unwrap();
     }
     out.split(|b| *b == b'\n')
@@ -249,9 +271,14 @@ fn record_path(case: &Case, port: &PortInfo, rules: &Rules, window: &Window) -> 
         .collect()
 }
 
-async fn columnar_path(case: &Case, port: &PortInfo, rules: &Rules, window: &Window) -> Vec<Value> {
+async fn columnar_path(
+    batch: RecordBatch,
+    port: &PortInfo,
+    rules: &Rules,
+    window: &Window,
+) -> Vec<Value> {
     let ctx = SessionContext::new();
-    let table = ctx.read_batch(batch(case, port)).unwrap();
+    let table = ctx.read_batch(batch).unwrap();
     let view = consumer_view(table, port, rules, window).unwrap();
     let schema = Arc::new(view.schema().as_arrow().clone());
     let batches = view.collect().await.unwrap();
@@ -284,7 +311,9 @@ proptest! {
         let window = window(&case, &port);
         let want = record_path(&case, &port, &rules, &window);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let got = rt.block_on(columnar_path(&case, &port, &rules, &window));
-        prop_assert_eq!(got, want);
+        let scanned = rt.block_on(columnar_path(batch(&case, &port), &port, &rules, &window));
+        prop_assert_eq!(&scanned, &want);
+        let from_lines = rt.block_on(columnar_path(batch_of_lines(&case, &port), &port, &rules, &window));
+        prop_assert_eq!(from_lines, want);
     }
 }
