@@ -631,6 +631,15 @@ async fn discovery_describes_the_product_and_how_to_authenticate() {
     assert_eq!(d["ports"][0]["name"], "profiles");
     assert_eq!(d["ports"][0]["records"], "/v1/ports/profiles/records");
     assert_eq!(
+        d["ports"][0]["formats"],
+        serde_json::json!([
+            "application/x-ndjson",
+            "text/csv",
+            "application/vnd.apache.arrow.stream",
+            "application/vnd.apache.parquet"
+        ])
+    );
+    assert_eq!(
         d["schema"][0]["properties"][1]["classification"],
         "pii.email"
     );
