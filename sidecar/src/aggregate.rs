@@ -9,7 +9,10 @@
 //! 6. **reserve** the cost in the ledger, durably, before any noise or
 //!    data: 429 with the remaining budget if it does not fit, the stored
 //!    answer at no cost if the same query was answered in this window;
-//! 7. **read** the upstream, bounding contributions per privacy unit;
+//! 7. **read** the upstream through the columnar plane
+//!    ([`meshgov_columnar::aggregate`]): the window, contribution bounding
+//!    per privacy unit, clamping and the per-group totals are steps of one
+//!    query plan over the port's raw values;
 //! 8. **release**: draw the noise (blocking thread), store the answer in
 //!    the ledger for repeats, answer.
 //!
@@ -23,14 +26,15 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::respond::json;
 use crate::telemetry::SpendEvent;
-use crate::upstream::{Item, Window, record_time};
+use crate::upstream::Window;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use meshgov_audit::Event;
+use meshgov_columnar::aggregate::{accumulate, bounded_totals};
 use meshgov_core::decision::{Asker, DecisionError};
 use meshgov_core::privacy::rule_for;
 use meshgov_privacy::ledger::{Account, LedgerError, Reservation, Reserved, Units, window_of};
-use meshgov_privacy::mechanism::{self, Accumulator, Costed, Mechanism};
+use meshgov_privacy::mechanism::{self, Costed, Mechanism};
 use meshgov_privacy::query::{self, Caps};
 use sha2::Digest;
 use std::sync::Arc;
@@ -326,7 +330,6 @@ where
         return Err(engine_failed(rid, "unreachable reservation state"));
     };
     // 7. read: the budget is spent from here on, whatever happens.
-    let time_field = port_info.time_field.clone();
     let win = Window {
         from: plan
             .from
@@ -335,40 +338,24 @@ where
             .to
             .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
     };
-    let mut reader = app
-        .open_upstream(
+    let opened = app
+        .open_port(
             port,
             &port_info.fields,
             win,
             "the product's upstream could not be read; the reserved budget stays spent",
         )
         .await?;
-    let mut acc = Accumulator::new(&plan);
-    loop {
-        match reader.next().await {
-            Ok(None) => break,
-            Ok(Some(Item::Malformed)) => {}
-            Ok(Some(Item::Record(line))) => {
-                if let Some(tf) = &time_field {
-                    match record_time(line, tf) {
-                        Some(t) if win.contains(t) => {}
-                        _ => continue,
-                    }
-                }
-                if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(line) {
-                    acc.add_json(&m);
-                }
-            }
-            Err(e) => {
-                app.metrics
-                    .upstream_error(app.metrics.port(Some(port)), true);
-                tracing::error!("upstream failed mid-read: {e}");
-                return Err(ApiError::upstream(
-                    "the product's upstream failed; the reserved budget stays spent",
-                ));
-            }
-        }
-    }
+    let totals = crate::scan::Source::from(opened)
+        .scan(app, port, &port_info)
+        .map_err(|e| crate::scan::refusal(app, &e))?;
+    let totals = bounded_totals(totals, &port_info, &plan, &win).map_err(|e| {
+        tracing::error!("cannot plan the aggregate: {e}");
+        ApiError::plan_failed()
+    })?;
+    let acc = accumulate(totals, &plan)
+        .await
+        .map_err(|e| crate::scan::refusal(app, &e))?;
     // 8. release
     let released = {
         let plan = plan.clone();

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::persist;
 use crate::state::{ActiveBundle, BundleError, BundleSlot, Unavailable, verify_bundle};
-use crate::upstream::{CsvSchema, Opened, RecordReader, Upstream, UpstreamError, Window};
+use crate::upstream::{CsvSchema, Opened, Upstream, UpstreamError, Window};
 use http::{HeaderValue, header};
 use meshgov_audit::{AuditLog, Event};
 use meshgov_core::descriptor::{Descriptor, FieldInfo};
@@ -194,28 +194,6 @@ impl App {
             )
             .await;
         opened.map_err(|e| self.upstream_failed(port, &e, reason))
-    }
-
-    /// Opens `port`'s records over `window`, for the sidecar's own
-    /// computations: a port kept as Parquet is scanned into records.
-    pub(crate) async fn open_upstream(
-        &self,
-        port: &str,
-        fields: &[FieldInfo],
-        window: Window,
-        reason: &'static str,
-    ) -> Result<RecordReader, ApiError> {
-        match self.open_port(port, fields, window, reason).await? {
-            Opened::Records(reader) => Ok(reader),
-            Opened::Parquet(files) => crate::upstream::parquet_records(
-                &files,
-                fields,
-                self.limits.query_memory_bytes,
-                self.limits.max_line_bytes,
-            )
-            .await
-            .map_err(|e| self.upstream_failed(port, &e, reason)),
-        }
     }
 
     fn upstream_failed(&self, port: &str, e: &UpstreamError, reason: &'static str) -> ApiError {

@@ -36,7 +36,7 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::request::{self, Format};
 use crate::respond::respond;
-use crate::scan::{Scan, Source};
+use crate::scan::Scan;
 use crate::shape::Shaper;
 use crate::upstream::{Item, Opened, RecordReader, Window, record_time};
 use bytes::Bytes;
@@ -144,10 +144,6 @@ pub(crate) async fn records<B>(
         }
         // Anything more: the columnar plane.
         opened => {
-            let source = match opened {
-                Opened::Records(reader) => Source::Records(reader),
-                Opened::Parquet(files) => Source::Parquet(files),
-            };
             let rules = read.rules.clone().ok_or_else(ApiError::forbidden)?;
             let query = crate::scan::consumer_query(&q, port).map_err(ApiError::bad_request)?;
             ev.projection = query.fields.clone().unwrap_or_default();
@@ -156,7 +152,7 @@ pub(crate) async fn records<B>(
             }
             let next = crate::scan::next_cursor(&q, port, query.offset);
             let scan = Scan {
-                source,
+                source: opened.into(),
                 port: port_info.clone(),
                 rules,
                 window,

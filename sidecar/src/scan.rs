@@ -21,12 +21,13 @@ use crate::body::{ChunkSender, Metered};
 use crate::error::ApiError;
 use crate::metrics::PortIx;
 use crate::request::{Format, RecordsQuery};
-use crate::upstream::{Item, ParquetFiles, RecordReader, UpstreamError};
+use crate::upstream::{Item, Opened, ParquetFiles, RecordReader, UpstreamError};
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::SendableRecordBatchStream;
@@ -63,6 +64,49 @@ pub(crate) enum Source {
     Parquet(ParquetFiles),
     /// The port's records, read as batches of the port's schema.
     Records(RecordReader),
+}
+
+impl Source {
+    /// A scan of the port's table (its declared fields), in a session of
+    /// its own whose memory is bounded by `limits.query_memory_bytes`.
+    pub(crate) fn scan(
+        self,
+        app: &Arc<App>,
+        port_name: &str,
+        port: &PortInfo,
+    ) -> Result<DataFrame, DataFusionError> {
+        let schema = port_schema(port);
+        let (ctx, table) = match self {
+            Source::Parquet(files) => (
+                session(app.limits.query_memory_bytes, files.bucket.as_ref())?,
+                parquet_table(&files.files, schema)?,
+            ),
+            Source::Records(reader) => {
+                let rows = Rows {
+                    reader,
+                    batcher: RowBatcher::new(Arc::clone(&schema)),
+                    app: Arc::clone(app),
+                    port: app.metrics.port(Some(port_name)),
+                    malformed: 0,
+                    done: false,
+                };
+                (
+                    session(app.limits.query_memory_bytes, None)?,
+                    rows.table(schema)?,
+                )
+            }
+        };
+        ctx.read_table(table)
+    }
+}
+
+impl From<Opened> for Source {
+    fn from(opened: Opened) -> Source {
+        match opened {
+            Opened::Records(reader) => Source::Records(reader),
+            Opened::Parquet(files) => Source::Parquet(files),
+        }
+    }
 }
 
 /// One read through the columnar plane.
@@ -160,7 +204,7 @@ fn offset_of_cursor(cursor: &str, q: &RecordsQuery, port: &str) -> Result<u64, S
 }
 
 /// Why a query failed, as the consumer is told.
-fn refusal(app: &App, e: &DataFusionError) -> ApiError {
+pub(crate) fn refusal(app: &App, e: &DataFusionError) -> ApiError {
     let root = e.find_root();
     if let DataFusionError::External(inner) = root
         && let Some(failure) = inner.downcast_ref::<PluginFailure>()
@@ -241,28 +285,7 @@ impl Scan {
         port_name: &str,
     ) -> Result<SendableRecordBatchStream, ApiError> {
         let fail = |e: DataFusionError| refusal(app, &e);
-        let schema = port_schema(&self.port);
-        let (ctx, table) = match self.source {
-            Source::Parquet(files) => (
-                session(app.limits.query_memory_bytes, files.bucket.as_ref()).map_err(fail)?,
-                parquet_table(&files.files, schema).map_err(fail)?,
-            ),
-            Source::Records(reader) => {
-                let rows = Rows {
-                    reader,
-                    batcher: RowBatcher::new(Arc::clone(&schema)),
-                    app: Arc::clone(app),
-                    port: app.metrics.port(Some(port_name)),
-                    malformed: 0,
-                    done: false,
-                };
-                (
-                    session(app.limits.query_memory_bytes, None).map_err(fail)?,
-                    rows.table(schema).map_err(fail)?,
-                )
-            }
-        };
-        let scan = ctx.read_table(table).map_err(fail)?;
+        let scan = self.source.scan(app, port_name, &self.port).map_err(fail)?;
         let view = consumer_view(scan, &self.port, &self.rules, &self.window).map_err(|e| {
             tracing::error!("cannot plan the consumer's view: {e}");
             ApiError::plan_failed()

@@ -36,7 +36,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use meshgov_columnar::source::Bucket;
-use meshgov_core::descriptor::FieldInfo;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -273,50 +272,6 @@ pub struct ParquetFiles {
     pub bucket: Option<Bucket>,
 }
 
-/// The raw records of a port kept as Parquet, as NDJSON lines, for the
-/// sidecar's own computations on them (aggregates): the declared fields
-/// only, untreated, never sent to a consumer as they are.
-pub async fn parquet_records(
-    files: &ParquetFiles,
-    fields: &[FieldInfo],
-    memory_limit: usize,
-    max_line: usize,
-) -> Result<RecordReader, UpstreamError> {
-    use futures::StreamExt as _;
-    use meshgov_columnar::answer::{AnswerFormat, Encoder};
-    use meshgov_columnar::datafusion::error::DataFusionError;
-    use meshgov_columnar::source::{parquet_table, session};
-    use tracing::Instrument as _;
-    let fail = |e: DataFusionError| UpstreamError(format!("cannot scan the Parquet files: {e}"));
-    let ctx = session(memory_limit, files.bucket.as_ref()).map_err(fail)?;
-    let schema = meshgov_columnar::schema::fields_schema(fields);
-    let table = parquet_table(&files.files, schema.clone()).map_err(fail)?;
-    let mut stream = ctx
-        .read_table(table)
-        .map_err(fail)?
-        .execute_stream()
-        .await
-        .map_err(fail)?;
-    let mut encoder = Encoder::new(AnswerFormat::Ndjson, &schema)
-        .map_err(|e| UpstreamError(format!("cannot encode records: {e}")))?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(
-        async move {
-            while let Some(batch) = stream.next().await {
-                let chunk = batch
-                    .map_err(fail)
-                    .and_then(|b| encoder.write(&b).map_err(|e| UpstreamError(e.to_string())));
-                let failed = chunk.is_err();
-                if tx.send(chunk.map(Bytes::from)).await.is_err() || failed {
-                    return;
-                }
-            }
-        }
-        .in_current_span(),
-    );
-    Ok(RecordReader::from_chunks(rx, max_line))
-}
-
 /// Whether a partition's or file's name puts it outside `window`.
 fn outside(name: &str, window: Window) -> bool {
     period_of(name).is_some_and(|(s, e)| !window.overlaps(s, e))
@@ -495,7 +450,6 @@ enum Source {
         /// The longest wait for the next frame.
         stall: Duration,
     },
-    Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, UpstreamError>>),
 }
 
 /// One item read from upstream.
@@ -568,24 +522,10 @@ impl RecordReader {
         }
     }
 
-    /// Records arriving as NDJSON chunks from a producer task (a port kept
-    /// as Parquet, scanned by the columnar plane); an `Err` fails the read.
-    pub fn from_chunks(
-        chunks: tokio::sync::mpsc::Receiver<Result<Bytes, UpstreamError>>,
-        max_line: usize,
-    ) -> RecordReader {
-        RecordReader::new(Source::Chunks(chunks), max_line, CsvSchema::default())
-    }
-
     /// The next chunk; `FileEnd` after each file, so a last line without a
     /// newline ends with its own file (and is read in that file's format).
     async fn next_chunk(&mut self) -> Result<Option<Chunk>, UpstreamError> {
         match &mut self.source {
-            Source::Chunks(rx) => match rx.recv().await {
-                None => Ok(None),
-                Some(Ok(data)) => Ok(Some(Chunk::Data(data))),
-                Some(Err(e)) => Err(e),
-            },
             Source::Http { body, stall } => loop {
                 // An upstream that stops sending mid-body would otherwise
                 // hold the read (and its client) open for ever.

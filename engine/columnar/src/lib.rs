@@ -20,10 +20,15 @@
 //! of that plan, so it only ever sees treated values. [`answer`] encodes
 //! the result as NDJSON, CSV, an Arrow IPC stream or Parquet.
 //!
+//! A differentially private aggregate is planned over the same table
+//! ([`aggregate`]): contribution bounding, clamping and the per-group
+//! totals are steps of its plan.
+//!
 //! A port kept as Parquet is scanned as it is ([`source`]); a port whose
 //! upstream yields records (NDJSON, CSV, HTTP) is turned into batches of
 //! the same schema by [`rows`], and planned the same way.
 
+pub mod aggregate;
 pub mod answer;
 pub mod query;
 pub mod rows;

@@ -1,4 +1,5 @@
-//! The bundle's treatments as DataFusion scalar functions over Arrow arrays.
+//! The bundle's treatments as DataFusion scalar functions over Arrow
+//! arrays, and the steps of a differentially private aggregate.
 //!
 //! Each function reads its input column value by value as an
 //! [`Input`](meshgov_anonymize::Input) and calls the transform of
@@ -7,7 +8,7 @@
 //! query, never the raw column.
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Decimal128Array, StringBuilder,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
@@ -17,10 +18,12 @@ use datafusion::logical_expr::{
 };
 use meshgov_anonymize::{Input, PluginTransform, PluginValidator, RawValue, Transform};
 use meshgov_core::window::{Window, parse_time};
+use meshgov_privacy::mechanism::{fixed, join};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Tells one compiled function from another: two functions are the same
 /// only if they are the same instance (their keys and plugins differ).
@@ -392,5 +395,253 @@ impl ScalarUDFImpl for Conforms {
             }
         }
         Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(keep))))
+    }
+}
+
+/// A column as text, as the record path reads a group key or a privacy
+/// unit: strings as they are, numbers as their JSON text, booleans as
+/// `true` or `false`; null stays null.
+#[derive(Debug)]
+pub(crate) struct AsText {
+    id: u64,
+    signature: Signature,
+}
+identity_eq!(AsText);
+
+impl AsText {
+    pub(crate) fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(AsText {
+            id: next_id(),
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for AsText {
+    fn name(&self) -> &str {
+        "as_text"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let input = one_array(&args)?;
+        if *input.data_type() == DataType::Utf8 {
+            return Ok(ColumnarValue::Array(input));
+        }
+        let mut out = StringBuilder::with_capacity(input.len(), input.len() * 8);
+        for_each_input(&input, |value| match value {
+            Input::Null => out.append_null(),
+            Input::Bool(b) => out.append_value(if b { "true" } else { "false" }),
+            Input::Number(t) | Input::Text(t) => out.append_value(t),
+        })?;
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// A numeric column in fixed point, clamped to the privacy rule's bounds,
+/// as a differentially private sum adds it; null where the value is null,
+/// not finite, or not a number. The values are 128-bit decimals, so that
+/// their sum cannot overflow (it saturates to 64 bits afterwards, as the
+/// record path's sum does).
+#[derive(Debug)]
+pub(crate) struct Fixed {
+    id: u64,
+    bounds: (i64, i64),
+    signature: Signature,
+}
+identity_eq!(Fixed);
+
+/// The type [`Fixed`] gives.
+pub(crate) const FIXED_TYPE: DataType = DataType::Decimal128(38, 0);
+
+impl Fixed {
+    pub(crate) fn udf(bounds: (i64, i64)) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Fixed {
+            id: next_id(),
+            bounds,
+            signature: Signature::any(1, Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Fixed {
+    fn name(&self) -> &str {
+        "fixed_point"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(FIXED_TYPE)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let input = one_array(&args)?;
+        let fixed = |v: f64| v.is_finite().then(|| i128::from(fixed(v, self.bounds)));
+        let out: Decimal128Array = match input.data_type() {
+            DataType::Float64 => input
+                .as_primitive::<Float64Type>()
+                .iter()
+                .map(|v| v.and_then(fixed))
+                .collect(),
+            DataType::Int64 => input
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|v| v.and_then(|v| fixed(v as f64)))
+                .collect(),
+            _ => Decimal128Array::new_null(input.len()),
+        };
+        Ok(ColumnarValue::Array(Arc::new(
+            out.with_data_type(FIXED_TYPE),
+        )))
+    }
+}
+
+/// Whether a row's group key (its text columns joined, see
+/// [`meshgov_privacy::mechanism::join`]) is one the policy lists.
+#[derive(Debug)]
+pub(crate) struct Known {
+    id: u64,
+    keys: HashSet<String>,
+    signature: Signature,
+}
+identity_eq!(Known);
+
+impl Known {
+    pub(crate) fn udf(keys: HashSet<String>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Known {
+            id: next_id(),
+            keys,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Known {
+    fn name(&self) -> &str {
+        "known_key"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<Result<Vec<_>>>()?;
+        let columns = arrays
+            .iter()
+            .map(|a| {
+                a.as_string_opt::<i32>()
+                    .ok_or_else(|| DataFusionError::Internal("group keys are read as text".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut parts: Vec<&str> = Vec::with_capacity(columns.len());
+        let known: BooleanArray = (0..rows)
+            .map(|i| {
+                parts.clear();
+                for c in &columns {
+                    if c.is_null(i) {
+                        return Some(false);
+                    }
+                    parts.push(c.value(i));
+                }
+                Some(match parts.as_slice() {
+                    [one] => self.keys.contains(*one),
+                    _ => self.keys.contains(&join(&parts)),
+                })
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(known)))
+    }
+}
+
+/// Bounds contributions per privacy unit: true for the first `max` rows
+/// of each unit among those whose `keep` is true, in scan order; false for
+/// every other row. It remembers the units it saw, so it is volatile: the
+/// plan calls it once per row, in one partition.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    id: u64,
+    max: u32,
+    used: Mutex<HashMap<Box<str>, u32, ahash::RandomState>>,
+    signature: Signature,
+}
+identity_eq!(Bound);
+
+impl Bound {
+    pub(crate) fn udf(max: u32) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Bound {
+            id: next_id(),
+            max,
+            used: Mutex::new(HashMap::default()),
+            signature: Signature::any(2, Volatility::Volatile),
+        })
+    }
+}
+
+impl ScalarUDFImpl for Bound {
+    fn name(&self) -> &str {
+        "bound_contributions"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let bad = || DataFusionError::Internal("bound_contributions takes (text, bool)".into());
+        let (Some(unit), Some(keep)) = (args.args.first(), args.args.get(1)) else {
+            return Err(bad());
+        };
+        let (unit, keep) = (unit.to_array(rows)?, keep.to_array(rows)?);
+        let (Some(unit), Some(keep)) = (unit.as_string_opt::<i32>(), keep.as_boolean_opt()) else {
+            return Err(bad());
+        };
+        let mut used = self
+            .used
+            .lock()
+            .map_err(|_| DataFusionError::Internal("bound_contributions: poisoned".into()))?;
+        let out: BooleanArray = unit
+            .iter()
+            .zip(keep.iter())
+            .map(|(u, k)| {
+                let (Some(u), Some(true)) = (u, k) else {
+                    return Some(false);
+                };
+                let n = match used.get_mut(u) {
+                    Some(n) => n,
+                    None => used.entry(u.into()).or_insert(0),
+                };
+                let within = *n < self.max;
+                if within {
+                    *n += 1;
+                }
+                Some(within)
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }

@@ -75,7 +75,7 @@ pub fn consumer_view(
 }
 
 /// A column by its exact name (no case folding, no `.` splitting).
-fn col_of(name: &str) -> Expr {
+pub(crate) fn col_of(name: &str) -> Expr {
     col(datafusion::common::Column::new_unqualified(name))
 }
 

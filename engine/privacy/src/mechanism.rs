@@ -34,7 +34,7 @@ use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
 use opendp::measurements::{make_laplace, make_laplace_threshold};
 use opendp::measures::{Approximate, MaxDivergence};
 use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The two-sided 95% interval of Laplace noise with scale `b` is `± b·ln 20`.
 pub fn laplace_ci95(scale: f64) -> f64 {
@@ -274,7 +274,9 @@ pub struct Accumulator {
     pub used: u64,
 }
 
-fn join(parts: &[&str]) -> String {
+/// A group's key: its parts (in `group_by` order) joined by a separator
+/// that cannot appear in a part by accident.
+pub fn join(parts: &[&str]) -> String {
     let mut s = String::new();
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
@@ -285,42 +287,56 @@ fn join(parts: &[&str]) -> String {
     s
 }
 
+/// The clamping bounds of `plan`'s numeric fields, in fixed point, in
+/// [`ValidQuery::fields`] order.
+pub fn field_bounds(plan: &ValidQuery) -> Vec<(i64, i64)> {
+    plan.fields
+        .iter()
+        .map(|f| {
+            plan.stats
+                .iter()
+                .find_map(|s| match s {
+                    Stat::Sum {
+                        field,
+                        lower,
+                        upper,
+                    }
+                    | Stat::Mean {
+                        field,
+                        lower,
+                        upper,
+                    } if field == f => Some((
+                        (lower * FIXED_POINT).round() as i64,
+                        (upper * FIXED_POINT).round() as i64,
+                    )),
+                    _ => None,
+                })
+                .unwrap_or((0, 0))
+        })
+        .collect()
+}
+
+/// The group keys (see [`join`]) `plan` reports, when the policy lists
+/// them; `None` when keys are chosen by partition selection.
+pub fn known_keys(plan: &ValidQuery) -> Option<HashSet<String>> {
+    plan.keys.as_ref().map(|ks| {
+        ks.iter()
+            .map(|k| join(&k.iter().map(String::as_str).collect::<Vec<_>>()))
+            .collect()
+    })
+}
+
+/// A value in fixed point, clamped to `bounds`, as a sum adds it.
+pub fn fixed(v: f64, (lo, hi): (i64, i64)) -> i64 {
+    ((v * FIXED_POINT).round() as i64).clamp(lo, hi)
+}
+
 impl Accumulator {
     pub fn new(plan: &ValidQuery) -> Accumulator {
-        let bounds = plan
-            .fields
-            .iter()
-            .map(|f| {
-                plan.stats
-                    .iter()
-                    .find_map(|s| match s {
-                        Stat::Sum {
-                            field,
-                            lower,
-                            upper,
-                        }
-                        | Stat::Mean {
-                            field,
-                            lower,
-                            upper,
-                        } if field == f => Some((
-                            (lower * FIXED_POINT).round() as i64,
-                            (upper * FIXED_POINT).round() as i64,
-                        )),
-                        _ => None,
-                    })
-                    .unwrap_or((0, 0))
-            })
-            .collect();
-        let known = plan.keys.as_ref().map(|ks| {
-            ks.iter()
-                .map(|k| join(&k.iter().map(String::as_str).collect::<Vec<_>>()))
-                .collect()
-        });
         Accumulator {
             plan: plan.clone(),
-            bounds,
-            known,
+            bounds: field_bounds(plan),
+            known: known_keys(plan),
             units: HashMap::new(),
             groups: HashMap::new(),
             seen: 0,
@@ -362,12 +378,41 @@ impl Accumulator {
             sums: vec![0; n],
         });
         acc.count += 1;
-        for ((sum, v), (lo, hi)) in acc.sums.iter_mut().zip(values).zip(&self.bounds) {
-            let x = ((v * FIXED_POINT).round() as i64).clamp(*lo, *hi);
-            *sum = sum.saturating_add(x);
+        for ((sum, v), bounds) in acc.sums.iter_mut().zip(values).zip(&self.bounds) {
+            *sum = sum.saturating_add(fixed(*v, *bounds));
         }
         self.used += 1;
         true
+    }
+
+    /// Adds the totals of records bounded and clamped elsewhere (a query
+    /// plan, see `meshgov-columnar`): `count` records of the group
+    /// `group`, whose clamped fixed-point values sum to `sums`
+    /// ([`ValidQuery::fields`] order). The caller has left out what
+    /// [`add`](Self::add) would: records outside the listed keys, without
+    /// a unit or a finite value, or beyond their unit's cap.
+    pub fn add_totals(&mut self, group: &[&str], count: i64, sums: &[i64]) {
+        let n = self.bounds.len();
+        let acc = self.groups.entry(join(group)).or_insert_with(|| Acc {
+            count: 0,
+            sums: vec![0; n],
+        });
+        acc.count = acc.count.saturating_add(count);
+        for (sum, s) in acc.sums.iter_mut().zip(sums) {
+            *sum = sum.saturating_add(*s);
+        }
+        let count = u64::try_from(count).unwrap_or(0);
+        self.seen += count;
+        self.used += count;
+    }
+
+    /// What was gathered, before any noise: per group key (see [`join`]),
+    /// the records that counted and their sums in fixed point.
+    pub fn totals(&self) -> BTreeMap<String, (i64, Vec<i64>)> {
+        self.groups
+            .iter()
+            .map(|(k, a)| (k.clone(), (a.count, a.sums.clone())))
+            .collect()
     }
 
     /// Adds one JSON record, reading the unit, group-by and numeric fields
