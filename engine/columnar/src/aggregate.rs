@@ -79,7 +79,11 @@ pub fn bounded_totals(
     match known_keys(plan) {
         // With no group-by, every row has the empty key.
         Some(keys) if groups.is_empty() => keep.push(lit(keys.contains(""))),
-        Some(keys) => keep.push(Known::udf(keys).call(groups.iter().map(|g| col(g)).collect())),
+        Some(keys) if groups.len() == 1 => {
+            let keys = keys.into_iter().map(lit).collect();
+            keep.push(col("g0").in_list(keys, false));
+        }
+        Some(keys) => keep.push(Known::udf(keys).call(groups.iter().map(col).collect())),
         None => {}
     }
     if columns.is_empty() {
@@ -99,7 +103,7 @@ pub fn bounded_totals(
     for (i, v) in values.iter().enumerate() {
         totals.push(sum(col(v)).alias(format!("s{i}")));
     }
-    Ok(df.aggregate(groups.iter().map(|g| col(g)).collect(), totals)?)
+    Ok(df.aggregate(groups.iter().map(col).collect(), totals)?)
 }
 
 /// Runs [`bounded_totals`]' plan and gathers its totals for release.

@@ -21,7 +21,7 @@ use meshgov_core::window::{Window, parse_time};
 use meshgov_privacy::mechanism::{fixed, join};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -488,16 +488,10 @@ impl ScalarUDFImpl for Fixed {
         let input = one_array(&args)?;
         let fixed = |v: f64| v.is_finite().then(|| i128::from(fixed(v, self.bounds)));
         let out: Decimal128Array = match input.data_type() {
-            DataType::Float64 => input
-                .as_primitive::<Float64Type>()
-                .iter()
-                .map(|v| v.and_then(fixed))
-                .collect(),
+            DataType::Float64 => input.as_primitive::<Float64Type>().unary_opt(fixed),
             DataType::Int64 => input
                 .as_primitive::<Int64Type>()
-                .iter()
-                .map(|v| v.and_then(|v| fixed(v as f64)))
-                .collect(),
+                .unary_opt(|v| fixed(v as f64)),
             _ => Decimal128Array::new_null(input.len()),
         };
         Ok(ColumnarValue::Array(Arc::new(
@@ -511,7 +505,7 @@ impl ScalarUDFImpl for Fixed {
 #[derive(Debug)]
 pub(crate) struct Known {
     id: u64,
-    keys: HashSet<String>,
+    keys: HashSet<String, ahash::RandomState>,
     signature: Signature,
 }
 identity_eq!(Known);
@@ -520,7 +514,7 @@ impl Known {
     pub(crate) fn udf(keys: HashSet<String>) -> ScalarUDF {
         ScalarUDF::new_from_impl(Known {
             id: next_id(),
-            keys,
+            keys: keys.into_iter().collect(),
             signature: Signature::variadic_any(Volatility::Immutable),
         })
     }
@@ -577,12 +571,39 @@ impl ScalarUDFImpl for Known {
 /// of each unit among those whose `keep` is true, in scan order; false for
 /// every other row. It remembers the units it saw, so it is volatile: the
 /// plan calls it once per row, in one partition.
+///
+/// A unit is remembered by a 64-bit keyed hash of its text, not the text:
+/// a lookup is one probe, with nothing to allocate or compare. Two units
+/// whose hashes collide (about one chance in 10⁸ with a million units)
+/// share one cap, so each contributes less, never more.
 #[derive(Debug)]
 pub(crate) struct Bound {
     id: u64,
     max: u32,
-    used: Mutex<HashMap<Box<str>, u32, ahash::RandomState>>,
+    hasher: ahash::RandomState,
+    used: Mutex<HashMap<u64, u32, BuildHasherDefault<Hashed>>>,
     signature: Signature,
+}
+
+/// The hasher of a map whose keys are hashes already.
+#[derive(Debug, Default)]
+pub(crate) struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; this keeps any other key correct.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 identity_eq!(Bound);
 
@@ -591,6 +612,7 @@ impl Bound {
         ScalarUDF::new_from_impl(Bound {
             id: next_id(),
             max,
+            hasher: ahash::RandomState::new(),
             used: Mutex::new(HashMap::default()),
             signature: Signature::any(2, Volatility::Volatile),
         })
@@ -624,24 +646,19 @@ impl ScalarUDFImpl for Bound {
             .used
             .lock()
             .map_err(|_| DataFusionError::Internal("bound_contributions: poisoned".into()))?;
-        let out: BooleanArray = unit
-            .iter()
-            .zip(keep.iter())
-            .map(|(u, k)| {
-                let (Some(u), Some(true)) = (u, k) else {
-                    return Some(false);
-                };
-                let n = match used.get_mut(u) {
-                    Some(n) => n,
-                    None => used.entry(u.into()).or_insert(0),
-                };
+        let out: Vec<bool> = (0..rows)
+            .map(|i| {
+                if !(keep.is_valid(i) && keep.value(i) && unit.is_valid(i)) {
+                    return false;
+                }
+                let n = used.entry(self.hasher.hash_one(unit.value(i))).or_insert(0);
                 let within = *n < self.max;
                 if within {
                     *n += 1;
                 }
-                Some(within)
+                within
             })
             .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
     }
 }

@@ -1,9 +1,9 @@
-//! Privacy benchmarks: `cargo bench -p meshgov-privacy`.
+//! Privacy benchmarks: `cargo bench -p meshgov-privacy`. (The 1M-row
+//! aggregate, plain against private, is `meshgov-columnar`'s
+//! `dp_aggregate`: aggregates run on the columnar plane.)
 //!
 //! - `noise_and_accounting`: cost one statistic with OpenDP, reserve it in
 //!   the embedded ledger (fsync included), draw the noise;
-//! - `rows_1m/{plain,dp}`: count, sum and mean by country over 1M rows,
-//!   without privacy and with it (contribution bounding, clamping, noise);
 //! - PostgreSQL reservation round trips (p50, p99) when
 //!   `MESHGOV_TEST_POSTGRES` names a server; otherwise a note says so.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -15,11 +15,8 @@ use meshgov_core::privacy::PrivacyRule;
 use meshgov_privacy::ledger::{Account, FileLedger, Ledger, Reservation, Units};
 use meshgov_privacy::mechanism::{self, Accumulator};
 use meshgov_privacy::query::{self, Caps, ValidQuery};
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
-
-const COUNTRIES: [&str; 7] = ["DE", "DK", "FI", "GB", "NO", "SE", "US"];
 
 fn rule() -> PrivacyRule {
     toml::from_str(
@@ -91,57 +88,6 @@ fn noise_and_accounting(c: &mut Criterion) {
     });
 }
 
-struct Row {
-    user: String,
-    country: &'static str,
-    duration: f64,
-}
-
-fn rows(n: usize) -> Vec<Row> {
-    (0..n)
-        .map(|i| Row {
-            user: format!("u{}", (i * 7919) % 200_000),
-            country: COUNTRIES[i % COUNTRIES.len()],
-            duration: ((i * 104_729) % 700_000) as f64,
-        })
-        .collect()
-}
-
-fn rows_1m(c: &mut Criterion) {
-    let data = rows(1_000_000);
-    let p = plan(
-        r#"{"aggregations":[{"count":{}},{"sum":{"field":"duration_ms"}},{"mean":{"field":"duration_ms"}}],"group_by":["country"],"epsilon":1.0}"#,
-    );
-    let mut g = c.benchmark_group("rows_1m");
-    g.sample_size(10);
-    g.bench_function("plain", |b| {
-        b.iter(|| {
-            let mut m: HashMap<String, (u64, f64)> = HashMap::new();
-            for r in &data {
-                let e = m.entry(r.country.to_string()).or_default();
-                e.0 += 1;
-                e.1 += r.duration;
-            }
-            let out: Vec<(String, u64, f64, f64)> = m
-                .into_iter()
-                .map(|(k, (n, s))| (k, n, s, s / n as f64))
-                .collect();
-            black_box(out)
-        })
-    });
-    g.bench_function("dp", |b| {
-        b.iter(|| {
-            let costed = mechanism::cost(&p).unwrap();
-            let mut acc = Accumulator::new(&p);
-            for r in &data {
-                acc.add(Some(&r.user), &[r.country], &[r.duration]);
-            }
-            black_box(mechanism::release(&p, &costed, acc).unwrap())
-        })
-    });
-    g.finish();
-}
-
 fn postgres_round_trip(_c: &mut Criterion) {
     let Ok(url) = std::env::var("MESHGOV_TEST_POSTGRES") else {
         println!("postgres_round_trip: skipped (set MESHGOV_TEST_POSTGRES to a PostgreSQL URL)");
@@ -182,5 +128,5 @@ fn postgres_round_trip(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, noise_and_accounting, rows_1m, postgres_round_trip);
+criterion_group!(benches, noise_and_accounting, postgres_round_trip);
 criterion_main!(benches);
