@@ -17,6 +17,7 @@ use datafusion::arrow::array::{
 use datafusion::prelude::SessionContext;
 use meshgov_anonymize::{Clause, CompareOp, DatePart, FieldRule, RowPredicate, Transform};
 use meshgov_columnar::answer::{AnswerFormat, Encoder};
+use meshgov_columnar::query::{CmpOp, Condition, ConsumerQuery, Literal, Test};
 use meshgov_columnar::rows::RowBatcher;
 use meshgov_columnar::schema::port_schema;
 use meshgov_columnar::view::consumer_view;
@@ -276,10 +277,12 @@ async fn columnar_path(
     port: &PortInfo,
     rules: &Rules,
     window: &Window,
+    query: &ConsumerQuery,
 ) -> Vec<Value> {
     let ctx = SessionContext::new();
     let table = ctx.read_batch(batch).unwrap();
     let view = consumer_view(table, port, rules, window).unwrap();
+    let view = query.apply(view, rules).unwrap();
     let schema = Arc::new(view.schema().as_arrow().clone());
     let batches = view.collect().await.unwrap();
     let mut encoder = Encoder::new(AnswerFormat::Ndjson, &schema).unwrap();
@@ -295,25 +298,155 @@ async fn columnar_path(
         .collect()
 }
 
+fn rules(case: &Case) -> Rules {
+    Rules {
+        fields: case
+            .transforms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| FieldRule::new(name(i), t.clone()))
+            .collect(),
+        filter: RowPredicate::all(
+            case.clauses
+                .iter()
+                .map(|(i, op, v)| Clause::new(name(*i), *op, v.clone()))
+                .collect(),
+        ),
+        validators: Vec::new(),
+    }
+}
+
+/// A consumer's condition, before its value is chosen.
+#[derive(Debug, Clone)]
+enum Probe {
+    IsNull(bool),
+    Compare(CmpOp),
+    In(bool),
+}
+
+fn probe() -> impl Strategy<Value = Probe> {
+    prop_oneof![
+        any::<bool>().prop_map(Probe::IsNull),
+        proptest::sample::select(vec![
+            CmpOp::Eq,
+            CmpOp::Ne,
+            CmpOp::Lt,
+            CmpOp::Le,
+            CmpOp::Gt,
+            CmpOp::Ge
+        ])
+        .prop_map(Probe::Compare),
+        any::<bool>().prop_map(Probe::In),
+    ]
+}
+
+/// A literal of the type field `i` has as the consumer sees it (a treated
+/// field is text): `seen` when it has that type, else a fixed one.
+fn literal(case: &Case, i: usize, seen: Option<&Value>) -> Literal {
+    let clear = matches!(case.transforms[i], Transform::Clear);
+    match (clear.then_some(case.kinds[i]), seen) {
+        (Some(Kind::Int | Kind::Float), Some(Value::Number(n))) => {
+            Literal::Number(n.as_f64().unwrap())
+        }
+        (Some(Kind::Int | Kind::Float), _) => Literal::Number(0.0),
+        (Some(Kind::Bool), Some(Value::Bool(b))) => Literal::Bool(*b),
+        (Some(Kind::Bool), _) => Literal::Bool(true),
+        (_, Some(Value::String(t))) => Literal::Text(t.clone()),
+        (_, _) => Literal::Text("m".into()),
+    }
+}
+
+/// How `value` (as served) compares with `lit`; `None` for null.
+fn order(value: Option<&Value>, lit: &Literal) -> Option<std::cmp::Ordering> {
+    match (value?, lit) {
+        (Value::String(v), Literal::Text(l)) => Some(v.as_str().cmp(l.as_str())),
+        (Value::Number(v), Literal::Number(l)) => v.as_f64().unwrap().partial_cmp(l),
+        (Value::Bool(v), Literal::Bool(l)) => Some(v.cmp(l)),
+        _ => None,
+    }
+}
+
+/// Whether a served value passes the condition, with SQL's meaning: a
+/// null passes only `is null`.
+fn passes(value: Option<&Value>, test: &Test) -> bool {
+    use std::cmp::Ordering::*;
+    match test {
+        Test::IsNull { negated } => value.is_none_or(Value::is_null) != *negated,
+        Test::In { values, negated } => {
+            let found = values.iter().map(|l| order(value, l));
+            if value.is_none_or(Value::is_null) {
+                return false;
+            }
+            found.clone().any(|o| o == Some(Equal)) != *negated
+        }
+        Test::Compare(op, lit) => match (order(value, lit), op) {
+            (None, _) => false,
+            (Some(o), CmpOp::Eq) => o == Equal,
+            (Some(o), CmpOp::Ne) => o != Equal,
+            (Some(o), CmpOp::Lt) => o == Less,
+            (Some(o), CmpOp::Le) => o != Greater,
+            (Some(o), CmpOp::Gt) => o == Greater,
+            (Some(o), CmpOp::Ge) => o != Less,
+        },
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A consumer's filter on any field they can see, masked,
+    /// pseudonymized and generalized ones included, selects exactly the
+    /// records whose served value passes it: it never sees a raw value.
+    #[test]
+    fn consumer_filters_see_only_the_values_served(
+        case in case(),
+        field in any::<proptest::sample::Index>(),
+        row in any::<proptest::sample::Index>(),
+        probe in probe(),
+    ) {
+        let port = port(&case);
+        let rules = rules(&case);
+        prop_assume!(rules.record_program().is_ok());
+        let visible: Vec<usize> = (0..case.kinds.len())
+            .filter(|i| !matches!(case.transforms[*i], Transform::Redact { .. }))
+            .collect();
+        prop_assume!(!visible.is_empty());
+        let i = visible[field.index(visible.len())];
+        let window = window(&case, &port);
+        let served = record_path(&case, &port, &rules, &window);
+        let seen = (!served.is_empty()).then(|| served[row.index(served.len())].get(name(i))).flatten();
+        let lit = literal(&case, i, seen);
+        let test = match probe {
+            Probe::IsNull(negated) => Test::IsNull { negated },
+            Probe::Compare(op) => Test::Compare(op, lit),
+            Probe::In(negated) => Test::In { values: vec![lit, literal(&case, i, None)], negated },
+        };
+        let want: Vec<Value> = served
+            .into_iter()
+            .filter(|r| passes(r.get(name(i)), &test))
+            .collect();
+        let query = ConsumerQuery {
+            filter: vec![Condition { field: name(i), test }],
+            ..ConsumerQuery::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let got = rt.block_on(columnar_path(batch(&case, &port), &port, &rules, &window, &query));
+        prop_assert_eq!(got, want);
+    }
 
     #[test]
     fn record_and_columnar_paths_serve_the_same_records(case in case()) {
         let port = port(&case);
-        let rules = Rules {
-            fields: case.transforms.iter().enumerate().map(|(i, t)| FieldRule::new(name(i), t.clone())).collect(),
-            filter: RowPredicate::all(case.clauses.iter().map(|(i, op, v)| Clause::new(name(*i), *op, v.clone())).collect()),
-            validators: Vec::new(),
-        };
+        let rules = rules(&case);
         // Clauses the policy compiler would refuse are not policies.
         prop_assume!(rules.record_program().is_ok());
         let window = window(&case, &port);
         let want = record_path(&case, &port, &rules, &window);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let scanned = rt.block_on(columnar_path(batch(&case, &port), &port, &rules, &window));
+        let plain = ConsumerQuery::default();
+        let scanned = rt.block_on(columnar_path(batch(&case, &port), &port, &rules, &window, &plain));
         prop_assert_eq!(&scanned, &want);
-        let from_lines = rt.block_on(columnar_path(batch_of_lines(&case, &port), &port, &rules, &window));
+        let from_lines = rt.block_on(columnar_path(batch_of_lines(&case, &port), &port, &rules, &window, &plain));
         prop_assert_eq!(from_lines, want);
     }
 }
