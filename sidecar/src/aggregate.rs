@@ -346,16 +346,21 @@ where
             "the product's upstream could not be read; the reserved budget stays spent",
         )
         .await?;
+    // Whatever fails from here on, the budget was spent.
+    let spent = |mut e: ApiError| {
+        e.reason.push_str("; the reserved budget stays spent");
+        e
+    };
     let totals = crate::scan::Source::from(opened)
         .scan(app, port, &port_info)
-        .map_err(|e| crate::scan::refusal(app, &e))?;
+        .map_err(|e| spent(crate::scan::refusal(app, &e)))?;
     let totals = bounded_totals(totals, &port_info, &plan, &win).map_err(|e| {
         tracing::error!("cannot plan the aggregate: {e}");
-        ApiError::plan_failed()
+        spent(ApiError::plan_failed())
     })?;
     let acc = accumulate(totals, &plan)
         .await
-        .map_err(|e| crate::scan::refusal(app, &e))?;
+        .map_err(|e| spent(crate::scan::refusal(app, &e)))?;
     // 8. release
     let released = {
         let plan = plan.clone();

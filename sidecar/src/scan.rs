@@ -44,7 +44,7 @@ use meshgov_columnar::query::{
 };
 use meshgov_columnar::rows::RowBatcher;
 use meshgov_columnar::schema::port_schema;
-use meshgov_columnar::source::{parquet_table, session};
+use meshgov_columnar::source::{BATCH_ROWS, parquet_table, session};
 use meshgov_columnar::view::consumer_view;
 use meshgov_core::descriptor::PortInfo;
 use meshgov_core::records::Rules;
@@ -55,8 +55,6 @@ use tracing::Instrument as _;
 
 /// Encoded chunks in flight between the query and the connection.
 const CHANNEL_CHUNKS: usize = 4;
-/// Records per batch, for a port read as records.
-const BATCH_ROWS: usize = 4096;
 
 /// Where a scan's rows come from.
 pub(crate) enum Source {

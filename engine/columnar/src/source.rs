@@ -19,8 +19,8 @@ use object_store::{ObjectStore, RetryConfig};
 use std::sync::Arc;
 use url::Url;
 
-/// Rows per record batch a scan yields.
-const BATCH_ROWS: usize = 4096;
+/// Rows per record batch a scan yields (and a record port is batched by).
+pub const BATCH_ROWS: usize = 4096;
 
 /// A session for one query, whose operators may hold at most
 /// `memory_limit` bytes between them; one that needs more fails the query
