@@ -151,7 +151,7 @@ where
         })?;
     ev.policies = decision.policies.clone();
     if !decision.allowed {
-        tracing::debug!(purpose = %who.purpose, "aggregate denied by policy");
+        tracing::debug!(purpose = who.purpose.as_str(), "aggregate denied by policy");
         return Err(ApiError::forbidden());
     }
     let product = bundle.view().info.id.clone();

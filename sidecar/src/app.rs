@@ -210,9 +210,7 @@ impl App {
         headers: &http::HeaderMap,
         ev: &mut Event,
     ) -> Result<crate::auth::Identity, ApiError> {
-        let auth = headers
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
+        let auth = single_authorization(headers)?;
         let who = self
             .auth
             .authenticate(auth)
@@ -457,4 +455,17 @@ impl App {
             audit: crate::audit_feed::status(&self.audit),
         }
     }
+}
+
+/// The request's one `Authorization` header, if any. Two are refused
+/// (400): which one a proxy or a server reads differs, so neither is.
+pub(crate) fn single_authorization(headers: &http::HeaderMap) -> Result<Option<&[u8]>, ApiError> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(ApiError::bad_request(
+            "the request has more than one `Authorization` header; send one",
+        ));
+    }
+    Ok(first.map(HeaderValue::as_bytes))
 }

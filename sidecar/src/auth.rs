@@ -115,6 +115,9 @@ pub struct Authenticator {
     issuer: String,
     audience: String,
     groups_claim: String,
+    /// Whether a string `groups` claim is a space-separated list (an
+    /// array is always accepted); otherwise a string is refused.
+    groups_space_separated: bool,
     purpose_claim: String,
     leeway: u64,
 }
@@ -179,6 +182,7 @@ impl Authenticator {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             groups_claim: cfg.groups_claim.clone(),
+            groups_space_separated: cfg.groups_space_separated,
             purpose_claim: cfg.purpose_claim.clone(),
             leeway: cfg.leeway_seconds,
         })
@@ -323,6 +327,11 @@ impl Authenticator {
                 return Err(AuthError::BadClaim(c.into()));
             }
         }
+        // An issuer is one string; the library would accept any of an
+        // array's entries.
+        if !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(AuthError::BadClaim("iss".into()));
+        }
         let sub = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
             _ => return Err(AuthError::BadClaim("sub".into())),
@@ -334,7 +343,11 @@ impl Authenticator {
                 .map(|g| g.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| AuthError::BadClaim(self.groups_claim.clone()))?,
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+            // `"fraud auditors"` is one group unless the issuer is known
+            // to send a space-separated list.
+            Some(Value::String(s)) if self.groups_space_separated => {
+                s.split_whitespace().map(str::to_string).collect()
+            }
             Some(_) => return Err(AuthError::BadClaim(self.groups_claim.clone())),
         };
         if groups.len() > 256 {
@@ -364,6 +377,10 @@ mod tests {
     use ring::signature::{Ed25519KeyPair, KeyPair};
 
     fn setup() -> (Authenticator, Vec<u8>) {
+        setup_with(false)
+    }
+
+    fn setup_with(groups_space_separated: bool) -> (Authenticator, Vec<u8>) {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key());
@@ -371,6 +388,7 @@ mod tests {
             issuer: "i".into(),
             audience: "a".into(),
             groups_claim: "groups".into(),
+            groups_space_separated,
             purpose_claim: "purpose".into(),
             leeway_seconds: 5,
             keys: vec![KeyConfig {
@@ -449,5 +467,40 @@ mod tests {
             auth.authenticate_at(Some(&t), now),
             Err(AuthError::MissingClaim(c) | AuthError::BadClaim(c)) if c == "exp"
         ));
+    }
+
+    #[test]
+    fn a_string_groups_claim_is_one_group_name_refused_unless_configured_as_a_list() {
+        let now = 1_800_000_000;
+        let claims = serde_json::json!({"iss": "i", "aud": "a", "sub": "s", "purpose": "p",
+            "groups": "fraud auditors", "exp": now + 100});
+        let (strict, key) = setup();
+        let t = bearer(&key, claims.clone());
+        assert_eq!(
+            strict.authenticate_at(Some(&t), now),
+            Err(AuthError::BadClaim("groups".into()))
+        );
+        let (lists, key) = setup_with(true);
+        let t = bearer(&key, claims);
+        let who = lists.authenticate_at(Some(&t), now).unwrap();
+        assert_eq!(who.principal.groups, ["fraud", "auditors"]);
+    }
+
+    #[test]
+    fn an_issuer_given_as_an_array_is_refused() {
+        let (auth, key) = setup();
+        let now = 1_800_000_000;
+        for iss in [serde_json::json!(["i"]), serde_json::json!(["x", "i"])] {
+            let t = bearer(
+                &key,
+                serde_json::json!({"iss": iss, "aud": "a", "sub": "s", "purpose": "p", "exp": now + 100}),
+            );
+            let got = auth.authenticate_at(Some(&t), now);
+            assert!(
+                matches!(&got, Err(AuthError::BadClaim(c)) if c == "iss")
+                    || got == Err(AuthError::Issuer),
+                "{iss}: {got:?}"
+            );
+        }
     }
 }

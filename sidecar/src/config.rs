@@ -43,6 +43,7 @@
 //! issuer = "https://idp.media.example"
 //! audience = "meshgov"
 //! groups_claim = "groups"
+//! groups_space_separated = false            # a string groups claim is refused unless true
 //! purpose_claim = "purpose"
 //! leeway_seconds = 30
 //! [[auth.keys]]
@@ -159,6 +160,8 @@ pub struct AuthConfig {
     pub issuer: String,
     pub audience: String,
     pub groups_claim: String,
+    /// Read a string groups claim as a space-separated list.
+    pub groups_space_separated: bool,
     pub purpose_claim: String,
     pub leeway_seconds: u64,
     pub keys: Vec<KeyConfig>,
@@ -363,6 +366,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "auth.issuer",
     "auth.audience",
     "auth.groups_claim",
+    "auth.groups_space_separated",
     "auth.purpose_claim",
     "auth.leeway_seconds",
     "privacy.ledger",
@@ -606,6 +610,7 @@ impl Config {
             groups_claim: v
                 .str("auth.groups_claim")?
                 .unwrap_or_else(|| "groups".into()),
+            groups_space_separated: v.bool("auth.groups_space_separated", false)?,
             purpose_claim: v
                 .str("auth.purpose_claim")?
                 .unwrap_or_else(|| "purpose".into()),

@@ -67,10 +67,8 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
 /// Checks the caller is the engine: a control token signed by a trusted
 /// governance key.
 fn authorize_engine<B>(app: &App, req: &Request<B>) -> Result<(), ApiError> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let token = crate::app::single_authorization(req.headers())?
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {
             ApiError::unauthorized(
@@ -140,10 +138,45 @@ where
     })
 }
 
+/// `PUT /control/v1/bundle`: every outcome, a refusal before the body is
+/// read whole included, is one `bundle_push` event in the audit log.
 async fn put_bundle<B>(
     app: &Arc<App>,
     req: Request<B>,
     rid: &str,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut ev = Event::new(Kind::Decision, clock::now_ms());
+    ev.request_id = Some(rid.to_string());
+    ev.action = Some("bundle_push".into());
+    let resp = match push(app, req, rid, &mut ev).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            ev.error = Some(e.code.to_string());
+            crate::respond::error(rid, &e)
+        }
+    };
+    ev.decision.get_or_insert(Decision::Error);
+    ev.status = Some(resp.status().as_u16());
+    // The push has taken effect (or not) already; a log that cannot take
+    // the event has failed, and reads are refused until it is back.
+    if let Err(e) = app.audit.submit(ev).await {
+        tracing::error!(request_id = %rid, "cannot audit the bundle push: {e}");
+    }
+    Ok(resp)
+}
+
+/// Reads, verifies, persists and swaps a pushed bundle; notes the outcome
+/// in `ev`.
+async fn push<B>(
+    app: &Arc<App>,
+    req: Request<B>,
+    rid: &str,
+    ev: &mut Event,
 ) -> Result<Response<Body>, ApiError>
 where
     B: http_body::Body + Send + 'static,
@@ -174,6 +207,7 @@ where
                     format!("the request body could not be read: {e}"),
                 )
             };
+            ev.error = Some(code.to_string());
             return Ok(nack(app, rid, status, code, reason));
         }
     };
@@ -192,10 +226,7 @@ where
             "the bundle could not be processed",
         )
     })?;
-    let mut ev = Event::new(Kind::Decision, clock::now_ms());
-    ev.request_id = Some(rid.to_string());
-    ev.action = Some("bundle_push".into());
-    let resp = match r {
+    Ok(match r {
         Ok(ack) => {
             ev.decision = Some(Decision::Allow);
             ev.bundle_revision = Some(ack.revision);
@@ -214,18 +245,10 @@ where
                 } => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             };
-            ev.decision = Some(Decision::Error);
             ev.error = Some(e.code().to_string());
             nack(app, rid, status, e.code(), e.to_string())
         }
-    };
-    ev.status = Some(resp.status().as_u16());
-    // The push has taken effect (or not) already; a log that cannot take
-    // the event has failed, and reads are refused until it is back.
-    if let Err(e) = app.audit.submit(ev).await {
-        tracing::error!(request_id = %rid, "cannot audit the bundle push: {e}");
-    }
-    Ok(resp)
+    })
 }
 
 /// `GET /control/v1/bundle`: the persisted envelope of the bundle in force.

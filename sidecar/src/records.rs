@@ -117,7 +117,7 @@ pub(crate) async fn records<B>(
     let program = match &read.program {
         Some(program) if read.access().allowed => Arc::clone(program),
         _ => {
-            tracing::debug!(purpose = %who.purpose, "denied by policy");
+            tracing::debug!(purpose = who.purpose.as_str(), "denied by policy");
             return Err(ApiError::forbidden());
         }
     };

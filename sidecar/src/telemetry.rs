@@ -54,7 +54,7 @@ impl SpendEvent<'_> {
             ev.decision = Some(Decision::Deny);
         }
         tracing::debug!(
-            purpose = %e.purpose,
+            purpose = e.purpose,
             outcome = e.outcome, epsilon = e.cost.epsilon_f64(), delta = e.cost.delta_f64(),
             remaining = ?e.remaining.iter().map(|u| (u.epsilon_f64(), u.delta_f64())).collect::<Vec<_>>(),
             window_start = e.window_start, revision = e.revision,

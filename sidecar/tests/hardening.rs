@@ -1,6 +1,7 @@
 //! Timeouts and limits against slow or hostile peers, over real sockets:
 //! clients that drip headers or bodies (slowloris), upstreams that stall
-//! mid-body, oversized bodies, and what a client can make the sidecar echo.
+//! mid-body, oversized bodies, what a client can make the sidecar echo,
+//! and ambiguous credentials.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -99,6 +100,10 @@ async fn a_pusher_that_drips_a_bundle_gets_408_and_the_bundle_in_force_stays() {
     let r = parse_response(&buf);
     assert_eq!(r.status, 408, "{}", r.text());
     assert_eq!(revision(&s), before);
+    assert_eq!(
+        push_events(&s),
+        [(Some(408), Some("body_timeout".to_string()))]
+    );
     s.stop().await;
 }
 
@@ -142,7 +147,23 @@ async fn an_oversized_bundle_is_refused_before_it_is_read_whole() {
     let r = upload(s.control.unwrap(), req).await;
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(r.json()["code"], "too_large");
+    // Refused before verification, and audited all the same.
+    assert_eq!(
+        push_events(&s),
+        [(Some(413), Some("too_large".to_string()))]
+    );
     s.stop().await;
+}
+
+/// Every `bundle_push` event in the sidecar's audit log: status and error.
+fn push_events(s: &Sidecar) -> Vec<(Option<u16>, Option<String>)> {
+    let dir = s.dir.path().join("state/audit");
+    meshgov_audit::show::read_filtered(&dir, &meshgov_audit::show::Filter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|(e, _)| e.action.as_deref() == Some("bundle_push"))
+        .map(|(e, _)| (e.status, e.error))
+        .collect()
 }
 
 #[tokio::test]
@@ -275,5 +296,57 @@ async fn query_values_never_reach_headers_and_are_escaped_in_error_bodies() {
         let reason = r.json()["reason"].as_str().unwrap_or_default().to_string();
         assert!(!reason.contains(['\r', '\n']), "{q}: {reason:?}");
     }
+    s.stop().await;
+}
+
+/// Two `Authorization` headers are refused with 400 on both ports, even
+/// when each alone would be accepted: which one a proxy in front reads may
+/// differ from which one the sidecar reads.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            control: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mia = format!(
+        "Bearer {}",
+        token(&keys, "mia", &["marketing"], "campaign-analytics")
+    );
+    let fred = format!(
+        "Bearer {}",
+        token(&keys, "fred", &["fraud"], "fraud-investigation")
+    );
+    write_upstream(s.dir.path(), "profiles", "a.ndjson", "{}\n");
+    let path = "/v1/ports/profiles/records";
+    assert_eq!(
+        get(s.addr, path, &[("Authorization", &mia)]).await.status,
+        200
+    );
+    for pair in [[&mia, &fred], [&mia, &mia]] {
+        let r = get(
+            s.addr,
+            path,
+            &[("Authorization", pair[0]), ("authorization", pair[1])],
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(
+            r.text().contains("more than one `Authorization`"),
+            "{}",
+            r.text()
+        );
+    }
+    let r = get(
+        s.control.unwrap(),
+        "/control/v1/status",
+        &[("Authorization", "Bearer a"), ("Authorization", "Bearer b")],
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
     s.stop().await;
 }

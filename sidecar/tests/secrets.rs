@@ -4,7 +4,8 @@
 //! requests over records holding known classified values; then its logs,
 //! its audit log and checkpoints, and its error bodies are searched for those
 //! values, the bearer tokens, the pseudonym key and the private key
-//! material. Key files it creates are private (0600).
+//! material. Key files it creates are private (0600). A purpose holding
+//! a newline cannot forge a log line.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -27,6 +28,8 @@ const BIRTH: &str = "1977-07-07";
 const USER_ID: &str = "zz-user-90210";
 /// An undeclared field: never leaves the product.
 const SSN: &str = "987-65-4329";
+/// What a consumer's purpose tries to forge as a log line of its own.
+const FORGED: &str = "FORGED-LOG-LINE";
 
 /// One request; the whole raw response.
 fn request(addr: SocketAddr, path: &str, headers: &str) -> String {
@@ -102,6 +105,13 @@ fn run(log_format: &str) {
     let fraud = token(&keys, "fred", &["fraud"], "fraud-investigation");
     let wrong_purpose = token(&keys, "mia", &["marketing"], "fraud-investigation");
     let untrusted = token(&Keys::generate(), "eve", &["fraud"], "fraud-investigation");
+    // A purpose that would write a line of its own into a text log.
+    let forging = token(
+        &keys,
+        "mia",
+        &["marketing"],
+        &format!("campaign-analytics\n{FORGED} level=ERROR"),
+    );
     let mut tampered = fraud.clone();
     tampered.push('A');
     let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
@@ -117,6 +127,7 @@ fn run(log_format: &str) {
         // fraud sees the email in the clear: in the response, not in logs.
         (records.to_string(), bearer(&fraud), 200),
         (records.to_string(), bearer(&wrong_purpose), 403),
+        (records.to_string(), bearer(&forging), 403),
         (records.to_string(), bearer(&untrusted), 401),
         (records.to_string(), bearer(&tampered), 401),
         (format!("{records}?limit=0"), bearer(&fraud), 400),
@@ -182,6 +193,19 @@ fn run(log_format: &str) {
             searched.push((format!("response {i}"), b.clone().into_bytes()));
         }
     }
+    // Consumer-supplied values are escaped in logs: no line starts with
+    // what the forging purpose put after its newline.
+    for (file, bytes) in &searched[..2] {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.lines().any(|l| l.starts_with(FORGED)),
+            "{file} holds a forged line"
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&searched[1].1).contains(FORGED),
+        "the forging purpose was never logged, so the check above proves nothing"
+    );
     let logged = String::from_utf8_lossy(&searched[0].1).len()
         + String::from_utf8_lossy(&searched[1].1).len();
     assert!(

@@ -22,6 +22,11 @@ pub const MAX_AGGREGATIONS: usize = 16;
 pub const MAX_GROUP_BY: usize = 3;
 /// Fixed-point resolution of sums: values are summed in units of 1/1000.
 pub const FIXED_POINT: f64 = 1000.0;
+
+/// The smallest `epsilon` a query may spend. Smaller ones (down to
+/// subnormal numbers) make noise scales no mechanism can be built with;
+/// they are refused as a bad query rather than failing the mechanism.
+pub const MIN_EPSILON: f64 = 1e-6;
 /// The share of the rule's `delta_budget` a query spends on partition
 /// selection when it does not say `delta`.
 pub const DEFAULT_DELTA_SHARE: f64 = 0.1;
@@ -181,9 +186,9 @@ pub fn validate(
         .map_or(rule.max_epsilon_per_query, |c| {
             c.min(rule.max_epsilon_per_query)
         });
-    if !eps.is_finite() || eps <= 0.0 {
+    if !eps.is_finite() || eps < MIN_EPSILON {
         return Err(bad(format!(
-            "`epsilon` must be a positive number, got {eps}"
+            "`epsilon` must be a number of at least {MIN_EPSILON}, got {eps}"
         )));
     }
     if eps > cap {

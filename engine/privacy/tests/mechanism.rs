@@ -169,10 +169,19 @@ fn bad_requests_are_refused_with_reasons() {
             r#"{"aggregations":[{"sum":{"field":"nope"}}],"epsilon":0.5}"#,
             "no field",
         ),
-        (r#"{"aggregations":[{"count":{}}],"epsilon":0}"#, "positive"),
+        (r#"{"aggregations":[{"count":{}}],"epsilon":0}"#, "at least"),
         (
             r#"{"aggregations":[{"count":{}}],"epsilon":-1}"#,
-            "positive",
+            "at least",
+        ),
+        // Subnormal: positive and finite, but no mechanism has its scale.
+        (
+            r#"{"aggregations":[{"count":{}}],"epsilon":5e-324}"#,
+            "at least 0.000001",
+        ),
+        (
+            r#"{"aggregations":[{"count":{}}],"epsilon":9e-7}"#,
+            "at least 0.000001",
         ),
         (r#"{"aggregations":[{"count":{}}],"epsilon":1.5}"#, "cap"),
         (
@@ -193,6 +202,14 @@ fn bad_requests_are_refused_with_reasons() {
         let e = query::validate(&req, &r, &port(), Caps::default(), 0).unwrap_err();
         assert!(e.0.contains(want), "{body}: {e}");
     }
+    // The smallest epsilon allowed can be costed and released.
+    let p = plan(
+        r#"{"aggregations":[{"count":{}},{"sum":{"field":"duration_ms"}}],"epsilon":0.000001}"#,
+    );
+    let costed = mechanism::cost(&p).unwrap();
+    let mut acc = Accumulator::new(&p);
+    acc.add(Some("u"), &[], &[5.0]);
+    assert!(mechanism::release(&p, &costed, acc).is_ok());
     // Missing bounds.
     let mut nb = rule();
     nb.bounds.clear();
@@ -259,15 +276,14 @@ fn refusal_reasons_escape_control_characters_from_the_body() {
 /// refuses it, before anything is reserved or released.
 #[test]
 fn a_vanishing_epsilon_is_refused_by_costing_not_overflowed() {
-    let p = plan(
-        r#"{"aggregations":[{"count":{}}],"group_by":["device"],"epsilon":1.2e-75,"delta":1e-8}"#,
-    );
-    let err = mechanism::cost(&p).unwrap_err();
-    assert!(err.0.contains("too small"), "{err}");
-    for eps in [1e-300, 5e-324] {
-        let p = plan(&format!(
-            r#"{{"aggregations":[{{"count":{{}}}}],"group_by":["device"],"epsilon":{eps},"delta":1e-8}}"#
-        ));
-        assert!(mechanism::cost(&p).is_err());
+    // Validation refuses such epsilons (see `bad_requests_are_refused_with_reasons`);
+    // costing still refuses them on its own rather than overflow.
+    let base =
+        plan(r#"{"aggregations":[{"count":{}}],"group_by":["device"],"epsilon":0.5,"delta":1e-8}"#);
+    for eps in [1.2e-75, 1e-300, 5e-324] {
+        let mut p = base.clone();
+        p.epsilon = eps;
+        let err = mechanism::cost(&p).unwrap_err();
+        assert!(eps != 1.2e-75 || err.0.contains("too small"), "{err}");
     }
 }

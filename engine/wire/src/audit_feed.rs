@@ -32,6 +32,20 @@ pub enum AuditQueryError {
     /// A parameter other than `after` (its name).
     #[error("unknown parameter `{0}`; the only one is `after`")]
     UnknownParameter(String),
+    /// `after` given more than once.
+    #[error("parameter `after` is given more than once")]
+    Repeated,
+}
+
+/// The longest piece of a request echoed in a refusal, in characters.
+const ECHO_CHARS: usize = 32;
+
+/// `text` cut to [`ECHO_CHARS`], marked with `…` when cut.
+fn echo(text: &str) -> String {
+    match text.char_indices().nth(ECHO_CHARS) {
+        Some((end, _)) => format!("{}…", text.get(..end).unwrap_or_default()),
+        None => text.to_string(),
+    }
 }
 
 impl AuditFeedQuery {
@@ -40,21 +54,24 @@ impl AuditFeedQuery {
         format!("after={}", self.after)
     }
 
-    /// Reads a query string (without `?`); `after` is 0 when absent.
+    /// Reads a query string (without `?`); `after` is 0 when absent. A
+    /// repeated `after` is refused, and a refusal echoes at most 32
+    /// characters of what was sent.
     pub fn parse(query: Option<&str>) -> Result<AuditFeedQuery, AuditQueryError> {
-        let mut after = 0;
+        let mut after = None;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
+                "after" if after.is_some() => return Err(AuditQueryError::Repeated),
                 "after" => {
-                    after = v
-                        .parse()
-                        .map_err(|_| AuditQueryError::BadAfter(v.to_string()))?;
+                    after = Some(v.parse().map_err(|_| AuditQueryError::BadAfter(echo(v)))?);
                 }
-                _ => return Err(AuditQueryError::UnknownParameter(k.to_string())),
+                _ => return Err(AuditQueryError::UnknownParameter(echo(k))),
             }
         }
-        Ok(AuditFeedQuery { after })
+        Ok(AuditFeedQuery {
+            after: after.unwrap_or(0),
+        })
     }
 }
 

@@ -395,6 +395,19 @@ fn queries_and_paths() {
             .to_string(),
         "unknown parameter `limit`; the only one is `after`"
     );
+    assert_eq!(
+        AuditFeedQuery::parse(Some("after=1&after=2")),
+        Err(AuditQueryError::Repeated)
+    );
+    let long = "9".repeat(5000);
+    let reason = AuditFeedQuery::parse(Some(&format!("after={long}")))
+        .unwrap_err()
+        .to_string();
+    assert!(reason.len() < 100, "{reason}");
+    assert!(
+        reason.contains(&format!("`{}…`", "9".repeat(32))),
+        "{reason}"
+    );
 
     assert_eq!(path::report("plays-0"), "/v1/sidecars/plays-0/report");
     assert_eq!(
