@@ -85,6 +85,8 @@ const REFUSALS: [&str; 18] = [
 ];
 const UPSTREAM_STAGES: [&str; 2] = ["open", "mid_stream"];
 const SPEND_OUTCOMES: [&str; 4] = ["granted", "cached", "exhausted", "pending"];
+const LISTENERS: [&str; 3] = ["data", "control", "metrics"];
+const UNPARSED: [&str; 3] = ["too_large", "malformed", "header_timeout"];
 const PLUGIN_KINDS: [&str; 5] = [
     "trap",
     "out_of_fuel",
@@ -92,6 +94,38 @@ const PLUGIN_KINDS: [&str; 5] = [
     "malformed_output",
     "other",
 ];
+
+/// A listener of the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Data = 0,
+    Control = 1,
+    Metrics = 2,
+}
+
+/// Why the HTTP parser refused a request before it existed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unparsed {
+    /// The head was over `limits.max_header_bytes`, held more than 64
+    /// headers, or its URI was too long: 431 or 414.
+    TooLarge = 0,
+    /// Not an HTTP/1.1 request (a raw `0xFF` in the path, a bad header
+    /// line, an HTTP/2 preface): 400.
+    Malformed = 1,
+    /// The head did not arrive within `limits.header_read_timeout_ms`:
+    /// the connection is closed.
+    HeaderTimeout = 2,
+}
+
+impl Unparsed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Unparsed::TooLarge => "too_large",
+            Unparsed::Malformed => "malformed",
+            Unparsed::HeaderTimeout => "header_timeout",
+        }
+    }
+}
 
 /// The port label of a request for a port the descriptor lacks.
 pub const UNKNOWN_PORT: &str = "(unknown)";
@@ -119,6 +153,8 @@ pub struct Metrics {
     /// Records a validator plugin refused (withheld as nonconforming).
     pub nonconforming_withheld: Counter,
     plugin_failures: [Counter; 5],
+    /// Per listener, per [`Unparsed`] reason.
+    unparsed: [Counter; 9],
     pub bundle_swaps: Counter,
     bundle_refusals: Mutex<BTreeMap<String, u64>>,
     spends: [Counter; 4],
@@ -204,6 +240,7 @@ impl Metrics {
             malformed_skipped: Counter::default(),
             nonconforming_withheld: Counter::default(),
             plugin_failures: Default::default(),
+            unparsed: Default::default(),
             bundle_swaps: Counter::default(),
             bundle_refusals: Mutex::new(BTreeMap::new()),
             spends: Default::default(),
@@ -311,6 +348,17 @@ impl Metrics {
         }
     }
 
+    /// A request the HTTP parser refused on `listener`: it never became a
+    /// request, so it has no audit event; it is counted here instead.
+    pub fn unparsed(&self, listener: Listener, why: Unparsed) {
+        if let Some(c) = self
+            .unparsed
+            .get(listener as usize * UNPARSED.len() + why as usize)
+        {
+            c.inc();
+        }
+    }
+
     /// Requests failed by a plugin so far, of every kind.
     pub fn plugin_failures_total(&self) -> u64 {
         self.plugin_failures.iter().map(Counter::get).sum()
@@ -399,6 +447,17 @@ impl Metrics {
         );
         for (kind, c) in PLUGIN_KINDS.iter().zip(&self.plugin_failures) {
             e.sample(&[("kind", kind)], c.get());
+        }
+        e.family(
+            "meshgov_sidecar_http_refused_total",
+            Type::Counter,
+            "Requests the HTTP parser refused before they became requests (so without an audit event), by listener and reason.",
+        );
+        let pairs = LISTENERS
+            .iter()
+            .flat_map(|l| UNPARSED.iter().map(move |r| (l, r)));
+        for ((listener, reason), c) in pairs.zip(&self.unparsed) {
+            e.sample(&[("listener", listener), ("reason", reason)], c.get());
         }
         e.finish()
     }

@@ -12,6 +12,7 @@
 
 use crate::app::App;
 use crate::body::Body;
+use crate::metrics::{Listener, Unparsed};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -29,9 +30,13 @@ const MAX_HEADERS: usize = 64;
 
 /// Serves the data port until `shutdown` completes, then drains.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    serve_with(listener, app, shutdown, |app, req| async move {
-        crate::data_port::handle(&app, req).await
-    })
+    serve_with(
+        listener,
+        Listener::Data,
+        app,
+        shutdown,
+        |app, req| async move { crate::data_port::handle(&app, req).await },
+    )
     .await;
 }
 
@@ -41,9 +46,13 @@ pub async fn serve_control(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with(listener, app, shutdown, |app, req| async move {
-        crate::control::handle(&app, req).await
-    })
+    serve_with(
+        listener,
+        Listener::Control,
+        app,
+        shutdown,
+        |app, req| async move { crate::control::handle(&app, req).await },
+    )
     .await;
 }
 
@@ -53,9 +62,13 @@ pub async fn serve_metrics(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_with(listener, app, shutdown, |app, req| async move {
-        metrics_route(&app, &req)
-    })
+    serve_with(
+        listener,
+        Listener::Metrics,
+        app,
+        shutdown,
+        |app, req| async move { metrics_route(&app, &req) },
+    )
     .await;
 }
 
@@ -91,6 +104,7 @@ fn metrics_route<B>(app: &App, req: &Request<B>) -> Response<Body> {
 /// completes, then drains.
 async fn serve_with<H, F>(
     listener: TcpListener,
+    which: Listener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
     handler: H,
@@ -116,7 +130,7 @@ async fn serve_with<H, F>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(s) => s,
                     Err(e) => {
                         // e.g. out of file descriptors: back off, keep serving.
@@ -126,18 +140,19 @@ async fn serve_with<H, F>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = Arc::clone(&app);
+                let for_requests = Arc::clone(&app);
                 let handler = handler.clone();
                 let svc = service_fn(move |req| {
-                    let fut = handler(Arc::clone(&app), req);
+                    let fut = handler(Arc::clone(&for_requests), req);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
                 let (alive, mut cut) = (alive_tx.clone(), cut_rx.clone());
+                let app = Arc::clone(&app);
                 tokio::spawn(async move {
                     tokio::select! {
                         r = conn => if let Err(e) = r {
-                            tracing::debug!("connection ended: {e}");
+                            connection_failed(&app, which, peer, &e);
                         },
                         _ = cut.wait_for(|c| *c) => {}
                     }
@@ -163,4 +178,24 @@ async fn serve_with<H, F>(
         }
     }
     let _ = alive_rx.recv().await;
+}
+
+/// A connection that ended in an error. A request the HTTP parser refused
+/// (hyper answers it: 431, 414 or 400, or closes the connection when the
+/// head is late) never reached a handler, so it has no audit event: it is
+/// counted in `meshgov_sidecar_http_refused_total` and logged with the
+/// peer's address instead.
+fn connection_failed(app: &App, which: Listener, peer: std::net::SocketAddr, e: &hyper::Error) {
+    let why = if e.is_parse_too_large() {
+        Unparsed::TooLarge
+    } else if e.is_parse() {
+        Unparsed::Malformed
+    } else if e.is_timeout() {
+        Unparsed::HeaderTimeout
+    } else {
+        tracing::debug!("connection ended: {e}");
+        return;
+    };
+    app.metrics.unparsed(which, why);
+    tracing::info!(%peer, listener = ?which, reason = why.label(), "request refused by the HTTP parser: {e}");
 }

@@ -350,3 +350,43 @@ async fn two_authorization_headers_are_refused() {
     assert_eq!(r.status, 400, "{}", r.text());
     s.stop().await;
 }
+
+/// Requests the HTTP parser refuses never reach a handler, so they have no
+/// audit event; each is counted by listener and reason instead.
+#[tokio::test]
+async fn requests_the_http_parser_refuses_are_counted() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            control: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let r = raw(s.addr, huge.clone().into_bytes()).await;
+    assert_eq!(r.status, 431, "{}", r.text());
+    let mut bad = b"GET /v1/ports/".to_vec();
+    bad.extend_from_slice(b"\xff/records HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = raw(s.addr, bad.clone()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = raw(s.control.unwrap(), bad).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // The connection task counts after hyper has answered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = s.app.metrics.render(&s.app.bundle, &s.app.audit, now());
+    for (series, n) in [
+        (r#"listener="data",reason="too_large""#, 1),
+        (r#"listener="data",reason="malformed""#, 1),
+        (r#"listener="control",reason="malformed""#, 1),
+        (r#"listener="control",reason="too_large""#, 0),
+    ] {
+        let line = format!("meshgov_sidecar_http_refused_total{{{series}}} {n}");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    s.stop().await;
+}
