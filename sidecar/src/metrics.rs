@@ -86,7 +86,11 @@ const REFUSALS: [&str; 18] = [
 const UPSTREAM_STAGES: [&str; 2] = ["open", "mid_stream"];
 const SPEND_OUTCOMES: [&str; 4] = ["granted", "cached", "exhausted", "pending"];
 const LISTENERS: [&str; 3] = ["data", "control", "metrics"];
-const UNPARSED: [&str; 3] = ["too_large", "malformed", "header_timeout"];
+const UNPARSED: [Unparsed; 3] = [
+    Unparsed::TooLarge,
+    Unparsed::Malformed,
+    Unparsed::HeaderTimeout,
+];
 const PLUGIN_KINDS: [&str; 5] = [
     "trap",
     "out_of_fuel",
@@ -457,7 +461,10 @@ impl Metrics {
             .iter()
             .flat_map(|l| UNPARSED.iter().map(move |r| (l, r)));
         for ((listener, reason), c) in pairs.zip(&self.unparsed) {
-            e.sample(&[("listener", listener), ("reason", reason)], c.get());
+            e.sample(
+                &[("listener", listener), ("reason", reason.label())],
+                c.get(),
+            );
         }
         e.finish()
     }
