@@ -466,6 +466,7 @@ impl Metrics {
                 c.get(),
             );
         }
+        meshgov_metrics::process::write(&mut e);
         e.finish()
     }
 

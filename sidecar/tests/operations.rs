@@ -258,6 +258,22 @@ fn metrics_scrape_follows_the_requests_made() {
             ],
         )
     };
+    // The process families Prometheus client libraries write.
+    assert!(
+        value(&s, "process_resident_memory_bytes", &[]) > 1e6,
+        "{text}"
+    );
+    assert!(value(&s, "process_cpu_seconds_total", &[]) > 0.0, "{text}");
+    assert!(value(&s, "process_open_fds", &[]) >= 3.0, "{text}");
+    let started = value(&s, "process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 600.0 && started <= now + 1.0,
+        "{started} {now}"
+    );
     assert_eq!(req("plays", "read", "allow", "200"), 1.0);
     assert_eq!(req("plays", "read", "deny", "403"), 1.0);
     assert_eq!(req("plays", "read", "error", "401"), 1.0);

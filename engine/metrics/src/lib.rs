@@ -14,6 +14,10 @@
 //! text format itself is small enough to write here and is checked by tests
 //! with an independent parser.
 //!
+//! [`process`] writes the standard `process_*` families (CPU seconds,
+//! memory, file descriptors, start time) that Prometheus client libraries
+//! write.
+//!
 //! # The format
 //!
 //! Each family is written as `# HELP`, `# TYPE`, then its samples, all
@@ -22,6 +26,8 @@
 //! `…_count` (equal to the `+Inf` bucket). Label values are escaped (`\\`,
 //! `\"`, `\n`); help text escapes `\\` and `\n`. Serve it with
 //! [`CONTENT_TYPE`].
+
+pub mod process;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

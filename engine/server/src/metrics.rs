@@ -118,5 +118,6 @@ pub fn render(m: &EngineMetrics, fleet: &Fleet) -> String {
         "Audit collection passes that failed for a sidecar.",
     )
     .sample(&[], m.audit_collection_errors.get());
+    meshgov_metrics::process::write(&mut e);
     e.finish()
 }

@@ -103,6 +103,10 @@ async fn metrics_follow_builds_pushes_and_the_fleet() {
         r1 as f64
     );
     assert_eq!(value(&s, "meshgov_engine_candidate_revision", &[]), 0.0);
+    // The process families Prometheus client libraries write.
+    assert!(value(&s, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(value(&s, "process_open_fds", &[]) >= 3.0);
+    assert!(value(&s, "process_start_time_seconds", &[]) > 1.7e9);
     assert_eq!(
         value(&s, "meshgov_engine_builds_total", &[("result", "ok")]),
         1.0
