@@ -18,7 +18,7 @@ pub struct CheckArgs<'a> {
 }
 
 fn read(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|e| Failure::io(path, &e))
 }
 
 /// The policies to check against: a repository (which must check clean) or
@@ -51,12 +51,10 @@ pub fn load_policies(
             }
             let mut store = meshgov_bundle::TrustStore::new();
             for t in trust {
-                let k = meshgov_bundle::read_public_key_file(t)
-                    .map_err(|e| Failure::usage(e.to_string()))?;
+                let k = meshgov_bundle::read_public_key_file(t).map_err(Failure::key)?;
                 store.insert(k).map_err(|e| Failure::usage(e.to_string()))?;
             }
-            let bytes = std::fs::read(file)
-                .map_err(|e| Failure::usage(format!("`{}`: {e}", file.display())))?;
+            let bytes = std::fs::read(file).map_err(|e| Failure::io(file, &e))?;
             let verified = meshgov_bundle::verify(
                 &bytes,
                 &store,

@@ -369,8 +369,7 @@ impl<'a> Suite<'a> {
     fn trust_store(&self) -> Result<TrustStore, Failure> {
         let mut store = TrustStore::new();
         for t in self.a.trust {
-            let k = meshgov_bundle::read_public_key_file(t)
-                .map_err(|e| Failure::usage(e.to_string()))?;
+            let k = meshgov_bundle::read_public_key_file(t).map_err(Failure::key)?;
             store.insert(k).map_err(|e| Failure::usage(e.to_string()))?;
         }
         if let Some(k) = self.a.governance_key {
@@ -1207,7 +1206,7 @@ fn rfc3339(unix: i64) -> String {
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, Failure> {
-    meshgov_bundle::read_signing_key_file(path).map_err(|e| Failure::usage(e.to_string()))
+    meshgov_bundle::read_signing_key_file(path).map_err(Failure::key)
 }
 
 /// The envelope with its payload's revision raised by one and the

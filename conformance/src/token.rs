@@ -75,8 +75,7 @@ pub struct Minted {
 
 /// Signs the claims with the private key file. Pure apart from reading it.
 pub fn mint(a: &TokenArgs<'_>) -> Result<Minted, Failure> {
-    let pem = std::fs::read_to_string(a.key)
-        .map_err(|e| Failure::usage(format!("`{}`: {e}", a.key.display())))?;
+    let pem = std::fs::read_to_string(a.key).map_err(|e| Failure::io(a.key, &e))?;
     mint_pem(&pem, a)
 }
 

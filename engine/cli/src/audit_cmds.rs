@@ -8,8 +8,7 @@ use std::path::Path;
 /// Checks the chain and the checkpoints; exit 0 with a summary, 1 naming the
 /// first bad sequence and the kind of break, 2 if it cannot be read.
 pub fn verify(path: &Path, key: &Path, json: bool) -> Result<(), Failure> {
-    let key =
-        meshgov_bundle::read_public_key_file(key).map_err(|e| Failure::usage(e.to_string()))?;
+    let key = meshgov_bundle::read_public_key_file(key).map_err(Failure::key)?;
     match verify_path(path, &key) {
         Ok(s) => {
             if json {
@@ -40,6 +39,7 @@ pub fn verify(path: &Path, key: &Path, json: bool) -> Result<(), Failure> {
                 Err(Failure::violations(format!("audit log broken at {b}")))
             }
         }
+        Err(VerifyError::Io { path, source }) => Err(Failure::io(&path, &source)),
         Err(e) => Err(Failure::usage(e.to_string())),
     }
 }
@@ -88,8 +88,9 @@ pub fn show(a: ShowArgs<'_>) -> Result<(), Failure> {
         since_ms: time_arg("--since", a.since)?,
         until_ms: time_arg("--until", a.until)?,
     };
-    let events = read_filtered(a.path, &filter)
-        .map_err(|e| Failure::usage(format!("`{}`: {e}", a.path.display())))?;
+    // A log that is not there is an error, not an empty log.
+    std::fs::metadata(a.path).map_err(|e| Failure::io(a.path, &e))?;
+    let events = read_filtered(a.path, &filter).map_err(|e| Failure::io(a.path, &e))?;
     let mut out = std::io::stdout().lock();
     for (e, line) in &events {
         let res = if a.json {

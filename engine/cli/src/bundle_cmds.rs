@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-fn io(path: &Path, e: impl std::fmt::Display) -> Failure {
-    Failure::usage(format!("`{}`: {e}", path.display()))
+fn io(path: &Path, e: std::io::Error) -> Failure {
+    Failure::io(path, &e)
 }
 
 /// The public key file that goes with a private key file.
@@ -110,8 +110,7 @@ impl Progress for Printer {
 /// `meshgov build`: [`meshgov_server::build::build`], the engine's build
 /// path, for one bundle (the whole mesh, or one product's slice).
 pub fn build(a: BuildArgs<'_>) -> Result<(), Failure> {
-    let key =
-        meshgov_bundle::read_signing_key_file(a.key).map_err(|e| Failure::usage(e.to_string()))?;
+    let key = meshgov_bundle::read_signing_key_file(a.key).map_err(Failure::key)?;
     let created = build_time(a.created_at)?;
     // One default scheme, so a later build never gets a lower revision
     // (a commit count can shrink after a rebase, and mixing schemes jumps).
@@ -175,8 +174,7 @@ pub fn inspect(file: &Path, trust: &[PathBuf], json: bool) -> Result<(), Failure
         .map_err(|e| Failure::violations(format!("`{}`: refused: {e}", file.display())))?;
     let mut store = TrustStore::new();
     for t in trust {
-        let k =
-            meshgov_bundle::read_public_key_file(t).map_err(|e| Failure::usage(e.to_string()))?;
+        let k = meshgov_bundle::read_public_key_file(t).map_err(Failure::key)?;
         store.insert(k).map_err(|e| Failure::usage(e.to_string()))?;
     }
     let now = OffsetDateTime::now_utc().unix_timestamp();

@@ -55,8 +55,7 @@ fn tree(side: &str, repo: &Path, n: usize) -> Result<Tree, Failure> {
     let tar = run_git(repo, &["archive", "--format=tar", &treeish])?;
     let dir = std::env::temp_dir().join(format!("meshgov-diff-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::usage(format!("`{}`: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::io(&dir, &e))?;
     let t = Tree {
         dir,
         temporary: true,

@@ -17,7 +17,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 fn signing_key(path: &Path) -> Result<meshgov_bundle::SigningKey, Failure> {
-    meshgov_bundle::read_signing_key_file(path).map_err(|e| Failure::usage(e.to_string()))
+    meshgov_bundle::read_signing_key_file(path).map_err(Failure::key)
 }
 
 /// `meshgov serve`'s options.
@@ -203,8 +203,7 @@ pub fn status(engine: &str, json: bool) -> Result<(), Failure> {
 }
 
 pub fn push(file: &Path, sidecar: &str) -> Result<(), Failure> {
-    let bytes =
-        std::fs::read(file).map_err(|e| Failure::usage(format!("`{}`: {e}", file.display())))?;
+    let bytes = std::fs::read(file).map_err(|e| Failure::io(file, &e))?;
     let r = runtime()?
         .block_on(client::push_bundle(
             &HttpClient::default(),

@@ -42,7 +42,7 @@ pub fn run(dir: &Path) -> Result<(), Failure> {
 
 /// Writes the example repository into `dir`, which must be new or empty.
 pub fn write(dir: &Path) -> Result<(), Failure> {
-    let io = |p: &Path, e: std::io::Error| Failure::usage(format!("`{}`: {e}", p.display()));
+    let io = |p: &Path, e: std::io::Error| Failure::io(p, &e);
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
         if entries.next().is_some() {

@@ -451,6 +451,19 @@ impl Failure {
         }
     }
 
+    /// A file or directory that cannot be read or written, in words.
+    pub fn io(path: &std::path::Path, e: &std::io::Error) -> Failure {
+        Failure::usage(meshgov_core::diag::io_message(path.display(), e))
+    }
+
+    /// A key file that cannot be read, or holds no usable key.
+    pub fn key(e: meshgov_bundle::KeyFileError) -> Failure {
+        match e {
+            meshgov_bundle::KeyFileError::Io { path, source } => Failure::io(&path, &source),
+            e => Failure::usage(e.to_string()),
+        }
+    }
+
     /// Policy violations or failed tests.
     pub fn violations(message: impl Into<String>) -> Failure {
         Failure {

@@ -63,7 +63,7 @@ pub fn test(dir: &Path, junit: Option<&Path>) -> Result<(), Failure> {
     print_cases(&results);
     if let Some(path) = junit {
         std::fs::write(path, meshgov_core::testing::junit(&results))
-            .map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))?;
+            .map_err(|e| Failure::io(path, &e))?;
     }
     let failed = print_summary(&results);
     if failed > 0 {

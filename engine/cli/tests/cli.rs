@@ -210,7 +210,31 @@ fn usage_and_io_errors_exit_2_with_one_line() {
     let d = tmp.path();
     let o = meshgov(&["check", "nowhere"], d);
     assert_eq!(code(&o), 2);
+    assert!(
+        text(&o).contains("`nowhere` does not exist; give the directory of a policy repository"),
+        "{}",
+        text(&o)
+    );
+    std::fs::create_dir(d.join("empty")).unwrap();
+    let o = meshgov(&["check", "empty"], d);
+    assert_eq!(code(&o), 2);
     assert!(text(&o).contains("no `mesh.toml`"), "{}", text(&o));
+    // A missing file is said in words, never as an OS error number.
+    for args in [
+        &["push", "nope.json", "--sidecar", "http://127.0.0.1:9"][..],
+        &["audit", "verify", "nope", "--key", "nope.pub"],
+        &["audit", "show", "nope"],
+        &["build", example().to_str().unwrap(), "--key", "nope"],
+    ] {
+        let o = meshgov(args, d);
+        assert_eq!(code(&o), 2, "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("` does not exist"),
+            "{args:?}: {}",
+            text(&o)
+        );
+        assert!(!text(&o).contains("os error"), "{args:?}: {}", text(&o));
+    }
     std::fs::write(d.join("not-a-key"), "hello").unwrap();
     let o = meshgov(
         &["build", example().to_str().unwrap(), "--key", "not-a-key"],

@@ -169,3 +169,41 @@ mod tests {
         );
     }
 }
+
+/// A failure to read or write `path`, in words a person reads: what is
+/// missing or not allowed, without the operating system's error number.
+pub fn io_message(path: impl fmt::Display, e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => format!("`{path}` does not exist"),
+        K::PermissionDenied => format!("`{path}` cannot be opened: permission denied"),
+        K::IsADirectory => format!("`{path}` is a directory; give a file"),
+        K::NotADirectory => format!("`{path}`: a part of the path is a file, not a directory"),
+        K::AlreadyExists => format!("`{path}` already exists"),
+        _ => {
+            let text = e.to_string();
+            let words = text.split(" (os error").next().unwrap_or(&text);
+            format!("`{path}`: {words}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod io_tests {
+    use super::io_message;
+
+    #[test]
+    fn io_failures_are_said_in_words_without_error_numbers() {
+        let missing = std::fs::read("/nonexistent/meshgov/file").unwrap_err();
+        assert_eq!(
+            io_message("/nonexistent/meshgov/file", &missing),
+            "`/nonexistent/meshgov/file` does not exist"
+        );
+        let dir = std::fs::read("/").unwrap_err();
+        let said = io_message("/", &dir);
+        assert!(
+            said.starts_with("`/`") && !said.contains("os error"),
+            "{said}"
+        );
+    }
+}

@@ -154,13 +154,17 @@ pub struct SourceSet {
 /// Why a repository could not be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("`{path}`: {source}")]
+    #[error("{}", crate::diag::io_message(.path, .source))]
     Io {
         path: String,
         source: std::io::Error,
     },
     #[error("`{0}` is not a policy repository: it has no `mesh.toml`")]
     NotARepository(String),
+    #[error(
+        "`{0}` does not exist; give the directory of a policy repository (the one holding `mesh.toml`)"
+    )]
+    NoDirectory(String),
 }
 
 impl SourceSet {
@@ -172,6 +176,9 @@ impl SourceSet {
             source: e,
         };
         let mesh_path = root.join("mesh.toml");
+        if !root.exists() {
+            return Err(ReadError::NoDirectory(root.display().to_string()));
+        }
         if !mesh_path.is_file() {
             return Err(ReadError::NotARepository(root.display().to_string()));
         }

@@ -141,8 +141,8 @@ impl Mesh {
     }
 }
 
-fn io(what: &Path, e: impl std::fmt::Display) -> Failure {
-    Failure::usage(format!("`{}`: {e}", what.display()))
+fn io(what: &Path, e: std::io::Error) -> Failure {
+    Failure::io(what, &e)
 }
 
 fn new_key(path: &Path) -> Result<SigningKey, Failure> {

@@ -249,16 +249,14 @@ pub async fn run(m: &Mesh) -> Result<(), Failure> {
     ];
     for (file, from, to) in edits {
         let path = m.dir.join("policies").join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Failure::io(&path, &e))?;
         if !text.contains(from) {
             return Err(Failure::usage(format!(
                 "`{}` no longer holds the text the tour edits",
                 path.display()
             )));
         }
-        std::fs::write(&path, text.replacen(from, to, 1))
-            .map_err(|e| Failure::usage(format!("`{}`: {e}", path.display())))?;
+        std::fs::write(&path, text.replacen(from, to, 1)).map_err(|e| Failure::io(&path, &e))?;
     }
     outln!(
         "\nedited policies/anonymization/personal-data.toml: `anon.email` now redacts\n(and its policy test now expects that); the engine checks, tests, signs\nand pushes the next revision…"
