@@ -104,11 +104,26 @@ pub fn check(a: CheckArgs<'_>) -> Result<Report, Failure> {
         prev.as_ref().map(|(path, text)| Input { path, text }),
         now,
     );
+    // Without a previous version there is nothing to compare: the
+    // evolution rules did not run, which is not the same as passing.
+    let skipped = match prev {
+        Some(_) => BTreeMap::new(),
+        None => RULES
+            .iter()
+            .filter(|r| r.id.starts_with("EVO-"))
+            .map(|r| {
+                (
+                    r.id,
+                    "give --previous with the last released descriptor to compare".to_string(),
+                )
+            })
+            .collect(),
+    };
     Ok(Report {
         target: path,
         rules: RULES,
         findings,
-        skipped: BTreeMap::new(),
+        skipped,
         summary: None,
     })
 }

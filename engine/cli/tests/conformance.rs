@@ -135,6 +135,25 @@ fn json_sarif_junit_and_github_formats() {
         failed,
         vec!["NAME-001 product.yaml", "PRIV-001 product.yaml"]
     );
+    // Without --previous the evolution rules did not run: skipped, with
+    // the reason, not passed.
+    let skipped: Vec<(&str, &str)> = cases
+        .iter()
+        .filter_map(|c| {
+            let s = c.children().find(|n| n.has_tag_name("skipped"))?;
+            Some((c.attribute("name")?, s.attribute("message")?))
+        })
+        .collect();
+    let names: Vec<&str> = skipped.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        [
+            "EVO-001 product.yaml",
+            "EVO-002 product.yaml",
+            "EVO-003 product.yaml"
+        ]
+    );
+    assert!(skipped.iter().all(|(_, why)| why.contains("--previous")));
 
     let o = conformance(tmp.path(), &["--format", "github"]);
     let out = stdout(&o);
