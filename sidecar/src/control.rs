@@ -118,7 +118,7 @@ where
 {
     let result = match route {
         Err(e) => Err(e),
-        Ok(Route::PutBundle) => put_bundle(app, req, &rid).await,
+        Ok(Route::PutBundle) => Ok(put_bundle(app, req, &rid).await),
         Ok(Route::GetBundle) => match authorize_engine(app, &req) {
             Ok(()) => get_bundle(app, &rid).await,
             Err(e) => Err(e),
@@ -140,11 +140,7 @@ where
 
 /// `PUT /control/v1/bundle`: every outcome, a refusal before the body is
 /// read whole included, is one `bundle_push` event in the audit log.
-async fn put_bundle<B>(
-    app: &Arc<App>,
-    req: Request<B>,
-    rid: &str,
-) -> Result<Response<Body>, ApiError>
+async fn put_bundle<B>(app: &Arc<App>, req: Request<B>, rid: &str) -> Response<Body>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
@@ -167,7 +163,7 @@ where
     if let Err(e) = app.audit.submit(ev).await {
         tracing::error!(request_id = %rid, "cannot audit the bundle push: {e}");
     }
-    Ok(resp)
+    resp
 }
 
 /// Reads, verifies, persists and swaps a pushed bundle; notes the outcome

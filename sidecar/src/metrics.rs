@@ -86,11 +86,7 @@ const REFUSALS: [&str; 18] = [
 const UPSTREAM_STAGES: [&str; 2] = ["open", "mid_stream"];
 const SPEND_OUTCOMES: [&str; 4] = ["granted", "cached", "exhausted", "pending"];
 const LISTENERS: [&str; 3] = ["data", "control", "metrics"];
-const UNPARSED: [Unparsed; 3] = [
-    Unparsed::TooLarge,
-    Unparsed::Malformed,
-    Unparsed::HeaderTimeout,
-];
+const UNPARSED: [Unparsed; 2] = [Unparsed::TooLarge, Unparsed::Malformed];
 const PLUGIN_KINDS: [&str; 5] = [
     "trap",
     "out_of_fuel",
@@ -116,9 +112,6 @@ pub enum Unparsed {
     /// Not an HTTP/1.1 request (a raw `0xFF` in the path, a bad header
     /// line, an HTTP/2 preface): 400.
     Malformed = 1,
-    /// The head did not arrive within `limits.header_read_timeout_ms`:
-    /// the connection is closed.
-    HeaderTimeout = 2,
 }
 
 impl Unparsed {
@@ -126,7 +119,6 @@ impl Unparsed {
         match self {
             Unparsed::TooLarge => "too_large",
             Unparsed::Malformed => "malformed",
-            Unparsed::HeaderTimeout => "header_timeout",
         }
     }
 }
@@ -158,7 +150,7 @@ pub struct Metrics {
     pub nonconforming_withheld: Counter,
     plugin_failures: [Counter; 5],
     /// Per listener, per [`Unparsed`] reason.
-    unparsed: [Counter; 9],
+    unparsed: [Counter; 6],
     pub bundle_swaps: Counter,
     bundle_refusals: Mutex<BTreeMap<String, u64>>,
     spends: [Counter; 4],

@@ -181,17 +181,15 @@ async fn serve_with<H, F>(
 }
 
 /// A connection that ended in an error. A request the HTTP parser refused
-/// (hyper answers it: 431, 414 or 400, or closes the connection when the
-/// head is late) never reached a handler, so it has no audit event: it is
-/// counted in `meshgov_sidecar_http_refused_total` and logged with the
-/// peer's address instead.
+/// (hyper answers it: 431, 414 or 400) never reached a handler, so it has
+/// no audit event: it is counted in `meshgov_sidecar_http_refused_total`
+/// and logged with the peer's address instead. A head that does not arrive
+/// in time is not counted: an idle keep-alive connection ends the same way.
 fn connection_failed(app: &App, which: Listener, peer: std::net::SocketAddr, e: &hyper::Error) {
     let why = if e.is_parse_too_large() {
         Unparsed::TooLarge
     } else if e.is_parse() {
         Unparsed::Malformed
-    } else if e.is_timeout() {
-        Unparsed::HeaderTimeout
     } else {
         tracing::debug!("connection ended: {e}");
         return;
