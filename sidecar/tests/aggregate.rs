@@ -226,10 +226,15 @@ async fn refusals_are_clear() {
             r#"{"aggregations":[{"sum":{"field":"event_id"}}],"epsilon":0.5}"#,
             "not a numeric",
         ),
-        (r#"{"aggregations":[{"count":{}}],"epsilon":0}"#, "positive"),
+        (r#"{"aggregations":[{"count":{}}],"epsilon":0}"#, "at least"),
         (
             r#"{"aggregations":[{"count":{}}],"epsilon":-0.1}"#,
-            "positive",
+            "at least",
+        ),
+        // Subnormal: a 400, not a 500 from the mechanism.
+        (
+            r#"{"aggregations":[{"count":{}}],"epsilon":5e-324}"#,
+            "at least 0.000001",
         ),
         (r#"{"aggregations":[{"count":{}}],"epsilon":5}"#, "cap"),
         (
