@@ -36,6 +36,8 @@ static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
         issuer: ISSUER.into(),
         audience: AUDIENCE.into(),
         groups_claim: "groups".into(),
+        // The default: a string groups claim is refused.
+        groups_space_separated: false,
         purpose_claim: "purpose".into(),
         leeway_seconds: LEEWAY as u64,
         keys: vec![
