@@ -48,6 +48,20 @@ macro_rules! identity_eq {
     };
 }
 
+/// The `signature` (the function's own field) and `return_type` of a
+/// `ScalarUDFImpl` whose result type is fixed.
+macro_rules! signature_returning {
+    ($t:expr) => {
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+
+        fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+            Ok($t)
+        }
+    };
+}
+
 /// Calls `f` with every value of `array` as a transform input, in order.
 /// Strings, integers, floats and booleans are read as they are; any other
 /// type as Arrow's text form of it.
@@ -155,13 +169,7 @@ impl ScalarUDFImpl for Treat {
         &self.name
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
+    signature_returning!(DataType::Utf8);
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input = one_array(&args)?;
@@ -207,13 +215,7 @@ impl ScalarUDFImpl for PluginTreat {
         &self.name
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
+    signature_returning!(DataType::Utf8);
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input = one_array(&args)?;
@@ -302,13 +304,7 @@ impl ScalarUDFImpl for InWindow {
         "in_window"
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
-    }
+    signature_returning!(DataType::Boolean);
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input = one_array(&args)?;
@@ -352,13 +348,7 @@ impl ScalarUDFImpl for Conforms {
         "conforms"
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
-    }
+    signature_returning!(DataType::Boolean);
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
@@ -422,13 +412,7 @@ impl ScalarUDFImpl for AsText {
         "as_text"
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
+    signature_returning!(DataType::Utf8);
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input = one_array(&args)?;
@@ -476,22 +460,16 @@ impl ScalarUDFImpl for Fixed {
         "fixed_point"
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(FIXED_TYPE)
-    }
+    signature_returning!(FIXED_TYPE);
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input = one_array(&args)?;
-        let fixed = |v: f64| v.is_finite().then(|| i128::from(fixed(v, self.bounds)));
+        let point = |v: f64| v.is_finite().then(|| i128::from(fixed(v, self.bounds)));
         let out: Decimal128Array = match input.data_type() {
-            DataType::Float64 => input.as_primitive::<Float64Type>().unary_opt(fixed),
+            DataType::Float64 => input.as_primitive::<Float64Type>().unary_opt(point),
             DataType::Int64 => input
                 .as_primitive::<Int64Type>()
-                .unary_opt(|v| fixed(v as f64)),
+                .unary_opt(|v| point(v as f64)),
             _ => Decimal128Array::new_null(input.len()),
         };
         Ok(ColumnarValue::Array(Arc::new(
@@ -501,7 +479,8 @@ impl ScalarUDFImpl for Fixed {
 }
 
 /// Whether a row's group key (its text columns joined, see
-/// [`meshgov_privacy::mechanism::join`]) is one the policy lists.
+/// [`meshgov_privacy::mechanism::join`]) is one the policy lists. (A key of
+/// one column is checked as an in-list instead.)
 #[derive(Debug)]
 pub(crate) struct Known {
     id: u64,
@@ -525,13 +504,7 @@ impl ScalarUDFImpl for Known {
         "known_key"
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
-    }
+    signature_returning!(DataType::Boolean);
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
@@ -557,10 +530,7 @@ impl ScalarUDFImpl for Known {
                     }
                     parts.push(c.value(i));
                 }
-                Some(match parts.as_slice() {
-                    [one] => self.keys.contains(*one),
-                    _ => self.keys.contains(&join(&parts)),
-                })
+                Some(self.keys.contains(&join(&parts)))
             })
             .collect();
         Ok(ColumnarValue::Array(Arc::new(known)))
@@ -624,13 +594,7 @@ impl ScalarUDFImpl for Bound {
         "bound_contributions"
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
-    }
+    signature_returning!(DataType::Boolean);
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;

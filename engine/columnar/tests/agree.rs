@@ -373,11 +373,8 @@ fn passes(value: Option<&Value>, test: &Test) -> bool {
     match test {
         Test::IsNull { negated } => value.is_none_or(Value::is_null) != *negated,
         Test::In { values, negated } => {
-            let found = values.iter().map(|l| order(value, l));
-            if value.is_none_or(Value::is_null) {
-                return false;
-            }
-            found.clone().any(|o| o == Some(Equal)) != *negated
+            !value.is_none_or(Value::is_null)
+                && values.iter().any(|l| order(value, l) == Some(Equal)) != *negated
         }
         Test::Compare(op, lit) => match (order(value, lit), op) {
             (None, _) => false,
