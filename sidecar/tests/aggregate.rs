@@ -71,9 +71,10 @@ async fn noisy_histogram_with_mechanisms_cost_and_budget() {
     // Every public key is reported, with or without data.
     assert_eq!(groups.len(), 7);
     let de = groups.iter().find(|g| g["key"]["country"] == "DE").unwrap();
-    // 600 plays from 300 users; the noise scale is 5 (k = 5 over 0.2).
+    // 600 plays from 300 users; the noise scale is 25 (k = 5 over 0.2,
+    // checked below). Ten scales off has a chance of about e^-10.
     let c = de["count"].as_f64().unwrap();
-    assert!((c - 600.0).abs() < 100.0, "{de}");
+    assert!((c - 600.0).abs() < 250.0, "{de}");
     let mean = de["mean_duration_ms"].as_f64().unwrap();
     assert!((0.0..=600000.0).contains(&mean));
     let stats = v["statistics"].as_array().unwrap();
