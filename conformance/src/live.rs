@@ -1166,7 +1166,7 @@ impl<'a> Suite<'a> {
         let decided: BTreeMap<String, Option<u16>> = events
             .into_iter()
             .filter(|(e, _)| e.kind == meshgov_audit::Kind::Decision)
-            .filter_map(|(e, _)| e.request_id.map(|r| (r, e.status)))
+            .filter_map(|(e, _)| e.client_request_id.map(|r| (r, e.status)))
             .collect();
         let sent = std::mem::take(&mut self.sent);
         for s in &sent {

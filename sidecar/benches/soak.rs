@@ -458,7 +458,7 @@ fn report(
     let mut audited_cost = 0.0;
     for (e, _) in &events {
         if e.kind == meshgov_audit::Kind::Decision {
-            if let Some(r) = &e.request_id {
+            if let Some(r) = &e.client_request_id {
                 decided.insert(r.clone(), e.status);
             }
             if e.status == Some(200) && e.action.as_deref() == Some("aggregate") {

@@ -24,7 +24,7 @@ use crate::body::Body;
 use crate::clock;
 use crate::error::ApiError;
 use crate::persist;
-use crate::respond::{json, request_id};
+use crate::respond::{client_request_id, echo_client_id, json, request_id};
 use crate::state::BundleError;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
@@ -87,9 +87,14 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let rid = request_id(&req);
-    let span =
-        tracing::info_span!("control_request", request_id = %rid, path = tracing::field::Empty);
+    let rid = request_id();
+    let client = client_request_id(&req);
+    let span = tracing::info_span!(
+        "control_request",
+        request_id = %rid,
+        client_request_id = client.as_deref(),
+        path = tracing::field::Empty
+    );
     let r = route(req.method(), req.uri().path());
     if let Ok(r) = &r {
         span.record(
@@ -102,7 +107,11 @@ where
             },
         );
     }
-    control_in(app, req, r, rid).instrument(span).await
+    let mut resp = control_in(app, req, r, rid, client.clone())
+        .instrument(span)
+        .await;
+    echo_client_id(&mut resp, client.as_deref());
+    resp
 }
 
 async fn control_in<B>(
@@ -110,6 +119,7 @@ async fn control_in<B>(
     req: Request<B>,
     route: Result<Route, ApiError>,
     rid: String,
+    client: Option<String>,
 ) -> Response<Body>
 where
     B: http_body::Body + Send + 'static,
@@ -118,7 +128,7 @@ where
 {
     let result = match route {
         Err(e) => Err(e),
-        Ok(Route::PutBundle) => Ok(put_bundle(app, req, &rid).await),
+        Ok(Route::PutBundle) => Ok(put_bundle(app, req, &rid, client).await),
         Ok(Route::GetBundle) => match authorize_engine(app, &req) {
             Ok(()) => get_bundle(app, &rid).await,
             Err(e) => Err(e),
@@ -140,7 +150,12 @@ where
 
 /// `PUT /control/v1/bundle`: every outcome, a refusal before the body is
 /// read whole included, is one `bundle_push` event in the audit log.
-async fn put_bundle<B>(app: &Arc<App>, req: Request<B>, rid: &str) -> Response<Body>
+async fn put_bundle<B>(
+    app: &Arc<App>,
+    req: Request<B>,
+    rid: &str,
+    client: Option<String>,
+) -> Response<Body>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
@@ -148,6 +163,7 @@ where
 {
     let mut ev = Event::new(Kind::Decision, clock::now_ms());
     ev.request_id = Some(rid.to_string());
+    ev.client_request_id = client;
     ev.action = Some("bundle_push".into());
     let resp = match push(app, req, rid, &mut ev).await {
         Ok(resp) => resp,

@@ -11,7 +11,7 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::metrics::Action;
 use crate::request::{self, Route, RouteError};
-use crate::respond::{error, json, request_id};
+use crate::respond::{client_request_id, echo_client_id, error, json, request_id};
 use http::{HeaderValue, Request, Response, StatusCode};
 use meshgov_audit::{Decision, Event, Kind};
 use std::sync::Arc;
@@ -29,21 +29,28 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    let rid = request_id(&req);
+    let rid = request_id();
+    let client = client_request_id(&req);
     let span = tracing::info_span!(
         "request",
         request_id = %rid,
+        client_request_id = client.as_deref(),
         port = tracing::field::Empty,
         action = tracing::field::Empty,
         consumer = tracing::field::Empty,
     );
-    handle_in(app, req, rid, started).instrument(span).await
+    let mut resp = handle_in(app, req, rid, client.clone(), started)
+        .instrument(span)
+        .await;
+    echo_client_id(&mut resp, client.as_deref());
+    resp
 }
 
 async fn handle_in<B>(
     app: &Arc<App>,
     req: Request<B>,
     rid: String,
+    client: Option<String>,
     started: Instant,
 ) -> Response<Body>
 where
@@ -52,6 +59,7 @@ where
 {
     let mut ev = Event::new(Kind::Decision, clock::now_ms());
     ev.request_id = Some(rid.clone());
+    ev.client_request_id = client;
     let route = request::route(req.method(), req.uri().path());
     let span = tracing::Span::current();
     let action = match &route {

@@ -5,23 +5,32 @@ use crate::body::Body;
 use crate::error::ApiError;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
-/// A request id: the caller's `x-request-id` if it is short and plain,
-/// else a fresh random one.
-pub(crate) fn request_id<B>(req: &Request<B>) -> String {
-    if let Some(v) = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        && !v.is_empty()
-        && v.len() <= 64
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return v.to_string();
-    }
+/// The sidecar's id for a request: fresh and random for every request, so
+/// no client can choose the key that joins a read's audit events.
+pub(crate) fn request_id() -> String {
     let mut b = [0u8; 12];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     hex::encode(b)
+}
+
+/// The caller's `x-request-id`, if it is short and plain
+/// (`[A-Za-z0-9._-]{1,64}`); anything else is ignored. It is recorded in the
+/// decision event and echoed as `x-client-request-id`, beside the sidecar's
+/// own id.
+pub(crate) fn client_request_id<B>(req: &Request<B>) -> Option<String> {
+    let v = req.headers().get("x-request-id")?.to_str().ok()?;
+    let plain = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    plain.then(|| v.to_string())
+}
+
+/// Echoes the client's request id on an answer.
+pub(crate) fn echo_client_id(resp: &mut Response<Body>, client: Option<&str>) {
+    if let Some(v) = client.and_then(|c| HeaderValue::from_str(c).ok()) {
+        resp.headers_mut().insert("x-client-request-id", v);
+    }
 }
 
 pub(crate) fn respond(

@@ -38,26 +38,35 @@ fn events(s: &Sidecar) -> Vec<StoredEvent> {
         .collect()
 }
 
+/// The decision event of the request sent with `x-request-id: rid` (its
+/// client id; the sidecar mints its own).
 fn decision_of(evs: &[StoredEvent], rid: &str) -> StoredEvent {
     evs.iter()
-        .find(|e| e.kind == Kind::Decision && e.request_id.as_deref() == Some(rid))
+        .find(|e| e.kind == Kind::Decision && e.client_request_id.as_deref() == Some(rid))
         .unwrap_or_else(|| panic!("no decision event for {rid}: {evs:#?}"))
         .clone()
 }
 
-/// Waits for the completion event of `rid` (it is written when the body is
-/// dropped, after the response).
-async fn completion_of(s: &Sidecar, rid: &str) -> StoredEvent {
+/// Waits for the completion event of the request the sidecar knows as
+/// `own` (it is written when the body is dropped, after the response).
+async fn completion_of_own(s: &Sidecar, own: &str) -> StoredEvent {
     for _ in 0..200 {
         if let Some(e) = events(s)
             .into_iter()
-            .find(|e| e.kind == Kind::Completion && e.request_id.as_deref() == Some(rid))
+            .find(|e| e.kind == Kind::Completion && e.request_id.as_deref() == Some(own))
         {
             return e;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("no completion event for {rid}");
+    panic!("no completion event for {own}");
+}
+
+/// The completion of the request sent as `rid`, joined to its decision by
+/// the sidecar's id.
+async fn completion_of(s: &Sidecar, rid: &str) -> StoredEvent {
+    let own = decision_of(&events(s), rid).request_id.unwrap();
+    completion_of_own(s, &own).await
 }
 
 async fn get_rid(s: &Sidecar, path: &str, rid: &str, token: Option<&str>) -> Resp {
@@ -210,6 +219,45 @@ async fn every_answer_is_audited_and_no_secret_enters_the_log() {
         sum.last_checkpoint_seq, sum.last_seq,
         "closing signs a final checkpoint"
     );
+    s.stop().await;
+}
+
+/// A client's `x-request-id` is never the audit id: two consumers who send
+/// the same one get distinct audit ids, each read's completion joins its
+/// own decision, and both ids are echoed.
+#[tokio::test]
+async fn clients_sharing_a_request_id_get_distinct_audit_ids() {
+    let keys = Keys::generate();
+    let s = start(&keys, Options::default()).await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let ann = token(&keys, "ann", &["marketing"], "campaign-analytics");
+    let a = get_rid(&s, RECORDS, "shared-1", Some(&mia)).await;
+    let b = get_rid(&s, RECORDS, "shared-1", Some(&ann)).await;
+    let (own_a, own_b) = (
+        a.header("x-request-id").unwrap(),
+        b.header("x-request-id").unwrap(),
+    );
+    assert_ne!(own_a, own_b);
+    for r in [&a, &b] {
+        assert_eq!(r.header("x-client-request-id"), Some("shared-1"));
+    }
+    let (a_done, b_done) = (
+        completion_of_own(&s, own_a).await,
+        completion_of_own(&s, own_b).await,
+    );
+    let evs = events(&s);
+    for (own, who, done) in [(own_a, "mia", &a_done), (own_b, "ann", &b_done)] {
+        let d = evs
+            .iter()
+            .find(|e| e.kind == Kind::Decision && e.request_id.as_deref() == Some(own))
+            .unwrap();
+        assert_eq!(d.consumer.as_deref(), Some(who));
+        assert_eq!(d.client_request_id.as_deref(), Some("shared-1"));
+        assert_eq!(done.request_id.as_deref(), Some(own));
+    }
+    assert_eq!(a_done.bytes, Some(a.body.len() as u64));
+    assert_eq!(b_done.bytes, Some(b.body.len() as u64));
     s.stop().await;
 }
 

@@ -138,7 +138,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_decision() {
         let decided: HashSet<&str> = events
             .iter()
             .filter(|(e, _)| e.kind == Kind::Decision)
-            .filter_map(|(e, _)| e.request_id.as_deref())
+            .filter_map(|(e, _)| e.client_request_id.as_deref())
             .collect();
         let ack = acknowledged.lock().unwrap();
         for rid in ack.iter() {

@@ -183,13 +183,12 @@ impl Proc {
     }
 }
 
-/// Whether a JSON log line belongs to request `rid` (the request id is a
-/// field of the request's span).
+/// Whether a JSON log line belongs to the request sent with
+/// `x-request-id: rid` (the client's id is a field of the request's span).
 fn of_request(v: &serde_json::Value, rid: &str) -> bool {
-    v["fields"]["request_id"] == rid
-        || v["spans"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s["request_id"] == rid))
+    v["spans"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|s| s["client_request_id"] == rid))
 }
 
 /// One request on a fresh connection; `None` if the connection failed or
@@ -312,19 +311,22 @@ fn audit_key(state: &Path) -> meshgov_bundle::PublicKey {
         .unwrap()
 }
 
-/// Decision events by request id.
+/// Decision events by the `x-request-id` their requests were sent with.
 fn decisions(events: &[StoredEvent]) -> HashMap<String, StoredEvent> {
     events
         .iter()
         .filter(|e| e.kind == Kind::Decision)
-        .filter_map(|e| Some((e.request_id.clone()?, e.clone())))
+        .filter_map(|e| Some((e.client_request_id.clone()?, e.clone())))
         .collect()
 }
 
+/// The completion event of the request sent as `rid`, joined to its
+/// decision by the sidecar's own id.
 fn completion(events: &[StoredEvent], rid: &str) -> Option<StoredEvent> {
+    let own = decisions(events).remove(rid)?.request_id;
     events
         .iter()
-        .find(|e| e.kind == Kind::Completion && e.request_id.as_deref() == Some(rid))
+        .find(|e| e.kind == Kind::Completion && e.request_id == own)
         .cloned()
 }
 

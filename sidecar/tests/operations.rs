@@ -562,12 +562,20 @@ fn wait_refused(addr: SocketAddr) {
     }
 }
 
+/// The events of the request sent with `x-request-id: rid`: its decision
+/// (which records the client's id) and what joins it by the sidecar's id.
 fn events_of(audit: &Path, rid: &str) -> Vec<meshgov_audit::StoredEvent> {
-    read_filtered(audit, &Filter::default())
+    let all: Vec<_> = read_filtered(audit, &Filter::default())
         .unwrap()
         .into_iter()
         .map(|(e, _)| e)
-        .filter(|e| e.request_id.as_deref() == Some(rid))
+        .collect();
+    let own = all
+        .iter()
+        .find(|e| e.client_request_id.as_deref() == Some(rid))
+        .and_then(|e| e.request_id.clone());
+    all.into_iter()
+        .filter(|e| own.is_some() && e.request_id == own)
         .collect()
 }
 

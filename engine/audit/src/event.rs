@@ -87,7 +87,12 @@ pub struct Event {
     pub kind: Kind,
     /// Milliseconds since the Unix epoch (encoded as RFC 3339 UTC).
     pub time_ms: i64,
+    /// The sidecar's own id for the request, minted for every request: the
+    /// key that joins a read's decision and completion events.
     pub request_id: Option<String>,
+    /// The `x-request-id` the client sent, if it was a plain token. Recorded
+    /// for the client's correlation only: two clients can send the same one.
+    pub client_request_id: Option<String>,
     pub consumer: Option<String>,
     pub groups: Vec<String>,
     pub purpose: Option<String>,
@@ -137,6 +142,7 @@ impl Event {
             kind,
             time_ms,
             request_id: None,
+            client_request_id: None,
             consumer: None,
             groups: Vec::new(),
             purpose: None,
@@ -213,6 +219,7 @@ fn encode_body(ev: &Event, seq: u64, prev: &Hash, out: &mut Vec<u8>) {
     w.opt_str("bundle_digest", ev.bundle_digest.as_deref());
     w.opt_u64("bundle_revision", ev.bundle_revision);
     w.opt_u64("bytes", ev.bytes);
+    w.opt_str("client_request_id", ev.client_request_id.as_deref());
     w.opt_str("consumer", ev.consumer.as_deref());
     w.opt_str("decision", ev.decision.map(Decision::as_str));
     w.opt_str("error", ev.error.as_deref());
@@ -434,6 +441,8 @@ pub struct StoredEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
@@ -533,6 +542,7 @@ mod tests {
     pub fn sample() -> Event {
         let mut e = Event::new(Kind::Decision, 1_795_000_000_123);
         e.request_id = Some("r-1".into());
+        e.client_request_id = Some("c-1".into());
         e.consumer = Some("alice".into());
         e.groups = vec!["marketing".into()];
         e.purpose = Some("campaign-analytics".into());
@@ -582,6 +592,7 @@ mod tests {
         assert_eq!(ev.transforms["birth_date"], "generalize:year");
         assert_eq!(ev.time, "2026-11-18T11:06:40.123Z");
         assert_eq!(ev.decision, Some(Decision::Allow));
+        assert_eq!(ev.client_request_id.as_deref(), Some("c-1"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub struct Filter {
     pub port: Option<String>,
     pub decision: Option<Decision>,
     pub request_id: Option<String>,
+    /// The `x-request-id` a client sent.
+    pub client_request_id: Option<String>,
     /// Inclusive bounds, milliseconds since the epoch.
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
@@ -27,6 +29,7 @@ impl Filter {
         eq(&self.consumer, &e.consumer)
             && eq(&self.port, &e.port)
             && eq(&self.request_id, &e.request_id)
+            && eq(&self.client_request_id, &e.client_request_id)
             && self.decision.is_none_or(|d| e.decision == Some(d))
             && self.in_time(e)
     }

@@ -51,6 +51,7 @@ pub struct ShowArgs<'a> {
     pub port: Option<String>,
     pub decision: Option<String>,
     pub request_id: Option<String>,
+    pub client_request_id: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
     pub json: bool,
@@ -85,6 +86,7 @@ pub fn show(a: ShowArgs<'_>) -> Result<(), Failure> {
         port: a.port,
         decision,
         request_id: a.request_id,
+        client_request_id: a.client_request_id,
         since_ms: time_arg("--since", a.since)?,
         until_ms: time_arg("--until", a.until)?,
     };

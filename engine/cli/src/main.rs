@@ -407,8 +407,12 @@ enum AuditCommand {
         /// allow, deny or error.
         #[arg(long)]
         decision: Option<String>,
+        /// The sidecar's request id (the `x-request-id` it answered with).
         #[arg(long)]
         request_id: Option<String>,
+        /// The `x-request-id` the client sent (answered as `x-client-request-id`).
+        #[arg(long)]
+        client_request_id: Option<String>,
         /// Only events at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
@@ -585,6 +589,7 @@ fn main() -> ExitCode {
                     port,
                     decision,
                     request_id,
+                    client_request_id,
                     since,
                     until,
                     json,
@@ -595,6 +600,7 @@ fn main() -> ExitCode {
             port,
             decision,
             request_id,
+            client_request_id,
             since,
             until,
             json,

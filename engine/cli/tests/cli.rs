@@ -470,6 +470,7 @@ fn audit_log(d: &Path, n: u64) {
             1_795_000_000_000 + 60_000 * i as i64,
         );
         e.request_id = Some(format!("r-{i}"));
+        e.client_request_id = Some(format!("job-{}", i % 3));
         e.consumer = Some(if i.is_multiple_of(2) { "mia" } else { "fred" }.into());
         e.purpose = Some("campaign-analytics".into());
         e.action = Some("read".into());
@@ -535,6 +536,24 @@ fn audit_verify_and_show() {
         .collect();
     assert_eq!(rows.len(), 3, "{rows:?}");
     assert!(rows.iter().all(|r| r.contains("deny") && r.contains("mia")));
+    // The client's id is a filter of its own: events 3, 6, 9 and 12.
+    let by_client = meshgov(
+        &[
+            "audit",
+            "show",
+            "state/audit",
+            "--client-request-id",
+            "job-0",
+            "--json",
+        ],
+        d,
+    );
+    assert_eq!(code(&by_client), 0, "{}", text(&by_client));
+    let ids: Vec<String> = String::from_utf8_lossy(&by_client.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string())
+        .collect();
+    assert_eq!(ids, ["\"r-3\"", "\"r-6\"", "\"r-9\"", "\"r-12\""]);
     let since = meshgov(
         &[
             "audit",
