@@ -7,6 +7,7 @@
 //! event in the audit log with those counts.
 
 use crate::metrics::{Metrics, PortIx};
+use crate::write_stall::Stalled;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use meshgov_audit::{AuditLog, Event};
@@ -38,8 +39,10 @@ pub struct Metered {
     records: u64,
     bytes: u64,
     outcome: Option<&'static str>,
-    /// Set by the producer when it gave up on a client that read nothing.
-    stalled: Arc<AtomicBool>,
+    /// The connection's flag: raised by the producer when it gave up on a
+    /// client that read nothing, or by the socket when a write waited too
+    /// long.
+    stalled: Stalled,
     completion: Option<(Arc<AuditLog>, Box<Event>)>,
     meter: Meter,
 }
@@ -78,28 +81,19 @@ impl Drop for Meter {
 pub struct ChunkSender {
     tx: mpsc::Sender<Result<Chunk, std::io::Error>>,
     stall: std::time::Duration,
-    stalled: Arc<AtomicBool>,
+    stalled: Stalled,
 }
 
 impl ChunkSender {
-    /// A channel of `capacity` chunks: the sender, and the receiver with
-    /// its stall flag for [`Metered::new`].
+    /// A channel of `capacity` chunks: the sender, and the receiver for
+    /// [`Metered::new`]. A send that waits `stall` raises `stalled`.
     pub fn channel(
         capacity: usize,
         stall: std::time::Duration,
-    ) -> (
-        ChunkSender,
-        mpsc::Receiver<Result<Chunk, std::io::Error>>,
-        Arc<AtomicBool>,
-    ) {
+        stalled: Stalled,
+    ) -> (ChunkSender, mpsc::Receiver<Result<Chunk, std::io::Error>>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let stalled = Arc::new(AtomicBool::new(false));
-        let sender = ChunkSender {
-            tx,
-            stall,
-            stalled: Arc::clone(&stalled),
-        };
-        (sender, rx, stalled)
+        (ChunkSender { tx, stall, stalled }, rx)
     }
 
     /// Sends `bytes` holding `records` records; `false` when the client is
@@ -109,7 +103,7 @@ impl ChunkSender {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
-                self.stalled.store(true, Ordering::Release);
+                self.stalled.raise();
                 false
             }
         }
@@ -130,7 +124,7 @@ impl Metered {
     /// submit when the stream is over.
     pub fn new(
         rx: mpsc::Receiver<Result<Chunk, std::io::Error>>,
-        stalled: Arc<AtomicBool>,
+        stalled: Stalled,
         log: Arc<AuditLog>,
         completion: Event,
         meter: Meter,
@@ -160,10 +154,14 @@ impl Drop for Metered {
             ev.bytes = Some(self.bytes);
             let gone = if self.meter.cut_at_shutdown.load(Ordering::Acquire) {
                 "shutdown"
+            } else if self.stalled.is_raised() {
+                "stalled"
             } else {
                 "client_gone"
             };
-            ev.outcome = Some(self.outcome.unwrap_or(gone).into());
+            let outcome = self.outcome.unwrap_or(gone);
+            self.meter.metrics.stream_outcome(outcome);
+            ev.outcome = Some(outcome.into());
             ev.time_ms = crate::clock::now_ms();
             if let Err(e) = log.submit_detached(*ev) {
                 tracing::error!("cannot audit a stream's completion: {e}");
@@ -195,13 +193,18 @@ impl http_body::Body for Body {
                     m.outcome = Some("upstream_failed");
                     Poll::Ready(Some(Err(e)))
                 }
+                // A producer that gave up on a stalled client ends the
+                // body with an error: the client must not see a complete
+                // answer.
+                Poll::Ready(None) if m.stalled.is_raised() => {
+                    m.outcome = Some("stalled");
+                    Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client read nothing within limits.write_stall_timeout_ms",
+                    ))))
+                }
                 Poll::Ready(None) => {
-                    m.outcome
-                        .get_or_insert(if m.stalled.load(Ordering::Acquire) {
-                            "stalled"
-                        } else {
-                            "complete"
-                        });
+                    m.outcome.get_or_insert("complete");
                     Poll::Ready(None)
                 }
             },

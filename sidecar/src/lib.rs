@@ -69,6 +69,7 @@ pub mod shape;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
+pub mod write_stall;
 
 pub use app::App;
 pub use config::Config;

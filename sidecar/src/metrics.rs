@@ -84,6 +84,14 @@ const REFUSALS: [&str; 18] = [
     "other",
 ];
 const UPSTREAM_STAGES: [&str; 2] = ["open", "mid_stream"];
+/// How a streamed read ended, as its completion event says.
+const STREAM_OUTCOMES: [&str; 5] = [
+    "complete",
+    "client_gone",
+    "stalled",
+    "upstream_failed",
+    "shutdown",
+];
 const SPEND_OUTCOMES: [&str; 4] = ["granted", "cached", "exhausted", "pending"];
 const LISTENERS: [&str; 3] = ["data", "control", "metrics"];
 const UNPARSED: [Unparsed; 2] = [Unparsed::TooLarge, Unparsed::Malformed];
@@ -144,6 +152,7 @@ pub struct Metrics {
     upstream_errors: Box<[Counter]>,
     /// Streamed responses still being sent.
     pub streams_in_flight: Gauge,
+    streams_ended: [Counter; STREAM_OUTCOMES.len()],
     /// Upstream lines that were not a record, skipped.
     pub malformed_skipped: Counter,
     /// Records a validator plugin refused (withheld as nonconforming).
@@ -233,6 +242,7 @@ impl Metrics {
             bytes_out: table(p, Counter::default),
             upstream_errors: table(p * UPSTREAM_STAGES.len(), Counter::default),
             streams_in_flight: Gauge::default(),
+            streams_ended: Default::default(),
             malformed_skipped: Counter::default(),
             nonconforming_withheld: Counter::default(),
             plugin_failures: Default::default(),
@@ -318,6 +328,14 @@ impl Metrics {
         self.streams_in_flight.dec();
         if let Some(h) = self.stream_seconds.get(port.0) {
             h.observe(took);
+        }
+    }
+
+    /// A streamed response ended with `outcome` (one of its completion
+    /// event's outcomes).
+    pub fn stream_outcome(&self, outcome: &str) {
+        if let Some(c) = self.streams_ended.get(index_of(&STREAM_OUTCOMES, outcome)) {
+            c.inc();
         }
     }
 
@@ -564,6 +582,14 @@ impl Metrics {
             "Streamed reads still being sent.",
         )
         .sample(&[], self.streams_in_flight.get());
+        e.family(
+            "meshgov_sidecar_streams_total",
+            Type::Counter,
+            "Streamed reads that ended, by outcome (`stalled`: the client read nothing for `limits.write_stall_timeout_ms`).",
+        );
+        for (outcome, c) in STREAM_OUTCOMES.iter().zip(&self.streams_ended) {
+            e.sample(&[("outcome", outcome)], c.get());
+        }
         e.family(
             "meshgov_sidecar_upstream_errors_total",
             Type::Counter,

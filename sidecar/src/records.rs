@@ -39,6 +39,7 @@ use crate::respond::respond;
 use crate::scan::Scan;
 use crate::shape::Shaper;
 use crate::upstream::{Item, Opened, RecordReader, Window, record_time};
+use crate::write_stall::Stalled;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use meshgov_anonymize::{Outcome, PluginFailure};
@@ -159,7 +160,7 @@ pub(crate) async fn records<B>(
                 query,
                 format,
             };
-            let (body, ct) = scan.answer(app, port, completion).await?;
+            let (body, ct) = scan.answer(app, port, completion, Stalled::of(req)).await?;
             let mut resp = with_revision(
                 respond(StatusCode::OK, ct, rid, Body::Metered(body)),
                 &bundle.meta.revision.to_string(),
@@ -171,9 +172,11 @@ pub(crate) async fn records<B>(
         }
     };
     let shaper = Shaper::new(program, format == Format::Csv);
-    let (tx, rx, stalled) = ChunkSender::channel(
+    let stalled = Stalled::of(req);
+    let (tx, rx) = ChunkSender::channel(
         CHANNEL_CHUNKS,
         Duration::from_millis(app.limits.write_stall_timeout_ms),
+        stalled.clone(),
     );
     // A plugin read answers only once the first batch went through the
     // plugins, so that a plugin failure is a clean refusal, not a body cut

@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::metrics::PortIx;
 use crate::request::{Format, RecordsQuery};
 use crate::upstream::{Item, Opened, ParquetFiles, RecordReader, UpstreamError};
+use crate::write_stall::Stalled;
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -234,6 +235,7 @@ impl Scan {
         app: &Arc<App>,
         port_name: &str,
         completion: Event,
+        stalled: Stalled,
     ) -> Result<(Metered, &'static str), ApiError> {
         let format = self.format;
         let mut stream = self.start(app, port_name).await?;
@@ -256,9 +258,10 @@ impl Scan {
             })?;
             head_rows = batch.num_rows() as u64;
         }
-        let (tx, rx, stalled) = ChunkSender::channel(
+        let (tx, rx) = ChunkSender::channel(
             CHANNEL_CHUNKS,
             Duration::from_millis(app.limits.write_stall_timeout_ms),
+            stalled.clone(),
         );
         let job = Stream {
             app: Arc::clone(app),

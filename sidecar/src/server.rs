@@ -13,6 +13,7 @@
 use crate::app::App;
 use crate::body::Body;
 use crate::metrics::{Listener, Unparsed};
+use crate::write_stall::{Stalled, WriteStall};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -120,6 +121,8 @@ async fn serve_with<H, F>(
         // INVARIANT: config guarantees at least 8192, hyper's minimum.
         .max_buf_size(app.limits.max_header_bytes)
         .max_headers(MAX_HEADERS);
+    // A client that stops reading fails the write after this long.
+    let write_stall = Duration::from_millis(app.limits.write_stall_timeout_ms);
     let graceful = GracefulShutdown::new();
     // Set when the grace period is over: connections still open close.
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
@@ -142,11 +145,14 @@ async fn serve_with<H, F>(
                 let _ = stream.set_nodelay(true);
                 let for_requests = Arc::clone(&app);
                 let handler = handler.clone();
-                let svc = service_fn(move |req| {
+                let stalled = Stalled::default();
+                let io = WriteStall::new(stream, write_stall, stalled.clone());
+                let svc = service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(stalled.clone());
                     let fut = handler(Arc::clone(&for_requests), req);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), svc));
                 let (alive, mut cut) = (alive_tx.clone(), cut_rx.clone());
                 let app = Arc::clone(&app);
                 tokio::spawn(async move {

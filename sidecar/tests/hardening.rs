@@ -394,3 +394,83 @@ async fn requests_the_http_parser_refuses_are_counted() {
     }
     s.stop().await;
 }
+
+/// A client that reads the head of a large answer and then nothing: its
+/// 4 KiB receive buffer fills, then the sidecar's send buffer, and every
+/// write waits. The write deadline ends the connection, the completion
+/// says `stalled`, the answer does not end as if complete, and the metrics
+/// count it. Through the record stream and through the columnar plane.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_audited_as_stalled() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            extra_config: "[limits]\nwrite_stall_timeout_ms = 500\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let line = r#"{"user_id":"u-1","email":"alice@example.com","name":"Alice","birth_date":"1990-04-12","country":"NL","postcode":"1012AB","signed_up_at":"2026-03-01T10:00:00Z"}"#;
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let dir = s.dir.path().join("state/audit");
+    // About 30 MB and 9 MB, far more than the kernel buffers hold.
+    for (n, (rows, query)) in [(200_000, ""), (150_000, "?fields=user_id,email,country")]
+        .into_iter()
+        .enumerate()
+    {
+        let big: String = (0..rows).map(|_| format!("{line}\n")).collect();
+        write_upstream(s.dir.path(), "profiles", "big.ndjson", &big);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut c = socket.connect(s.addr).await.unwrap();
+        c.write_all(
+            format!(
+                "GET /v1/ports/profiles/records{query} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {mia}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = [0u8; 1024];
+        let got = c.read(&mut head).await.unwrap();
+        assert!(head[..got].starts_with(b"HTTP/1.1 200"), "{query}");
+        // Then read nothing for well past the deadline.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(HANG, c.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "`{query}`: the sidecar held a stalled connection open for {HANG:?} past its 500 ms write deadline"
+        );
+        // What was buffered arrives, but not the end of a complete answer.
+        assert!(
+            !rest.ends_with(b"0\r\n\r\n"),
+            "`{query}`: a cut answer looked complete"
+        );
+        let mut outcomes = Vec::new();
+        for _ in 0..100 {
+            outcomes =
+                meshgov_audit::show::read_filtered(&dir, &meshgov_audit::show::Filter::default())
+                    .unwrap()
+                    .into_iter()
+                    .filter_map(|(e, _)| e.outcome)
+                    .collect();
+            if outcomes.len() > n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            outcomes.get(n).map(String::as_str),
+            Some("stalled"),
+            "`{query}`"
+        );
+    }
+    let text = s.app.metrics.render(&s.app.bundle, &s.app.audit, now());
+    for (outcome, n) in [("stalled", 2), ("client_gone", 0), ("complete", 0)] {
+        let line = format!("meshgov_sidecar_streams_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
+    s.stop().await;
+}
