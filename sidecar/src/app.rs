@@ -244,6 +244,9 @@ pub struct ControlState {
     /// Serializes verify → persist → swap, so two deliveries (a push and a
     /// long-poll answer) cannot interleave their rollback checks.
     pub(crate) apply: Mutex<()>,
+    /// One push is read and applied at a time, so pushes cannot add up in
+    /// memory: each holds at most `limits.max_bundle_bytes` of body.
+    pub(crate) push_slot: PushSlot,
     /// Where the last good bundle is persisted.
     pub state_dir: PathBuf,
     instance_id: OnceLock<String>,
@@ -255,6 +258,15 @@ pub struct ControlState {
     retired: Mutex<Option<Arc<ActiveBundle>>>,
     /// The last serving state the expiry watch logged (see [`watch_expiry`]).
     pub(crate) logged_state: AtomicU8,
+}
+
+/// The one permit of the push being read and applied.
+pub(crate) struct PushSlot(pub(crate) tokio::sync::Semaphore);
+
+impl Default for PushSlot {
+    fn default() -> Self {
+        PushSlot(tokio::sync::Semaphore::new(1))
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

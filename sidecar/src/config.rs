@@ -66,6 +66,7 @@
 //! header_read_timeout_ms = 5000
 //! write_stall_timeout_ms = 30000
 //! body_read_timeout_ms = 30000              # a request body must arrive within this
+//! max_bundle_bytes = 16777216               # a pushed or pulled bundle envelope (16 MiB)
 //! upstream_stall_timeout_ms = 30000         # an HTTP upstream silent this long fails the read
 //! max_line_bytes = 1048576
 //! max_limit = 100000000
@@ -222,6 +223,9 @@ pub struct Limits {
     /// An HTTP upstream that sends no body bytes for this long fails the
     /// read (`upstream_failed`): a stalled upstream cannot pin a response.
     pub upstream_stall_timeout_ms: u64,
+    /// The largest bundle envelope a push may send or the engine's long
+    /// poll may answer; a larger push is refused (413) before it is read.
+    pub max_bundle_bytes: usize,
     /// Longer upstream lines are skipped and counted as malformed.
     pub max_line_bytes: usize,
     /// The largest `limit` a request may ask for.
@@ -241,6 +245,7 @@ impl Default for Limits {
             write_stall_timeout_ms: 30_000,
             body_read_timeout_ms: 30_000,
             upstream_stall_timeout_ms: 30_000,
+            max_bundle_bytes: 16 * 1024 * 1024,
             max_line_bytes: 1024 * 1024,
             max_limit: 100_000_000,
             drain_timeout_ms: 10_000,
@@ -376,6 +381,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "limits.write_stall_timeout_ms",
     "limits.body_read_timeout_ms",
     "limits.upstream_stall_timeout_ms",
+    "limits.max_bundle_bytes",
     "limits.max_line_bytes",
     "limits.max_limit",
     "limits.drain_timeout_ms",
@@ -680,6 +686,7 @@ impl Config {
                 "limits.upstream_stall_timeout_ms",
                 d.upstream_stall_timeout_ms,
             )?,
+            max_bundle_bytes: usize_of("limits.max_bundle_bytes", d.max_bundle_bytes)?,
             max_line_bytes: usize_of("limits.max_line_bytes", d.max_line_bytes)?,
             max_limit: v.u64("limits.max_limit", d.max_limit)?,
             drain_timeout_ms: v.u64("limits.drain_timeout_ms", d.drain_timeout_ms)?,
@@ -689,6 +696,14 @@ impl Config {
             return Err(err(
                 "limits.query_memory_bytes",
                 "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if limits.max_bundle_bytes < 64 * 1024
+            || limits.max_bundle_bytes > meshgov_bundle::DEFAULT_MAX_ENVELOPE_BYTES
+        {
+            return Err(err(
+                "limits.max_bundle_bytes",
+                "must be between 65536 (64 KiB) and 67108864 (64 MiB)",
             ));
         }
         if limits.max_header_bytes < 8192 {

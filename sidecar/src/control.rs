@@ -80,6 +80,9 @@ fn authorize_engine<B>(app: &App, req: &Request<B>) -> Result<(), ApiError> {
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
+/// How long a push waits for the one in progress before it gets 429.
+const PUSH_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Handles one control-port request. Never panics.
 pub async fn handle<B>(app: &Arc<App>, req: Request<B>) -> Response<Body>
 where
@@ -195,7 +198,41 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let limit = meshgov_bundle::DEFAULT_MAX_ENVELOPE_BYTES;
+    let limit = app.limits.max_bundle_bytes;
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            NackCode::TooLarge,
+            format!("bundles are at most {limit} bytes (limits.max_bundle_bytes)"),
+        )
+    };
+    // A declared length over the limit is refused before anything is read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        let (status, code, reason) = too_large();
+        ev.error = Some(code.to_string());
+        return Ok(nack(app, rid, status, code, reason));
+    }
+    // One push at a time: another waits briefly, then is told to retry.
+    let Ok(Ok(_slot)) =
+        tokio::time::timeout(PUSH_SLOT_WAIT, app.control.push_slot.0.acquire()).await
+    else {
+        let mut resp = crate::respond::error(
+            rid,
+            &ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                "another bundle push is being applied; retry shortly",
+            ),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        ev.error = Some("busy".into());
+        return Ok(resp);
+    };
     let read = tokio::time::timeout(
         std::time::Duration::from_millis(app.limits.body_read_timeout_ms),
         http_body_util::Limited::new(req.into_body(), limit).collect(),
@@ -205,13 +242,8 @@ where
     let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            let too_large = e.is::<http_body_util::LengthLimitError>();
-            let (status, code, reason) = if too_large {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    NackCode::TooLarge,
-                    format!("bundles are at most {limit} bytes"),
-                )
+            let (status, code, reason) = if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
             } else {
                 (
                     StatusCode::BAD_REQUEST,

@@ -49,8 +49,6 @@ pub fn default_instance_id(product: &str, control: std::net::SocketAddr) -> Stri
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// The engine's answers (bundles) are refused beyond this size.
-const MAX_ANSWER_BYTES: usize = meshgov_bundle::DEFAULT_MAX_ENVELOPE_BYTES;
 
 enum Step {
     /// The engine does not know this sidecar: register.
@@ -67,7 +65,8 @@ pub async fn run(app: Arc<App>, cfg: LinkConfig, shutdown: impl std::future::Fut
         last_contact: None,
         last_error: None,
     });
-    let client = HttpClient::default().with_max_answer_bytes(MAX_ANSWER_BYTES);
+    // The engine's answers (bundles) are refused beyond the push limit.
+    let client = HttpClient::default().with_max_answer_bytes(app.limits.max_bundle_bytes);
     tokio::pin!(shutdown);
     let mut registered = false;
     let mut backoff = Duration::from_millis(100);

@@ -134,23 +134,91 @@ async fn an_oversized_bundle_is_refused_before_it_is_read_whole() {
         &keys,
         Options {
             control: true,
+            extra_config: "[limits]\nmax_bundle_bytes = 65536\n".into(),
             ..Options::default()
         },
     )
     .await;
-    let big = meshgov_bundle::DEFAULT_MAX_ENVELOPE_BYTES + 1;
-    let mut req = format!(
-        "PUT /control/v1/bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {big}\r\n\r\n"
-    )
-    .into_bytes();
-    req.resize(req.len() + big, b' ');
+    // A body that says how long it is: refused on its head alone, though
+    // not one byte of the gigabyte is sent.
+    let head = b"PUT /control/v1/bundle HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n";
+    let (buf, took) = send_and_hold(s.control.unwrap(), head).await;
+    let r = parse_response(&buf);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["code"], "too_large");
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_bundle_bytes")
+    );
+    assert!(took < HANG, "{took:?}");
+    // A chunked body, whose length is known only as it is read: refused
+    // once it passes the limit.
+    let mut req = b"PUT /control/v1/bundle HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        req.extend_from_slice(format!("{:x}\r\n", 8192).as_bytes());
+        req.resize(req.len() + 8192, b' ');
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
     let r = upload(s.control.unwrap(), req).await;
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(r.json()["code"], "too_large");
     // Refused before verification, and audited all the same.
     assert_eq!(
         push_events(&s),
-        [(Some(413), Some("too_large".to_string()))]
+        [
+            (Some(413), Some("too_large".to_string())),
+            (Some(413), Some("too_large".to_string()))
+        ]
+    );
+    s.stop().await;
+}
+
+/// One push is read and applied at a time: while a pusher holds the slot
+/// (here by dripping its body), another waits briefly, then gets 429 with
+/// `Retry-After`, audited; once the slot is free, a push is applied.
+#[tokio::test]
+async fn pushes_are_applied_one_at_a_time_and_a_second_gets_429() {
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            control: true,
+            extra_config: "[limits]\nbody_read_timeout_ms = 20000\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let control = s.control.unwrap();
+    let mut holder = tokio::net::TcpStream::connect(control).await.unwrap();
+    holder
+        .write_all(b"PUT /control/v1/bundle HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let good = signed_bundle(&s.gov, &s.app.descriptor, 8, 600);
+    let t0 = Instant::now();
+    let busy = put(control, "/control/v1/bundle", &good, &[]).await;
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(busy.error_code(), "busy");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert_eq!(s.app.bundle.current().map(|b| b.meta.revision), Some(7));
+    // The holder goes away: its push fails, and the slot is free.
+    drop(holder);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ok = put(control, "/control/v1/bundle", &good, &[]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.app.bundle.current().map(|b| b.meta.revision), Some(8));
+    assert_eq!(
+        push_events(&s),
+        [
+            (Some(429), Some("busy".to_string())),
+            (Some(400), Some("malformed".to_string())),
+            (Some(200), None),
+        ]
     );
     s.stop().await;
 }

@@ -64,6 +64,21 @@ fn error(status: StatusCode, code: &str, reason: impl Into<String>) -> Resp {
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies are at most {MAX_BODY} bytes"),
+        )
+    };
+    // A declared length over the limit is refused before anything is read.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
     let body = tokio::time::timeout(
         BODY_TIMEOUT,
         http_body_util::Limited::new(req.into_body(), MAX_BODY).collect(),
@@ -80,11 +95,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
         )
     })?
     .map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("cannot read the body: {e}"),
-        )
+        if e.is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot read the body: {e}"),
+            )
+        }
     })?
     .to_bytes();
     serde_json::from_slice(&body).map_err(|e| {

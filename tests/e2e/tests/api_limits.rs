@@ -21,7 +21,7 @@ async fn send(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dripped_registration_gets_408_and_an_oversized_one_400() {
+async fn a_dripped_registration_gets_408_and_an_oversized_one_413() {
     let repo = PolicyRepo::new().unwrap();
     let engine = start_engine(engine_config(&repo, new_key().unwrap()))
         .await
@@ -45,7 +45,19 @@ async fn a_dripped_registration_gets_408_and_an_oversized_one_400() {
         .as_bytes(),
     )
     .await;
-    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("too_large"), "{resp}");
+    // A declared length over the limit is refused on the head alone.
+    let (resp, took) = send(
+        engine.addr,
+        b"POST /v1/sidecars HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(
+        took < Duration::from_secs(9),
+        "waited {took:?} for a body it refuses"
+    );
     assert!(
         engine.fleet()["sidecars"]
             .as_array()
