@@ -6,6 +6,7 @@
 use meshgov_core::access::{Principal, ProductEntities};
 use meshgov_core::descriptor::{Descriptor, Located, ProductInfo, Property, position_of};
 use meshgov_core::diag::{Diagnostic, Position, Severity};
+use meshgov_core::mesh::{Classification, Level};
 use meshgov_core::policies::Policies;
 use meshgov_core::scope;
 use meshgov_core::standards::{Check, StandardRule};
@@ -36,7 +37,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         id: "SPEC-002",
-        summary: "required ODCS keys are present (`apiVersion` v3, `kind: DataContract`, `id`, `version`, `status`, `domain`, `schema`)",
+        summary: "the keys ODCS requires are present (`apiVersion` v3, `kind: DataContract`, `id`, `version`, `status`)",
     },
     Rule {
         id: "SPEC-003",
@@ -213,7 +214,7 @@ pub fn check_product(
         policies,
     };
     c.spec(&mut out);
-    let info = match ProductInfo::resolve(&cur, &policies.mesh) {
+    let info = match ProductInfo::resolve_contract(&cur, &policies.mesh) {
         Ok(info) => Some(info),
         Err(e) => {
             out.push(c.diag(e.pos, "SPEC-003", e.message, e.hint));
@@ -415,17 +416,10 @@ impl Ctx<'_> {
                 "status",
                 "add `status: active` (or `proposed`, `deprecated`, `retired`)",
             ),
-            (&d.domain, "domain", "add the owning `domain`"),
         ] {
             if value.as_ref().is_none_or(|v| v.value.trim().is_empty()) {
                 out.push(missing(key, hint));
             }
-        }
-        if d.schema.is_empty() {
-            out.push(missing(
-                "schema",
-                "describe at least one schema object and its properties",
-            ));
         }
         if let Some(v) = &d.version
             && !v.value.trim().is_empty()
@@ -500,7 +494,7 @@ impl Ctx<'_> {
             }
             Check::SuffixType => {
                 for p in matching(&regex(&rule.field_pattern)) {
-                    if ltype(p) != rule.logical_type {
+                    if !type_fits(ltype(p).as_deref(), rule.logical_type.as_deref()) {
                         push(
                             ltype_pos(p),
                             "NAME-003",
@@ -528,13 +522,14 @@ impl Ctx<'_> {
                 }
             }
             Check::RequiredMetadata => {
+                let doc = Descriptor::top_level(self.text);
                 for key in &rule.keys {
-                    let present = self.text.lines().any(|l| {
-                        l.strip_prefix(key.as_str())
-                            .is_some_and(|rest| rest.trim_start().starts_with(':'))
-                    });
-                    if !present {
-                        push(TOP, "META-001", format!("`{key}` is missing"));
+                    match doc.get(key) {
+                        None => push(TOP, "META-001", format!("`{key}` is missing")),
+                        Some(v) if is_empty(&v.value) => {
+                            push(position_of(v), "META-001", format!("`{key}` is empty"));
+                        }
+                        Some(_) => {}
                     }
                 }
             }
@@ -561,11 +556,14 @@ impl Ctx<'_> {
             }
             Check::TimestampUtc => {
                 for p in matching(&regex(&rule.field_pattern)) {
-                    if ltype(p).as_deref() != Some("date") {
+                    if !type_fits(ltype(p).as_deref(), Some("date")) {
                         push(
                             ltype_pos(p),
                             "SEM-002",
-                            format!("field `{}` is not an ODCS `date`", p.name.value),
+                            format!(
+                                "field `{}` is not an ODCS `date` or `timestamp`",
+                                p.name.value
+                            ),
                         );
                     }
                     for ex in p.examples.iter().filter_map(|e| e.as_str()) {
@@ -621,11 +619,19 @@ impl Ctx<'_> {
                 Some(c) if mesh.classification(&c.value).is_none() => {
                     let known: Vec<&str> =
                         mesh.classifications.iter().map(|x| x.id.as_str()).collect();
+                    let conventional = match mesh.classification_level(&c.value) {
+                        Some(l) => format!(
+                            "`{}` ranks as `{}` when versions are compared, but the sidecar withholds the field; ",
+                            c.value,
+                            l.as_str()
+                        ),
+                        None => String::new(),
+                    };
                     out.push(self.diag(
                         position_of(c),
                         "PRIV-001",
                         format!("unknown classification `{}`", c.value),
-                        format!("use one of: {}", known.join(", ")),
+                        format!("{conventional}use one of: {}", known.join(", ")),
                     ));
                 }
                 Some(_) => {}
@@ -904,6 +910,19 @@ impl Ctx<'_> {
         }
     }
 
+    /// How sensitive a field is, in the mesh's order: its classification's
+    /// level (from the taxonomy or the ODCS vocabulary in `mesh.toml`),
+    /// raised by its tags. `None` when the classification is missing or
+    /// means nothing to the mesh: the sidecar withholds such a field, the
+    /// strictest there is.
+    fn sensitivity(&self, p: &Property) -> Option<(String, Level)> {
+        let mesh = &self.policies.mesh;
+        let class = p.classification.as_ref()?;
+        let tags = p.tag_names().filter_map(|t| mesh.tag_level(t));
+        let level = tags.fold(mesh.classification_level(&class.value)?, Level::max);
+        Some((class.value.clone(), level))
+    }
+
     /// How `cur` protects less than `prev`, if it does.
     fn loosened(
         &self,
@@ -912,42 +931,48 @@ impl Ctx<'_> {
         product: Option<&ProductInfo>,
     ) -> Option<String> {
         let mesh = &self.policies.mesh;
-        let name = &cur.name.value;
+        let mut why = Vec::new();
+        if let (Some((pc, pl)), Some((cc, cl))) = (self.sensitivity(prev), self.sensitivity(cur))
+            && cl < pl
+        {
+            why.push(format!(
+                "was downgraded from `{pc}` ({}) to `{cc}` ({})",
+                pl.as_str(),
+                cl.as_str()
+            ));
+        }
+        let lost: Vec<String> = prev
+            .tag_names()
+            .filter(|t| mesh.tag_level(t).is_some())
+            .filter(|t| !cur.tag_names().any(|c| c.eq_ignore_ascii_case(t)))
+            .map(|t| format!("`{t}`"))
+            .collect();
+        if !lost.is_empty() {
+            why.push(format!("lost the tag {}", lost.join(", ")));
+        }
         let class = |p: &Property| {
             p.classification
                 .as_ref()
                 .and_then(|c| mesh.classification(&c.value))
         };
-        let (pc, cc) = (class(prev)?, class(cur));
-        let Some(cc) = cc else {
-            // Unclassified or unknown now: withheld, which is stricter.
-            return None;
-        };
-        if cc.level < pc.level {
-            return Some(format!(
-                "field `{name}` was downgraded from `{}` ({}) to `{}` ({})",
-                pc.id,
-                pc.level.as_str(),
-                cc.id,
-                cc.level.as_str()
-            ));
+        if let (Some(pc), Some(cc)) = (class(prev), class(cur)) {
+            if pc.direct_identifier && !cc.direct_identifier {
+                why.push("is no longer marked a direct identifier".to_string());
+            }
+            if let Some(product) = product {
+                let rule = |c: &Classification| {
+                    c.level.needs_anonymization()
+                        && self.policies.anonymization_rule(&c.id, product).is_some()
+                };
+                if rule(pc) && !rule(cc) && cc.level.needs_anonymization() {
+                    why.push(format!(
+                        "lost its anonymization (`{}` → `{}`)",
+                        pc.id, cc.id
+                    ));
+                }
+            }
         }
-        if pc.direct_identifier && !cc.direct_identifier {
-            return Some(format!(
-                "field `{name}` is no longer marked a direct identifier"
-            ));
-        }
-        let product = product?;
-        let had_rule = pc.level.needs_anonymization()
-            && self.policies.anonymization_rule(&pc.id, product).is_some();
-        let has_rule = cc.level.needs_anonymization()
-            && self.policies.anonymization_rule(&cc.id, product).is_some();
-        (had_rule && !has_rule && cc.level.needs_anonymization()).then(|| {
-            format!(
-                "field `{name}` lost its anonymization (`{}` → `{}`)",
-                pc.id, cc.id
-            )
-        })
+        (!why.is_empty()).then(|| format!("field `{}` {}", cur.name.value, why.join("; ")))
     }
 
     fn waivers(&self, today_unix: i64, out: &mut Vec<Diagnostic>) -> Vec<Waiver> {
@@ -1034,6 +1059,25 @@ fn date_end_unix(date: &str) -> Option<i64> {
     let month = time::Month::try_from(month).ok()?;
     let d = time::Date::from_calendar_date(year, month, day).ok()?;
     Some(d.next_day()?.midnight().assume_utc().unix_timestamp())
+}
+
+/// Whether a field of logical type `actual` meets the `expected` one. ODCS
+/// v3.1 split v3.0's `date` into `date`, `timestamp` and `time`; a
+/// `timestamp` is the point in time v3.0 wrote as a `date`.
+fn type_fits(actual: Option<&str>, expected: Option<&str>) -> bool {
+    actual == expected || (expected == Some("date") && actual == Some("timestamp"))
+}
+
+/// Null, blank text, and empty lists and maps say nothing: metadata
+/// written that way is missing.
+fn is_empty(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::String(s) => s.trim().is_empty(),
+        serde_json::Value::Array(a) => a.iter().all(is_empty),
+        serde_json::Value::Object(o) => o.values().all(is_empty),
+        serde_json::Value::Bool(_) | serde_json::Value::Number(_) => false,
+    }
 }
 
 fn is_utc_rfc3339(s: &str) -> bool {

@@ -446,3 +446,131 @@ fn a_full_odcs_contract_loads() {
     let rules: Vec<String> = found(text, None).into_iter().map(|(r, _)| r).collect();
     assert!(rules.iter().all(|r| !r.starts_with("SPEC")), "{rules:?}");
 }
+
+/// META-001 reads the parsed document: the same contract written as JSON
+/// passes, and empty values are missing.
+#[test]
+fn meta_001_reads_the_parsed_document() {
+    let doc: serde_json::Map<String, serde_json::Value> =
+        meshgov_core::descriptor::Descriptor::top_level(&profiles())
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .collect();
+    let json = serde_json::to_string_pretty(&doc).unwrap();
+    assert_eq!(found(&json, None), vec![], "{json}");
+    let no_team = edited(
+        "team:\n  - username: owner@media.example\n    role: owner\n    name: users-core owner\n    description: owner of the users-core team\n",
+        "team: []\n",
+    );
+    assert_only(&no_team, None, &[("META-001", "product.yaml:15:7")]);
+    let text = profiles();
+    let start = text.find("description:\n  purpose").unwrap();
+    let end = text.find("team:").unwrap();
+    let blank = format!("{}description: \"\"\n{}", &text[..start], &text[end..]);
+    assert_only(&blank, None, &[("META-001", "product.yaml:11:14")]);
+}
+
+/// ODCS does not require a `domain`: a contract without one loads, and the
+/// guild's `required_metadata` standard reports it, once.
+#[test]
+fn a_contract_without_a_domain_is_reported_once() {
+    let text = edited("domain: users\n", "");
+    let f = run(&text, None);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].diag.rule, "META-001");
+    assert!(
+        f[0].diag.message.starts_with("`domain` is missing"),
+        "{f:?}"
+    );
+    // A domain that cannot be an id segment is still a shape error.
+    assert_only(
+        &edited("domain: users", "domain: users/eu"),
+        None,
+        &[("SPEC-003", "product.yaml:8:9")],
+    );
+}
+
+/// What ODCS v3.1 adds loads without a finding: the team object,
+/// relationships, stable ids, `timestamp` and `time`.
+#[test]
+fn an_odcs_v3_1_contract_loads() {
+    let text = include_str!("fixtures/odcs-v3.1.yaml");
+    assert_eq!(found(text, None), vec![]);
+}
+
+/// A downgrade written in ODCS's usual vocabulary: `restricted` and `pii`
+/// in v1, `public` without `pii` in v2. The unknown classification is still
+/// reported, and no longer hides the loosening.
+#[test]
+fn a_downgrade_in_conventional_levels_and_tags_is_caught() {
+    let v1 = include_str!("fixtures/listeners.v1.yaml");
+    let v2 = include_str!("fixtures/listeners.v2.yaml");
+    assert_only(
+        v2,
+        Some(v1),
+        &[
+            ("EVO-002", "product.yaml:21:15"),
+            ("PRIV-001", "product.yaml:27:25"),
+        ],
+    );
+    let f = run(v2, Some(v1));
+    let evo = &f.iter().find(|f| f.diag.rule == "EVO-002").unwrap().diag;
+    assert_eq!(
+        evo.message,
+        "governance loosening: field `listener_email` was downgraded from `restricted` (restricted) to `public` (public); lost the tag `pii`"
+    );
+    // Dropping only the tag is a loosening too.
+    let untagged = v1.replacen("tags: [pii, email]", "tags: [email]", 1);
+    assert_only(
+        &untagged,
+        Some(v1),
+        &[
+            ("EVO-002", "product.yaml:21:15"),
+            ("PRIV-001", "product.yaml:23:25"),
+            ("PRIV-001", "product.yaml:27:25"),
+        ],
+    );
+    // `mesh.toml` maps more words: here `email` ranks as `pii.email`, so
+    // a field tagged `email` classified `internal` is restricted.
+    let mut mapped = policies().clone();
+    mapped
+        .mesh
+        .vocabulary
+        .tags
+        .insert("email".into(), "pii.email".into());
+    let v1_internal = v1.replacen(
+        "classification: restricted\n        tags: [pii, email]",
+        "classification: internal\n        tags: [email]",
+        1,
+    );
+    let v2_untagged = v1_internal.replacen("tags: [email]", "tags: []", 1);
+    let f = check_product(
+        &mapped,
+        Input {
+            path: "product.yaml",
+            text: &v2_untagged,
+        },
+        Some(Input {
+            path: "product.v1.yaml",
+            text: &v1_internal,
+        }),
+        TODAY,
+    );
+    let evo: Vec<String> = f
+        .iter()
+        .filter(|f| f.diag.rule == "EVO-002")
+        .map(|f| f.diag.message.clone())
+        .collect();
+    assert_eq!(
+        evo,
+        [
+            "governance loosening: field `listener_email` was downgraded from `internal` (restricted) to `internal` (internal); lost the tag `email`"
+        ]
+    );
+    // Without the mapping `email` says nothing, and nothing loosened.
+    assert!(
+        !found(&v2_untagged, Some(&v1_internal))
+            .iter()
+            .any(|(r, _)| r == "EVO-002")
+    );
+}

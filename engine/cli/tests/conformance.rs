@@ -287,3 +287,32 @@ fn against_a_signed_bundle_and_a_previous_version() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("untrusted_key"));
 }
+
+/// A downgrade written in ODCS's conventional levels and tags fails the
+/// check against the previous version, naming the field and its line.
+#[test]
+fn a_conventional_downgrade_fails_against_the_previous_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conformance/tests/fixtures");
+    std::fs::copy(
+        fixtures.join("listeners.v1.yaml"),
+        tmp.path().join("v1.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures.join("listeners.v2.yaml"),
+        tmp.path().join("product.yaml"),
+    )
+    .unwrap();
+    let o = conformance(tmp.path(), &["--previous", "v1.yaml"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("product.yaml:21:15: error[EVO-002]: governance loosening: field `listener_email` was downgraded from `restricted` (restricted) to `public` (public); lost the tag `pii`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("product.yaml:27:25: error[PRIV-001]: unknown classification `restricted`"),
+        "{out}"
+    );
+}

@@ -818,6 +818,24 @@ fn check_mesh(f: &SourceFile, diags: &mut Diagnostics) -> Option<MeshConfig> {
             ));
         }
     }
+    for (table, entries) in [
+        ("classifications", &mesh.vocabulary.classifications),
+        ("tags", &mesh.vocabulary.tags),
+    ] {
+        for (word, target) in entries {
+            if mesh.vocabulary_target(target).is_none() {
+                diags.push(Diagnostic::error(
+                    &f.path,
+                    loc.at(&[Step::Key("vocabulary"), Step::Key(table), Step::Key(word)]),
+                    "MESH-VOCABULARY",
+                    format!(
+                        "`vocabulary.{table}` maps `{word}` to `{target}`, which is neither a level nor a classification of the taxonomy"
+                    ),
+                    "map it to `public`, `internal`, `confidential` or `restricted`, or to a classification declared in this file",
+                ));
+            }
+        }
+    }
     (diags.error_count() == before).then_some(mesh)
 }
 

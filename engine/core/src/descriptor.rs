@@ -7,11 +7,16 @@
 //!   kind (`records` or `events`), time field and upstream location;
 //! - `meshgov.timeField`: the default time field for every port;
 //! - `meshgov.privacyUnit`: the column that identifies a person.
+//!
+//! Both ODCS v3.0 and v3.1 load: v3.1's team object (v3.0 wrote a list of
+//! members), its `relationships` on schema objects and properties, stable
+//! `id`s on schema elements and the `timestamp` and `time` logical types.
 
 use crate::diag::{Diagnostic, Position};
 use crate::mesh::{Level, MeshConfig};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+use std::collections::BTreeMap;
 
 /// A located string from the YAML file.
 pub type Located = Spanned<String>;
@@ -82,6 +87,17 @@ pub struct Property {
     pub examples: Vec<serde_json::Value>,
     #[serde(default)]
     pub description: Option<String>,
+    /// ODCS tags (`pii`, `email`, …); the mesh vocabulary gives some a
+    /// sensitivity (see [`MeshConfig::tag_level`]).
+    #[serde(default)]
+    pub tags: Vec<serde_json::Value>,
+}
+
+impl Property {
+    /// The tags written as strings.
+    pub fn tag_names(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().filter_map(|t| t.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,19 +157,29 @@ impl Descriptor {
         })
     }
 
+    /// The top-level keys of a descriptor that parses, each with its value
+    /// (located): what the `required_metadata` standard reads, whether the
+    /// contract is written in YAML or JSON.
+    pub fn top_level(text: &str) -> BTreeMap<String, Spanned<serde_json::Value>> {
+        serde_saphyr::from_str(text).unwrap_or_default()
+    }
+
     pub fn domain_name(&self) -> &str {
         self.domain.as_ref().map(|d| d.value.as_str()).unwrap_or("")
     }
 
-    /// The product id the mesh knows it by: `domain/dataProduct`.
-    pub fn product_id(&self) -> String {
-        let name = self
-            .data_product
+    /// The product's name: `dataProduct`, else `id`.
+    pub fn product_name(&self) -> &str {
+        self.data_product
             .as_ref()
             .or(self.id.as_ref())
             .map(|n| n.value.as_str())
-            .unwrap_or("");
-        format!("{}/{}", self.domain_name(), name)
+            .unwrap_or("")
+    }
+
+    /// The product id the mesh knows it by: `domain/dataProduct`.
+    pub fn product_id(&self) -> String {
+        format!("{}/{}", self.domain_name(), self.product_name())
     }
 
     pub fn custom(&self, key: &str) -> Option<&serde_json::Value> {
@@ -275,10 +301,37 @@ impl ProductInfo {
     /// classification resolves to `restricted`, and such fields are withheld
     /// at read time: a gap can only hide data, never expose it. Refuses
     /// duplicate port or field names and names that would make entity ids
-    /// ambiguous.
+    /// ambiguous, and a product without a `domain`: the sidecar and bundles
+    /// name every entity `domain/product/port/field`.
     pub fn resolve(d: &Descriptor, mesh: &MeshConfig) -> Result<ProductInfo, ResolveError> {
+        Self::resolve_in(d, mesh, true)
+    }
+
+    /// As [`ProductInfo::resolve`], for judging a contract rather than
+    /// serving it (`conformance check`): ODCS does not require a `domain`,
+    /// so a contract without one (or with an empty one) resolves in no
+    /// domain, its id `/product`. Whether products need a domain is the
+    /// guild's standard (`required_metadata`), reported once there.
+    pub fn resolve_contract(
+        d: &Descriptor,
+        mesh: &MeshConfig,
+    ) -> Result<ProductInfo, ResolveError> {
+        let placed = d
+            .domain
+            .as_ref()
+            .is_some_and(|x| !x.value.trim().is_empty());
+        Self::resolve_in(d, mesh, placed)
+    }
+
+    fn resolve_in(
+        d: &Descriptor,
+        mesh: &MeshConfig,
+        check_domain: bool,
+    ) -> Result<ProductInfo, ResolveError> {
         let located = |l: &Option<Located>| l.as_ref().map(position_of).unwrap_or(TOP);
-        check_segment("domain", d.domain_name(), located(&d.domain))?;
+        if check_domain {
+            check_segment("domain", d.domain_name(), located(&d.domain))?;
+        }
         let name = d.data_product.as_ref().or(d.id.as_ref());
         check_segment(
             "data product",
@@ -352,9 +405,10 @@ impl ProductInfo {
                 fields,
             });
         }
+        let domain = if check_domain { d.domain_name() } else { "" };
         Ok(ProductInfo {
-            id: d.product_id(),
-            domain: d.domain_name().to_string(),
+            id: format!("{domain}/{}", d.product_name()),
+            domain: domain.to_string(),
             status: d
                 .status
                 .as_ref()

@@ -2,6 +2,7 @@
 //! trusted token issuers and the global caps every other rule must respect.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +21,47 @@ pub struct MeshConfig {
     pub issuers: Vec<Issuer>,
     #[serde(default)]
     pub privacy: PrivacyCaps,
+    #[serde(default, skip_serializing_if = "Vocabulary::is_empty")]
+    pub vocabulary: Vocabulary,
 }
+
+/// ODCS's conventional vocabulary, mapped onto the taxonomy: the
+/// classification values product teams write (`restricted`, `secret`, …)
+/// and tags (`pii`, …), each onto a sensitivity level or a classification
+/// the taxonomy declares (whose level it then takes). The evolution rules
+/// order fields by it; the sidecar still withholds every field whose
+/// classification is not in the taxonomy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vocabulary {
+    /// Classification value → level or taxonomy classification, on top of
+    /// [`BUILTIN_LEVELS`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub classifications: BTreeMap<String, String>,
+    /// Tag → level or taxonomy classification, on top of [`BUILTIN_TAGS`]:
+    /// a field carrying the tag is at least that sensitive, and dropping the
+    /// tag is a loosening.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Vocabulary {
+    pub fn is_empty(&self) -> bool {
+        self.classifications.is_empty() && self.tags.is_empty()
+    }
+}
+
+/// The conventional classification levels of ODCS contracts.
+pub const BUILTIN_LEVELS: &[(&str, Level)] = &[
+    ("public", Level::Public),
+    ("internal", Level::Internal),
+    ("confidential", Level::Confidential),
+    ("restricted", Level::Restricted),
+    ("secret", Level::Restricted),
+];
+
+/// Tags that make a field personal data whatever its classification says.
+pub const BUILTIN_TAGS: &[(&str, Level)] = &[("pii", Level::Confidential)];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +94,18 @@ pub enum Level {
 }
 
 impl Level {
+    pub const ALL: [Level; 4] = [
+        Level::Public,
+        Level::Internal,
+        Level::Confidential,
+        Level::Restricted,
+    ];
+
+    /// The level called `name`.
+    pub fn parse(name: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Public => "public",
@@ -146,4 +199,47 @@ impl MeshConfig {
     pub fn has_purpose(&self, id: &str) -> bool {
         self.purposes.iter().any(|p| p.id == id)
     }
+
+    /// The level a vocabulary entry maps to: a taxonomy classification's
+    /// level, else a level name. `None` for anything else.
+    pub fn vocabulary_target(&self, target: &str) -> Option<Level> {
+        self.classification(target)
+            .map(|c| c.level)
+            .or_else(|| Level::parse(target))
+    }
+
+    /// How sensitive a classification value is: its level in the taxonomy,
+    /// else the vocabulary's mapping, else the conventional level of that
+    /// name (case-insensitive outside the taxonomy).
+    pub fn classification_level(&self, value: &str) -> Option<Level> {
+        if let Some(c) = self.classification(value) {
+            return Some(c.level);
+        }
+        lookup(&self.vocabulary.classifications, BUILTIN_LEVELS, value)
+            .and_then(|t| self.vocabulary_target(&t))
+    }
+
+    /// How sensitive a tag makes a field: the vocabulary's mapping, else the
+    /// built-in one (case-insensitive); `None` for a tag that says nothing
+    /// about sensitivity.
+    pub fn tag_level(&self, tag: &str) -> Option<Level> {
+        lookup(&self.vocabulary.tags, BUILTIN_TAGS, tag).and_then(|t| self.vocabulary_target(&t))
+    }
+}
+
+/// `word`'s target in the mesh's mapping, else in the built-in one.
+fn lookup(
+    mesh: &BTreeMap<String, String>,
+    builtin: &[(&str, Level)],
+    word: &str,
+) -> Option<String> {
+    mesh.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(word))
+        .map(|(_, t)| t.clone())
+        .or_else(|| {
+            builtin
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(word))
+                .map(|(_, l)| l.as_str().to_string())
+        })
 }

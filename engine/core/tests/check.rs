@@ -405,6 +405,20 @@ fn malformed_mesh_is_located() {
     assert_finding(&src, "MESH-PARSE", "mesh.toml:4:9");
 }
 
+/// The ODCS vocabulary maps onto levels or declared classifications only.
+#[test]
+fn vocabulary_targets_must_be_levels_or_classifications() {
+    let mesh = "id = \"m\"\n[[classifications]]\nid = \"pii.email\"\nlevel = \"restricted\"\n\n[vocabulary.classifications]\nsecret = \"restricted\"\n[vocabulary.tags]\npii = \"pii.email\"\ngdpr = \"pii.mail\"\n";
+    let src = with(example(), "mesh.toml", mesh);
+    assert_finding(&src, "MESH-VOCABULARY", "mesh.toml:10:1");
+    let d = meshgov_core::check(&src).diagnostics;
+    assert_eq!(
+        d.iter().filter(|d| d.rule == "MESH-VOCABULARY").count(),
+        1,
+        "{d:?}"
+    );
+}
+
 #[test]
 fn scopes_must_name_described_products_domains_and_ports() {
     let src = edit(
