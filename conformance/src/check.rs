@@ -125,5 +125,6 @@ pub fn check(a: CheckArgs<'_>) -> Result<Report, Failure> {
         findings,
         skipped,
         summary: None,
+        help_base_url: rules::DEFAULT_HELP_BASE_URL.to_string(),
     })
 }

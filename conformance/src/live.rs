@@ -178,6 +178,7 @@ pub fn run(a: &RunArgs<'_>) -> Result<Report, Failure> {
         findings,
         skipped,
         summary: Some(summary),
+        help_base_url: crate::rules::DEFAULT_HELP_BASE_URL.to_string(),
     })
 }
 

@@ -47,6 +47,9 @@ pub struct Report {
     pub skipped: BTreeMap<&'static str, String>,
     /// What was checked, in a sentence (text and JSON).
     pub summary: Option<String>,
+    /// The absolute address of `RULES.md` that SARIF's `helpUri`s point
+    /// into (`--help-base-url`).
+    pub help_base_url: String,
 }
 
 impl Report {
@@ -208,7 +211,7 @@ fn sarif_report(r: &Report) -> String {
             serde_json::json!({
                 "id": x.id,
                 "shortDescription": { "text": x.summary },
-                "helpUri": x.anchor(),
+                "helpUri": x.help_uri(&r.help_base_url),
             })
         })
         .collect();
@@ -228,7 +231,7 @@ fn sarif_report(r: &Report) -> String {
                 "message": { "text": text },
                 "locations": [{
                     "physicalLocation": {
-                        "artifactLocation": { "uri": d.path },
+                        "artifactLocation": { "uri": artifact_uri(&d.path) },
                         "region": { "startLine": d.pos.line, "startColumn": d.pos.col },
                     }
                 }],
@@ -242,6 +245,7 @@ fn sarif_report(r: &Report) -> String {
             "tool": { "driver": {
                 "name": "meshgov conformance",
                 "version": env!("CARGO_PKG_VERSION"),
+                "informationUri": env!("CARGO_PKG_REPOSITORY"),
                 "rules": rules,
             }},
             "results": results,
@@ -251,6 +255,21 @@ fn sarif_report(r: &Report) -> String {
         "{}\n",
         serde_json::to_string_pretty(&doc).unwrap_or_default()
     )
+}
+
+/// A file path as a SARIF artifact URI (a URI reference): `/` separates
+/// segments, and every byte that may not appear in a path segment is
+/// percent-encoded (`my product.yaml` → `my%20product.yaml`).
+fn artifact_uri(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.replace('\\', "/").bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// GitHub Actions workflow commands: `::error file=…,line=…,col=…::…`.

@@ -23,7 +23,20 @@ impl Rule {
     pub fn anchor(&self) -> String {
         anchor(self.id)
     }
+
+    /// Where the rule is documented online: `base` (the address of
+    /// `RULES.md`, e.g. [`DEFAULT_HELP_BASE_URL`]) with the rule's anchor.
+    pub fn help_uri(&self, base: &str) -> String {
+        format!("{base}#{}", self.id.to_ascii_lowercase())
+    }
 }
+
+/// The published address of `conformance/RULES.md`, from the workspace's
+/// `repository`.
+pub const DEFAULT_HELP_BASE_URL: &str = concat!(
+    env!("CARGO_PKG_REPOSITORY"),
+    "/blob/main/conformance/RULES.md"
+);
 
 pub fn anchor(id: &str) -> String {
     format!("conformance/RULES.md#{}", id.to_ascii_lowercase())

@@ -291,6 +291,8 @@ enum ConformanceCommand {
     ///   meshgov conformance check product.yaml --policies ../governance/policies
     ///   meshgov conformance check product.yaml --bundle bundle.dsse.json --trust guild.pub
     ///   meshgov conformance check product.yaml --policies p --previous product.v1.yaml --format sarif
+    ///   meshgov conformance check product.yaml --policies p --format sarif \
+    ///     --help-base-url https://git.example/meshgov/blob/main/conformance/RULES.md
     #[command(verbatim_doc_comment)]
     Check {
         /// The product descriptor (ODCS v3 YAML).
@@ -312,6 +314,10 @@ enum ConformanceCommand {
         /// The lowest severity that fails the run.
         #[arg(long, value_enum, default_value = "error")]
         fail_on: meshgov_conformance::report::FailOn,
+        /// The absolute address of conformance/RULES.md; SARIF's helpUri for
+        /// each rule is this address with the rule's anchor.
+        #[arg(long, value_name = "URL", default_value = meshgov_conformance::rules::DEFAULT_HELP_BASE_URL, value_parser = conformance::help_base_url)]
+        help_base_url: String,
     },
     /// Black-box suite against a live sidecar (rules LIVE-*: conformance/RULES.md).
     ///
@@ -367,6 +373,10 @@ enum ConformanceCommand {
         /// The lowest severity that fails the run.
         #[arg(long, value_enum, default_value = "error")]
         fail_on: meshgov_conformance::report::FailOn,
+        /// The absolute address of conformance/RULES.md; SARIF's helpUri for
+        /// each rule is this address with the rule's anchor.
+        #[arg(long, value_name = "URL", default_value = meshgov_conformance::rules::DEFAULT_HELP_BASE_URL, value_parser = conformance::help_base_url)]
+        help_base_url: String,
     },
 }
 
@@ -521,6 +531,7 @@ fn main() -> ExitCode {
                     previous,
                     format,
                     fail_on,
+                    help_base_url,
                 },
         } => conformance::check(
             meshgov_conformance::check::CheckArgs {
@@ -532,6 +543,7 @@ fn main() -> ExitCode {
             },
             format,
             fail_on,
+            help_base_url,
         ),
         Command::Conformance {
             command:
@@ -549,6 +561,7 @@ fn main() -> ExitCode {
                     skip_budget,
                     format,
                     fail_on,
+                    help_base_url,
                 },
         } => conformance::run(
             &meshgov_conformance::live::RunArgs {
@@ -566,6 +579,7 @@ fn main() -> ExitCode {
             },
             format,
             fail_on,
+            help_base_url,
         ),
         Command::Diff {
             old,

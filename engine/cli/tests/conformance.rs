@@ -115,7 +115,25 @@ fn json_sarif_junit_and_github_formats() {
     assert_eq!(run["tool"]["driver"]["rules"][index]["id"], "NAME-001");
     assert_eq!(
         run["tool"]["driver"]["rules"][index]["helpUri"],
-        "conformance/RULES.md#name-001"
+        "https://example.invalid/meshgov/blob/main/conformance/RULES.md#name-001"
+    );
+    let base = "https://git.example/meshgov/blob/main/conformance/RULES.md";
+    let o = conformance(tmp.path(), &["--format", "sarif", "--help-base-url", base]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["runs"][0]["tool"]["driver"]["rules"][index]["helpUri"],
+        format!("{base}#name-001")
+    );
+    // A relative address is a usage error that says what to give.
+    let o = conformance(
+        tmp.path(),
+        &["--format", "sarif", "--help-base-url", "docs/RULES.md"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is not an absolute URL") && err.contains("e.g. https://"),
+        "{err}"
     );
 
     let o = conformance(tmp.path(), &["--format", "junit"]);
