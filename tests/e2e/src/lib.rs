@@ -8,6 +8,9 @@
 //! - [`process`]: real binaries (`meshgov serve`, `meshgov-sidecar`) as
 //!   child processes: spawn with stderr to a log file, readiness polls,
 //!   signals, waiting for the exit code; killed when dropped.
+//! - [`oidc`]: a real OpenID provider (oidc-provider under Node.js) on
+//!   loopback: discovery, a JWKS, JWT access tokens with chosen claims,
+//!   key rotation by restart.
 //! - [`rng`]: the seeded generator for random fault moments and the seed a
 //!   run takes from `MESHGOV_FAULT_SEED` (printed, so a failure replays).
 //!
@@ -22,10 +25,12 @@
 //! them.
 
 pub mod mesh;
+pub mod oidc;
 pub mod process;
 pub mod rng;
 
 pub use mesh::*;
+pub use oidc::OidcProvider;
 pub use process::*;
 pub use rng::*;
 
