@@ -117,7 +117,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // 1. authenticate, read the body
-    let who = app.authenticate(req.headers(), ev)?;
+    let who = app.authenticate(req.headers(), ev).await?;
     let body = tokio::time::timeout(
         std::time::Duration::from_millis(app.limits.body_read_timeout_ms),
         http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),

@@ -205,7 +205,7 @@ impl App {
 
     /// The consumer behind the request's bearer token (401 otherwise), noted
     /// in the audit event: subject, groups and purpose, never the token.
-    pub(crate) fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         ev: &mut Event,
@@ -214,6 +214,7 @@ impl App {
         let who = self
             .auth
             .authenticate(auth)
+            .await
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
         tracing::Span::current().record("consumer", who.principal.id.as_str());
         ev.consumer = Some(who.principal.id.clone());

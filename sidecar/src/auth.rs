@@ -1,21 +1,29 @@
 //! Consumer identity: a bearer JWT from a trusted issuer.
 //!
+//! A sidecar trusts one or more issuers (`[[auth.issuers]]`). A token is
+//! verified by the issuer whose `issuer` is exactly its `iss`, with that
+//! issuer's audience, algorithms, keys and claim mapping. Keys are written
+//! into the config, read from a JWKS file, or follow the identity provider
+//! (OIDC discovery or a JWKS URL; see [`crate::jwks`]).
+//!
 //! Only asymmetric algorithms are accepted (EdDSA, ES256, RS256), and each
-//! configured key is bound to exactly one algorithm. A token is verified
-//! only against keys whose algorithm equals the token's `alg`, and the
-//! validation allows that algorithm alone, so `alg: none`, `HS256` signed
-//! with a public key, or an RS256 token against an EC key are all refused.
-//! `iss`, `aud`, `exp` and `sub` are required; `nbf` is checked when present.
+//! key is bound to exactly one algorithm. A token is verified only against
+//! keys whose algorithm equals the token's `alg`, and the validation allows
+//! that algorithm alone, so `alg: none`, `HS256` signed with a public key,
+//! or an RS256 token against an EC key are all refused. `iss`, `aud`, `exp`
+//! and `sub` are required; `nbf` is checked when present.
 //!
 //! Verified tokens are remembered (see [`VerifiedCache`]): a consumer sends
 //! the same token with every request until it expires, and the signature
 //! check is most of the per-request cost of authentication.
 
-use crate::config::{AuthConfig, KeyConfig, KeySource};
+use crate::config::{AuthConfig, ClaimMapping, IssuerConfig, IssuerKeys, KeyConfig, KeySource};
+use crate::jwks::{RemoteKeys, TrustedKey};
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use meshgov_core::Principal;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Who is asking and why, from a verified token.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,10 +40,14 @@ pub enum AuthError {
     Missing,
     #[error("the token is not a well-formed JWT")]
     Malformed,
-    #[error("the token's algorithm is not accepted; use EdDSA, ES256 or RS256")]
+    #[error("the token's algorithm is not accepted for its issuer")]
     Algorithm,
     #[error("the token's signature does not verify against any trusted key")]
     Signature,
+    #[error("no key of the token's issuer has the token's `kid`")]
+    UnknownKey(usize),
+    #[error("the keys of issuer `{0}` are not available yet; try again shortly")]
+    NoKeys(String),
     #[error("the token has expired")]
     Expired,
     #[error("the token is not valid yet")]
@@ -50,23 +62,17 @@ pub enum AuthError {
     BadClaim(String),
 }
 
-struct TrustedKey {
-    kid: Option<String>,
-    alg: Algorithm,
-    key: DecodingKey,
-}
-
 /// Tokens whose signature, issuer and audience verified, by their exact
 /// text, with the time claims to re-check on every use.
 ///
 /// Only a successful verification inserts; a hit requires the identical
 /// token string, so a changed byte is a miss and is verified in full.
 /// `exp` and `nbf` are checked against the clock at each use, exactly as
-/// the full path does. Bounded: at most [`VERIFIED_CACHE_ENTRIES`] tokens
-/// of at most [`VERIFIED_CACHE_MAX_TOKEN`] bytes; a full cache starts over.
-// INVARIANT: the trusted keys, issuer and audience are fixed for the
-// Authenticator's life (config is read once). If keys ever reload, the
-// cache must be dropped with them.
+/// the full path does. A hit also requires the issuer's key set to be the
+/// one the token was verified under: once the keys change, a token is
+/// verified again, so a key the provider dropped stops working at once.
+/// Bounded: at most [`VERIFIED_CACHE_ENTRIES`] tokens of at most
+/// [`VERIFIED_CACHE_MAX_TOKEN`] bytes; a full cache starts over.
 #[derive(Default)]
 struct VerifiedCache {
     tokens: Mutex<HashMap<Box<str>, Verified>>,
@@ -77,6 +83,8 @@ struct Verified {
     identity: Identity,
     exp: i64,
     nbf: Option<i64>,
+    issuer: usize,
+    generation: u64,
 }
 
 /// How many verified tokens are remembered.
@@ -108,30 +116,66 @@ fn seconds(v: Option<&serde_json::Value>) -> Option<i64> {
     v.as_i64().or_else(|| v.as_f64().map(|f| f.floor() as i64))
 }
 
-/// Verifies consumer tokens. Built once from config.
-pub struct Authenticator {
-    keys: Vec<TrustedKey>,
-    verified: VerifiedCache,
+/// An issuer's keys: fixed at start, or kept fresh from its provider.
+enum Keys {
+    Fixed(Arc<Vec<TrustedKey>>),
+    Remote(Arc<RemoteKeys>),
+}
+
+impl Keys {
+    fn current(&self) -> Arc<Vec<TrustedKey>> {
+        match self {
+            Keys::Fixed(k) => Arc::clone(k),
+            Keys::Remote(r) => r.keys(),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match self {
+            Keys::Fixed(_) => 0,
+            Keys::Remote(r) => r.generation(),
+        }
+    }
+}
+
+/// One trusted issuer, ready to verify.
+struct Issuer {
     issuer: String,
     audience: String,
-    groups_claim: String,
-    /// Whether a string `groups` claim is a space-separated list (an
-    /// array is always accepted); otherwise a string is refused.
-    groups_space_separated: bool,
-    purpose_claim: String,
+    algorithms: Vec<Algorithm>,
+    keys: Keys,
+    claims: ClaimMapping,
+}
+
+/// Verifies consumer tokens. Built once from config.
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    verified: VerifiedCache,
     leeway: u64,
 }
 
 /// The longest token accepted, in bytes.
 pub const MAX_TOKEN: usize = 8 * 1024;
 
+fn algorithm(name: &str) -> Result<Algorithm, String> {
+    match name {
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        "ES256" => Ok(Algorithm::ES256),
+        "RS256" => Ok(Algorithm::RS256),
+        other => Err(format!("unsupported algorithm `{other}`")),
+    }
+}
+
+fn algorithm_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::ES256 => "ES256",
+        _ => "RS256",
+    }
+}
+
 fn load_key(k: &KeyConfig) -> Result<(Algorithm, DecodingKey), String> {
-    let alg = match k.alg.as_str() {
-        "EdDSA" => Algorithm::EdDSA,
-        "ES256" => Algorithm::ES256,
-        "RS256" => Algorithm::RS256,
-        other => return Err(format!("unsupported algorithm `{other}`")),
-    };
+    let alg = algorithm(&k.alg)?;
     let pem_of = |pem: &[u8]| match alg {
         Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
         Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
@@ -161,69 +205,250 @@ fn load_key(k: &KeyConfig) -> Result<(Algorithm, DecodingKey), String> {
     Ok((alg, key))
 }
 
-impl Authenticator {
-    /// Loads every key; an error names the key's index (`auth.keys[i]`).
-    pub fn new(cfg: &AuthConfig) -> Result<Authenticator, crate::config::ConfigError> {
-        let mut keys = Vec::new();
-        for (i, k) in cfg.keys.iter().enumerate() {
-            let (alg, key) = load_key(k).map_err(|reason| crate::config::ConfigError {
-                key: format!("auth.keys[{i}]"),
-                reason,
+/// The keys of one configured issuer (`at` names it in errors).
+fn issuer_keys(
+    at: &str,
+    c: &IssuerConfig,
+    allowed: &[Algorithm],
+) -> Result<Keys, crate::config::ConfigError> {
+    let fail = |key: String, reason: String| crate::config::ConfigError { key, reason };
+    Ok(match &c.keys {
+        IssuerKeys::Static(list) => {
+            let mut keys = Vec::new();
+            for (i, k) in list.iter().enumerate() {
+                let (alg, key) = load_key(k).map_err(|r| fail(format!("{at}.keys[{i}]"), r))?;
+                if !allowed.contains(&alg) {
+                    return Err(fail(
+                        format!("{at}.keys[{i}].alg"),
+                        format!("`{}` is not among the issuer's `algorithms`", k.alg),
+                    ));
+                }
+                keys.push(TrustedKey {
+                    kid: k.kid.clone(),
+                    alg,
+                    key,
+                });
+            }
+            Keys::Fixed(Arc::new(keys))
+        }
+        IssuerKeys::JwksFile(f) => {
+            let doc = std::fs::read(f).map_err(|e| {
+                fail(
+                    format!("{at}.jwks_file"),
+                    format!("cannot read `{}`: {e}", f.display()),
+                )
             })?;
-            keys.push(TrustedKey {
-                kid: k.kid.clone(),
-                alg,
-                key,
+            let (keys, _) = crate::jwks::parse_jwks(&doc, allowed)
+                .map_err(|e| fail(format!("{at}.jwks_file"), format!("`{}`: {e}", f.display())))?;
+            if keys.is_empty() {
+                return Err(fail(
+                    format!("{at}.jwks_file"),
+                    format!("`{}` has no usable signature key", f.display()),
+                ));
+            }
+            Keys::Fixed(Arc::new(keys))
+        }
+        IssuerKeys::Remote(endpoint) => Keys::Remote(Arc::new(
+            RemoteKeys::new(endpoint.clone(), allowed.to_vec(), c.refresh)
+                .map_err(|r| fail(at.to_string(), r))?,
+        )),
+    })
+}
+
+/// The value at a dotted `path` into nested objects.
+fn claim_at<'a>(
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    path: &str,
+) -> Option<&'a serde_json::Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut parts = path.split('.');
+    let mut v = claims.get(parts.next()?)?;
+    for p in parts {
+        v = v.as_object()?.get(p)?;
+    }
+    Some(v)
+}
+
+/// The `iss` of a token's payload, before any verification: it only
+/// chooses which issuer's keys verify the token.
+fn claimed_issuer(token: &str) -> Result<String, AuthError> {
+    let payload = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::Malformed)?;
+    let claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
+    match claims.get("iss") {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        None => Err(AuthError::MissingClaim("iss".into())),
+        // An issuer is one string; the library would accept any of an
+        // array's entries.
+        Some(_) => Err(AuthError::BadClaim("iss".into())),
+    }
+}
+
+impl Authenticator {
+    /// Loads every issuer's keys; an error names the key (`auth.keys[i]`,
+    /// `auth.issuers[i].jwks_file`, …). Keys from a provider are fetched
+    /// once [`Self::remote_keys`]' tasks run.
+    pub fn new(cfg: &AuthConfig) -> Result<Authenticator, crate::config::ConfigError> {
+        let mut issuers = Vec::new();
+        for (i, c) in cfg.issuers.iter().enumerate() {
+            let at = if cfg.issuers.len() == 1 && matches!(c.keys, IssuerKeys::Static(_)) {
+                "auth".to_string()
+            } else {
+                format!("auth.issuers[{i}]")
+            };
+            let algorithms = c
+                .algorithms
+                .iter()
+                .map(|a| algorithm(a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|reason| crate::config::ConfigError {
+                    key: format!("{at}.algorithms"),
+                    reason,
+                })?;
+            issuers.push(Issuer {
+                keys: issuer_keys(&at, c, &algorithms)?,
+                issuer: c.issuer.clone(),
+                audience: c.audience.clone(),
+                algorithms,
+                claims: c.claims.clone(),
             });
         }
         Ok(Authenticator {
-            keys,
+            issuers,
             verified: VerifiedCache::default(),
-            issuer: cfg.issuer.clone(),
-            audience: cfg.audience.clone(),
-            groups_claim: cfg.groups_claim.clone(),
-            groups_space_separated: cfg.groups_space_separated,
-            purpose_claim: cfg.purpose_claim.clone(),
             leeway: cfg.leeway_seconds,
         })
     }
 
-    /// The accepted algorithms, for discovery.
-    pub fn algorithms(&self) -> Vec<&'static str> {
-        let mut v: Vec<&'static str> = self
-            .keys
+    /// The keys that come from a provider, with their issuer: each needs
+    /// its [`RemoteKeys::run`] task.
+    pub fn remote_keys(&self) -> Vec<(Arc<RemoteKeys>, String)> {
+        self.issuers
             .iter()
-            .map(|k| match k.alg {
-                Algorithm::EdDSA => "EdDSA",
-                Algorithm::ES256 => "ES256",
-                _ => "RS256",
+            .filter_map(|i| match &i.keys {
+                Keys::Remote(r) => Some((Arc::clone(r), i.issuer.clone())),
+                Keys::Fixed(_) => None,
+            })
+            .collect()
+    }
+
+    /// What discovery tells consumers about each issuer.
+    pub fn describe(&self) -> serde_json::Value {
+        let issuers: Vec<serde_json::Value> = self
+            .issuers
+            .iter()
+            .map(|i| {
+                let purpose = match &i.claims.purpose_scope_prefix {
+                    Some(p) => serde_json::json!({"scope_prefix": p}),
+                    None => serde_json::json!(i.claims.purpose_claim),
+                };
+                serde_json::json!({
+                    "issuer": i.issuer,
+                    "audience": i.audience,
+                    "algorithms": i.algorithms.iter().map(|a| algorithm_name(*a)).collect::<Vec<_>>(),
+                    "claims": {"subject": "sub", "groups": i.claims.groups_claims, "purpose": purpose},
+                })
             })
             .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
+        serde_json::Value::Array(issuers)
     }
 
-    pub fn issuer(&self) -> &str {
-        &self.issuer
-    }
-    pub fn audience(&self) -> &str {
-        &self.audience
-    }
-    pub fn groups_claim(&self) -> &str {
-        &self.groups_claim
-    }
-    pub fn purpose_claim(&self) -> &str {
-        &self.purpose_claim
-    }
-
-    /// Verifies an `Authorization` header value.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
-        self.authenticate_at(authorization, crate::clock::now_unix())
+    /// Issuers without usable keys, with why: `(issuer, reason)`.
+    pub fn missing_keys(&self) -> Vec<(String, String)> {
+        self.issuers
+            .iter()
+            .filter_map(|i| match &i.keys {
+                Keys::Remote(r) if r.keys().is_empty() => Some((
+                    i.issuer.clone(),
+                    r.health()
+                        .last_error
+                        .unwrap_or_else(|| "the first fetch has not finished".into()),
+                )),
+                _ => None,
+            })
+            .collect()
     }
 
-    /// Verifies an `Authorization` header value at `now_unix`; a token
-    /// verified before is only checked for expiry and not-before.
+    /// Whether some issuer's tokens can be verified now.
+    pub fn has_usable_keys(&self) -> bool {
+        self.issuers.iter().any(|i| !i.keys.current().is_empty())
+    }
+
+    /// `meshgov_sidecar_jwks_*`: fetches, keys and key-set age per issuer
+    /// whose keys come from its provider.
+    pub fn write_metrics(&self, e: &mut meshgov_metrics::Encoder) {
+        use meshgov_metrics::Type;
+        let remote: Vec<(&str, &RemoteKeys)> = self
+            .issuers
+            .iter()
+            .filter_map(|i| match &i.keys {
+                Keys::Remote(r) => Some((i.issuer.as_str(), &**r)),
+                Keys::Fixed(_) => None,
+            })
+            .collect();
+        if remote.is_empty() {
+            return;
+        }
+        e.family(
+            "meshgov_sidecar_jwks_fetches_total",
+            Type::Counter,
+            "Fetches of an identity provider's keys, by issuer and outcome.",
+        );
+        for (iss, r) in &remote {
+            let ok = r.fetches_ok.load(std::sync::atomic::Ordering::Relaxed);
+            let failed = r.fetches_failed.load(std::sync::atomic::Ordering::Relaxed);
+            e.sample(&[("issuer", iss), ("outcome", "ok")], ok);
+            e.sample(&[("issuer", iss), ("outcome", "error")], failed);
+        }
+        e.family(
+            "meshgov_sidecar_jwks_keys",
+            Type::Gauge,
+            "Usable keys in an issuer's key set (0: its tokens are refused).",
+        );
+        for (iss, r) in &remote {
+            e.sample(&[("issuer", iss)], r.keys().len() as i64);
+        }
+        e.family(
+            "meshgov_sidecar_jwks_age_seconds",
+            Type::Gauge,
+            "Seconds since an issuer's key set in use was fetched (absent before the first fetch).",
+        );
+        for (iss, r) in &remote {
+            if let Some(t) = r.health().fetched_at {
+                e.sample(&[("issuer", iss)], t.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// Verifies an `Authorization` header value. A token signed with a key
+    /// its provider's key set lacks triggers one refetch of the set (see
+    /// [`RemoteKeys::refetch_for_unknown_kid`]) and is then tried again.
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
+        let now = crate::clock::now_unix();
+        match self.authenticate_at(authorization, now) {
+            Err(AuthError::UnknownKey(i)) => {
+                if let Some(Issuer {
+                    keys: Keys::Remote(r),
+                    ..
+                }) = self.issuers.get(i)
+                    && r.refetch_for_unknown_kid().await
+                {
+                    return self.authenticate_at(authorization, now);
+                }
+                Err(AuthError::UnknownKey(i))
+            }
+            r => r,
+        }
+    }
+
+    /// Verifies an `Authorization` header value at `now_unix` with the keys
+    /// at hand; a token verified before under the same keys is only
+    /// checked for expiry and not-before.
     pub fn authenticate_at(
         &self,
         authorization: Option<&[u8]>,
@@ -239,24 +464,53 @@ impl Authenticator {
             .or_else(|| text.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?
             .trim();
-        if let Some(v) = self.verified.get(token) {
+        if let Some(v) = self.verified.get(token)
+            && self
+                .issuers
+                .get(v.issuer)
+                .is_some_and(|i| i.keys.generation() == v.generation)
+        {
             self.check_times(v.exp, v.nbf, now_unix)?;
             return Ok(v.identity);
         }
         // The header names the algorithm; `none` and symmetric algorithms
         // fail here or find no key below.
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Algorithm)?;
-        let mut last = AuthError::Algorithm;
-        for k in self.keys.iter().filter(|k| k.alg == header.alg) {
-            if let (Some(want), Some(got)) = (&k.kid, &header.kid)
-                && want != got
-            {
-                continue;
-            }
+        let iss = claimed_issuer(token)?;
+        let (index, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.issuer == iss)
+            .ok_or(AuthError::Issuer)?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(AuthError::Algorithm);
+        }
+        let generation = issuer.keys.generation();
+        let keys = issuer.keys.current();
+        if keys.is_empty() {
+            return Err(AuthError::NoKeys(issuer.issuer.clone()));
+        }
+        let candidates: Vec<&TrustedKey> = keys
+            .iter()
+            .filter(|k| k.alg == header.alg)
+            .filter(|k| match (&k.kid, &header.kid) {
+                (Some(want), Some(got)) => want == got,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(match (&issuer.keys, &header.kid) {
+                (Keys::Remote(_), Some(_)) => AuthError::UnknownKey(index),
+                _ => AuthError::Signature,
+            });
+        }
+        let mut last = AuthError::Signature;
+        for k in candidates {
             let mut v = Validation::new(k.alg);
             v.algorithms = vec![k.alg];
-            v.set_issuer(&[&self.issuer]);
-            v.set_audience(&[&self.audience]);
+            v.set_issuer(&[&issuer.issuer]);
+            v.set_audience(&[&issuer.audience]);
             v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
             // `exp` and `nbf` are checked below against `now_unix`, the same
             // way for fresh and remembered tokens.
@@ -270,7 +524,7 @@ impl Authenticator {
                         seconds(data.claims.get("exp")),
                         seconds(data.claims.get("nbf")),
                     );
-                    let identity = self.identity(data.claims)?;
+                    let identity = self.identity(&issuer.claims, data.claims)?;
                     let exp = exp.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
                     self.check_times(exp, nbf, now_unix)?;
                     self.verified.put(
@@ -279,6 +533,8 @@ impl Authenticator {
                             identity: identity.clone(),
                             exp,
                             nbf,
+                            issuer: index,
+                            generation,
                         },
                     );
                     return Ok(identity);
@@ -318,6 +574,7 @@ impl Authenticator {
 
     fn identity(
         &self,
+        map: &ClaimMapping,
         claims: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Identity, AuthError> {
         use serde_json::Value;
@@ -327,8 +584,6 @@ impl Authenticator {
                 return Err(AuthError::BadClaim(c.into()));
             }
         }
-        // An issuer is one string; the library would accept any of an
-        // array's entries.
         if !claims.get("iss").is_some_and(Value::is_string) {
             return Err(AuthError::BadClaim("iss".into()));
         }
@@ -336,27 +591,58 @@ impl Authenticator {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s.clone(),
             _ => return Err(AuthError::BadClaim("sub".into())),
         };
-        let groups = match claims.get(&self.groups_claim) {
-            None => vec![],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|g| g.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| AuthError::BadClaim(self.groups_claim.clone()))?,
-            // `"fraud auditors"` is one group unless the issuer is known
-            // to send a space-separated list.
-            Some(Value::String(s)) if self.groups_space_separated => {
-                s.split_whitespace().map(str::to_string).collect()
+        let mut groups: Vec<String> = Vec::new();
+        for path in &map.groups_claims {
+            let bad = || AuthError::BadClaim(path.clone());
+            let found: Vec<&str> = match claim_at(&claims, path) {
+                None => continue,
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(Value::as_str)
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(bad)?,
+                // `"fraud auditors"` is one group unless the issuer is known
+                // to send a space-separated list.
+                Some(Value::String(s)) if map.groups_space_separated => {
+                    s.split_whitespace().collect()
+                }
+                Some(_) => return Err(bad()),
+            };
+            for g in found {
+                let g = map
+                    .groups_strip_prefix
+                    .as_deref()
+                    .and_then(|p| g.strip_prefix(p))
+                    .unwrap_or(g);
+                if !g.is_empty() && !groups.iter().any(|h| h == g) {
+                    groups.push(g.to_string());
+                }
             }
-            Some(_) => return Err(AuthError::BadClaim(self.groups_claim.clone())),
-        };
-        if groups.len() > 256 {
-            return Err(AuthError::BadClaim(self.groups_claim.clone()));
+            if groups.len() > 256 {
+                return Err(bad());
+            }
         }
-        let purpose = match claims.get(&self.purpose_claim) {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            None => return Err(AuthError::MissingClaim(self.purpose_claim.clone())),
-            Some(_) => return Err(AuthError::BadClaim(self.purpose_claim.clone())),
+        let purpose = match &map.purpose_scope_prefix {
+            Some(prefix) => {
+                let scope = match claims.get("scope") {
+                    Some(Value::String(s)) => s.as_str(),
+                    None => return Err(AuthError::MissingClaim(format!("scope ({prefix}…)"))),
+                    Some(_) => return Err(AuthError::BadClaim("scope".into())),
+                };
+                let mut found = scope
+                    .split_whitespace()
+                    .filter_map(|s| s.strip_prefix(prefix.as_str()));
+                match (found.next(), found.next()) {
+                    (Some(p), None) if !p.is_empty() => p.to_string(),
+                    (None, _) => return Err(AuthError::MissingClaim(format!("scope ({prefix}…)"))),
+                    _ => return Err(AuthError::BadClaim(format!("scope ({prefix}…)"))),
+                }
+            }
+            None => match claim_at(&claims, &map.purpose_claim) {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                None => return Err(AuthError::MissingClaim(map.purpose_claim.clone())),
+                Some(_) => return Err(AuthError::BadClaim(map.purpose_claim.clone())),
+            },
         };
         Ok(Identity {
             principal: Principal {
@@ -373,7 +659,6 @@ impl Authenticator {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use base64::Engine as _;
     use ring::signature::{Ed25519KeyPair, KeyPair};
 
     fn setup() -> (Authenticator, Vec<u8>) {
@@ -385,17 +670,22 @@ mod tests {
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key());
         let cfg = AuthConfig {
-            issuer: "i".into(),
-            audience: "a".into(),
-            groups_claim: "groups".into(),
-            groups_space_separated,
-            purpose_claim: "purpose".into(),
-            leeway_seconds: 5,
-            keys: vec![KeyConfig {
-                kid: None,
-                alg: "EdDSA".into(),
-                source: KeySource::Components(BTreeMap::from([("x".to_string(), x)])),
+            issuers: vec![IssuerConfig {
+                issuer: "i".into(),
+                audience: "a".into(),
+                algorithms: vec!["EdDSA".into()],
+                keys: IssuerKeys::Static(vec![KeyConfig {
+                    kid: None,
+                    alg: "EdDSA".into(),
+                    source: KeySource::Components(BTreeMap::from([("x".to_string(), x)])),
+                }]),
+                claims: ClaimMapping {
+                    groups_space_separated,
+                    ..ClaimMapping::default()
+                },
+                refresh: crate::config::DEFAULT_REFRESH,
             }],
+            leeway_seconds: 5,
         };
         (Authenticator::new(&cfg).unwrap(), pkcs8.as_ref().to_vec())
     }

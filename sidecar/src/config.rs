@@ -156,17 +156,75 @@ pub struct KeyConfig {
     pub source: KeySource,
 }
 
+/// Where an issuer's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthConfig {
-    pub issuer: String,
-    pub audience: String,
-    pub groups_claim: String,
-    /// Read a string groups claim as a space-separated list.
+pub enum IssuerKeys {
+    /// Keys written into the config (`[[auth.keys]]` or an issuer's `keys`).
+    Static(Vec<KeyConfig>),
+    /// A JWKS document on disk, read at start.
+    JwksFile(PathBuf),
+    /// From the identity provider, kept fresh (`discovery_url`, `jwks_url`).
+    Remote(crate::jwks::Endpoint),
+}
+
+/// How an issuer's claims become a consumer: paths are dotted
+/// (`realm_access.roles`) into nested objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMapping {
+    /// Every claim that holds groups; their groups are merged.
+    pub groups_claims: Vec<String>,
+    /// Removed from the start of each group (Keycloak's `/` for group paths).
+    pub groups_strip_prefix: Option<String>,
+    /// Read a string groups claim as a space-separated list (else refused).
     pub groups_space_separated: bool,
     pub purpose_claim: String,
-    pub leeway_seconds: u64,
-    pub keys: Vec<KeyConfig>,
+    /// Take the purpose from the `scope` claim's one entry with this
+    /// prefix (`purpose:campaign-analytics`), instead of `purpose_claim`.
+    pub purpose_scope_prefix: Option<String>,
 }
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        ClaimMapping {
+            groups_claims: vec!["groups".into()],
+            groups_strip_prefix: None,
+            groups_space_separated: false,
+            purpose_claim: "purpose".into(),
+            purpose_scope_prefix: None,
+        }
+    }
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    pub audience: String,
+    /// Accepted algorithms: a subset of `EdDSA`, `ES256`, `RS256`.
+    pub algorithms: Vec<String>,
+    pub keys: IssuerKeys,
+    pub claims: ClaimMapping,
+    /// Cache bounds and refetch cooldown of remote keys.
+    pub refresh: crate::jwks::Refresh,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// At least one; a token is verified by the one whose `issuer` is its `iss`.
+    pub issuers: Vec<IssuerConfig>,
+    pub leeway_seconds: u64,
+}
+
+/// Every algorithm a token may be signed with.
+pub const ALGORITHMS: [&str; 3] = ["EdDSA", "ES256", "RS256"];
+
+/// The default cache bounds and cooldown of remote keys.
+pub const DEFAULT_REFRESH: crate::jwks::Refresh = crate::jwks::Refresh {
+    min: std::time::Duration::from_secs(60),
+    max: std::time::Duration::from_secs(3600),
+    cooldown: std::time::Duration::from_secs(30),
+};
 
 /// Where a key scope's pseudonym secret comes from. The secret must be at
 /// least 32 bytes; a shorter one is a config error naming
@@ -476,7 +534,7 @@ fn flatten(
             format!("{prefix}.{k}")
         };
         match (key.as_str(), v) {
-            ("auth.keys" | "pseudonym_keys" | "trusted_bundle_keys", _) => {}
+            ("auth.keys" | "auth.issuers" | "pseudonym_keys" | "trusted_bundle_keys", _) => {}
             (_, toml::Value::Table(t)) => flatten(&key, t, out)?,
             _ if SCALAR_KEYS.contains(&key.as_str()) => {
                 out.insert(key, v.clone());
@@ -603,26 +661,7 @@ impl Config {
             }
         };
 
-        let keys = parse_keys(table.get("auth").and_then(|a| a.get("keys")), base)?;
-        if keys.is_empty() {
-            return Err(err(
-                "auth.keys",
-                "no token verification keys; add at least one `[[auth.keys]]`",
-            ));
-        }
-        let auth = AuthConfig {
-            issuer: v.required("auth.issuer")?,
-            audience: v.required("auth.audience")?,
-            groups_claim: v
-                .str("auth.groups_claim")?
-                .unwrap_or_else(|| "groups".into()),
-            groups_space_separated: v.bool("auth.groups_space_separated", false)?,
-            purpose_claim: v
-                .str("auth.purpose_claim")?
-                .unwrap_or_else(|| "purpose".into()),
-            leeway_seconds: v.u64("auth.leeway_seconds", 30)?,
-            keys,
-        };
+        let auth = parse_auth(&v, table.get("auth"), base)?;
 
         let mut pseudonym_keys = BTreeMap::new();
         if let Some(t) = table.get("pseudonym_keys") {
@@ -876,16 +915,245 @@ fn http_url(key: &str, url: &str) -> Result<String, ConfigError> {
     Ok(u.to_string())
 }
 
-fn parse_keys(value: Option<&toml::Value>, base: &Path) -> Result<Vec<KeyConfig>, ConfigError> {
+/// `[auth]`: either one issuer in the table itself (`issuer`, `audience`,
+/// claim names and `[[auth.keys]]`), or `[[auth.issuers]]`.
+fn parse_auth(
+    v: &Values,
+    auth: Option<&toml::Value>,
+    base: &Path,
+) -> Result<AuthConfig, ConfigError> {
+    let leeway_seconds = v.u64("auth.leeway_seconds", 30)?;
+    if let Some(list) = auth.and_then(|a| a.get("issuers")) {
+        for flat in [
+            "auth.issuer",
+            "auth.audience",
+            "auth.groups_claim",
+            "auth.purpose_claim",
+        ] {
+            if v.str(flat)?.is_some() {
+                return Err(err(
+                    flat,
+                    "give the issuer in `[[auth.issuers]]` or in `[auth]`, not both",
+                ));
+            }
+        }
+        if auth.and_then(|a| a.get("keys")).is_some() {
+            return Err(err(
+                "auth.keys",
+                "with `[[auth.issuers]]`, give each issuer its own `keys`",
+            ));
+        }
+        let arr = list.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+            err(
+                "auth.issuers",
+                "expected one or more `[[auth.issuers]]` tables",
+            )
+        })?;
+        let mut issuers = Vec::new();
+        for (i, t) in arr.iter().enumerate() {
+            let at = format!("auth.issuers[{i}]");
+            let t = t.as_table().ok_or_else(|| err(&at, "expected a table"))?;
+            let issuer = parse_issuer(&at, t, base)?;
+            if issuers
+                .iter()
+                .any(|o: &IssuerConfig| o.issuer == issuer.issuer)
+            {
+                return Err(err(&format!("{at}.issuer"), "listed twice"));
+            }
+            issuers.push(issuer);
+        }
+        return Ok(AuthConfig {
+            issuers,
+            leeway_seconds,
+        });
+    }
+    let keys = parse_keys(auth.and_then(|a| a.get("keys")), "auth.keys", base)?;
+    if keys.is_empty() {
+        return Err(err(
+            "auth.keys",
+            "no token verification keys; add at least one `[[auth.keys]]` (or use `[[auth.issuers]]`)",
+        ));
+    }
+    let groups_claim = v
+        .str("auth.groups_claim")?
+        .unwrap_or_else(|| "groups".into());
+    Ok(AuthConfig {
+        issuers: vec![IssuerConfig {
+            issuer: v.required("auth.issuer")?,
+            audience: v.required("auth.audience")?,
+            // The algorithms of the keys given.
+            algorithms: ALGORITHMS
+                .iter()
+                .filter(|a| keys.iter().any(|k| k.alg == **a))
+                .map(|a| a.to_string())
+                .collect(),
+            keys: IssuerKeys::Static(keys),
+            claims: ClaimMapping {
+                groups_claims: vec![groups_claim],
+                groups_strip_prefix: None,
+                groups_space_separated: v.bool("auth.groups_space_separated", false)?,
+                purpose_claim: v
+                    .str("auth.purpose_claim")?
+                    .unwrap_or_else(|| "purpose".into()),
+                purpose_scope_prefix: None,
+            },
+            refresh: DEFAULT_REFRESH,
+        }],
+        leeway_seconds,
+    })
+}
+
+/// One `[[auth.issuers]]` table.
+fn parse_issuer(at: &str, t: &toml::Table, base: &Path) -> Result<IssuerConfig, ConfigError> {
+    const KEYS: [&str; 15] = [
+        "issuer",
+        "audience",
+        "algorithms",
+        "discovery_url",
+        "jwks_url",
+        "jwks_file",
+        "keys",
+        "groups_claims",
+        "groups_strip_prefix",
+        "groups_space_separated",
+        "purpose_claim",
+        "purpose_scope_prefix",
+        "jwks_min_refresh_seconds",
+        "jwks_max_refresh_seconds",
+        "jwks_refetch_cooldown_seconds",
+    ];
+    for name in t.keys() {
+        if !KEYS.contains(&name.as_str()) {
+            return Err(err(&format!("{at}.{name}"), "unknown key"));
+        }
+    }
+    let key = |name: &str| format!("{at}.{name}");
+    let s = |name: &str| -> Result<Option<String>, ConfigError> {
+        match t.get(name) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(err(&key(name), "expected a non-empty string")),
+        }
+    };
+    let strings = |name: &str| -> Result<Option<Vec<String>>, ConfigError> {
+        match t.get(name) {
+            None => Ok(None),
+            Some(toml::Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|x| match x {
+                    toml::Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                    _ => Err(err(&key(name), "expected non-empty strings")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(err(&key(name), "expected a non-empty array of strings")),
+        }
+    };
+    let secs =
+        |name: &str, default: std::time::Duration| -> Result<std::time::Duration, ConfigError> {
+            match t.get(name) {
+                None => Ok(default),
+                Some(toml::Value::Integer(i)) if *i >= 0 => {
+                    Ok(std::time::Duration::from_secs(*i as u64))
+                }
+                Some(_) => Err(err(&key(name), "expected a non-negative integer (seconds)")),
+            }
+        };
+    let url = |name: &str| -> Result<Option<String>, ConfigError> {
+        let u = s(name)?;
+        if let Some(u) = &u
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(err(
+                &key(name),
+                format!("expected an `https://` URL, got `{u}`"),
+            ));
+        }
+        Ok(u)
+    };
+    let algorithms = strings("algorithms")?
+        .unwrap_or_else(|| ALGORITHMS.iter().map(|a| a.to_string()).collect());
+    if let Some(a) = algorithms
+        .iter()
+        .find(|a| !ALGORITHMS.contains(&a.as_str()))
+    {
+        return Err(err(
+            &key("algorithms"),
+            format!("expected `EdDSA`, `ES256` or `RS256`, got `{a}`"),
+        ));
+    }
+    let sources = [
+        url("discovery_url")?.map(|u| IssuerKeys::Remote(crate::jwks::Endpoint::Discovery(u))),
+        url("jwks_url")?.map(|u| IssuerKeys::Remote(crate::jwks::Endpoint::Jwks(u))),
+        s("jwks_file")?.map(|f| IssuerKeys::JwksFile(resolve(base, &f))),
+        t.get("keys")
+            .map(|k| parse_keys(Some(k), &key("keys"), base).map(IssuerKeys::Static))
+            .transpose()?,
+    ];
+    let mut given = sources.into_iter().flatten();
+    let keys = given.next().ok_or_else(|| {
+        err(
+            at,
+            "no keys; give one of `discovery_url`, `jwks_url`, `jwks_file` or `keys`",
+        )
+    })?;
+    if given.next().is_some() {
+        return Err(err(
+            at,
+            "give one of `discovery_url`, `jwks_url`, `jwks_file` or `keys`, not several",
+        ));
+    }
+    let refresh = crate::jwks::Refresh {
+        min: secs("jwks_min_refresh_seconds", DEFAULT_REFRESH.min)?,
+        max: secs("jwks_max_refresh_seconds", DEFAULT_REFRESH.max)?,
+        cooldown: secs("jwks_refetch_cooldown_seconds", DEFAULT_REFRESH.cooldown)?,
+    };
+    if refresh.min > refresh.max || refresh.max.is_zero() {
+        return Err(err(
+            &key("jwks_max_refresh_seconds"),
+            "must be positive and at least `jwks_min_refresh_seconds`",
+        ));
+    }
+    let groups_space_separated = match t.get("groups_space_separated") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(_) => {
+            return Err(err(
+                &key("groups_space_separated"),
+                "expected `true` or `false`",
+            ));
+        }
+    };
+    Ok(IssuerConfig {
+        issuer: s("issuer")?.ok_or_else(|| err(&key("issuer"), "missing"))?,
+        audience: s("audience")?.ok_or_else(|| err(&key("audience"), "missing"))?,
+        algorithms,
+        keys,
+        claims: ClaimMapping {
+            groups_claims: strings("groups_claims")?.unwrap_or_else(|| vec!["groups".into()]),
+            groups_strip_prefix: s("groups_strip_prefix")?,
+            groups_space_separated,
+            purpose_claim: s("purpose_claim")?.unwrap_or_else(|| "purpose".into()),
+            purpose_scope_prefix: s("purpose_scope_prefix")?,
+        },
+        refresh,
+    })
+}
+
+fn parse_keys(
+    value: Option<&toml::Value>,
+    name: &str,
+    base: &Path,
+) -> Result<Vec<KeyConfig>, ConfigError> {
     let Some(value) = value else {
         return Ok(vec![]);
     };
     let arr = value
         .as_array()
-        .ok_or_else(|| err("auth.keys", "expected an array of tables `[[auth.keys]]`"))?;
+        .ok_or_else(|| err(name, format!("expected an array of tables `[[{name}]]`")))?;
     let mut out = Vec::new();
     for (i, k) in arr.iter().enumerate() {
-        let at = format!("auth.keys[{i}]");
+        let at = format!("{name}[{i}]");
         let t = k.as_table().ok_or_else(|| err(&at, "expected a table"))?;
         let s = |name: &str| -> Result<Option<String>, ConfigError> {
             match t.get(name) {
@@ -1015,11 +1283,18 @@ x = "abc"
             eddsa_auth_toml(issuer, "aud", &key)
         );
         let c = Config::from_toml(&text, Path::new("/"), &env(&[])).unwrap();
-        assert_eq!(c.auth.issuer, issuer);
-        assert_eq!(c.auth.audience, "aud");
-        assert_eq!(c.auth.groups_claim, "groups");
-        assert_eq!(c.auth.keys.len(), 1);
-        let k = c.auth.keys.first().unwrap();
+        let [i] = c.auth.issuers.as_slice() else {
+            panic!("{:?}", c.auth.issuers)
+        };
+        assert_eq!(i.issuer, issuer);
+        assert_eq!(i.audience, "aud");
+        assert_eq!(i.claims, ClaimMapping::default());
+        let IssuerKeys::Static(keys) = &i.keys else {
+            panic!("{:?}", i.keys)
+        };
+        let [k] = keys.as_slice() else {
+            panic!("{keys:?}")
+        };
         assert_eq!(k.alg, "EdDSA");
         use base64::Engine as _;
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
@@ -1034,7 +1309,7 @@ x = "abc"
         let c = Config::from_toml(BASE, Path::new("/etc/m"), &env(&[])).unwrap();
         assert_eq!(c.descriptor, PathBuf::from("/etc/m/p.yaml"));
         assert_eq!(c.upstream, UpstreamConfig::Dir("/etc/m/data".into()));
-        assert_eq!(c.auth.groups_claim, "groups");
+        assert_eq!(c.auth.issuers[0].claims.groups_claims, ["groups"]);
         assert_eq!(c.audit.dir, PathBuf::from("/etc/m/state/audit"));
         assert!(c.audit.fsync, "durable audit is the default");
         assert!(!c.audit.retention_after_collection);
@@ -1116,6 +1391,96 @@ x = "abc"
     }
 
     #[test]
+    fn issuers_take_keys_from_one_source_and_map_their_claims() {
+        let head = BASE.split("[auth]").next().unwrap();
+        let text = format!(
+            r#"{head}
+[auth]
+leeway_seconds = 10
+[[auth.issuers]]
+issuer = "https://kc.example/realms/media"
+audience = "meshgov"
+algorithms = ["RS256"]
+discovery_url = "https://kc.example/realms/media/.well-known/openid-configuration"
+groups_claims = ["realm_access.roles", "groups"]
+groups_strip_prefix = "/"
+purpose_scope_prefix = "purpose:"
+jwks_min_refresh_seconds = 30
+[[auth.issuers]]
+issuer = "https://login.example/tenant/v2.0"
+audience = "api://meshgov"
+jwks_url = "https://login.example/tenant/discovery/v2.0/keys"
+"#
+        );
+        let c = Config::from_toml(&text, Path::new("/etc/m"), &env(&[])).unwrap();
+        assert_eq!(c.auth.leeway_seconds, 10);
+        let [kc, entra] = c.auth.issuers.as_slice() else {
+            panic!("{:?}", c.auth.issuers)
+        };
+        assert_eq!(kc.algorithms, ["RS256"]);
+        assert_eq!(
+            kc.keys,
+            IssuerKeys::Remote(crate::jwks::Endpoint::Discovery(
+                "https://kc.example/realms/media/.well-known/openid-configuration".into()
+            ))
+        );
+        assert_eq!(kc.claims.groups_claims, ["realm_access.roles", "groups"]);
+        assert_eq!(kc.claims.groups_strip_prefix.as_deref(), Some("/"));
+        assert_eq!(kc.claims.purpose_scope_prefix.as_deref(), Some("purpose:"));
+        assert_eq!(kc.refresh.min, std::time::Duration::from_secs(30));
+        assert_eq!(kc.refresh.max, DEFAULT_REFRESH.max);
+        assert_eq!(entra.algorithms.len(), 3);
+        assert_eq!(entra.claims, ClaimMapping::default());
+        let issuer = |body: &str| {
+            format!(
+                "{head}
+[[auth.issuers]]
+issuer = \"i\"\naudience = \"a\"\n{body}"
+            )
+        };
+        for (body, key, says) in [
+            ("", "auth.issuers[0]", "no keys"),
+            (
+                "jwks_url = \"https://x/k\"\njwks_file = \"k.json\"",
+                "auth.issuers[0]",
+                "not several",
+            ),
+            (
+                "jwks_url = \"ftp://x/k\"",
+                "auth.issuers[0].jwks_url",
+                "https://",
+            ),
+            (
+                "jwks_url = \"https://x/k\"\nalgorithms = [\"HS256\"]",
+                "auth.issuers[0].algorithms",
+                "HS256",
+            ),
+            (
+                "jwks_url = \"https://x/k\"\ngroup_claims = [\"g\"]",
+                "auth.issuers[0].group_claims",
+                "unknown",
+            ),
+            (
+                "jwks_url = \"https://x/k\"\njwks_min_refresh_seconds = 600\njwks_max_refresh_seconds = 60",
+                "auth.issuers[0].jwks_max_refresh_seconds",
+                "at least",
+            ),
+        ] {
+            let e = Config::from_toml(&issuer(body), Path::new("/"), &env(&[])).unwrap_err();
+            assert_eq!(e.key, key, "{body}: {e}");
+            assert!(e.reason.contains(says), "{body}: {e}");
+        }
+        // One issuer in two places is refused.
+        let both = format!(
+            "{BASE}
+[[auth.issuers]]
+issuer = \"i\"\naudience = \"a\"\njwks_url = \"https://x/k\"\n"
+        );
+        let e = Config::from_toml(&both, Path::new("/"), &env(&[])).unwrap_err();
+        assert_eq!(e.key, "auth.issuer", "{e}");
+    }
+
+    #[test]
     fn env_overrides_a_key() {
         let c = Config::from_toml(
             BASE,
@@ -1126,7 +1491,7 @@ x = "abc"
             ]),
         )
         .unwrap();
-        assert_eq!(c.auth.issuer, "other");
+        assert_eq!(c.auth.issuers[0].issuer, "other");
         assert_eq!(c.limits.max_limit, 5);
     }
 

@@ -193,12 +193,27 @@ fn readyz(app: &App, rid: &str) -> Response<Body> {
             &serde_json::json!({"ready": false, "reason": format!("the audit log failed: {why}")}),
         );
     }
+    // Issuers whose provider's keys have not been fetched: their tokens
+    // are refused. With none usable, no request can be served.
+    let missing: Vec<String> = app
+        .auth
+        .missing_keys()
+        .into_iter()
+        .map(|(iss, why)| format!("issuer `{iss}` has no usable keys: {why}"))
+        .collect();
+    if !app.auth.has_usable_keys() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            rid,
+            &serde_json::json!({"ready": false, "reason": missing.join("; ")}),
+        );
+    }
     match app.bundle.valid_at(clock::now_unix()) {
         Ok(b) => json(
             StatusCode::OK,
             rid,
             &serde_json::json!({"ready": true, "revision": b.meta.revision, "digest": b.meta.digest,
-                "expires_at": clock::rfc3339(b.meta.expires_at_unix)}),
+                "expires_at": clock::rfc3339(b.meta.expires_at_unix), "auth_warnings": missing}),
         ),
         Err(u) => json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -273,10 +288,7 @@ fn discovery(app: &App, rid: &str) -> Response<Body> {
             "authentication": {
                 "scheme": "Bearer",
                 "token": "JWT",
-                "issuer": app.auth.issuer(),
-                "audience": app.auth.audience(),
-                "algorithms": app.auth.algorithms(),
-                "claims": {"subject": "sub", "groups": app.auth.groups_claim(), "purpose": app.auth.purpose_claim()},
+                "issuers": app.auth.describe(),
             },
         }),
     )

@@ -179,6 +179,10 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
             stopped(),
         )));
     }
+    for (keys, issuer) in app.auth.remote_keys() {
+        let span = tracing::info_span!("issuer_keys", issuer = %issuer);
+        tasks.push(tokio::spawn(keys.run(stopped()).instrument(span)));
+    }
     tasks.push(tokio::spawn(control::watch_expiry(
         Arc::clone(&app),
         stopped(),

@@ -57,6 +57,7 @@ pub mod control;
 pub mod data_port;
 pub mod engine_link;
 pub mod error;
+pub mod jwks;
 pub mod launch;
 pub mod metrics;
 pub mod persist;

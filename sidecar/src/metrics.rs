@@ -440,7 +440,13 @@ impl Metrics {
 
     /// The exposition text at `now_unix`, with the bundle in `bundle` and
     /// the state of `audit`.
-    pub fn render(&self, bundle: &BundleSlot, audit: &AuditLog, now_unix: i64) -> String {
+    pub fn render(
+        &self,
+        bundle: &BundleSlot,
+        audit: &AuditLog,
+        auth: &crate::auth::Authenticator,
+        now_unix: i64,
+    ) -> String {
         let mut e = Encoder::new();
         e.family(
             "meshgov_sidecar_build_info",
@@ -476,6 +482,7 @@ impl Metrics {
                 c.get(),
             );
         }
+        auth.write_metrics(&mut e);
         meshgov_metrics::process::write(&mut e);
         e.finish()
     }

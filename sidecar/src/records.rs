@@ -67,7 +67,7 @@ pub(crate) async fn records<B>(
     ev.action = Some("read".into());
     ev.port = Some(port.to_string());
     // 1. authenticate
-    let who = app.authenticate(req.headers(), ev)?;
+    let who = app.authenticate(req.headers(), ev).await?;
     // 2. parse
     let q = request::parse_records_query(req.uri().query(), app.limits.max_limit)
         .map_err(ApiError::bad_request)?;

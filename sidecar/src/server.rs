@@ -79,7 +79,7 @@ fn metrics_route<B>(app: &App, req: &Request<B>) -> Response<Body> {
             http::StatusCode::OK,
             meshgov_metrics::CONTENT_TYPE,
             app.metrics
-                .render(&app.bundle, &app.audit, crate::clock::now_unix()),
+                .render(&app.bundle, &app.audit, &app.auth, crate::clock::now_unix()),
         ),
         (_, "/metrics") => (
             http::StatusCode::METHOD_NOT_ALLOWED,

@@ -645,12 +645,11 @@ async fn discovery_describes_the_product_and_how_to_authenticate() {
     );
     assert_eq!(d["slos"][0]["property"], "latency");
     assert_eq!(d["bundle"]["revision"], 7);
-    assert_eq!(d["authentication"]["issuer"], ISSUER);
-    assert_eq!(
-        d["authentication"]["algorithms"],
-        json!(["ES256", "EdDSA", "RS256"])
-    );
-    assert_eq!(d["authentication"]["claims"]["purpose"], "purpose");
+    let issuer = &d["authentication"]["issuers"][0];
+    assert_eq!(issuer["issuer"], ISSUER);
+    assert_eq!(issuer["algorithms"], json!(["EdDSA", "ES256", "RS256"]));
+    assert_eq!(issuer["claims"]["groups"], json!(["groups"]));
+    assert_eq!(issuer["claims"]["purpose"], "purpose");
     s.stop().await;
 }
 

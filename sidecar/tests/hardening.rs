@@ -450,7 +450,10 @@ async fn requests_the_http_parser_refuses_are_counted() {
     assert_eq!(r.status, 400, "{}", r.text());
     // The connection task counts after hyper has answered.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = s.app.metrics.render(&s.app.bundle, &s.app.audit, now());
+    let text = s
+        .app
+        .metrics
+        .render(&s.app.bundle, &s.app.audit, &s.app.auth, now());
     for (series, n) in [
         (r#"listener="data",reason="too_large""#, 1),
         (r#"listener="data",reason="malformed""#, 1),
@@ -535,7 +538,10 @@ async fn a_client_that_stops_reading_is_cut_off_and_audited_as_stalled() {
             "`{query}`"
         );
     }
-    let text = s.app.metrics.render(&s.app.bundle, &s.app.audit, now());
+    let text = s
+        .app
+        .metrics
+        .render(&s.app.bundle, &s.app.audit, &s.app.auth, now());
     for (outcome, n) in [("stalled", 2), ("client_gone", 0), ("complete", 0)] {
         let line = format!("meshgov_sidecar_streams_total{{outcome=\"{outcome}\"}} {n}");
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");

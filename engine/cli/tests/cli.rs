@@ -391,8 +391,9 @@ fn minted_tokens_are_accepted_by_the_sidecars_verifier() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     let entry = &stderr[stderr.find("[[auth.keys]]").expect("a key entry")..];
     let auth = sidecar_auth(entry);
+    let now = meshgov_sidecar::clock::now_unix();
     let who = auth
-        .authenticate(Some(format!("Bearer {token}").as_bytes()))
+        .authenticate_at(Some(format!("Bearer {token}").as_bytes()), now)
         .unwrap();
     assert_eq!(who.principal.id, "alice");
     assert_eq!(who.principal.groups, ["marketing", "fraud"]);
@@ -414,7 +415,7 @@ fn minted_tokens_are_accepted_by_the_sidecars_verifier() {
     );
     let forged = String::from_utf8(o.stdout).unwrap();
     assert!(
-        auth.authenticate(Some(format!("Bearer {}", forged.trim()).as_bytes()))
+        auth.authenticate_at(Some(format!("Bearer {}", forged.trim()).as_bytes()), now)
             .is_err()
     );
     let wrong_issuer = meshgov(
@@ -433,7 +434,7 @@ fn minted_tokens_are_accepted_by_the_sidecars_verifier() {
     );
     let t = String::from_utf8(wrong_issuer.stdout).unwrap();
     assert_eq!(
-        auth.authenticate(Some(format!("Bearer {}", t.trim()).as_bytes())),
+        auth.authenticate_at(Some(format!("Bearer {}", t.trim()).as_bytes()), now),
         Err(meshgov_sidecar::auth::AuthError::Issuer)
     );
 }

@@ -20,7 +20,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use libfuzzer_sys::fuzz_target;
 use meshgov_fuzz::{AUDIENCE, ISSUER, NOW, TEST_KEY_PEM, repo, split_mode, test_public_key};
 use meshgov_sidecar::auth::Authenticator;
-use meshgov_sidecar::config::{AuthConfig, KeyConfig, KeySource};
+use meshgov_sidecar::config::{
+    AuthConfig, ClaimMapping, DEFAULT_REFRESH, IssuerConfig, IssuerKeys, KeyConfig, KeySource,
+};
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
@@ -33,28 +35,31 @@ static RSA_PUBLIC_PEM: LazyLock<String> = LazyLock::new(|| {
 
 static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
     let cfg = AuthConfig {
-        issuer: ISSUER.into(),
-        audience: AUDIENCE.into(),
-        groups_claim: "groups".into(),
-        // The default: a string groups claim is refused.
-        groups_space_separated: false,
-        purpose_claim: "purpose".into(),
+        issuers: vec![IssuerConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            algorithms: vec!["EdDSA".into(), "RS256".into()],
+            keys: IssuerKeys::Static(vec![
+                KeyConfig {
+                    kid: None,
+                    alg: "EdDSA".into(),
+                    source: KeySource::Components(BTreeMap::from([(
+                        "x".to_string(),
+                        B64U.encode(test_public_key().as_bytes()),
+                    )])),
+                },
+                KeyConfig {
+                    kid: Some("rsa".into()),
+                    alg: "RS256".into(),
+                    source: KeySource::Pem(RSA_PUBLIC_PEM.clone()),
+                },
+            ]),
+            // The defaults: `groups` and `purpose`; a string groups claim
+            // is refused.
+            claims: ClaimMapping::default(),
+            refresh: DEFAULT_REFRESH,
+        }],
         leeway_seconds: LEEWAY as u64,
-        keys: vec![
-            KeyConfig {
-                kid: None,
-                alg: "EdDSA".into(),
-                source: KeySource::Components(BTreeMap::from([(
-                    "x".to_string(),
-                    B64U.encode(test_public_key().as_bytes()),
-                )])),
-            },
-            KeyConfig {
-                kid: Some("rsa".into()),
-                alg: "RS256".into(),
-                source: KeySource::Pem(RSA_PUBLIC_PEM.clone()),
-            },
-        ],
     };
     Authenticator::new(&cfg).unwrap_or_else(|e| panic!("auth config: {e}"))
 });
