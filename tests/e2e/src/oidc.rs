@@ -108,13 +108,20 @@ impl OidcProvider {
         self.launch(kids)
     }
 
-    /// Stops it (SIGTERM, then waits for the exit): its port refuses
-    /// connections until [`restart`](Self::restart).
+    /// Stops it (SIGTERM, then waits for its exit, which must be clean):
+    /// its port refuses connections until [`restart`](Self::restart).
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut p) = self.process.take() {
             p.signal(Signal::SIGTERM)?;
-            p.wait_exit(Duration::from_secs(10))
+            let code = p
+                .wait_exit(Duration::from_secs(10))
                 .context("the OpenID provider after SIGTERM")?;
+            if code != Some(0) {
+                return Err(Error::new(format!(
+                    "the OpenID provider exited with {code:?} on SIGTERM:\n{}",
+                    self.log()
+                )));
+            }
         }
         Ok(())
     }
