@@ -793,4 +793,163 @@ mod tests {
             );
         }
     }
+
+    /// A Keycloak-shaped and an Entra-shaped claim set, each through its
+    /// issuer's mapping.
+    #[test]
+    fn claims_map_from_nested_paths_several_claims_and_scopes() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key());
+        let key = || {
+            IssuerKeys::Static(vec![KeyConfig {
+                kid: None,
+                alg: "EdDSA".into(),
+                source: KeySource::Components(BTreeMap::from([("x".to_string(), x.clone())])),
+            }])
+        };
+        let issuer = |iss: &str, claims: ClaimMapping| IssuerConfig {
+            issuer: iss.into(),
+            audience: "a".into(),
+            algorithms: vec!["EdDSA".into()],
+            keys: key(),
+            claims,
+            refresh: crate::config::DEFAULT_REFRESH,
+        };
+        let auth = Authenticator::new(&AuthConfig {
+            issuers: vec![
+                issuer(
+                    "https://kc",
+                    ClaimMapping {
+                        groups_claims: vec![
+                            "realm_access.roles".into(),
+                            "resource_access.meshgov.roles".into(),
+                            "groups".into(),
+                        ],
+                        groups_strip_prefix: Some("/".into()),
+                        purpose_scope_prefix: Some("purpose:".into()),
+                        ..ClaimMapping::default()
+                    },
+                ),
+                issuer(
+                    "https://entra",
+                    ClaimMapping {
+                        groups_claims: vec!["roles".into()],
+                        purpose_claim: "ext.purpose".into(),
+                        ..ClaimMapping::default()
+                    },
+                ),
+            ],
+            leeway_seconds: 5,
+        })
+        .unwrap();
+        let now = 1_800_000_000;
+        let kc = serde_json::json!({"iss": "https://kc", "aud": "a", "sub": "mia", "exp": now + 60,
+            "realm_access": {"roles": ["marketing", "offline_access"]},
+            "resource_access": {"meshgov": {"roles": ["fraud"]}, "other": {"roles": ["admin"]}},
+            "groups": ["/marketing", "/data-science"],
+            "scope": "openid profile purpose:campaign-analytics"});
+        let who = auth
+            .authenticate_at(Some(&bearer(pkcs8.as_ref(), kc.clone())), now)
+            .unwrap();
+        assert_eq!(
+            who.principal.groups,
+            ["marketing", "offline_access", "fraud", "data-science"]
+        );
+        assert_eq!(who.purpose, "campaign-analytics");
+        // No purpose scope, or two, is refused; so is a role list of
+        // objects.
+        for (path, value, want) in [
+            (
+                "scope",
+                serde_json::json!("openid"),
+                AuthError::MissingClaim("scope (purpose:…)".into()),
+            ),
+            (
+                "scope",
+                serde_json::json!("purpose:a purpose:b"),
+                AuthError::BadClaim("scope (purpose:…)".into()),
+            ),
+            (
+                "realm_access",
+                serde_json::json!({"roles": [{"name": "x"}]}),
+                AuthError::BadClaim("realm_access.roles".into()),
+            ),
+        ] {
+            let mut c = kc.clone();
+            c[path] = value;
+            assert_eq!(
+                auth.authenticate_at(Some(&bearer(pkcs8.as_ref(), c)), now),
+                Err(want)
+            );
+        }
+        let entra = serde_json::json!({"iss": "https://entra", "aud": "a", "sub": "oid-1", "exp": now + 60,
+            "roles": ["fraud"], "ext": {"purpose": "fraud-investigation"}, "groups": ["ignored"]});
+        let who = auth
+            .authenticate_at(Some(&bearer(pkcs8.as_ref(), entra)), now)
+            .unwrap();
+        assert_eq!(who.principal.groups, ["fraud"]);
+        assert_eq!(who.purpose, "fraud-investigation");
+        // An issuer nobody configured.
+        let other = serde_json::json!({"iss": "https://other", "aud": "a", "sub": "s", "exp": now + 60, "purpose": "p"});
+        assert_eq!(
+            auth.authenticate_at(Some(&bearer(pkcs8.as_ref(), other)), now),
+            Err(AuthError::Issuer)
+        );
+    }
+
+    #[test]
+    fn a_jwks_file_issuer_verifies_with_its_keys_and_algorithms() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("jwks.json");
+        std::fs::write(
+            &f,
+            serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "x": x}]})
+                .to_string(),
+        )
+        .unwrap();
+        let cfg = |algorithms: &[&str]| AuthConfig {
+            issuers: vec![IssuerConfig {
+                issuer: "i".into(),
+                audience: "a".into(),
+                algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
+                keys: IssuerKeys::JwksFile(f.clone()),
+                claims: ClaimMapping::default(),
+                refresh: crate::config::DEFAULT_REFRESH,
+            }],
+            leeway_seconds: 5,
+        };
+        let auth = Authenticator::new(&cfg(&["EdDSA"])).unwrap();
+        let now = 1_800_000_000;
+        let claims = serde_json::json!({"iss": "i", "aud": "a", "sub": "s", "purpose": "p", "exp": now + 60});
+        let mut h = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        h.kid = Some("k1".into());
+        let t = jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+        )
+        .unwrap();
+        assert!(
+            auth.authenticate_at(Some(format!("Bearer {t}").as_bytes()), now)
+                .is_ok()
+        );
+        h.kid = Some("k2".into());
+        let t = jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()),
+        )
+        .unwrap();
+        assert_eq!(
+            auth.authenticate_at(Some(format!("Bearer {t}").as_bytes()), now),
+            Err(AuthError::Signature)
+        );
+        // A file with no key of the issuer's algorithms is a config error.
+        let e = Authenticator::new(&cfg(&["RS256"])).err().unwrap();
+        assert_eq!(e.key, "auth.issuers[0].jwks_file");
+    }
 }

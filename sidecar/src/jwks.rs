@@ -135,7 +135,7 @@ pub struct RemoteKeys {
     /// Bumped by every fetch that replaced the key set.
     generation: AtomicU64,
     /// Held while fetching: the single flight. Holds when the last fetch
-    /// started.
+    /// for an unknown `kid` started (the cooldown counts from it).
     flight: tokio::sync::Mutex<Option<Instant>>,
     pub fetches_ok: AtomicU64,
     pub fetches_failed: AtomicU64,
@@ -225,9 +225,8 @@ impl RemoteKeys {
     }
 
     async fn fetch_now(&self) -> Result<Duration, ()> {
-        let mut last = self.flight.lock().await;
-        *last = Some(Instant::now());
-        self.fetch(&mut last).await
+        let mut flight = self.flight.lock().await;
+        self.fetch(&mut flight).await
     }
 
     /// One fetch, under the flight lock; the key set's lifetime on success.
@@ -369,5 +368,121 @@ mod tests {
         assert_eq!(max_age("Max-Age=\"60\""), Some(Duration::from_secs(60)));
         assert_eq!(max_age("private"), None);
         assert_eq!(max_age("max-age=-1"), None);
+    }
+
+    /// A loopback JWKS server: answers every GET with the current status,
+    /// body and `Cache-Control`, and counts the requests.
+    struct Served {
+        answer: Arc<Mutex<(u16, String, &'static str)>>,
+        hits: Arc<AtomicU64>,
+        url: String,
+    }
+
+    async fn serve() -> Served {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let answer = Arc::new(Mutex::new((200, String::new(), "max-age=120")));
+        let hits = Arc::new(AtomicU64::new(0));
+        let (a, h) = (Arc::clone(&answer), Arc::clone(&hits));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut c, _)) = listener.accept().await else {
+                    return;
+                };
+                let (a, h) = (Arc::clone(&a), Arc::clone(&h));
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    // Slow enough that concurrent askers overlap.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let (status, body, cc) = a.lock().unwrap().clone();
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nCache-Control: {cc}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        Served { answer, hits, url }
+    }
+
+    fn jwks(kids: &[&str]) -> String {
+        let keys: Vec<serde_json::Value> = kids
+            .iter()
+            .map(|k| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": k, "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}))
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    fn kids(r: &RemoteKeys) -> Vec<String> {
+        r.keys().iter().filter_map(|k| k.kid.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn provider_keys_are_fetched_once_per_flight_and_kept_when_the_provider_fails() {
+        let s = serve().await;
+        s.answer.lock().unwrap().1 = jwks(&["k1"]);
+        let refresh = Refresh {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(600),
+            cooldown: Duration::from_millis(500),
+        };
+        let r = Arc::new(
+            RemoteKeys::new(Endpoint::Jwks(s.url.clone()), ALL.to_vec(), refresh).unwrap(),
+        );
+        assert!(kids(&r).is_empty());
+        // The answer's max-age, within the bounds.
+        assert_eq!(r.fetch_now().await, Ok(Duration::from_secs(120)));
+        assert_eq!(kids(&r), ["k1"]);
+        assert_eq!(s.hits.load(Ordering::SeqCst), 1);
+        // A periodic fetch does not start the cooldown: the first unknown
+        // kid fetches at once, and the new set replaces the old one.
+        s.answer.lock().unwrap().1 = jwks(&["k2"]);
+        assert!(r.refetch_for_unknown_kid().await);
+        assert_eq!(s.hits.load(Ordering::SeqCst), 2);
+        assert_eq!(kids(&r), ["k2"]);
+        // Inside the cooldown nothing more is fetched.
+        s.answer.lock().unwrap().1 = jwks(&["k3"]);
+        assert!(!r.refetch_for_unknown_kid().await);
+        assert_eq!(s.hits.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Twenty requests with an unknown kid at once: one fetch.
+        let asks: Vec<_> = (0..20)
+            .map(|_| {
+                let r = Arc::clone(&r);
+                tokio::spawn(async move { r.refetch_for_unknown_kid().await })
+            })
+            .collect();
+        for a in asks {
+            assert!(a.await.unwrap());
+        }
+        assert_eq!(s.hits.load(Ordering::SeqCst), 3);
+        assert_eq!(kids(&r), ["k3"]);
+        // The provider fails: the last good set stays, and why is known.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        *s.answer.lock().unwrap() = (503, "down".into(), "no-store");
+        assert!(!r.refetch_for_unknown_kid().await);
+        assert_eq!(kids(&r), ["k3"]);
+        let h = r.health();
+        assert!(h.last_error.unwrap().contains("503"));
+        assert_eq!(r.fetches_failed.load(Ordering::SeqCst), 1);
+        // An answer with no usable key is a failure too, not an empty set;
+        // a short max-age is raised to the lower bound.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        *s.answer.lock().unwrap() = (200, jwks(&[]), "max-age=5");
+        assert_eq!(r.fetch_now().await, Err(()));
+        assert_eq!(kids(&r), ["k3"]);
+        *s.answer.lock().unwrap() = (200, jwks(&["k4"]), "max-age=5");
+        assert_eq!(r.fetch_now().await, Ok(Duration::from_secs(60)));
+        assert_eq!(kids(&r), ["k4"]);
     }
 }

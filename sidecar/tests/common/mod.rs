@@ -204,6 +204,8 @@ pub struct Options {
     pub extra_config: String,
     /// Also serve the control port, and persist bundles to `<dir>/state`.
     pub control: bool,
+    /// An `[auth]` section in place of the one that trusts [`Keys`].
+    pub auth: Option<String>,
     /// A policy repository other than `policies/`: the descriptor is
     /// `<repo>/products/<product>.yaml` and the bundle is built from it.
     pub repo: Option<PathBuf>,
@@ -219,6 +221,7 @@ impl Default for Options {
             pseudonym_keys: r#"user-identity = { file = "user-identity.key" }"#.into(),
             extra_config: String::new(),
             control: false,
+            auth: None,
             repo: None,
         }
     }
@@ -278,7 +281,16 @@ data = "127.0.0.1:0"
 {control}
 [upstream]
 {upstream}
-[auth]
+{auth}
+[pseudonym_keys]
+{pseudonym_keys}
+{extra}
+"#,
+        descriptor = descriptor.display().to_string(),
+        pseudonym_keys = opts.pseudonym_keys,
+        extra = opts.extra_config,
+        auth = opts.auth.clone().unwrap_or_else(|| format!(
+            r#"[auth]
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 leeway_seconds = 0
@@ -291,18 +303,12 @@ x = "{ecx}"
 y = "{ecy}"
 [[auth.keys]]
 alg = "RS256"
-pem_file = {rsa:?}
-[pseudonym_keys]
-{pseudonym_keys}
-{extra}
-"#,
-        descriptor = descriptor.display().to_string(),
-        edx = b64u(&keys.ed_public),
-        ecx = b64u(ex),
-        ecy = b64u(ey),
-        rsa = keys.rsa_public_pem,
-        pseudonym_keys = opts.pseudonym_keys,
-        extra = opts.extra_config,
+pem_file = {rsa:?}"#,
+            edx = b64u(&keys.ed_public),
+            ecx = b64u(ex),
+            ecy = b64u(ey),
+            rsa = keys.rsa_public_pem,
+        )),
         gov_pub = gov.public_key(),
     );
     let running = launch::boot(&cfg, dir.path()).await.unwrap();
