@@ -11,7 +11,7 @@
 //! descriptor = "products/user-profiles.yaml"
 //! bundle_file = "state/bundle.dsse.json"   # loaded at start (optional)
 //! state_dir = "state"                       # required: audit log, audit key
-//! trusted_bundle_keys = ["ed25519:…"]       # governance keys
+//! trusted_bundle_keys = ["ed25519:…"]       # governance keys (or PEM `PUBLIC KEY` text)
 //!
 //! [listen]
 //! data = "127.0.0.1:8080"
@@ -323,6 +323,18 @@ pub struct EngineConfig {
     /// `listen.control`.
     pub advertise_url: Option<String>,
     pub poll_wait_seconds: u64,
+    /// Sent as a bearer token when registering, long-polling and reporting.
+    pub registration_token: Option<RegistrationToken>,
+}
+
+/// The engine's registration token; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistrationToken(pub String);
+
+impl std::fmt::Debug for RegistrationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistrationToken({} bytes)", self.0.len())
+    }
 }
 
 /// How the audit log is kept (see `meshgov_audit::Options`).
@@ -416,6 +428,8 @@ pub const SCALAR_KEYS: &[&str] = &[
     "engine.instance_id",
     "engine.advertise_url",
     "engine.poll_wait_seconds",
+    "engine.registration_token",
+    "engine.registration_token_file",
     "upstream.kind",
     "upstream.path",
     "upstream.url",
@@ -703,7 +717,10 @@ impl Config {
                 .iter()
                 .map(|k| {
                     k.as_str().map(str::to_string).ok_or_else(|| {
-                        err("trusted_bundle_keys", "expected strings `ed25519:<base64>`")
+                        err(
+                            "trusted_bundle_keys",
+                            "expected strings: `ed25519:<base64>` or a PEM `PUBLIC KEY` block",
+                        )
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -856,6 +873,7 @@ impl Config {
                     0 => return Err(err("engine.poll_wait_seconds", "must be at least 1")),
                     n => n.min(300),
                 },
+                registration_token: registration_token(&v, base)?,
             }),
         };
         let listen_data = v
@@ -913,6 +931,42 @@ fn http_url(key: &str, url: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(u.to_string())
+}
+
+/// `engine.registration_token` (better from the environment) or
+/// `engine.registration_token_file` (read now, surrounding whitespace
+/// ignored), not both.
+fn registration_token(v: &Values, base: &Path) -> Result<Option<RegistrationToken>, ConfigError> {
+    let token = match (
+        v.str("engine.registration_token")?,
+        v.str("engine.registration_token_file")?,
+    ) {
+        (None, None) => return Ok(None),
+        (Some(t), None) => t,
+        (None, Some(f)) => {
+            let f = resolve(base, &f);
+            std::fs::read_to_string(&f).map_err(|e| {
+                err(
+                    "engine.registration_token_file",
+                    meshgov_core::diag::io_message(f.display(), &e),
+                )
+            })?
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "engine.registration_token",
+                "give `registration_token` or `registration_token_file`, not both",
+            ));
+        }
+    };
+    let token = token.trim();
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err(
+            "engine.registration_token",
+            "expected printable ASCII without spaces (as `openssl rand -hex 32` writes)",
+        ));
+    }
+    Ok(Some(RegistrationToken(token.to_string())))
 }
 
 /// `[auth]`: either one issuer in the table itself (`issuer`, `audience`,

@@ -36,6 +36,42 @@ pub struct LinkConfig {
     /// Where the engine pushes bundles: this sidecar's control port.
     pub control_url: String,
     pub poll_wait: Duration,
+    /// The engine's registration token, sent as a bearer token.
+    pub token: Option<String>,
+}
+
+impl LinkConfig {
+    /// `headers` plus the registration token, if there is one.
+    fn with_token(
+        &self,
+        mut headers: Vec<(header::HeaderName, String)>,
+    ) -> Vec<(header::HeaderName, String)> {
+        if let Some(t) = &self.token {
+            headers.push((header::AUTHORIZATION, format!("Bearer {t}")));
+        }
+        headers
+    }
+
+    /// POSTs `msg` as JSON with the registration token.
+    async fn post(
+        &self,
+        client: &HttpClient,
+        url: &str,
+        msg: &impl serde::Serialize,
+    ) -> Result<meshgov_wire::client::Answer, String> {
+        let body = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
+        let headers = self.with_token(vec![(header::CONTENT_TYPE, "application/json".into())]);
+        client
+            .send(
+                Method::POST,
+                url,
+                &headers,
+                Bytes::from(body),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Characters a sidecar id may hold: it goes into URLs unescaped.
@@ -130,10 +166,7 @@ async fn register(client: &HttpClient, app: &App, cfg: &LinkConfig) -> Result<()
         digest: held.as_ref().map(|b| b.meta.digest.clone()),
     };
     let url = format!("{}{}", cfg.engine_url, path::SIDECARS);
-    let a = client
-        .send_json(Method::POST, &url, &reg, Duration::from_secs(10))
-        .await
-        .map_err(|e| e.to_string())?;
+    let a = cfg.post(client, &url, &reg).await?;
     if a.status.is_success() {
         Ok(())
     } else {
@@ -152,10 +185,11 @@ async fn poll(client: &HttpClient, app: &Arc<App>, cfg: &LinkConfig) -> Result<S
         wait_secs: Some(cfg.poll_wait.as_secs()),
     };
     let url = format!("{}{}?{}", cfg.engine_url, path::POLL, query.to_query());
-    let headers: Vec<_> = held
-        .iter()
-        .map(|b| (header::IF_NONE_MATCH, meshgov_wire::etag(&b.meta.digest)))
-        .collect();
+    let headers = cfg.with_token(
+        held.iter()
+            .map(|b| (header::IF_NONE_MATCH, meshgov_wire::etag(&b.meta.digest)))
+            .collect(),
+    );
     let a = client
         .send(
             Method::GET,
@@ -190,10 +224,7 @@ async fn poll(client: &HttpClient, app: &Arc<App>, cfg: &LinkConfig) -> Result<S
                 }),
             };
             let url = format!("{}{}", cfg.engine_url, path::report(&cfg.instance_id));
-            let a = client
-                .send_json(Method::POST, &url, &report, Duration::from_secs(10))
-                .await
-                .map_err(|e| e.to_string())?;
+            let a = cfg.post(client, &url, &report).await?;
             if a.status == StatusCode::NOT_FOUND {
                 return Ok(Step::Unknown);
             }

@@ -160,6 +160,7 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
                     .clone()
                     .unwrap_or_else(|| format!("http://{addr}")),
                 poll_wait: Duration::from_secs(e.poll_wait_seconds),
+                token: e.registration_token.as_ref().map(|t| t.0.clone()),
             };
             let span = tracing::info_span!("engine_link", engine = %link.engine_url);
             tasks.push(tokio::spawn(

@@ -119,6 +119,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 pub async fn handle(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    // What only sidecars call: registration, the long poll, reports.
+    let sidecar_route = match method {
+        Method::POST => path == path::SIDECARS || path::report_id(&path).is_some(),
+        Method::GET => path == path::POLL,
+        _ => false,
+    };
+    if sidecar_route && let Some(refused) = unauthorized_sidecar(engine, &req) {
+        return refused;
+    }
     match (method, path.as_str()) {
         (Method::GET, "/") => respond(
             StatusCode::OK,
@@ -163,6 +172,29 @@ pub async fn handle(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp {
         ),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such route"),
     }
+}
+
+/// The refusal (401) of a request without the registration token (or a
+/// control token): an arbitrary host must not register and receive slices.
+fn unauthorized_sidecar(engine: &Engine, req: &Request<Incoming>) -> Option<Resp> {
+    let auth = req.headers().get_all(header::AUTHORIZATION);
+    let mut values = auth.iter();
+    let (first, second) = (values.next(), values.next());
+    if second.is_some() {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send one `Authorization` header",
+        ));
+    }
+    let why = engine
+        .sidecar_authorized(first.map(HeaderValue::as_bytes))
+        .err()?;
+    tracing::warn!(
+        path = req.uri().path(),
+        "sidecar API request refused: {why}"
+    );
+    Some(error(StatusCode::UNAUTHORIZED, "unauthorized", why))
 }
 
 async fn poll(engine: &Arc<Engine>, req: &Request<Incoming>) -> Resp {

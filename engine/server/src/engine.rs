@@ -96,6 +96,10 @@ pub struct EngineConfig {
     /// fleet document. (Waits, timeouts and the bake time are measured on
     /// tokio's monotonic clock.)
     pub clock: Arc<dyn Clock>,
+    /// The bearer token sidecars must send to register, long-poll and
+    /// report (a control token signed with the governance key is accepted
+    /// too). `None` lets any host that reaches the API register.
+    pub registration_token: Option<String>,
 }
 
 impl EngineConfig {
@@ -115,6 +119,7 @@ impl EngineConfig {
             audit_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
+            registration_token: None,
         }
     }
 }
@@ -767,6 +772,31 @@ impl Engine {
             .iter()
             .map(|(id, sc)| (id.clone(), sc.control_url.clone()))
             .collect()
+    }
+
+    /// Whether `authorization` (an `Authorization` header value) may
+    /// register a sidecar, long-poll or report: the registration token, or
+    /// a control token signed with this engine's governance key. Anything
+    /// goes when no registration token is configured.
+    pub fn sidecar_authorized(&self, authorization: Option<&[u8]>) -> Result<(), &'static str> {
+        let Some(want) = &self.cfg.registration_token else {
+            return Ok(());
+        };
+        let token = authorization
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or("send `Authorization: Bearer <registration token>` (the sidecar's `engine.registration_token_file`)")?;
+        // Compared as digests, so the time taken says nothing of the token.
+        let digest = |s: &str| <sha2::Sha256 as sha2::Digest>::digest(s.as_bytes());
+        if digest(token) == digest(want) {
+            return Ok(());
+        }
+        let trust = meshgov_bundle::TrustStore::from_keys([self.cfg.key.public_key()])
+            .map_err(|_| "the engine's key cannot verify control tokens")?;
+        meshgov_bundle::verify_control_token(token, &trust, self.now())
+            .map(|_| ())
+            .map_err(|_| "the token is neither the registration token nor a valid control token")
     }
 
     /// A fresh control token for calling sidecars' control ports.

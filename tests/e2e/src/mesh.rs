@@ -150,9 +150,15 @@ pub async fn start_engine(cfg: EngineConfig) -> Result<EngineHandle> {
     })
 }
 
-/// Engine defaults for tests: quick watch, short canary times.
+/// The registration token of [`engine_config`]'s engines, which
+/// [`options`] gives its sidecars.
+pub const REGISTRATION_TOKEN: &str = "e2e-registration-0123456789abcdef";
+
+/// Engine defaults for tests: quick watch, short canary times, sidecars
+/// must send [`REGISTRATION_TOKEN`].
 pub fn engine_config(repo: &PolicyRepo, key: meshgov_bundle::SigningKey) -> EngineConfig {
     let mut c = EngineConfig::new(repo.path().to_path_buf(), key);
+    c.registration_token = Some(REGISTRATION_TOKEN.into());
     c.watch_interval = Duration::from_millis(50);
     c.canary_bake = Duration::from_millis(500);
     c.canary_ack_timeout = Duration::from_secs(5);
@@ -201,6 +207,8 @@ pub struct SidecarOptions<'a> {
     pub advertise: Option<String>,
     /// The long poll's hold time (whole seconds, at least 1).
     pub poll_wait: Duration,
+    /// Its `engine.registration_token`.
+    pub registration_token: Option<String>,
     /// Start in this directory (holding a previous run's state).
     pub dir: Option<tempfile::TempDir>,
 }
@@ -215,6 +223,7 @@ pub fn options<'a>(id: &str, product: &'a str, engine: &EngineHandle) -> Sidecar
         engine_url: Some(engine.url()),
         advertise: None,
         poll_wait: Duration::from_secs(30),
+        registration_token: Some(REGISTRATION_TOKEN.into()),
         dir: None,
     }
 }
@@ -239,13 +248,18 @@ pub async fn start_sidecar(repo: &Path, o: SidecarOptions<'_>) -> Result<Sidecar
     let engine = match &o.engine_url {
         None => String::new(),
         Some(url) => format!(
-            "[engine]\nurl = {url:?}\ninstance_id = {id:?}\npoll_wait_seconds = {wait}\n{advertise}",
+            "[engine]\nurl = {url:?}\ninstance_id = {id:?}\npoll_wait_seconds = {wait}\n{advertise}{token}",
             id = o.id,
             wait = o.poll_wait.as_secs().max(1),
             advertise = o
                 .advertise
                 .as_ref()
                 .map(|a| format!("advertise_url = {a:?}\n"))
+                .unwrap_or_default(),
+            token = o
+                .registration_token
+                .as_ref()
+                .map(|t| format!("registration_token = {t:?}\n"))
                 .unwrap_or_default(),
         ),
     };
