@@ -67,7 +67,7 @@ impl App {
         let text = std::fs::read_to_string(&c.descriptor).map_err(|e| {
             bad(
                 "descriptor",
-                format!("cannot read `{}`: {e}", c.descriptor.display()),
+                meshgov_core::diag::io_message(c.descriptor.display(), &e),
             )
         })?;
         let path = c.descriptor.display().to_string();
@@ -169,7 +169,7 @@ impl App {
         let bytes = std::fs::read(path).map_err(|e| {
             BundleError::rejected(
                 meshgov_wire::NackCode::Unreadable,
-                format!("cannot read `{}`: {e}", path.display()),
+                meshgov_core::diag::io_message(path.display(), &e),
             )
         })?;
         self.load_bundle(&bytes, now_unix)
@@ -333,7 +333,7 @@ impl App {
         let bytes = persist::read_bundle(dir).map_err(|e| {
             BundleError::rejected(
                 NackCode::Unreadable,
-                format!("cannot read `{}`: {e}", persist::bundle_path(dir).display()),
+                meshgov_core::diag::io_message(persist::bundle_path(dir).display(), &e),
             )
         })?;
         match bytes {

@@ -19,6 +19,7 @@
 
 use crate::config::{AuthConfig, ClaimMapping, IssuerConfig, IssuerKeys, KeyConfig, KeySource};
 use crate::jwks::{RemoteKeys, TrustedKey};
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use meshgov_core::Principal;
@@ -147,11 +148,20 @@ struct Issuer {
     claims: ClaimMapping,
 }
 
-/// Verifies consumer tokens. Built once from config.
+/// Verifies consumer tokens with the `[auth]` in force, which a reload
+/// (SIGHUP) replaces whole.
 pub struct Authenticator {
+    current: ArcSwap<Issuers>,
+}
+
+/// One loaded `[auth]`: its issuers, and the tokens they verified.
+struct Issuers {
     issuers: Vec<Issuer>,
     verified: VerifiedCache,
     leeway: u64,
+    cfg: AuthConfig,
+    /// Dropped with these issuers: ends their key refresh tasks.
+    retire: tokio::sync::watch::Sender<()>,
 }
 
 /// The longest token accepted, in bytes.
@@ -185,7 +195,7 @@ fn load_key(k: &KeyConfig) -> Result<(Algorithm, DecodingKey), String> {
         KeySource::Pem(p) => pem_of(p.as_bytes()).map_err(|e| format!("bad PEM: {e}"))?,
         KeySource::PemFile(f) => {
             let text =
-                std::fs::read(f).map_err(|e| format!("cannot read `{}`: {e}", f.display()))?;
+                std::fs::read(f).map_err(|e| meshgov_core::diag::io_message(f.display(), &e))?;
             pem_of(&text).map_err(|e| format!("bad PEM in `{}`: {e}", f.display()))?
         }
         KeySource::Components(c) => {
@@ -235,7 +245,7 @@ fn issuer_keys(
             let doc = std::fs::read(f).map_err(|e| {
                 fail(
                     format!("{at}.jwks_file"),
-                    format!("cannot read `{}`: {e}", f.display()),
+                    meshgov_core::diag::io_message(f.display(), &e),
                 )
             })?;
             let (keys, _) = crate::jwks::parse_jwks(&doc, allowed)
@@ -292,8 +302,135 @@ fn claimed_issuer(token: &str) -> Result<String, AuthError> {
 impl Authenticator {
     /// Loads every issuer's keys; an error names the key (`auth.keys[i]`,
     /// `auth.issuers[i].jwks_file`, …). Keys from a provider are fetched
-    /// once [`Self::remote_keys`]' tasks run.
+    /// once [`Self::spawn_key_refresh`]'s tasks run.
     pub fn new(cfg: &AuthConfig) -> Result<Authenticator, crate::config::ConfigError> {
+        Ok(Authenticator {
+            current: ArcSwap::from_pointee(Issuers::new(cfg)?),
+        })
+    }
+
+    /// Replaces the `[auth]` in force with `cfg` (keys and key files read
+    /// again, tokens verified again), unless it does not load; returns
+    /// what changed, in words. Run [`Self::spawn_key_refresh`] after it:
+    /// the replaced issuers' refresh tasks end.
+    pub fn reload(&self, cfg: &AuthConfig) -> Result<Vec<String>, crate::config::ConfigError> {
+        let next = Issuers::new(cfg)?;
+        let changes = changes(&self.current.load().cfg, cfg);
+        self.current.store(Arc::new(next));
+        Ok(changes)
+    }
+
+    /// Starts the key refresh of each issuer whose keys come from its
+    /// provider; each runs until `stop` turns true or a reload replaces it.
+    pub fn spawn_key_refresh(
+        &self,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        use tracing::Instrument as _;
+        let st = self.current.load();
+        st.remote_keys()
+            .into_iter()
+            .map(|(keys, issuer)| {
+                let mut stop = stop.clone();
+                let mut retired = st.retire.subscribe();
+                let until = async move {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => {}
+                        // Ends when the issuers are dropped.
+                        () = async { while retired.changed().await.is_ok() {} } => {}
+                    }
+                };
+                let span = tracing::info_span!("issuer_keys", issuer = %issuer);
+                tokio::spawn(keys.run(until).instrument(span))
+            })
+            .collect()
+    }
+
+    /// What discovery tells consumers about each issuer.
+    pub fn describe(&self) -> serde_json::Value {
+        self.current.load().describe()
+    }
+
+    /// Issuers without usable keys, with why: `(issuer, reason)`.
+    pub fn missing_keys(&self) -> Vec<(String, String)> {
+        self.current.load().missing_keys()
+    }
+
+    /// Whether some issuer's tokens can be verified now.
+    pub fn has_usable_keys(&self) -> bool {
+        self.current.load().has_usable_keys()
+    }
+
+    /// `meshgov_sidecar_jwks_*`: fetches, keys and key-set age per issuer
+    /// whose keys come from its provider.
+    pub fn write_metrics(&self, e: &mut meshgov_metrics::Encoder) {
+        self.current.load().write_metrics(e);
+    }
+
+    /// Verifies an `Authorization` header value. A token signed with a key
+    /// its provider's key set lacks triggers one refetch of the set (see
+    /// [`RemoteKeys::refetch_for_unknown_kid`]) and is then tried again.
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
+        self.current.load_full().authenticate(authorization).await
+    }
+
+    /// Verifies an `Authorization` header value at `now_unix` with the keys
+    /// at hand; a token verified before under the same keys is only
+    /// checked for expiry and not-before.
+    pub fn authenticate_at(
+        &self,
+        authorization: Option<&[u8]>,
+        now_unix: i64,
+    ) -> Result<Identity, AuthError> {
+        self.current.load().authenticate_at(authorization, now_unix)
+    }
+}
+
+/// What differs between two `[auth]`s, in words.
+fn changes(old: &AuthConfig, new: &AuthConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in &new.issuers {
+        match old.issuers.iter().find(|o| o.issuer == n.issuer) {
+            None => out.push(format!("issuer `{}` added", n.issuer)),
+            Some(o) => {
+                let differs: Vec<&str> = [
+                    ("audience", o.audience != n.audience),
+                    ("algorithms", o.algorithms != n.algorithms),
+                    ("keys", o.keys != n.keys),
+                    ("claim mapping", o.claims != n.claims),
+                    ("key refresh", o.refresh != n.refresh),
+                ]
+                .into_iter()
+                .filter_map(|(what, d)| d.then_some(what))
+                .collect();
+                if !differs.is_empty() {
+                    out.push(format!(
+                        "issuer `{}`: {} changed",
+                        n.issuer,
+                        differs.join(", ")
+                    ));
+                } else if !matches!(n.keys, IssuerKeys::Remote(_)) {
+                    out.push(format!("issuer `{}`: key files read again", n.issuer));
+                }
+            }
+        }
+    }
+    for o in &old.issuers {
+        if !new.issuers.iter().any(|n| n.issuer == o.issuer) {
+            out.push(format!("issuer `{}` removed", o.issuer));
+        }
+    }
+    if old.leeway_seconds != new.leeway_seconds {
+        out.push(format!(
+            "leeway_seconds {} → {}",
+            old.leeway_seconds, new.leeway_seconds
+        ));
+    }
+    out
+}
+
+impl Issuers {
+    fn new(cfg: &AuthConfig) -> Result<Issuers, crate::config::ConfigError> {
         let mut issuers = Vec::new();
         for (i, c) in cfg.issuers.iter().enumerate() {
             let at = if cfg.issuers.len() == 1 && matches!(c.keys, IssuerKeys::Static(_)) {
@@ -318,16 +455,17 @@ impl Authenticator {
                 claims: c.claims.clone(),
             });
         }
-        Ok(Authenticator {
+        Ok(Issuers {
             issuers,
             verified: VerifiedCache::default(),
             leeway: cfg.leeway_seconds,
+            cfg: cfg.clone(),
+            retire: tokio::sync::watch::Sender::new(()),
         })
     }
 
-    /// The keys that come from a provider, with their issuer: each needs
-    /// its [`RemoteKeys::run`] task.
-    pub fn remote_keys(&self) -> Vec<(Arc<RemoteKeys>, String)> {
+    /// The keys that come from a provider, with their issuer.
+    fn remote_keys(&self) -> Vec<(Arc<RemoteKeys>, String)> {
         self.issuers
             .iter()
             .filter_map(|i| match &i.keys {
@@ -337,8 +475,7 @@ impl Authenticator {
             .collect()
     }
 
-    /// What discovery tells consumers about each issuer.
-    pub fn describe(&self) -> serde_json::Value {
+    fn describe(&self) -> serde_json::Value {
         let issuers: Vec<serde_json::Value> = self
             .issuers
             .iter()
@@ -358,8 +495,7 @@ impl Authenticator {
         serde_json::Value::Array(issuers)
     }
 
-    /// Issuers without usable keys, with why: `(issuer, reason)`.
-    pub fn missing_keys(&self) -> Vec<(String, String)> {
+    fn missing_keys(&self) -> Vec<(String, String)> {
         self.issuers
             .iter()
             .filter_map(|i| match &i.keys {
@@ -374,14 +510,11 @@ impl Authenticator {
             .collect()
     }
 
-    /// Whether some issuer's tokens can be verified now.
-    pub fn has_usable_keys(&self) -> bool {
+    fn has_usable_keys(&self) -> bool {
         self.issuers.iter().any(|i| !i.keys.current().is_empty())
     }
 
-    /// `meshgov_sidecar_jwks_*`: fetches, keys and key-set age per issuer
-    /// whose keys come from its provider.
-    pub fn write_metrics(&self, e: &mut meshgov_metrics::Encoder) {
+    fn write_metrics(&self, e: &mut meshgov_metrics::Encoder) {
         use meshgov_metrics::Type;
         let remote: Vec<(&str, &RemoteKeys)> = self
             .issuers
@@ -425,10 +558,7 @@ impl Authenticator {
         }
     }
 
-    /// Verifies an `Authorization` header value. A token signed with a key
-    /// its provider's key set lacks triggers one refetch of the set (see
-    /// [`RemoteKeys::refetch_for_unknown_kid`]) and is then tried again.
-    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
+    async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, AuthError> {
         let now = crate::clock::now_unix();
         match self.authenticate_at(authorization, now) {
             Err(AuthError::UnknownKey(i)) => {
@@ -446,10 +576,7 @@ impl Authenticator {
         }
     }
 
-    /// Verifies an `Authorization` header value at `now_unix` with the keys
-    /// at hand; a token verified before under the same keys is only
-    /// checked for expiry and not-before.
-    pub fn authenticate_at(
+    fn authenticate_at(
         &self,
         authorization: Option<&[u8]>,
         now_unix: i64,

@@ -254,7 +254,8 @@ impl SecretSource {
             SecretSource::Inline(b) => Ok(zeroize::Zeroizing::new(b.clone())),
             SecretSource::File(p) => {
                 let mut b = zeroize::Zeroizing::new(
-                    std::fs::read(p).map_err(|e| format!("cannot read `{}`: {e}", p.display()))?,
+                    std::fs::read(p)
+                        .map_err(|e| meshgov_core::diag::io_message(p.display(), &e))?,
                 );
                 if b.last() == Some(&b'\n') {
                     b.pop();
@@ -577,8 +578,12 @@ impl Config {
     /// Reads `path` (relative paths inside it resolve against its directory)
     /// with overrides from `env`.
     pub fn load(path: &Path, env: &dyn Strings) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err("--config", format!("cannot read `{}`: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                "--config",
+                meshgov_core::diag::io_message(path.display(), &e),
+            )
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::from_toml(&text, base, env)
     }

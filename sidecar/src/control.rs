@@ -383,7 +383,14 @@ pub async fn watch_expiry(app: Arc<App>, shutdown: impl std::future::Future<Outp
                 revision = s.bundle.map(|b| b.revision),
                 "serving reads under a valid bundle"
             ),
-            ServingState::Expired | ServingState::NoBundle => tracing::error!(
+            // Before the first bundle, waiting is normal; a refused bundle
+            // was logged as an error when it arrived.
+            ServingState::NoBundle => tracing::info!(
+                engine_error = engine_error.as_deref(),
+                "refusing reads (503) until the first bundle arrives: {}",
+                s.reason.unwrap_or_default()
+            ),
+            ServingState::Expired => tracing::error!(
                 engine_error = engine_error.as_deref(),
                 "refusing reads (503): {}",
                 s.reason.unwrap_or_default()

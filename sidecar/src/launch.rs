@@ -88,8 +88,16 @@ pub fn load_start_bundles(app: &App, cfg: &Config) {
             Err(e) => tracing::warn!(path = %f.display(), "bundle file not loaded: {e}"),
         }
     }
-    if app.bundle.valid_at(now).is_err() {
-        tracing::error!("no valid bundle yet; serving nothing until one arrives");
+    // A first start has no bundle yet: that is normal, not an error.
+    match app.bundle.valid_at(now) {
+        Ok(_) => {}
+        Err(_) if app.bundle.current().is_none() => tracing::info!(
+            "waiting for the first bundle; reads are refused (503) until one arrives"
+        ),
+        Err(u) => tracing::warn!(
+            "the bundle held cannot be enforced ({}); reads are refused (503) until a valid one arrives",
+            u.reason()
+        ),
     }
 }
 
@@ -102,6 +110,8 @@ pub struct Running {
     /// Where `GET /metrics` is served, when configured.
     pub metrics_addr: Option<SocketAddr>,
     app: Arc<App>,
+    /// The config it runs with (the `[auth]` of the last reload).
+    cfg: Config,
     stop: watch::Sender<bool>,
     data_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -180,10 +190,7 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
             stopped(),
         )));
     }
-    for (keys, issuer) in app.auth.remote_keys() {
-        let span = tracing::info_span!("issuer_keys", issuer = %issuer);
-        tasks.push(tokio::spawn(keys.run(stopped()).instrument(span)));
-    }
+    tasks.extend(app.auth.spawn_key_refresh(&stop.subscribe()));
     tasks.push(tokio::spawn(control::watch_expiry(
         Arc::clone(&app),
         stopped(),
@@ -195,6 +202,7 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
         control_addr,
         metrics_addr,
         app,
+        cfg: cfg.clone(),
         stop,
         data_task,
         tasks,
@@ -204,6 +212,48 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
 impl Running {
     pub fn app(&self) -> &Arc<App> {
         &self.app
+    }
+
+    /// Applies what of `next` (the config file read again, on SIGHUP) can
+    /// change without a restart: the `[auth]` table, its issuers' settings
+    /// and key files. Logs what changed; a config that does not load
+    /// changes nothing. Other changed settings are logged as needing a
+    /// restart.
+    pub fn reload(&mut self, next: Result<Config, ConfigError>) {
+        let next = match next {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, the settings in force stay: {e}");
+                return;
+            }
+        };
+        match self.app.auth.reload(&next.auth) {
+            Ok(changes) => {
+                if changes.is_empty() {
+                    tracing::info!("reloaded [auth]: nothing changed");
+                }
+                for c in changes {
+                    tracing::info!("reloaded [auth]: {c}");
+                }
+                self.tasks.retain(|t| !t.is_finished());
+                self.tasks
+                    .extend(self.app.auth.spawn_key_refresh(&self.stop.subscribe()));
+                self.cfg.auth = next.auth.clone();
+            }
+            Err(e) => {
+                tracing::error!("reload refused, the settings in force stay: {e}");
+                return;
+            }
+        }
+        let rest = Config {
+            auth: self.cfg.auth.clone(),
+            ..next
+        };
+        if rest != self.cfg {
+            tracing::warn!(
+                "settings outside [auth] changed in the config file; they apply at the next restart"
+            );
+        }
     }
 
     /// Stops accepting, lets reads in flight finish (within

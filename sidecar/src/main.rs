@@ -13,6 +13,7 @@ const USAGE: &str = "usage: meshgov-sidecar --config <sidecar.toml> [--engine <h
   --config, -c FILE   the sidecar's TOML config (see the README, \"Sidecar\")
   --engine URL        register with `meshgov serve` at URL and receive bundles
                       from it (overrides `engine.url`; needs `listen.control`)
+  --version, -V       print the version and exit
 
 Serves the data port for one product and enforces its policy bundle. Every
 answer is audited in <state_dir>/audit before it leaves; checkpoints are
@@ -26,6 +27,10 @@ level (default `info`; `debug` adds a line per request).
 SIGTERM or SIGINT: stop accepting, let reads in flight finish (at most
 `limits.drain_timeout_ms`), write the audit log's final checkpoint, exit 0.
 A second signal during the drain exits at once with 130.
+
+SIGHUP: read the config file again and apply what changes without a
+restart: the `[auth]` table (issuers, claim mapping, key files). What
+changed is logged; a file that does not load changes nothing.
 
 Exit codes: 0 clean shutdown, 64 bad configuration, 70 a listener could not
 be bound, 130 a second shutdown signal.";
@@ -65,6 +70,14 @@ fn main() -> ExitCode {
             }
             "--help" | "-h" => {
                 let _ = writeln!(std::io::stdout(), "{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "--version" | "-V" => {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "meshgov-sidecar {}",
+                    env!("CARGO_PKG_VERSION")
+                );
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -113,10 +126,15 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    rt.block_on(run(cfg, Arc::new(app)))
+    let reload = move || Config::load(&config_path, &overrides);
+    rt.block_on(run(cfg, Arc::new(app), reload))
 }
 
-async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
+async fn run(
+    cfg: Config,
+    app: Arc<App>,
+    reload: impl Fn() -> Result<Config, config::ConfigError>,
+) -> ExitCode {
     let mut signals = match meshgov_shutdown::Signals::new() {
         Ok(s) => s,
         Err(e) => {
@@ -124,17 +142,54 @@ async fn run(cfg: Config, app: Arc<App>) -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    let running = match launch::start(&cfg, app).await {
+    let mut hangups = match hangups() {
+        Ok(h) => h,
+        Err(e) => {
+            errln!("meshgov-sidecar: cannot install the SIGHUP handler: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    let mut running = match launch::start(&cfg, app).await {
         Ok(r) => r,
         Err(e) => {
             errln!("meshgov-sidecar: {e}");
             return ExitCode::from(e.exit_code());
         }
     };
-    signals.next().await;
+    loop {
+        tokio::select! {
+            () = signals.next() => break,
+            () = hangups.next() => {
+                tracing::info!("SIGHUP: reading the config file again");
+                running.reload(reload());
+            }
+        }
+    }
     signals.force_on_next("meshgov-sidecar");
     running.stop().await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP, as a stream (never on platforms without it).
+struct Hangups {
+    #[cfg(unix)]
+    rx: tokio::signal::unix::Signal,
+}
+
+fn hangups() -> std::io::Result<Hangups> {
+    Ok(Hangups {
+        #[cfg(unix)]
+        rx: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+    })
+}
+
+impl Hangups {
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        self.rx.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    }
 }
 
 fn init_logging(format: &str) {
@@ -143,9 +198,11 @@ fn init_logging(format: &str) {
     // A log line that cannot be written (a full disk) is dropped: reporting
     // the failure would print to the same stderr, and `eprintln!` panics
     // when that fails too.
+    // Colours only for a person at a terminal, never into a collector.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false);
     if format == "json" {
         b.json().init();

@@ -78,3 +78,66 @@ fn a_pseudonym_key_shorter_than_32_bytes_exits_64_naming_it() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("`pseudonym_keys.user-identity`"), "{err}");
 }
+
+#[test]
+fn version_and_help_print_and_exit_0() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("meshgov-sidecar {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgov-sidecar"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("usage: meshgov-sidecar")
+    );
+}
+
+#[test]
+fn trusted_bundle_keys_take_pem_public_keys_and_name_a_private_one() {
+    let descriptor = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies/products/play-events.yaml")
+        .display()
+        .to_string();
+    let pem =
+        meshgov_bundle::SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new()).unwrap();
+    let key = meshgov_bundle::SigningKey::from_pkcs8_pem(&pem).unwrap();
+    let other =
+        meshgov_bundle::SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new()).unwrap();
+    let other = meshgov_bundle::SigningKey::from_pkcs8_pem(&other).unwrap();
+    let with_keys = |keys: &str| {
+        OK.replace("\"missing.yaml\"", &format!("{descriptor:?}"))
+            .replace(
+                "state_dir = \"state\"",
+                &format!("state_dir = \"/dev/null/state\"\ntrusted_bundle_keys = [{keys}]"),
+            )
+    };
+    // A PEM public key (a TOML multi-line string) and a one-line key are both
+    // taken: start-up gets past the keys to the (unusable) state directory.
+    let keys = format!(
+        "'''\n{}''', \"{}\"",
+        key.public_key().to_spki_pem(),
+        other.public_key()
+    );
+    let (code, err) = run(&with_keys(&keys), &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("`state_dir`"), "{err}");
+    assert!(!err.contains("trusted_bundle_keys"), "{err}");
+    // The private key where its public key belongs is named as such.
+    let (code, err) = run(
+        &with_keys(&format!("\"{}\", '''\n{}'''", other.public_key(), *pem)),
+        &[],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("trusted_bundle_keys[1]"), "{err}");
+    assert!(err.contains("this is a private key"), "{err}");
+}

@@ -680,3 +680,89 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(evs[0].kind, Kind::Decision);
     assert_eq!(evs[0].status, Some(200));
 }
+
+/// Waits until the process's log has a line holding `text`.
+fn wait_logged(p: &Proc, text: &str) {
+    let t0 = Instant::now();
+    while !p.stderr().contains(text) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no `{text}` in:\n{}",
+            p.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGHUP reads the config file again and applies `[auth]`: a new
+/// identity-provider key verifies without a restart, the replaced one no
+/// longer does, and a file that does not load changes nothing. The process
+/// keeps serving throughout.
+#[test]
+fn sighup_reloads_the_issuer_keys_and_keeps_serving() {
+    let mut p = Proc::start("", "", "info");
+    let plays = p.dir.path().join("data/plays");
+    std::fs::create_dir_all(&plays).unwrap();
+    std::fs::write(plays.join("today.ndjson"), play(1) + "\n").unwrap();
+    let path = "/v1/ports/plays/records";
+    let old = p.token("pat", "payments", "royalty-payments");
+    assert_eq!(request(p.data, "GET", path, Some(&old), "").status, 200);
+    let rotated = Keys::generate();
+    let config = p.dir.path().join("sidecar.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (a, b) = (b64u(&p.keys.ed_public), b64u(&rotated.ed_public));
+    assert!(text.contains(&a));
+    std::fs::write(&config, text.replace(&a, &b)).unwrap();
+    p.signal(meshgov_e2e::Signal::SIGHUP);
+    wait_logged(
+        &p,
+        "reloaded [auth]: issuer `https://idp.media.example`: keys changed",
+    );
+    let new = token(&rotated, "pat", &["payments"], "royalty-payments");
+    assert_eq!(request(p.data, "GET", path, Some(&new), "").status, 200);
+    let r = request(p.data, "GET", path, Some(&old), "");
+    assert_eq!(r.status, 401, "{}", r.text());
+    // A broken file: refused, and the keys in force stay.
+    std::fs::write(&config, "[auth\n").unwrap();
+    p.signal(meshgov_e2e::Signal::SIGHUP);
+    wait_logged(&p, "reload refused, the settings in force stay");
+    assert_eq!(request(p.data, "GET", path, Some(&new), "").status, 200);
+    assert!(p.process.running().unwrap());
+    p.signal(SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+/// A first start has no bundle: that is said at INFO, not as an error, and
+/// a log that is not a terminal carries no colour codes.
+#[test]
+fn a_first_start_without_a_bundle_logs_info_without_colours() {
+    let keys = Keys::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (descriptor_path, _) = example_descriptor("play-events");
+    let [data] = free_addrs();
+    let config = ProcessConfig {
+        top: "",
+        listen: &format!("data = \"{data}\""),
+        upstream: "",
+        tables: "",
+    }
+    .write(d, &descriptor_path, &governance_key(), &keys);
+    let mut p =
+        Process::spawn(&mut sidecar_command(&config, "info"), &d.join("stderr.log")).unwrap();
+    let t0 = Instant::now();
+    while !p.stderr().contains("waiting for the first bundle") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = p.stderr();
+    assert!(!log.contains('\u{1b}'), "colour codes in a file:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("waiting for the first bundle"))
+        .unwrap();
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(!log.contains(" ERROR "), "{log}");
+    p.signal(SIGTERM).unwrap();
+    assert_eq!(p.wait_exit(Duration::from_secs(20)).unwrap(), Some(0));
+}
