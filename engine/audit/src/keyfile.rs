@@ -4,7 +4,7 @@ use meshgov_bundle::{KeyFileError, SigningKey};
 use std::path::{Path, PathBuf};
 
 /// The private key file (PKCS#8 PEM, mode 0600) and its public half
-/// (`ed25519:<base64>`, the form `meshgov keygen` writes to `.pub` files).
+/// (`ed25519:<base64>`, a form `meshgov_bundle::read_public_key_file` reads).
 pub fn key_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
     (
         state_dir.join("audit-signing.key"),

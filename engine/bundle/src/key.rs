@@ -17,7 +17,23 @@ use zeroize::Zeroizing;
 /// key pasted into the wrong place, or a future key type, is recognised.
 pub const PUBLIC_KEY_PREFIX: &str = "ed25519:";
 
-const PEM_LABEL: &str = "PRIVATE KEY";
+const PRIVATE_PEM_LABEL: &str = "PRIVATE KEY";
+const PUBLIC_PEM_LABEL: &str = "PUBLIC KEY";
+
+/// The DER of an Ed25519 PKCS#8 v1 private key (RFC 8410) up to its 32-byte
+/// seed: `SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING {
+/// OCTET STRING (32) } }`, the form `openssl genpkey -algorithm ed25519`
+/// writes.
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The DER of an Ed25519 SubjectPublicKeyInfo (RFC 8410) up to its 32 key
+/// bytes: `SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (0 unused
+/// bits) }`, the form `openssl pkey -pubout` writes.
+const SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// Why a key could not be read, parsed or generated.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,8 +46,10 @@ pub enum KeyError {
         found: Option<String>,
     },
     /// The PEM block is cut short or its body is not base64.
-    #[error("the PEM block `PRIVATE KEY` is damaged: {reason}")]
+    #[error("the PEM block `{label}` is damaged: {reason}")]
     BadPem {
+        /// The block's label (`PRIVATE KEY` or `PUBLIC KEY`).
+        label: &'static str,
         /// What is wrong with it.
         reason: String,
     },
@@ -40,8 +58,26 @@ pub enum KeyError {
         "the PEM block `PRIVATE KEY` does not hold an Ed25519 key; create one with `meshgov keygen`"
     )]
     NotEd25519,
-    /// A public key lacks the `ed25519:` prefix.
-    #[error("public key `{text}` must start with `ed25519:`")]
+    /// PEM text given as a public key holds no PEM block `PUBLIC KEY`.
+    #[error(
+        "not a public key (expected a PEM block `PUBLIC KEY`, as `meshgov keygen` and `openssl pkey -pubout` write{}){}",
+        found_label(.found),
+        private_hint(.found)
+    )]
+    NotSpkiPem {
+        /// The label of the first PEM block found instead, if any.
+        found: Option<String>,
+    },
+    /// The PEM block `PUBLIC KEY` holds a key of another algorithm, or is
+    /// not a SubjectPublicKeyInfo.
+    #[error(
+        "the PEM block `PUBLIC KEY` does not hold an Ed25519 key; bundles are signed with Ed25519 keys only (`meshgov keygen`, or `openssl genpkey -algorithm ed25519` then `openssl pkey -pubout`)"
+    )]
+    NotEd25519Public,
+    /// A public key is neither PEM nor starts with the `ed25519:` prefix.
+    #[error(
+        "public key `{text}` must be `ed25519:<base64>` or a PEM block `-----BEGIN PUBLIC KEY-----`"
+    )]
     WrongPrefix {
         /// The text given, cut short if long.
         text: String,
@@ -76,6 +112,15 @@ fn found_label(found: &Option<String>) -> String {
     match found {
         Some(label) => format!(", found `{label}`"),
         None => String::new(),
+    }
+}
+
+fn private_hint(found: &Option<String>) -> &'static str {
+    match found.as_deref() {
+        Some(label) if label.ends_with("PRIVATE KEY") => {
+            "; this is a private key: pass the public key made with it (`KEY.pub`, or `openssl pkey -in KEY -pubout`)"
+        }
+        _ => "",
     }
 }
 
@@ -122,6 +167,38 @@ impl PublicKey {
         keyid_of(&self.raw)
     }
 
+    /// Reads a PEM SubjectPublicKeyInfo (`-----BEGIN PUBLIC KEY-----`)
+    /// holding an Ed25519 key, the form `meshgov keygen` writes to `.pub`
+    /// files and `openssl pkey -pubout` prints.
+    pub fn from_spki_pem(pem: &str) -> Result<Self, KeyError> {
+        let der = pem_decode(pem, PUBLIC_PEM_LABEL).map_err(|e| match e {
+            PemError::Missing { found } => KeyError::NotSpkiPem { found },
+            PemError::Damaged(reason) => KeyError::BadPem {
+                label: PUBLIC_PEM_LABEL,
+                reason,
+            },
+        })?;
+        Self::from_spki_der(&der)
+    }
+
+    /// Reads a DER SubjectPublicKeyInfo holding an Ed25519 key (RFC 8410).
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
+        let raw = der
+            .strip_prefix(SPKI_PREFIX.as_slice())
+            .and_then(|rest| <[u8; 32]>::try_from(rest).ok())
+            .ok_or(KeyError::NotEd25519Public)?;
+        Ok(Self { raw })
+    }
+
+    /// The key as PEM SubjectPublicKeyInfo (`-----BEGIN PUBLIC KEY-----`),
+    /// which OpenSSL and other tools read.
+    pub fn to_spki_pem(&self) -> String {
+        let mut der = Vec::with_capacity(SPKI_PREFIX.len() + self.raw.len());
+        der.extend_from_slice(&SPKI_PREFIX);
+        der.extend_from_slice(&self.raw);
+        pem_encode(PUBLIC_PEM_LABEL, &der)
+    }
+
     /// Checks an Ed25519 signature over `message`.
     pub fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
         signature::UnparsedPublicKey::new(&signature::ED25519, &self.raw)
@@ -145,10 +222,14 @@ impl fmt::Debug for PublicKey {
 impl FromStr for PublicKey {
     type Err = KeyError;
 
-    /// Parses the `ed25519:<base64>` form. Surrounding whitespace is ignored,
-    /// so a key file's trailing newline does no harm.
+    /// Parses either form: the one line `ed25519:<base64>`, or a PEM block
+    /// `PUBLIC KEY` (see [`PublicKey::from_spki_pem`]). Surrounding
+    /// whitespace is ignored, so a key file's trailing newline does no harm.
     fn from_str(text: &str) -> Result<Self, KeyError> {
         let text = text.trim();
+        if text.starts_with("-----BEGIN ") {
+            return Self::from_spki_pem(text);
+        }
         let b64 = text
             .strip_prefix(PUBLIC_KEY_PREFIX)
             .ok_or_else(|| KeyError::WrongPrefix { text: quote(text) })?;
@@ -174,11 +255,19 @@ pub struct SigningKey {
 impl SigningKey {
     /// Reads a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`).
     ///
-    /// Both the v2 documents `meshgov keygen` (ring) writes and the v1
-    /// documents `openssl genpkey -algorithm ed25519` writes are accepted, so
-    /// a guild may create its key with whichever tool its key ceremony uses.
+    /// Both v1 documents (RFC 8410: what `meshgov keygen` and `openssl
+    /// genpkey -algorithm ed25519` write) and the v2 documents with the
+    /// public key inside that earlier `meshgov keygen` releases wrote are
+    /// accepted, so a guild may create its key with whichever tool its key
+    /// ceremony uses.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
-        let der = pem_decode(pem)?;
+        let der = pem_decode(pem, PRIVATE_PEM_LABEL).map_err(|e| match e {
+            PemError::Missing { found } => KeyError::NotPkcs8Pem { found },
+            PemError::Damaged(reason) => KeyError::BadPem {
+                label: PRIVATE_PEM_LABEL,
+                reason,
+            },
+        })?;
         let pair =
             Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|_| KeyError::NotEd25519)?;
         let raw =
@@ -189,23 +278,22 @@ impl SigningKey {
         })
     }
 
-    /// Creates a new key and returns it as PKCS#8 PEM text, ready to be
-    /// written with [`write_private_key_file`] and read back with
+    /// Creates a new key and returns it as PKCS#8 v1 PEM text (RFC 8410, the
+    /// form OpenSSL writes and reads), ready to be written with
+    /// [`write_private_key_file`] and read back with
     /// [`SigningKey::from_pkcs8_pem`].
     ///
     /// Randomness is passed in so callers (and tests) control its source; the
-    /// text is wiped from memory when dropped.
+    /// seed and the text are wiped from memory when dropped.
     pub fn generate_pkcs8_pem(rng: &dyn SecureRandom) -> Result<Zeroizing<String>, KeyError> {
-        let doc = Ed25519KeyPair::generate_pkcs8(rng).map_err(|_| KeyError::Rng)?;
-        let b64 = Zeroizing::new(BASE64.encode(doc.as_ref()));
-        let mut pem = Zeroizing::new(String::with_capacity(b64.len() + 64));
-        pem.push_str("-----BEGIN PRIVATE KEY-----\n");
-        // Base64 output is ASCII, so 64-byte chunks are whole lines of text.
-        for line in b64.as_bytes().chunks(64) {
-            pem.extend(line.iter().map(|&b| char::from(b)));
-            pem.push('\n');
-        }
-        pem.push_str("-----END PRIVATE KEY-----\n");
+        let mut der = Zeroizing::new([0u8; PKCS8_V1_PREFIX.len() + 32]);
+        let (prefix, seed) = der.split_at_mut(PKCS8_V1_PREFIX.len());
+        prefix.copy_from_slice(&PKCS8_V1_PREFIX);
+        rng.fill(seed).map_err(|_| KeyError::Rng)?;
+        let pem = Zeroizing::new(pem_encode(PRIVATE_PEM_LABEL, der.as_slice()));
+        // The document must be one ring reads back as an Ed25519 key.
+        Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.as_slice())
+            .map_err(|_| KeyError::NotEd25519)?;
         Ok(pem)
     }
 
@@ -237,15 +325,44 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// Finds the first PEM block `PRIVATE KEY` and decodes its body.
-fn pem_decode(pem: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    let begin = format!("-----BEGIN {PEM_LABEL}-----");
-    let end = format!("-----END {PEM_LABEL}-----");
+/// Why a PEM block could not be taken from a text.
+enum PemError {
+    /// No block with the label; `found` is the first other label seen.
+    Missing { found: Option<String> },
+    /// The block is cut short or its body is not base64.
+    Damaged(String),
+}
+
+/// PEM text: `label` around the base64 of `der`, in lines of 64 characters.
+///
+/// The intermediate base64 is wiped; callers wrap the result in
+/// [`Zeroizing`] when `der` is secret.
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = Zeroizing::new(BASE64.encode(der));
+    let mut pem = String::with_capacity(b64.len() + 2 * label.len() + 40);
+    pem.push_str("-----BEGIN ");
+    pem.push_str(label);
+    pem.push_str("-----\n");
+    // Base64 output is ASCII, so 64-byte chunks are whole lines of text.
+    for line in b64.as_bytes().chunks(64) {
+        pem.extend(line.iter().map(|&b| char::from(b)));
+        pem.push('\n');
+    }
+    pem.push_str("-----END ");
+    pem.push_str(label);
+    pem.push_str("-----\n");
+    pem
+}
+
+/// Finds the first PEM block `label` and decodes its body.
+fn pem_decode(pem: &str, label: &str) -> Result<Zeroizing<Vec<u8>>, PemError> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
     let mut lines = pem.lines().map(str::trim);
     let mut first_label = None;
     loop {
         let Some(line) = lines.next() else {
-            return Err(KeyError::NotPkcs8Pem { found: first_label });
+            return Err(PemError::Missing { found: first_label });
         };
         if line == begin {
             break;
@@ -262,16 +379,12 @@ fn pem_decode(pem: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         if line == end {
             let der = BASE64
                 .decode(body.as_bytes())
-                .map_err(|_| KeyError::BadPem {
-                    reason: "its body is not valid base64".to_owned(),
-                })?;
+                .map_err(|_| PemError::Damaged("its body is not valid base64".to_owned()))?;
             return Ok(Zeroizing::new(der));
         }
         body.push_str(line);
     }
-    Err(KeyError::BadPem {
-        reason: format!("no `{end}` line"),
-    })
+    Err(PemError::Damaged(format!("no `{end}` line")))
 }
 
 /// The public keys a verifier accepts signatures from.
@@ -372,8 +485,10 @@ pub fn read_signing_key_file(path: &Path) -> Result<SigningKey, KeyFileError> {
     })
 }
 
-/// Reads a public key file holding one `ed25519:<base64>` line (reads the
-/// file system).
+/// Reads a public key file (reads the file system): a PEM block `PUBLIC KEY`
+/// (SubjectPublicKeyInfo, what `meshgov keygen` and `openssl pkey -pubout`
+/// write) or one `ed25519:<base64>` line (what `meshgov keygen` wrote before,
+/// and what the sidecar writes for its audit key).
 pub fn read_public_key_file(path: &Path) -> Result<PublicKey, KeyFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
         path: path.to_owned(),
@@ -439,6 +554,27 @@ mod tests {
         let b = SigningKey::from_pkcs8_pem(&pem).unwrap();
         assert_eq!(a.public_key(), b.public_key());
         assert_eq!(a.keyid().len(), 16);
+        // RFC 8410's v1 document: the prefix OpenSSL writes, then the seed.
+        let der = pem_decode(&pem, PRIVATE_PEM_LABEL).ok().unwrap();
+        assert_eq!(der.len(), 48);
+        assert_eq!(der.get(..16), Some(PKCS8_V1_PREFIX.as_slice()));
+        // Two keys from the system's randomness differ.
+        let c = new_key();
+        assert_ne!(a.public_key(), c.public_key());
+    }
+
+    #[test]
+    fn accepts_the_v2_pkcs8_that_earlier_keygen_wrote() {
+        // ring's v2 document (the public key inside), the form `meshgov
+        // keygen` wrote before it wrote RFC 8410 v1 documents.
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        assert_eq!(doc.as_ref().len(), 83);
+        let pem = pem_encode(PRIVATE_PEM_LABEL, doc.as_ref());
+        let key = SigningKey::from_pkcs8_pem(&pem).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        assert_eq!(key.public_key().as_bytes(), pair.public_key().as_ref());
+        let sig = key.sign(b"m");
+        assert!(key.public_key().verifies(b"m", &sig));
     }
 
     // Generated with `openssl genpkey -algorithm ed25519` (PKCS#8 v1, no
@@ -448,11 +584,65 @@ mod tests {
         -----END PRIVATE KEY-----\r\n";
     // `openssl pkey -pubout` for the key above, as raw bytes in base64.
     const OPENSSL_V1_PUBLIC: &str = "ed25519:DjIEtJLh+HQ90xNUIRGoefTkET+ywjlSNqTkT0Qx+2U=";
+    // `openssl pkey -pubout` for the key above, as it prints it.
+    const OPENSSL_SPKI_PEM: &str = "-----BEGIN PUBLIC KEY-----\n\
+        MCowBQYDK2VwAyEADjIEtJLh+HQ90xNUIRGoefTkET+ywjlSNqTkT0Qx+2U=\n\
+        -----END PUBLIC KEY-----\n";
 
     #[test]
     fn accepts_openssl_v1_pkcs8() {
         let key = SigningKey::from_pkcs8_pem(OPENSSL_V1_PEM).unwrap();
         assert_eq!(key.public_key().to_string(), OPENSSL_V1_PUBLIC);
+    }
+
+    #[test]
+    fn spki_pem_is_what_openssl_writes_and_reads_back() {
+        let key = SigningKey::from_pkcs8_pem(OPENSSL_V1_PEM).unwrap();
+        assert_eq!(key.public_key().to_spki_pem(), OPENSSL_SPKI_PEM);
+        let parsed = PublicKey::from_spki_pem(OPENSSL_SPKI_PEM).unwrap();
+        assert_eq!(parsed.to_string(), OPENSSL_V1_PUBLIC);
+        // Both text forms parse to the same key, with CRLF and padding too.
+        assert_eq!(OPENSSL_V1_PUBLIC.parse::<PublicKey>().unwrap(), parsed);
+        let crlf = format!("\n  {}", OPENSSL_SPKI_PEM.replace('\n', "\r\n"));
+        assert_eq!(crlf.parse::<PublicKey>().unwrap(), parsed);
+        let fresh = new_key().public_key();
+        assert_eq!(fresh.to_spki_pem().parse::<PublicKey>().unwrap(), fresh);
+    }
+
+    #[test]
+    fn refuses_other_public_pem_blocks_and_algorithms() {
+        // `openssl genpkey -algorithm x25519 | openssl pkey -pubout`: a
+        // well-formed SPKI of another algorithm with 32 key bytes.
+        let x25519 = "-----BEGIN PUBLIC KEY-----\n\
+            MCowBQYDK2VuAyEApwccDvPv0dRR5+PNCCbKY3MObzAKyamKNGO/rzM/SjI=\n\
+            -----END PUBLIC KEY-----\n";
+        let err = x25519.parse::<PublicKey>().unwrap_err();
+        assert_eq!(err, KeyError::NotEd25519Public);
+        assert!(
+            err.to_string()
+                .contains("openssl genpkey -algorithm ed25519"),
+            "{err}"
+        );
+
+        // A private key where a public key belongs says so.
+        let err = OPENSSL_V1_PEM.parse::<PublicKey>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "not a public key (expected a PEM block `PUBLIC KEY`, as `meshgov keygen` and \
+             `openssl pkey -pubout` write, found `PRIVATE KEY`); this is a private key: pass \
+             the public key made with it (`KEY.pub`, or `openssl pkey -in KEY -pubout`)"
+        );
+        let err = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2Vw\n"
+            .parse::<PublicKey>()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the PEM block `PUBLIC KEY` is damaged: no `-----END PUBLIC KEY-----` line"
+        );
+        let err = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2Vw\n-----END PUBLIC KEY-----"
+            .parse::<PublicKey>()
+            .unwrap_err();
+        assert_eq!(err, KeyError::NotEd25519Public);
     }
 
     #[test]
@@ -488,7 +678,7 @@ mod tests {
         let err = "rsa:AAAA".parse::<PublicKey>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "public key `rsa:AAAA` must start with `ed25519:`"
+            "public key `rsa:AAAA` must be `ed25519:<base64>` or a PEM block `-----BEGIN PUBLIC KEY-----`"
         );
         let err = "ed25519:not base64!".parse::<PublicKey>().unwrap_err();
         assert!(matches!(err, KeyError::BadBase64 { .. }), "{err}");
@@ -534,9 +724,13 @@ mod tests {
         assert!(matches!(err, KeyFileError::Io { .. }), "{err}");
         assert_eq!(read_signing_key_file(&path).unwrap().keyid(), key.keyid());
 
+        // Public key files in either form.
         let pub_path = dir.path().join("guild.pub");
         std::fs::write(&pub_path, format!("{}\n", key.public_key())).unwrap();
         assert_eq!(read_public_key_file(&pub_path).unwrap(), key.public_key());
+        let pem_path = dir.path().join("guild.pub.pem");
+        std::fs::write(&pem_path, key.public_key().to_spki_pem()).unwrap();
+        assert_eq!(read_public_key_file(&pem_path).unwrap(), key.public_key());
     }
 
     #[test]

@@ -44,10 +44,11 @@ pub fn keygen(out: &Path, force: bool) -> Result<(), Failure> {
     }
     meshgov_bundle::write_private_key_file(out, &pem).map_err(|e| Failure::usage(e.to_string()))?;
     let public = key.public_key();
-    std::fs::write(&pub_path, format!("{public}\n")).map_err(|e| io(&pub_path, e))?;
+    std::fs::write(&pub_path, public.to_spki_pem()).map_err(|e| io(&pub_path, e))?;
     outln!("private key: {} (mode 0600, PKCS#8 PEM)", out.display());
-    outln!("public key:  {} ({public})", pub_path.display());
+    outln!("public key:  {} (SPKI PEM)", pub_path.display());
     outln!("key id:      {}", public.keyid());
+    outln!("one line:    {public}   (for trusted_bundle_keys)");
     Ok(())
 }
 

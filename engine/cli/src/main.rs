@@ -108,7 +108,7 @@ enum Command {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
-    /// Create an Ed25519 signing key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub.
+    /// Create an Ed25519 signing key pair: OUT (PKCS#8 PEM, mode 0600) and OUT.pub (SPKI PEM).
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -303,7 +303,7 @@ enum ConformanceCommand {
         /// A signed bundle to check against (with --trust).
         #[arg(long)]
         bundle: Option<PathBuf>,
-        /// A trusted public key for --bundle (repeatable).
+        /// A trusted public key file for --bundle: PEM `PUBLIC KEY` or `ed25519:<base64>` (repeatable).
         #[arg(long)]
         trust: Vec<PathBuf>,
         /// The previous version of the descriptor: adds the evolution rules.
@@ -356,7 +356,7 @@ enum ConformanceCommand {
         /// rolled-back and expired bundles (without it those checks do not run).
         #[arg(long)]
         governance_key: Option<PathBuf>,
-        /// A trusted governance public key, to verify the bundle in force (repeatable).
+        /// A trusted governance public key file (PEM or `ed25519:<base64>`), to verify the bundle in force (repeatable).
         #[arg(long)]
         trust: Vec<PathBuf>,
         /// Also read as this consumer: SUB:GROUP,GROUP:PURPOSE (repeatable).
@@ -440,7 +440,9 @@ enum BundleCommand {
     /// Show a bundle's manifest and whether it verifies against trusted keys.
     Inspect {
         file: PathBuf,
-        /// A trusted public key file (repeat for several, e.g. during rotation).
+        /// A trusted public key file: PEM `PUBLIC KEY` (`meshgov keygen`'s .pub,
+        /// `openssl pkey -pubout`) or `ed25519:<base64>`. Repeat for several,
+        /// e.g. during rotation.
         #[arg(long)]
         trust: Vec<PathBuf>,
         /// Print JSON instead of text.

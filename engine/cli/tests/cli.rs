@@ -57,10 +57,23 @@ fn init_check_test_keygen_build_inspect() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // The public key is SPKI PEM; the one-line form printed is the same key.
     let public = std::fs::read_to_string(d.join("keys/guild.pub")).unwrap();
     assert!(
-        public.starts_with("ed25519:") && public.trim().len() == 52,
+        public.starts_with("-----BEGIN PUBLIC KEY-----\n")
+            && public.ends_with("-----END PUBLIC KEY-----\n"),
         "{public}"
+    );
+    let out = String::from_utf8(o.stdout.clone()).unwrap();
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("one line:"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    assert!(line.starts_with("ed25519:") && line.len() == 52, "{out}");
+    assert_eq!(
+        line.parse::<meshgov_bundle::PublicKey>().unwrap(),
+        public.parse::<meshgov_bundle::PublicKey>().unwrap()
     );
     // Keys are never silently overwritten.
     assert_eq!(code(&meshgov(&["keygen", "--out", "keys/guild"], d)), 2);
