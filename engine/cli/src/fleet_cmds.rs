@@ -68,6 +68,8 @@ pub struct ServeArgs {
     /// How often to collect audit streams, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub collect_interval_ms: u64,
+    #[command(flatten)]
+    pub webhook: crate::webhook_cmd::WebhookArgs,
 }
 
 /// How `meshgov serve` logs.
@@ -116,6 +118,8 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
             a.listen
         ))
     })?;
+    let webhook = crate::webhook_cmd::prepare(&a.webhook)?;
+    let drain = cfg.drain_timeout;
     let engine = Engine::new(cfg);
     runtime()?.block_on(async move {
         // Installed before listening, so that a signal drains rather than kills.
@@ -130,13 +134,24 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
             engine.public_key().keyid(),
             engine.public_key()
         );
+        let webhook = match webhook {
+            Some(w) => Some(w.start(drain).await?),
+            None => None,
+        };
+        let stop_webhook = webhook.as_ref().map(|w| w.stop.clone());
         let shutdown = async move {
             signals.next().await;
+            if let Some(stop) = &stop_webhook {
+                let _ = stop.send(true);
+            }
             tracing::info!("shutting down: refusing new connections, draining requests in flight");
             // A second signal does not wait for the drain.
             signals.force_on_next("meshgov serve");
         };
         meshgov_server::api::serve(listener, engine, shutdown).await;
+        if let Some(w) = webhook {
+            let _ = w.task.await;
+        }
         tracing::info!("stopped");
         Ok(())
     })

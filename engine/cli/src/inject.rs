@@ -8,27 +8,24 @@
 //! its value differs from what inject would write, so running inject on its
 //! own output changes nothing.
 //!
-//! inject owns, in each workload: the container named `meshgov-sidecar`,
-//! the pod volumes `meshgov-config`, `meshgov-keys` and `meshgov-state`, the
-//! StatefulSet claim template `meshgov-state`, and the `meshgov.io/injected`
-//! and `meshgov.io/product` annotations (and label). Anything else in those
-//! is replaced by what the flags ask for.
+//! What a pod template gets is decided by [`meshgov_server::inject`], which
+//! the admission webhook uses too; this module finds the workloads, reads
+//! them as a source tree and turns the change into text edits. inject owns,
+//! in each workload: what that module lists for the pod template, the
+//! StatefulSet claim template `meshgov-state`, and the workload's
+//! `meshgov.io/injected` and `meshgov.io/product` annotations. Anything else
+//! in those is replaced by what the flags ask for.
 
 use crate::Failure;
 use granit_parser::{Event, Parser, ScalarStyle, Span, StructureStyle};
+use meshgov_server::inject::{
+    Change, DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT, DEFAULT_IMAGE, DEFAULT_METRICS_PORT, INJECTED,
+    NameKey, OPT_OUT, Options, PRODUCT, STATE_VOLUME, Template, Tree, Value, change, check_product,
+    item_name, join, map, plan_template, s,
+};
 use std::io::Read;
 use std::path::PathBuf;
 
-/// The name of the injected container.
-const SIDECAR: &str = "meshgov-sidecar";
-const INJECTED: &str = "meshgov.io/injected";
-const PRODUCT: &str = "meshgov.io/product";
-/// `meshgov.io/inject: disabled` leaves an object alone.
-const OPT_OUT: &str = "meshgov.io/inject";
-const CONFIG_DIR: &str = "/etc/meshgov/config";
-const KEYS_DIR: &str = "/etc/meshgov/keys";
-const STATE_DIR: &str = "/var/lib/meshgov";
-const DEFAULT_IMAGE: &str = concat!("ghcr.io/meshgov/sidecar:", env!("CARGO_PKG_VERSION"));
 const SUPPORTED: &str = "inject supports Deployment, StatefulSet, Job and CronJob";
 
 /// `meshgov inject`'s arguments.
@@ -36,8 +33,20 @@ const SUPPORTED: &str = "inject supports Deployment, StatefulSet, Job and CronJo
 pub struct InjectArgs {
     /// The manifest, `-` for standard input; it may hold several `---`
     /// separated documents.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
-    pub file: PathBuf,
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        required_unless_present = "emit_config",
+        conflicts_with = "emit_config"
+    )]
+    pub file: Option<PathBuf>,
+    /// Instead of injecting, print what injected pods mount, for
+    /// `--product`: the ConfigMap with this `sidecar.toml` and the
+    /// descriptor it names, and a template of the keys Secret with an entry
+    /// for each key file the config names under /etc/meshgov/keys.
+    #[arg(long, value_name = "SIDECAR_TOML", requires = "product")]
+    pub emit_config: Option<PathBuf>,
     /// The data product (`domain/name`). Default: each workload's
     /// `meshgov.io/product` annotation.
     #[arg(long)]
@@ -62,12 +71,18 @@ pub struct InjectArgs {
     /// Mount no Secret: the sidecar's config names no key files.
     #[arg(long, conflicts_with = "keys_secret")]
     pub no_keys_secret: bool,
-    /// The data port (consumers' reads, and the probes).
-    #[arg(long, default_value_t = 8080)]
+    /// The data port (consumers' reads, and the probes). The sidecar's
+    /// ports are in the 15000s, which applications rarely use; a container
+    /// of the pod that declares one of them is refused.
+    #[arg(long, default_value_t = DEFAULT_DATA_PORT)]
     pub data_port: u16,
     /// The control port (bundle pushes and status, for the engine).
-    #[arg(long, default_value_t = 8081)]
+    #[arg(long, default_value_t = DEFAULT_CONTROL_PORT)]
     pub control_port: u16,
+    /// The metrics port (Prometheus `GET /metrics`), announced with the
+    /// `prometheus.io/*` pod annotations.
+    #[arg(long, default_value_t = DEFAULT_METRICS_PORT)]
+    pub metrics_port: u16,
     /// The sidecar's CPU request.
     #[arg(long, default_value = "100m")]
     pub cpu_request: String,
@@ -88,20 +103,51 @@ pub struct InjectArgs {
     pub state_storage_class: Option<String>,
 }
 
+impl InjectArgs {
+    /// The sidecar's options, as the webhook has them too.
+    pub fn options(&self) -> Options {
+        Options {
+            engine: self.engine.clone(),
+            image: self.image.clone(),
+            config_map: self.config_map.clone(),
+            keys_secret: self.keys_secret.clone(),
+            no_keys_secret: self.no_keys_secret,
+            data_port: self.data_port,
+            control_port: self.control_port,
+            metrics_port: self.metrics_port,
+            cpu_request: self.cpu_request.clone(),
+            memory_request: self.memory_request.clone(),
+            cpu_limit: self.cpu_limit.clone(),
+            memory_limit: self.memory_limit.clone(),
+            state_size: self.state_size.clone(),
+            state_storage_class: self.state_storage_class.clone(),
+            flag_prefix: "--",
+        }
+    }
+}
+
 /// Reads the manifest, injects, and writes the result to stdout; nothing is
 /// written when any document is refused.
 pub fn run(args: &InjectArgs) -> Result<(), Failure> {
-    check_args(args).map_err(Failure::usage)?;
-    let (name, bytes) = if args.file.as_os_str() == "-" {
+    if let Some(p) = &args.product {
+        check_product(p).map_err(Failure::usage)?;
+    }
+    let opts = args.options();
+    opts.check().map_err(Failure::usage)?;
+    if let Some(config) = &args.emit_config {
+        return crate::emit_config::run(config, args.product.as_deref().unwrap_or(""), &opts);
+    }
+    let file = args.file.clone().unwrap_or_else(|| PathBuf::from("-"));
+    let (name, bytes) = if file.as_os_str() == "-" {
         let mut b = Vec::new();
         std::io::stdin()
             .read_to_end(&mut b)
             .map_err(|e| Failure::usage(format!("cannot read standard input: {e}")))?;
         ("<stdin>".to_string(), b)
     } else {
-        let b = std::fs::read(&args.file)
-            .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", args.file.display())))?;
-        (args.file.display().to_string(), b)
+        let b = std::fs::read(&file)
+            .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", file.display())))?;
+        (file.display().to_string(), b)
     };
     let text = String::from_utf8(bytes).map_err(|e| {
         Failure::usage(format!(
@@ -109,7 +155,7 @@ pub fn run(args: &InjectArgs) -> Result<(), Failure> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    match inject(&text, args) {
+    match inject(&text, args, &opts) {
         Ok(Injected { output, notes }) => {
             for n in notes {
                 errln!(
@@ -152,119 +198,6 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
-fn check_args(a: &InjectArgs) -> Result<(), String> {
-    if let Some(p) = &a.product {
-        check_product(p)?;
-    }
-    if let Some(url) = &a.engine {
-        let u = url.trim_end_matches('/');
-        if !u.starts_with("http://")
-            || u.len() <= "http://".len()
-            || u.contains(char::is_whitespace)
-        {
-            return Err(format!(
-                "--engine: expected an `http://host:port` URL (the sidecar's `engine.url`), got `{url}`"
-            ));
-        }
-    }
-    if a.image.is_empty() || a.image.contains(char::is_whitespace) {
-        return Err(format!("--image: `{}` is not an image reference", a.image));
-    }
-    for (flag, name) in [
-        ("--config-map", &a.config_map),
-        ("--keys-secret", &a.keys_secret),
-        ("--state-storage-class", &a.state_storage_class),
-    ] {
-        if let Some(n) = name {
-            check_object_name(n).map_err(|e| format!("{flag}: {e}"))?;
-        }
-    }
-    if a.data_port == 0 || a.control_port == 0 || a.data_port == a.control_port {
-        return Err(format!(
-            "--data-port and --control-port must be two different ports above 0, got {} and {}",
-            a.data_port, a.control_port
-        ));
-    }
-    for (flag, q) in [
-        ("--cpu-request", Some(&a.cpu_request)),
-        ("--memory-request", Some(&a.memory_request)),
-        ("--cpu-limit", a.cpu_limit.as_ref()),
-        ("--memory-limit", Some(&a.memory_limit)),
-        ("--state-size", Some(&a.state_size)),
-    ] {
-        if let Some(q) = q
-            && !is_quantity(q)
-        {
-            return Err(format!(
-                "{flag}: `{q}` is not a Kubernetes quantity (e.g. `100m`, `64Mi`, `1Gi`)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A product id: `domain/name`.
-fn check_product(p: &str) -> Result<(), String> {
-    let ok = p.split_once('/').is_some_and(|(d, n)| {
-        !d.is_empty()
-            && !n.is_empty()
-            && !n.contains('/')
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "product `{p}` is not `domain/name` (letters, digits, `-`, `_`, `.`)"
-        ))
-    }
-}
-
-/// A DNS-1123 subdomain, as ConfigMap, Secret and storage class names are.
-fn check_object_name(n: &str) -> Result<(), String> {
-    let ok = !n.is_empty()
-        && n.len() <= 253
-        && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && n.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{n}` is not a Kubernetes object name (lower-case letters, digits, `-` and `.`, at most 253)"
-        ))
-    }
-}
-
-/// A resource quantity: a decimal number and an optional suffix.
-fn is_quantity(q: &str) -> bool {
-    let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let suffix = q.get(digits.len()..).unwrap_or("");
-    let number = !digits.is_empty()
-        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && digits.matches('.').count() <= 1
-        && digits.starts_with(|c: char| c.is_ascii_digit());
-    number
-        && [
-            "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
-        ]
-        .contains(&suffix)
-}
-
-/// The default ConfigMap name for a product: `meshgov-<domain>-<name>`.
-fn default_config_map(product: &str) -> String {
-    let raw: String = format!("meshgov-{product}")
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '.') => c,
-            _ => '-',
-        })
-        .collect();
-    raw.trim_end_matches(['-', '.']).to_string()
-}
-
 /// What a document-level problem is, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Problem {
@@ -284,7 +217,7 @@ struct Injected {
 }
 
 /// Injects every workload of `text`; all problems, or the edited text.
-fn inject(text: &str, args: &InjectArgs) -> Result<Injected, Vec<Problem>> {
+fn inject(text: &str, args: &InjectArgs, opts: &Options) -> Result<Injected, Vec<Problem>> {
     let docs = parse(text).map_err(|e| vec![e])?;
     let mut editor = Editor {
         text,
@@ -297,6 +230,7 @@ fn inject(text: &str, args: &InjectArgs) -> Result<Injected, Vec<Problem>> {
         let mut plan = Plan {
             doc: doc.index,
             args,
+            opts,
             notes: &mut notes,
         };
         if let Err(p) = plan.document(root, &mut editor) {
@@ -337,10 +271,17 @@ enum Kind {
     Alias,
 }
 
-impl Node {
+impl Tree for Node {
     fn as_str(&self) -> Option<&str> {
         match &self.kind {
             Kind::Scalar(s, _) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_int(&self) -> Option<i64> {
+        match &self.kind {
+            Kind::Scalar(s, ScalarStyle::Plain) => s.parse().ok(),
             _ => None,
         }
     }
@@ -355,17 +296,15 @@ impl Node {
         }
     }
 
-    fn path(&self, path: &[&str]) -> Option<&Node> {
-        path.iter().try_fold(self, |n, k| n.get(k))
-    }
-
     fn items(&self) -> &[Node] {
         match &self.kind {
             Kind::Seq(items) => items,
             _ => &[],
         }
     }
+}
 
+impl Node {
     fn is_null(&self) -> bool {
         matches!(&self.kind, Kind::Scalar(s, ScalarStyle::Plain) if matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL"))
     }
@@ -520,78 +459,6 @@ fn add(
 // ---------------------------------------------------------------------------
 // What inject wants, and how it differs from what is there.
 
-/// A value inject writes.
-#[derive(Debug, Clone, PartialEq)]
-enum Value {
-    Str(String),
-    Int(i64),
-    Bool(bool),
-    Map(Vec<(String, Value)>),
-    Seq(Vec<Value>),
-}
-
-fn s(v: impl Into<String>) -> Value {
-    Value::Str(v.into())
-}
-
-fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Map(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
-}
-
-/// How a list's items are named.
-#[derive(Debug, Clone, Copy)]
-enum NameKey {
-    /// `name` (containers, volumes).
-    Name,
-    /// `metadata.name` (volume claim templates).
-    MetadataName,
-}
-
-/// A change to one node.
-#[derive(Debug)]
-enum Change {
-    /// The node must equal this value.
-    Set(Value),
-    /// These keys of a mapping change; others stay.
-    Map(Vec<(String, Change)>),
-    /// These items of a list of named objects are set (`Some`) or removed
-    /// (`None`); others stay.
-    Named(NameKey, Vec<(String, Option<Value>)>),
-}
-
-fn change<const N: usize>(entries: [(&str, Change); N]) -> Change {
-    Change::Map(entries.into_iter().map(|(k, c)| (k.into(), c)).collect())
-}
-
-impl Change {
-    /// The value to write where the node is absent (or null); `None` when
-    /// there is nothing to add.
-    fn value(&self) -> Option<Value> {
-        match self {
-            Change::Set(v) => Some(v.clone()),
-            Change::Map(cs) => {
-                let entries: Vec<_> = cs
-                    .iter()
-                    .filter_map(|(k, c)| c.value().map(|v| (k.clone(), v)))
-                    .collect();
-                (!entries.is_empty()).then_some(Value::Map(entries))
-            }
-            Change::Named(_, items) => {
-                let items: Vec<_> = items.iter().filter_map(|(_, v)| v.clone()).collect();
-                (!items.is_empty()).then_some(Value::Seq(items))
-            }
-        }
-    }
-}
-
-fn item_name(node: &Node, key: NameKey) -> Option<&str> {
-    match key {
-        NameKey::Name => node.get("name"),
-        NameKey::MetadataName => node.path(&["metadata", "name"]),
-    }
-    .and_then(Node::as_str)
-}
-
 /// Whether a plain scalar reads as something other than a string (under
 /// YAML 1.2 or the YAML 1.1 Kubernetes uses).
 fn plain_is_special(s: &str) -> bool {
@@ -647,7 +514,10 @@ fn differs(node: &Node, change: &Change) -> bool {
             None => c.value().is_some(),
         }),
         (Change::Named(key, items), Kind::Seq(list)) => items.iter().any(|(name, want)| {
-            match (list.iter().find(|n| item_name(n, *key) == Some(name)), want) {
+            match (
+                list.iter().find(|n| item_name(*n, *key) == Some(name)),
+                want,
+            ) {
                 (Some(n), Some(w)) => !equals(n, w),
                 (Some(_), None) => true,
                 (None, w) => w.is_some(),
@@ -924,7 +794,7 @@ impl Editor<'_> {
             let found = list
                 .iter()
                 .enumerate()
-                .find(|(_, n)| item_name(n, key) == Some(name));
+                .find(|(_, n)| item_name(*n, key) == Some(name));
             match (found, want) {
                 (Some((i, item)), want) => {
                     if want.as_ref().is_some_and(|w| equals(item, w)) {
@@ -1037,14 +907,6 @@ fn editable(node: &Node, c: &Change, path: &str) -> Result<(), Stop> {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Kubernetes: which documents are workloads, and what inject adds to them.
 
@@ -1125,6 +987,7 @@ fn carries_pods(root: &Node) -> bool {
 struct Plan<'a> {
     doc: usize,
     args: &'a InjectArgs,
+    opts: &'a Options,
     notes: &'a mut Vec<Problem>,
 }
 
@@ -1233,146 +1096,27 @@ impl Plan<'_> {
         let args = self.args;
         let product = self.product(root, kind_node, what)?;
         let template_path = workload.template_path();
-        let pod_path = [template_path, &["spec"]].concat();
-        let containers_path = [pod_path.as_slice(), &["containers"]].concat();
-        let containers = root.path(&containers_path);
-        if containers.is_none_or(|c| c.items().is_empty()) {
-            return Err(self.problem(
-                containers.unwrap_or(kind_node),
-                format!(
-                    "{what} has no containers at `{}`",
-                    containers_path.join(".")
-                ),
-            ));
-        }
-        let (list, other) = if workload.native_sidecar() {
-            ("initContainers", "containers")
-        } else {
-            ("containers", "initContainers")
-        };
-        let pod = root.path(&pod_path);
-        let listed = |l: &str| pod.and_then(|p| p.get(l)).map(Node::items).unwrap_or(&[]);
-        if let Some(misplaced) = listed(other)
-            .iter()
-            .find(|c| item_name(c, NameKey::Name) == Some(SIDECAR))
-        {
-            let why = if workload.native_sidecar() {
-                "this kind's pods run to completion, so the sidecar must be an init container with `restartPolicy: Always`"
-            } else {
-                "this kind's sidecar is a regular container"
-            };
-            return Err(self.problem(
-                misplaced,
-                format!(
-                    "{what}: `{SIDECAR}` is in `{other}`, but {why}; remove it and inject again"
-                ),
-            ));
-        }
-        for c in listed("containers").iter().chain(listed("initContainers")) {
-            if item_name(c, NameKey::Name) == Some(SIDECAR) {
-                continue;
-            }
-            for p in c.get("ports").map(Node::items).unwrap_or(&[]) {
-                let port = p.get("containerPort").and_then(Node::as_str);
-                for (flag, ours) in [
-                    ("--data-port", args.data_port),
-                    ("--control-port", args.control_port),
-                ] {
-                    if port == Some(ours.to_string().as_str()) {
-                        return Err(self.problem(
-                            p,
-                            format!(
-                                "{what}: container `{}` already uses port {ours}, which the sidecar needs; choose another with `{flag}`",
-                                item_name(c, NameKey::Name).unwrap_or("?")
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-
-        let config_map = match &args.config_map {
-            Some(n) => n.clone(),
-            None => {
-                let n = default_config_map(&product);
-                check_object_name(&n).map_err(|e| {
-                    self.problem(
-                        kind_node,
-                        format!("{what}: the default ConfigMap name {e}; pass `--config-map`"),
-                    )
-                })?;
-                n
-            }
-        };
-        let secret = if args.no_keys_secret {
-            None
-        } else {
-            Some(
-                args.keys_secret
-                    .clone()
-                    .unwrap_or_else(|| format!("{config_map}-keys")),
-            )
-        };
         let claim = workload == Workload::StatefulSet;
-
-        let mut volumes = vec![(
-            "meshgov-config".to_string(),
-            Some(map([
-                ("name", s("meshgov-config")),
-                ("configMap", map([("name", s(&config_map))])),
-            ])),
-        )];
-        volumes.push((
-            "meshgov-keys".into(),
-            secret.as_ref().map(|n| {
-                map([
-                    ("name", s("meshgov-keys")),
-                    ("secret", map([("secretName", s(n))])),
-                ])
-            }),
-        ));
-        volumes.push((
-            "meshgov-state".into(),
-            (!claim).then(|| map([("name", s("meshgov-state")), ("emptyDir", map([]))])),
-        ));
-        if !claim {
-            self.notes.push(self.problem(
-                kind_node,
-                format!(
-                    "{what}: the sidecar's state (audit log, persisted bundle, embedded privacy ledger) is in an emptyDir and ends with the pod; have the engine collect audit logs, and use `privacy.ledger = \"postgres\"` when there are several replicas"
-                ),
-            ));
+        let planned = plan_template(
+            self.opts,
+            &product,
+            what,
+            kind_node,
+            &Template {
+                node: root.path(template_path),
+                path: template_path.join("."),
+                native_sidecar: workload.native_sidecar(),
+                state_on_claim: claim,
+            },
+        )
+        .map_err(|r| self.problem(r.at, r.message))?;
+        for note in planned.notes {
+            self.notes.push(self.problem(kind_node, note));
         }
-
-        let container = sidecar_container(args, workload, secret.is_some());
+        let template = planned.change;
         let annotations = change([
             (INJECTED, Change::Set(s("true"))),
             (PRODUCT, Change::Set(s(&product))),
-        ]);
-        let template = change([
-            (
-                "metadata",
-                change([
-                    ("labels", change([(INJECTED, Change::Set(s("true")))])),
-                    (
-                        "annotations",
-                        change([
-                            (INJECTED, Change::Set(s("true"))),
-                            (PRODUCT, Change::Set(s(&product))),
-                        ]),
-                    ),
-                ]),
-            ),
-            (
-                "spec",
-                change([
-                    (
-                        list,
-                        Change::Named(NameKey::Name, vec![(SIDECAR.into(), Some(container))]),
-                    ),
-                    ("volumes", Change::Named(NameKey::Name, volumes)),
-                ]),
-            ),
         ]);
         let spec = match workload {
             Workload::CronJob => change([(
@@ -1400,9 +1144,9 @@ impl Plan<'_> {
                         Change::Named(
                             NameKey::MetadataName,
                             vec![(
-                                "meshgov-state".into(),
+                                STATE_VOLUME.into(),
                                 Some(map([
-                                    ("metadata", map([("name", s("meshgov-state"))])),
+                                    ("metadata", map([("name", s(STATE_VOLUME))])),
                                     ("spec", Value::Map(claim_spec)),
                                 ])),
                             )],
@@ -1460,138 +1204,11 @@ fn object_name(root: &Node) -> String {
     }
 }
 
-fn env(name: &str, value: impl Into<String>) -> Value {
-    map([("name", s(name)), ("value", s(value))])
-}
-
-fn env_field(name: &str, field: &str) -> Value {
-    map([
-        ("name", s(name)),
-        (
-            "valueFrom",
-            map([("fieldRef", map([("fieldPath", s(field))]))]),
-        ),
-    ])
-}
-
-fn probe(path: &str, period: i64, failures: i64) -> Value {
-    map([
-        (
-            "httpGet",
-            map([("path", s(path)), ("port", s("meshgov-data"))]),
-        ),
-        ("periodSeconds", Value::Int(period)),
-        ("failureThreshold", Value::Int(failures)),
-    ])
-}
-
-/// The sidecar container. Its listen addresses, state directory and engine
-/// identity come from `MESHGOV_SIDECAR_*` overrides, so they always match
-/// the ports and volumes declared here whatever the config file says.
-fn sidecar_container(args: &InjectArgs, workload: Workload, keys: bool) -> Value {
-    let (data, control) = (args.data_port, args.control_port);
-    let mut env_vars = vec![
-        env("MESHGOV_SIDECAR_LISTEN_DATA", format!("0.0.0.0:{data}")),
-        env(
-            "MESHGOV_SIDECAR_LISTEN_CONTROL",
-            format!("0.0.0.0:{control}"),
-        ),
-        env("MESHGOV_SIDECAR_STATE_DIR", STATE_DIR),
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_IP", "status.podIP"),
-        // One fleet entry per pod, and the address the engine pushes to.
-        env("MESHGOV_SIDECAR_ENGINE_INSTANCE_ID", "$(POD_NAME)"),
-        env(
-            "MESHGOV_SIDECAR_ENGINE_ADVERTISE_URL",
-            format!("http://$(POD_IP):{control}"),
-        ),
-    ];
-    if let Some(url) = &args.engine {
-        env_vars.push(env("MESHGOV_SIDECAR_ENGINE_URL", url.trim_end_matches('/')));
-    }
-    let mut limits = vec![("memory".to_string(), s(&args.memory_limit))];
-    if let Some(cpu) = &args.cpu_limit {
-        limits.insert(0, ("cpu".into(), s(cpu)));
-    }
-    let mut mounts = vec![map([
-        ("name", s("meshgov-config")),
-        ("mountPath", s(CONFIG_DIR)),
-        ("readOnly", Value::Bool(true)),
-    ])];
-    if keys {
-        mounts.push(map([
-            ("name", s("meshgov-keys")),
-            ("mountPath", s(KEYS_DIR)),
-            ("readOnly", Value::Bool(true)),
-        ]));
-    }
-    mounts.push(map([
-        ("name", s("meshgov-state")),
-        ("mountPath", s(STATE_DIR)),
-    ]));
-    let port = |name: &str, number: u16| {
-        map([
-            ("name", s(name)),
-            ("containerPort", Value::Int(i64::from(number))),
-            ("protocol", s("TCP")),
-        ])
-    };
-    let mut c = vec![
-        ("name".to_string(), s(SIDECAR)),
-        ("image".into(), s(&args.image)),
-        (
-            "args".into(),
-            Value::Seq(vec![s("--config"), s(format!("{CONFIG_DIR}/sidecar.toml"))]),
-        ),
-    ];
-    if workload.native_sidecar() {
-        c.push(("restartPolicy".into(), s("Always")));
-    }
-    c.extend([
-        (
-            "ports".into(),
-            Value::Seq(vec![
-                port("meshgov-data", data),
-                port("meshgov-control", control),
-            ]),
-        ),
-        ("env".into(), Value::Seq(env_vars)),
-        (
-            "resources".into(),
-            map([
-                (
-                    "requests",
-                    map([
-                        ("cpu", s(&args.cpu_request)),
-                        ("memory", s(&args.memory_request)),
-                    ]),
-                ),
-                ("limits", Value::Map(limits)),
-            ]),
-        ),
-        // Opening the audit log and replaying the ledger can take a while
-        // on a large state directory: up to a minute before liveness counts.
-        ("startupProbe".into(), probe("/healthz", 2, 30)),
-        ("livenessProbe".into(), probe("/healthz", 10, 3)),
-        // Not ready (and so out of the Service) until a valid bundle is in force.
-        ("readinessProbe".into(), probe("/readyz", 5, 2)),
-        (
-            "securityContext".into(),
-            map([
-                ("allowPrivilegeEscalation", Value::Bool(false)),
-                ("readOnlyRootFilesystem", Value::Bool(true)),
-                ("capabilities", map([("drop", Value::Seq(vec![s("ALL")]))])),
-            ]),
-        ),
-        ("volumeMounts".into(), Value::Seq(mounts)),
-    ]);
-    Value::Map(c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser as _;
+    use meshgov_server::inject::{check_object_name, default_config_map, is_quantity};
 
     #[derive(clap::Parser)]
     struct Cli {
@@ -1606,8 +1223,8 @@ mod tests {
 
     fn run(text: &str) -> String {
         let a = args(&[]);
-        let out = inject(text, &a).unwrap().output;
-        let again = inject(&out, &a).unwrap().output;
+        let out = inject(text, &a, &a.options()).unwrap().output;
+        let again = inject(&out, &a, &a.options()).unwrap().output;
         assert_eq!(out, again, "not idempotent");
         out
     }
@@ -1678,14 +1295,14 @@ mod tests {
     fn replaces_a_stale_sidecar_and_removes_unwanted_volumes() {
         let a = args(&[]);
         let text = "kind: StatefulSet\napiVersion: apps/v1\nspec:\n  template:\n    spec:\n      containers:\n      - name: meshgov-sidecar\n        image: old\n      - name: app\n      volumes:\n      - name: meshgov-state\n        emptyDir: {}\n      - name: keep\n";
-        let out = inject(text, &a).unwrap().output;
+        let out = inject(text, &a, &a.options()).unwrap().output;
         assert_eq!(containers(&out), ["meshgov-sidecar", "app"]);
         assert!(!out.contains("image: old"));
         assert_eq!(
             names(&out, &["spec", "template", "spec", "volumes"]),
             ["keep", "meshgov-config", "meshgov-keys"]
         );
-        assert_eq!(inject(&out, &a).unwrap().output, out);
+        assert_eq!(inject(&out, &a, &a.options()).unwrap().output, out);
     }
 
     #[test]
@@ -1723,14 +1340,14 @@ mod tests {
             let cuts = fixture.match_indices('\n').map(|(i, _)| i + 1);
             for cut in cuts.chain([fixture.len() - 1]) {
                 let text = &fixture[..cut];
-                let Ok(first) = inject(text, &a) else {
+                let Ok(first) = inject(text, &a, &a.options()) else {
                     continue;
                 };
                 let out = first.output;
                 serde_saphyr::from_multiple::<serde_json::Value>(&out)
                     .unwrap_or_else(|e| panic!("cut at {cut}: {e}\n{out}"));
-                let again =
-                    inject(&out, &a).unwrap_or_else(|e| panic!("cut at {cut}: {e:?}\n{out}"));
+                let again = inject(&out, &a, &a.options())
+                    .unwrap_or_else(|e| panic!("cut at {cut}: {e:?}\n{out}"));
                 assert_eq!(again.output, out, "cut at {cut}");
             }
         }

@@ -56,11 +56,13 @@ mod bundle_cmds;
 mod conformance;
 mod demo;
 mod diff_cmd;
+mod emit_config;
 mod fleet_cmds;
 mod init;
 mod inject;
 mod policy_cmds;
 mod token_cmd;
+mod webhook_cmd;
 
 /// Policy-as-code governance for a data mesh.
 #[derive(Parser)]

@@ -17,7 +17,10 @@
 //! - [`page`]: the fleet page;
 //! - [`client`]: pushes and status reads (also used by `meshgov push` and `meshgov status`);
 //! - [`collect`]: audit collection from every registered sidecar;
-//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`;
+//! - [`inject`]: what injecting the sidecar adds to a pod template (also
+//!   `meshgov inject`'s);
+//! - [`webhook`]: the mutating admission webhook that injects pods.
 //!
 //! They import each other without a cycle (`tests/module_graph.rs` checks
 //! it): `api` uses `engine` and `page`; `engine` uses `build`, `client`,
@@ -35,7 +38,9 @@ pub mod build;
 pub mod client;
 pub mod collect;
 pub mod engine;
+pub mod inject;
 pub mod metrics;
 pub mod page;
+pub mod webhook;
 
 pub use engine::{Canary, Engine, EngineConfig, Fleet};
