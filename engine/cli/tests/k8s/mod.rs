@@ -84,14 +84,41 @@ pub fn corpus() -> Vec<PathBuf> {
     files
 }
 
-/// Asserts that `c` passes the Pod Security Standards' `restricted`
-/// profile on its own (no pod-level setting needed) and has the rest of
-/// the sidecar's hardening.
+/// Asserts that the sidecar container `c` passes the Pod Security
+/// Standards' `restricted` profile on its own (no pod-level setting
+/// needed), with a read-only root and the state volume its one writable
+/// place.
 pub fn assert_restricted(c: &serde_json::Value, what: &str) {
+    assert_restricted_context(c, what);
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"], true,
+        "{what}"
+    );
+    let writable: Vec<_> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["readOnly"] != true)
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(writable, ["/var/lib/meshgov"], "{what}");
+}
+
+/// Asserts the `restricted` profile's container fields: non-root with a
+/// numeric user (here or in `pod`'s securityContext), no privilege
+/// escalation, every capability dropped, the runtime's seccomp profile.
+pub fn assert_restricted_context(c: &serde_json::Value, what: &str) {
+    assert_restricted_in(c, &serde_json::Value::Null, what);
+}
+
+/// As [`assert_restricted_context`], where `pod_sc` (the pod's
+/// securityContext) may supply the user and seccomp profile.
+pub fn assert_restricted_in(c: &serde_json::Value, pod_sc: &serde_json::Value, what: &str) {
     let sc = &c["securityContext"];
-    assert_eq!(sc["runAsNonRoot"], true, "{what}: {sc}");
+    let either = |k: &str| if sc[k].is_null() { &pod_sc[k] } else { &sc[k] };
+    assert_eq!(*either("runAsNonRoot"), true, "{what}: {sc}");
     assert!(
-        sc["runAsUser"].as_u64().is_some_and(|u| u > 0),
+        either("runAsUser").as_u64().is_some_and(|u| u > 0),
         "{what}: {sc}"
     );
     assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}: {sc}");
@@ -102,20 +129,11 @@ pub fn assert_restricted(c: &serde_json::Value, what: &str) {
     );
     assert!(sc["capabilities"]["add"].is_null(), "{what}: {sc}");
     assert_eq!(
-        sc["seccompProfile"]["type"], "RuntimeDefault",
+        either("seccompProfile")["type"],
+        "RuntimeDefault",
         "{what}: {sc}"
     );
     assert!(sc["privileged"].is_null(), "{what}: {sc}");
-    assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}: {sc}");
-    // Its one writable place is the state volume.
-    let writable: Vec<_> = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["readOnly"] != true)
-        .map(|m| m["mountPath"].as_str().unwrap())
-        .collect();
-    assert_eq!(writable, ["/var/lib/meshgov"], "{what}");
 }
 
 /// `kubernetes-validate` fails on an object without `metadata.name` (one
