@@ -1110,7 +1110,7 @@ impl Plan<'_> {
             },
         )
         .map_err(|r| self.problem(r.at, r.message))?;
-        for note in planned.notes {
+        for note in planned.ephemeral_state.into_iter().chain(planned.notes) {
             self.notes.push(self.problem(kind_node, note));
         }
         let template = planned.change;

@@ -456,6 +456,26 @@ fn the_webhook_answers_what_it_cannot_inject() {
     let real = engine.review(create(&pod, "shop", 6));
     assert_eq!(engine.review(dry)["patch"], real["patch"]);
     assert!(real["patch"].is_string());
+    assert!(real["warnings"].is_null(), "{real}");
+
+    // A pod announcing its own metrics keeps its annotations, and the
+    // user is told where the sidecar's are.
+    let mut scraped = pod.clone();
+    scraped["metadata"]["annotations"]["prometheus.io/port"] = json!("8080");
+    let r = engine.review(create(&scraped, "shop", 9));
+    let mut patched = scraped.clone();
+    apply(&mut patched, &decode_patch(&r));
+    assert_eq!(
+        patched["metadata"]["annotations"]["prometheus.io/port"],
+        "8080"
+    );
+    assert!(patched["metadata"]["annotations"]["prometheus.io/scrape"].is_null());
+    assert_eq!(
+        r["warnings"],
+        json!([
+            "pod `web` in namespace `shop`: the pod is annotated `prometheus.io/port: 8080` for the application's own metrics, so the sidecar's metrics (port 15190, `meshgov-metrics`, at /metrics) are not announced by annotations; scrape them with a PodMonitor"
+        ])
+    );
 
     // A malformed pod is a 400 in the review.
     let mut bad = pod.clone();

@@ -419,6 +419,10 @@ pub struct Template<'t, T> {
 pub struct Planned {
     pub change: Change,
     pub notes: Vec<String>,
+    /// The note that the state volume is an emptyDir, apart: `meshgov
+    /// inject` prints it with the others, the webhook (which can only give
+    /// pods an emptyDir) does not repeat it on every pod.
+    pub ephemeral_state: Option<String>,
 }
 
 /// Checks that a pod template can be injected for `product`, and the change
@@ -489,6 +493,7 @@ pub fn plan_template<'t, T: Tree>(
         .map_err(|e| refuse(fallback, format!("{what}: {e}")))?;
     let secret = opts.keys_secret_name(&config_map);
     let mut notes = Vec::new();
+    let mut ephemeral_state = None;
 
     let volumes = vec![
         (
@@ -514,7 +519,7 @@ pub fn plan_template<'t, T: Tree>(
         ),
     ];
     if !template.state_on_claim {
-        notes.push(format!(
+        ephemeral_state = Some(format!(
             "{what}: the sidecar's state (audit log, persisted bundle, embedded privacy ledger) is in an emptyDir and ends with the pod; have the engine collect audit logs, and use `privacy.ledger = \"postgres\"` when there are several replicas"
         ));
     }
@@ -567,7 +572,11 @@ pub fn plan_template<'t, T: Tree>(
             ]),
         ),
     ]);
-    Ok(Planned { change, notes })
+    Ok(Planned {
+        change,
+        notes,
+        ephemeral_state,
+    })
 }
 
 pub fn join(path: &str, key: &str) -> String {
