@@ -373,3 +373,155 @@ fn the_namespace_policy_names_the_sidecars_ports() {
         k8s::validate(&validator, &files).unwrap();
     }
 }
+
+/// The engine's command line in the base, with its files where the pod
+/// mounts them (under a temporary root) and loopback ports, starts an
+/// engine whose webhook injects a pod, pointing its sidecar at the Service.
+#[test]
+fn the_engine_starts_with_the_bases_command_line() {
+    let Some(kubectl) = k8s::kubectl() else {
+        return;
+    };
+    let tools = ["openssl", "curl"].iter().all(|t| {
+        let ok = Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok || std::env::var_os("CI").is_none(),
+            "{t} is missing; `.ci/setup` installs it"
+        );
+        ok
+    });
+    if !tools {
+        eprintln!("skipped: openssl or curl not found (run .ci/setup)");
+        return;
+    }
+    let docs = render(&kubectl, "base");
+    let engine =
+        &find(&docs, "Deployment", "meshgov-engine")["spec"]["template"]["spec"]["containers"][0];
+    let root = tempfile::tempdir().unwrap();
+    let at = |p: &str| root.path().join(p.trim_start_matches('/'));
+    let [api, webhook] = meshgov_e2e::free_addrs().unwrap();
+    let args: Vec<String> = args_of(engine)
+        .into_iter()
+        .map(|a| match a.as_str() {
+            "0.0.0.0:7600" => api.to_string(),
+            "0.0.0.0:9443" => webhook.to_string(),
+            p if p.starts_with("/etc/meshgov/") => at(p).display().to_string(),
+            _ => a,
+        })
+        .collect();
+    // What the Secrets and ConfigMaps hold, where they are mounted.
+    meshgov_e2e::copy_dir(
+        &meshgov_e2e::repo_root().join("policies"),
+        &at("/etc/meshgov/policies"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(at("/etc/meshgov/keys")).unwrap();
+    std::fs::create_dir_all(at("/etc/meshgov/webhook")).unwrap();
+    let k = Command::new(env!("CARGO_BIN_EXE_meshgov"))
+        .args(["keygen", "--out"])
+        .arg(at("/etc/meshgov/keys/governance.pem"))
+        .output()
+        .unwrap();
+    assert!(k.status.success());
+    std::fs::write(
+        at("/etc/meshgov/keys/registration-token"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let cert = at("/etc/meshgov/webhook/tls.crt");
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=meshgov-engine.meshgov-system.svc",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(at("/etc/meshgov/webhook/tls.key"))
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov"));
+    c.args(&args);
+    let mut process = meshgov_e2e::Process::spawn(&mut c, &root.path().join("stderr.log")).unwrap();
+    let t0 = std::time::Instant::now();
+    while !(process.stderr().contains("admission webhook on https://")
+        && std::net::TcpStream::connect(webhook).is_ok())
+    {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "{}",
+            process.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1", "operation": "CREATE", "namespace": "shop",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web", "annotations": {"meshgov.io/product": "users/user-profiles"}},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+        }
+    });
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(&cert)
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(review.to_string())
+        .arg(format!("https://{webhook}/mutate"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        process.stderr()
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let patch = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        answer["response"]["patch"].as_str().unwrap(),
+    )
+    .unwrap();
+    let ops: Vec<Value> = serde_json::from_slice(&patch).unwrap();
+    let sidecar = ops
+        .iter()
+        .find(|o| o["path"] == "/spec/containers/-")
+        .unwrap();
+    let engine_url = sidecar["value"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "MESHGOV_SIDECAR_ENGINE_URL")
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(engine_url, flag(&args_of(engine), "--inject-engine"));
+    process.signal(meshgov_e2e::Signal::SIGTERM).unwrap();
+    assert_eq!(
+        process
+            .wait_exit(std::time::Duration::from_secs(20))
+            .unwrap(),
+        Some(0)
+    );
+}
