@@ -50,8 +50,8 @@ pub struct ServeArgs {
     pub watch_interval_ms: u64,
     /// Log format on stderr: `text`, or `json` (one JSON object per line,
     /// with the fields of the enclosing spans). RUST_LOG sets the level
-    /// (default `info`).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    /// (default `info`). The container image sets MESHGOV_LOG_FORMAT=json.
+    #[arg(long, value_enum, env = "MESHGOV_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// The same as `--log-format json`.
     #[arg(long, hide = true)]
@@ -68,6 +68,16 @@ pub struct ServeArgs {
     /// How often to collect audit streams, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub collect_interval_ms: u64,
+    /// A file holding the token sidecars must send to register, long-poll
+    /// and report (their `engine.registration_token_file`); make one with
+    /// `openssl rand -hex 32`. A control token signed with --key is
+    /// accepted too.
+    #[arg(long, value_name = "FILE", conflicts_with = "open_registration")]
+    pub registration_token_file: Option<PathBuf>,
+    /// Let any host that reaches the API register as a sidecar and receive
+    /// bundle slices, without a token. Only for a trusted network.
+    #[arg(long)]
+    pub open_registration: bool,
     #[command(flatten)]
     pub webhook: crate::webhook_cmd::WebhookArgs,
 }
@@ -79,14 +89,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// The registration token in `f`: at least 16 printable characters.
+fn registration_token(f: &std::path::Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(f).map_err(|e| Failure::io(f, &e))?;
+    let token = text.trim();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Failure::usage(format!(
+            "--registration-token-file `{}`: expected at least 16 printable characters without spaces (e.g. `openssl rand -hex 32`)",
+            f.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
 pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Unwritable log lines are dropped rather than reported (see the
     // sidecar's `init_logging`).
+    // Colours only for a person at a terminal, never into a collector.
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false);
     if a.log_json || a.log_format == LogFormat::Json {
         sub.json().init();
@@ -112,6 +137,15 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     cfg.audit_dir = a.collect_audit;
     cfg.audit_interval = Duration::from_millis(a.collect_interval_ms.max(100));
     cfg.drain_timeout = Duration::from_millis(a.drain_timeout_ms);
+    cfg.registration_token = match (&a.registration_token_file, a.open_registration) {
+        (Some(f), _) => Some(registration_token(f)?),
+        (None, true) => None,
+        (None, false) => {
+            return Err(Failure::usage(
+                "give --registration-token-file FILE (sidecars send the token in it), or --open-registration to let any host that reaches the API register",
+            ));
+        }
+    };
     let addr: std::net::SocketAddr = a.listen.parse().map_err(|_| {
         Failure::usage(format!(
             "--listen `{}`: expected host:port with an IP host",

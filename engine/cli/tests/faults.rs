@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 /// `meshgov serve` as a child process, its stderr in `log`; killed when
 /// dropped.
+/// Sidecars register with [`meshgov_e2e::REGISTRATION_TOKEN`].
 fn serve(repo: &Path, key: &Path, listen: SocketAddr, log: &Path) -> Process {
+    let token = key.with_extension("registration-token");
+    std::fs::write(&token, meshgov_e2e::REGISTRATION_TOKEN).unwrap();
     Process::spawn(
         Command::new(env!("CARGO_BIN_EXE_meshgov"))
             .arg("serve")
@@ -28,6 +31,8 @@ fn serve(repo: &Path, key: &Path, listen: SocketAddr, log: &Path) -> Process {
             .arg(repo)
             .arg("--key")
             .arg(key)
+            .arg("--registration-token-file")
+            .arg(&token)
             .args(["--listen", &listen.to_string(), "--watch-interval-ms", "50"]),
         log,
     )
@@ -100,6 +105,7 @@ async fn sigkill_of_the_engine_mid_rollout_converges_without_going_backwards() {
                     engine_url: Some(format!("http://{listen}")),
                     advertise: None,
                     poll_wait: Duration::from_secs(1),
+                    registration_token: Some(meshgov_e2e::REGISTRATION_TOKEN.into()),
                     dir: None,
                 },
             )

@@ -87,6 +87,7 @@ async fn serve_status_push_and_control_tokens() {
                 "keys/guild",
                 "--listen",
                 &port.to_string(),
+                "--open-registration",
             ])
             .args(["--watch-interval-ms", "50"])
             .current_dir(d)
@@ -144,6 +145,7 @@ async fn serve_status_push_and_control_tokens() {
             engine_url: None,
             advertise: None,
             poll_wait: Duration::from_secs(30),
+            registration_token: None,
             dir: None,
         },
     )

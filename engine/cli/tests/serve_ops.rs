@@ -9,7 +9,7 @@
 )]
 
 use meshgov_e2e::Signal::{SIGINT, SIGTERM};
-use meshgov_e2e::{Process, Signal, copy_dir, free_addr, repo_root};
+use meshgov_e2e::{Process, REGISTRATION_TOKEN, Signal, copy_dir, free_addr, repo_root};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -39,12 +39,15 @@ impl Serve {
             .unwrap();
         assert!(k.status.success());
         let addr = free_addr().unwrap();
+        std::fs::write(d.join("registration-token"), REGISTRATION_TOKEN).unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov"));
         c.arg("serve")
             .arg("--policies")
             .arg(d.join("policies"))
             .arg("--key")
             .arg(d.join("guild"))
+            .arg("--registration-token-file")
+            .arg(d.join("registration-token"))
             .args(["--listen", &addr.to_string(), "--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", filter);
@@ -91,10 +94,13 @@ impl Serve {
         let body = serde_json::json!({"id": "profiles-0", "product": "users/user-profiles",
             "mesh": "media-mesh", "control_url": format!("http://{control}")})
         .to_string();
-        let (status, text) = request(self.addr, "POST", "/v1/sidecars", &[], &body).unwrap();
+        let (status, text) = request(self.addr, "POST", "/v1/sidecars", &[AUTH], &body).unwrap();
         assert_eq!(status, 200, "{text}");
     }
 }
+
+/// The registration token [`Serve`] starts the engine with, as sidecars send it.
+const AUTH: (&str, &str) = ("Authorization", "Bearer e2e-registration-0123456789abcdef");
 
 fn request(
     addr: SocketAddr,
@@ -159,7 +165,7 @@ fn sigterm_ends_long_polls_and_exits_0_with_json_logs() {
     s.register(silent_listener());
     // The first poll gets the bundle; the second, holding it, waits.
     let (status, etag) = s
-        .try_get("/v1/bundle?sidecar=profiles-0&wait=1", &[])
+        .try_get("/v1/bundle?sidecar=profiles-0&wait=1", &[AUTH])
         .unwrap();
     assert_eq!(status, 200);
     let addr = s.addr;
@@ -169,7 +175,7 @@ fn sigterm_ends_long_polls_and_exits_0_with_json_logs() {
             addr,
             "GET",
             "/v1/bundle?sidecar=profiles-0&wait=60",
-            &[("If-None-Match", &etag)],
+            &[("If-None-Match", &etag), AUTH],
             "",
         )
         .unwrap();
@@ -243,6 +249,66 @@ fn a_second_signal_exits_at_once() {
     s.signal(SIGINT);
     assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(130));
     assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+/// Registration, long polls and reports need the registration token or a
+/// control token signed with the engine's key; `serve` refuses to start
+/// with neither a token nor `--open-registration`.
+#[test]
+fn sidecar_routes_need_the_registration_token() {
+    assert!(AUTH.1.ends_with(REGISTRATION_TOKEN));
+    let s = Serve::start(&[]);
+    let body = serde_json::json!({"id": "profiles-0", "product": "users/user-profiles",
+        "mesh": "media-mesh", "control_url": "http://127.0.0.1:9"})
+    .to_string();
+    let poll = "/v1/bundle?sidecar=profiles-0&wait=1";
+    let report = "/v1/sidecars/profiles-0/report";
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer not-the-token")],
+        vec![("Authorization", REGISTRATION_TOKEN)],
+        vec![AUTH, AUTH],
+    ] {
+        for (method, path, body) in [
+            ("POST", "/v1/sidecars", body.as_str()),
+            ("GET", poll, ""),
+            ("POST", report, "{}"),
+        ] {
+            let (status, text) = request(s.addr, method, path, &headers, body).unwrap();
+            assert!(
+                status == 401 || (status == 400 && headers.len() == 2),
+                "{method} {path} with {headers:?}: {status} {text}"
+            );
+        }
+    }
+    let (_, fleet) = s.try_get("/v1/fleet", &[]).unwrap();
+    assert!(!fleet.contains("profiles-0"), "{fleet}");
+    // The token registers; so does a control token of the engine's key.
+    s.register(silent_listener());
+    let key = s._dir.path().join("guild");
+    let o = Command::new(env!("CARGO_BIN_EXE_meshgov"))
+        .args(["control-token", "--key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let control = format!("Bearer {}", String::from_utf8(o.stdout).unwrap().trim());
+    let (status, text) = request(s.addr, "GET", poll, &[("Authorization", &control)], "").unwrap();
+    assert_eq!(status, 200, "{text}");
+    // Neither a token file nor --open-registration: a usage error.
+    let o = Command::new(env!("CARGO_BIN_EXE_meshgov"))
+        .args(["serve", "--policies"])
+        .arg(s._dir.path().join("policies"))
+        .arg("--key")
+        .arg(&key)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--registration-token-file") && err.contains("--open-registration"),
+        "{err}"
+    );
 }
 
 #[test]

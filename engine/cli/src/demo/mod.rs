@@ -305,18 +305,17 @@ async fn start(
     let guild = new_key(&dir.join("keys/guild"))?;
     let idp = new_key(&dir.join("keys/idp"))?;
     let idp_pem = std::fs::read_to_string(dir.join("keys/idp")).map_err(|e| io(dir, e))?;
-    let mut secret = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-        .map_err(|_| Failure::usage("the system random source failed"))?;
     let pseudonym_key = dir.join("keys/user-identity.key");
-    let hexed: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&pseudonym_key, hexed).map_err(|e| io(&pseudonym_key, e))?;
+    std::fs::write(&pseudonym_key, random_hex()?).map_err(|e| io(&pseudonym_key, e))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     data::generate(&dir.join("data"), a.rows, a.seed, now).map_err(|e| io(dir, e))?;
 
     let guild_public = guild.public_key();
     let mut cfg = EngineConfig::new(policies, guild);
     cfg.watch_interval = Duration::from_millis(200);
+    // The sidecars register with a fresh token, as in a real deployment.
+    let registration_token = random_hex()?;
+    cfg.registration_token = Some(registration_token.clone());
     let engine = Engine::new(cfg);
     let addr = SocketAddr::from(([127, 0, 0, 1], a.engine_port));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -347,6 +346,7 @@ metrics = "127.0.0.1:0"
 url = "{engine_url}"
 instance_id = "{file}-0"
 poll_wait_seconds = 5
+registration_token = "{registration_token}"
 [upstream]
 path = "data/{file}"
 {auth}
@@ -371,4 +371,12 @@ user-identity = "keys/user-identity.key"
     };
     mesh.wait_for_revision(1, Duration::from_secs(30)).await?;
     Ok((mesh, engine_task, stop_engine))
+}
+
+/// 32 random bytes, hex-encoded: a pseudonym secret or a token.
+fn random_hex() -> Result<String, Failure> {
+    let mut b = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| Failure::usage("the system random source failed"))?;
+    Ok(b.iter().map(|b| format!("{b:02x}")).collect())
 }
