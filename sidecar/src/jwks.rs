@@ -30,6 +30,11 @@ pub struct TrustedKey {
     pub key: DecodingKey,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // INVARIANT: nothing panics while holding it; the value stays whole.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The largest JWKS or discovery document read.
 const MAX_DOCUMENT: usize = 1024 * 1024;
 /// Per-request timeout towards the provider.
@@ -172,7 +177,7 @@ impl RemoteKeys {
     }
 
     pub fn health(&self) -> Health {
-        crate::app::lock(&self.health).clone()
+        lock(&self.health).clone()
     }
 
     /// Bumped each time the key set is replaced; remembered tokens verified
@@ -240,7 +245,7 @@ impl RemoteKeys {
                 self.keys.store(Arc::new(keys));
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 self.fetches_ok.fetch_add(1, Ordering::Relaxed);
-                *crate::app::lock(&self.health) = Health {
+                *lock(&self.health) = Health {
                     keys: n,
                     fetched_at: Some(Instant::now()),
                     last_error: None,
@@ -251,7 +256,7 @@ impl RemoteKeys {
             Err(e) => {
                 self.fetches_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("cannot fetch the issuer's keys (the last good ones stay): {e}");
-                crate::app::lock(&self.health).last_error = Some(e);
+                lock(&self.health).last_error = Some(e);
                 Err(())
             }
         }

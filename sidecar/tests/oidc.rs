@@ -213,3 +213,40 @@ async fn keycloak_shaped_claims_are_mapped() {
     }
     s.stop().await;
 }
+
+/// A token shaped as Entra ID issues them: app roles in `roles`, and here
+/// the purpose in an extension object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_shaped_claims_are_mapped() {
+    let Some(idp) = OidcProvider::start(&["k1"]).unwrap() else {
+        return;
+    };
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            auth: Some(issuer_auth(
+                &idp,
+                "groups_claims = [\"roles\"]\npurpose_claim = \"extension_meshgov.purpose\"",
+            )),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
+    wait_ready(&s).await;
+    let token = idp
+        .token(
+            AUDIENCE_URI,
+            serde_json::json!({"sub": "4f1c-oid", "oid": "4f1c-oid", "tid": "tenant",
+                "roles": ["marketing"], "groups": ["fraud"],
+                "extension_meshgov": {"purpose": "campaign-analytics"}}),
+        )
+        .unwrap();
+    let r = read(&s, &token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Marketing, not the `groups` claim's fraud: the email is masked.
+    let email = r.lines()[0]["email"].as_str().unwrap().to_string();
+    assert!(email.contains('*'), "{email}");
+    s.stop().await;
+}

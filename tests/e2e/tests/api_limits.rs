@@ -26,10 +26,22 @@ async fn a_dripped_registration_gets_408_and_an_oversized_one_413() {
     let engine = start_engine(engine_config(&repo, new_key().unwrap()))
         .await
         .unwrap();
+    let auth = format!("Authorization: Bearer {REGISTRATION_TOKEN}\r\n");
+    // Without the registration token, a body is refused before it is read.
+    let (resp, took) = send(
+        engine.addr,
+        b"POST /v1/sidecars HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n{",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert!(
+        took < Duration::from_secs(9),
+        "waited {took:?} for a body it refuses"
+    );
     // Headers in time, then 10 of 500 promised body bytes, then nothing.
     let (resp, took) = send(
         engine.addr,
-        b"POST /v1/sidecars HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"id\":\"a\",",
+        format!("POST /v1/sidecars HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{{\"id\":\"a\",").as_bytes(),
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
@@ -39,7 +51,7 @@ async fn a_dripped_registration_gets_408_and_an_oversized_one_413() {
     let (resp, _) = send(
         engine.addr,
         format!(
-            "POST /v1/sidecars HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{big}",
+            "POST /v1/sidecars HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\nContent-Length: {}\r\n\r\n{big}",
             big.len()
         )
         .as_bytes(),
@@ -50,7 +62,10 @@ async fn a_dripped_registration_gets_408_and_an_oversized_one_413() {
     // A declared length over the limit is refused on the head alone.
     let (resp, took) = send(
         engine.addr,
-        b"POST /v1/sidecars HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n",
+        format!(
+            "POST /v1/sidecars HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: 1000000000\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
