@@ -32,6 +32,21 @@ fn issuer_auth(p: &OidcProvider, mapping: &str) -> String {
     )
 }
 
+/// A sidecar trusting `p` with the claim `mapping`, serving DAY1, ready.
+async fn mapped_sidecar(p: &OidcProvider, mapping: &str) -> Sidecar {
+    let s = start(
+        &Keys::generate(),
+        Options {
+            auth: Some(issuer_auth(p, mapping)),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
+    wait_ready(&s).await;
+    s
+}
+
 async fn read(s: &Sidecar, token: &str) -> Resp {
     get(
         s.addr,
@@ -165,20 +180,11 @@ async fn keycloak_shaped_claims_are_mapped() {
     let Some(idp) = OidcProvider::start(&["k1"]).unwrap() else {
         return;
     };
-    let keys = Keys::generate();
-    let s = start(
-        &keys,
-        Options {
-            auth: Some(issuer_auth(
-                &idp,
-                "groups_claims = [\"realm_access.roles\", \"resource_access.meshgov.roles\", \"groups\"]\ngroups_strip_prefix = \"/\"\npurpose_scope_prefix = \"purpose:\"",
-            )),
-            ..Options::default()
-        },
+    let s = mapped_sidecar(
+        &idp,
+        "groups_claims = [\"realm_access.roles\", \"resource_access.meshgov.roles\", \"groups\"]\ngroups_strip_prefix = \"/\"\npurpose_scope_prefix = \"purpose:\"",
     )
     .await;
-    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
-    wait_ready(&s).await;
     let token = idp
         .token(
             AUDIENCE_URI,
@@ -221,20 +227,11 @@ async fn entra_shaped_claims_are_mapped() {
     let Some(idp) = OidcProvider::start(&["k1"]).unwrap() else {
         return;
     };
-    let keys = Keys::generate();
-    let s = start(
-        &keys,
-        Options {
-            auth: Some(issuer_auth(
-                &idp,
-                "groups_claims = [\"roles\"]\npurpose_claim = \"extension_meshgov.purpose\"",
-            )),
-            ..Options::default()
-        },
+    let s = mapped_sidecar(
+        &idp,
+        "groups_claims = [\"roles\"]\npurpose_claim = \"extension_meshgov.purpose\"",
     )
     .await;
-    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", DAY1);
-    wait_ready(&s).await;
     let token = idp
         .token(
             AUDIENCE_URI,

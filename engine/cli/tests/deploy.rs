@@ -382,17 +382,19 @@ fn the_engine_starts_with_the_bases_command_line() {
     let Some(kubectl) = k8s::kubectl() else {
         return;
     };
-    let tools = ["openssl", "curl"].iter().all(|t| {
-        let ok = Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            ok || std::env::var_os("CI").is_none(),
-            "{t} is missing; `.ci/setup` installs it"
-        );
-        ok
-    });
+    let tools = [("openssl", "version"), ("curl", "--version")]
+        .iter()
+        .all(|(t, probe)| {
+            let ok = Command::new(t)
+                .arg(probe)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                ok || std::env::var_os("CI").is_none(),
+                "{t} is missing; `.ci/setup` installs it"
+            );
+            ok
+        });
     if !tools {
         eprintln!("skipped: openssl or curl not found (run .ci/setup)");
         return;
