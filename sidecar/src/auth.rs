@@ -305,7 +305,7 @@ impl Authenticator {
     /// once [`Self::spawn_key_refresh`]'s tasks run.
     pub fn new(cfg: &AuthConfig) -> Result<Authenticator, crate::config::ConfigError> {
         Ok(Authenticator {
-            current: ArcSwap::from_pointee(Issuers::new(cfg)?),
+            current: ArcSwap::from_pointee(Issuers::new(cfg, None)?),
         })
     }
 
@@ -314,7 +314,7 @@ impl Authenticator {
     /// what changed, in words. Run [`Self::spawn_key_refresh`] after it:
     /// the replaced issuers' refresh tasks end.
     pub fn reload(&self, cfg: &AuthConfig) -> Result<Vec<String>, crate::config::ConfigError> {
-        let next = Issuers::new(cfg)?;
+        let next = Issuers::new(cfg, Some(&self.current.load()))?;
         let changes = changes(&self.current.load().cfg, cfg);
         self.current.store(Arc::new(next));
         Ok(changes)
@@ -430,7 +430,13 @@ fn changes(old: &AuthConfig, new: &AuthConfig) -> Vec<String> {
 }
 
 impl Issuers {
-    fn new(cfg: &AuthConfig) -> Result<Issuers, crate::config::ConfigError> {
+    /// Loads `cfg`. An issuer whose provider, algorithms and refresh are
+    /// the same as in `previous` keeps its fetched keys, so a reload does
+    /// not leave its tokens without keys until the next fetch.
+    fn new(
+        cfg: &AuthConfig,
+        previous: Option<&Issuers>,
+    ) -> Result<Issuers, crate::config::ConfigError> {
         let mut issuers = Vec::new();
         for (i, c) in cfg.issuers.iter().enumerate() {
             let at = if cfg.issuers.len() == 1 && matches!(c.keys, IssuerKeys::Static(_)) {
@@ -447,8 +453,24 @@ impl Issuers {
                     key: format!("{at}.algorithms"),
                     reason,
                 })?;
+            let kept = previous.and_then(|p| {
+                // `issuers` holds `cfg.issuers`, in order.
+                let (i, _) = p.issuers.iter().zip(&p.cfg.issuers).find(|(_, o)| {
+                    o.issuer == c.issuer
+                        && (&o.keys, &o.algorithms, o.refresh)
+                            == (&c.keys, &c.algorithms, c.refresh)
+                })?;
+                match &i.keys {
+                    Keys::Remote(r) => Some(Keys::Remote(Arc::clone(r))),
+                    Keys::Fixed(_) => None,
+                }
+            });
+            let keys = match kept {
+                Some(k) => k,
+                None => issuer_keys(&at, c, &algorithms)?,
+            };
             issuers.push(Issuer {
-                keys: issuer_keys(&at, c, &algorithms)?,
+                keys,
                 issuer: c.issuer.clone(),
                 audience: c.audience.clone(),
                 algorithms,

@@ -130,6 +130,33 @@ async fn keys_follow_the_provider_through_rotation_and_outage() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.lines()[0]["name"], serde_json::Value::Null);
 
+    // A reload with the same issuer keeps its fetched keys: its tokens do
+    // not wait for the next fetch.
+    let same = meshgov_sidecar::config::AuthConfig {
+        issuers: vec![meshgov_sidecar::config::IssuerConfig {
+            issuer: idp.issuer.clone(),
+            audience: AUDIENCE_URI.into(),
+            algorithms: vec!["RS256".into()],
+            keys: meshgov_sidecar::config::IssuerKeys::Remote(
+                meshgov_sidecar::jwks::Endpoint::Discovery(idp.discovery_url()),
+            ),
+            claims: Default::default(),
+            refresh: meshgov_sidecar::jwks::Refresh {
+                min: Duration::from_secs(1),
+                cooldown: Duration::from_secs(1),
+                ..meshgov_sidecar::config::DEFAULT_REFRESH
+            },
+        }],
+        leeway_seconds: 0,
+    };
+    assert_eq!(s.app.auth.reload(&same).unwrap(), Vec::<String>::new());
+    assert!(s.app.auth.has_usable_keys());
+    assert_eq!(read(&s, &t1).await.status, 200);
+    // As a SIGHUP does, the reloaded issuers get their refresh task (the
+    // replaced ones' task ends).
+    let (_keep_refreshing, stop) = tokio::sync::watch::channel(false);
+    let _tasks = s.app.auth.spawn_key_refresh(&stop);
+
     // Rotation: k2 signs, k1 is still published. The new kid is fetched
     // on first sight; the sidecar is not restarted.
     idp.restart(&["k2", "k1"]).unwrap();
