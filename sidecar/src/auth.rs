@@ -309,8 +309,9 @@ impl Authenticator {
         })
     }
 
-    /// Replaces the `[auth]` in force with `cfg` (keys and key files read
-    /// again, tokens verified again), unless it does not load; returns
+    /// Replaces the `[auth]` in force with `cfg` (key files read again,
+    /// tokens verified again; a provider's fetched keys are kept when its
+    /// settings did not change), unless it does not load; returns
     /// what changed, in words. Run [`Self::spawn_key_refresh`] after it:
     /// the replaced issuers' refresh tasks end.
     pub fn reload(&self, cfg: &AuthConfig) -> Result<Vec<String>, crate::config::ConfigError> {
