@@ -433,32 +433,7 @@ fn the_engine_starts_with_the_bases_command_line() {
         "0123456789abcdef0123456789abcdef\n",
     )
     .unwrap();
-    let cert = at("/etc/meshgov/webhook/tls.crt");
-    let o = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=meshgov-engine.meshgov-system.svc",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(at("/etc/meshgov/webhook/tls.key"))
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let (cert, _) = k8s::make_cert(&at("/etc/meshgov/webhook"), "tls");
 
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov"));
     c.args(&args);

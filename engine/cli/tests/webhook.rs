@@ -46,46 +46,6 @@ fn have(tool: &str) -> bool {
     ok
 }
 
-/// A self-signed certificate for 127.0.0.1 and the Service's DNS name.
-fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args([
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=meshgov-engine.meshgov-system.svc",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:meshgov-engine.meshgov-system.svc",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
-
 struct Engine {
     process: Process,
     webhook: String,
@@ -103,7 +63,7 @@ impl Engine {
             .output()
             .unwrap();
         assert!(k.status.success());
-        let (cert, key) = make_cert(d, "webhook");
+        let (cert, key) = k8s::make_cert(d, "webhook");
         let [api, webhook] = free_addrs().unwrap();
         let mut c = Command::new(env!("CARGO_BIN_EXE_meshgov"));
         c.arg("serve")
@@ -506,7 +466,7 @@ fn the_webhook_answers_what_it_cannot_inject() {
 
     // TLS: a client that does not trust the certificate gets no answer
     // (curl: 60, peer certificate cannot be authenticated).
-    let stranger = make_cert(engine.dir.path(), "stranger").0;
+    let stranger = k8s::make_cert(engine.dir.path(), "stranger").0;
     assert_eq!(
         engine
             .call_with(&stranger, "POST", "/mutate", "{}")
@@ -520,7 +480,7 @@ fn the_webhook_answers_what_it_cannot_inject() {
     let d = engine.dir.path().to_path_buf();
     let original = d.join("original.crt");
     std::fs::copy(&ca, &original).unwrap();
-    let (cert, key) = make_cert(&d, "rotated");
+    let (cert, key) = k8s::make_cert(&d, "rotated");
     std::thread::sleep(Duration::from_millis(20));
     std::fs::copy(&key, d.join("webhook.key")).unwrap();
     std::fs::copy(&cert, d.join("webhook.crt")).unwrap();
