@@ -59,14 +59,12 @@ impl LinkConfig {
         url: &str,
         msg: &impl serde::Serialize,
     ) -> Result<meshgov_wire::client::Answer, String> {
-        let body = serde_json::to_vec(msg).map_err(|e| e.to_string())?;
-        let headers = self.with_token(vec![(header::CONTENT_TYPE, "application/json".into())]);
         client
-            .send(
+            .send_json(
                 Method::POST,
                 url,
-                &headers,
-                Bytes::from(body),
+                &self.with_token(vec![]),
+                msg,
                 Duration::from_secs(10),
             )
             .await

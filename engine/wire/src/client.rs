@@ -142,23 +142,20 @@ impl HttpClient {
             .map_err(|_| SendError::Timeout(timeout))?
     }
 
-    /// Sends `msg` as a JSON body.
+    /// Sends `msg` as a JSON body, with `headers` besides its content type.
     pub async fn send_json(
         &self,
         method: Method,
         url: &str,
+        headers: &[(header::HeaderName, String)],
         msg: &impl serde::Serialize,
         timeout: Duration,
     ) -> Result<Answer, SendError> {
         let body = serde_json::to_vec(msg).map_err(|e| SendError::Encode(e.to_string()))?;
-        self.send(
-            method,
-            url,
-            &[(header::CONTENT_TYPE, "application/json".into())],
-            Bytes::from(body),
-            timeout,
-        )
-        .await
+        let mut all = vec![(header::CONTENT_TYPE, "application/json".to_string())];
+        all.extend_from_slice(headers);
+        self.send(method, url, &all, Bytes::from(body), timeout)
+            .await
     }
 }
 
