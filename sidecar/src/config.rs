@@ -17,6 +17,13 @@
 //! data = "127.0.0.1:8080"
 //! control = "127.0.0.1:8081"               # the control port (bundle pushes, status)
 //! metrics = "127.0.0.1:9464"               # Prometheus `GET /metrics`, unauthenticated (optional)
+//! sql = "0.0.0.0:5432"                      # the PostgreSQL wire protocol (optional)
+//! flight = "0.0.0.0:8815"                   # Arrow Flight SQL, gRPC (optional)
+//!
+//! [sql]                                     # TLS of both SQL ports (required with either)
+//! tls_cert = "tls/sql.crt"                  # PEM chain; re-read when it changes
+//! tls_key = "tls/sql.key"
+//! # allow_plaintext = true                  # no TLS, on a loopback address only
 //!
 //! [metrics]
 //! budget_series = 1000                      # consumer/purpose budget gauges kept; 0: none
@@ -71,7 +78,9 @@
 //! max_line_bytes = 1048576
 //! max_limit = 100000000
 //! drain_timeout_ms = 10000
-//! query_memory_bytes = 268435456            # what one columnar read may hold
+//! query_memory_bytes = 268435456            # what one columnar read or SQL query may hold
+//! query_timeout_ms = 300000                 # the longest a SQL query may run
+//! max_sql_connections = 100                 # per SQL port
 //!
 //! [audit]                                   # the log lives in <state_dir>/audit
 //! segment_bytes = 67108864                  # rotate segments past this size
@@ -294,6 +303,11 @@ pub struct Limits {
     /// a query that needs more fails (500 `plan_failed`) rather than grow
     /// the process.
     pub query_memory_bytes: usize,
+    /// The longest a SQL query may run (a client's `statement_timeout`
+    /// may only lower it); then it is cancelled (`57014`).
+    pub query_timeout_ms: u64,
+    /// Open connections per SQL port; one more is refused (`53300`).
+    pub max_sql_connections: usize,
 }
 
 impl Default for Limits {
@@ -309,6 +323,8 @@ impl Default for Limits {
             max_limit: 100_000_000,
             drain_timeout_ms: 10_000,
             query_memory_bytes: 256 * 1024 * 1024,
+            query_timeout_ms: 300_000,
+            max_sql_connections: 100,
         }
     }
 }
@@ -389,6 +405,8 @@ pub struct Config {
     pub listen_control: Option<SocketAddr>,
     /// Where `GET /metrics` is served (Prometheus); `None`: nowhere.
     pub listen_metrics: Option<SocketAddr>,
+    /// The SQL ports.
+    pub sql: SqlPorts,
     /// The most privacy-budget series by consumer and purpose exported
     /// (see [`crate::metrics`]); 0 exports none.
     pub metrics_budget_series: usize,
@@ -459,6 +477,13 @@ pub const SCALAR_KEYS: &[&str] = &[
     "limits.max_limit",
     "limits.drain_timeout_ms",
     "limits.query_memory_bytes",
+    "limits.query_timeout_ms",
+    "limits.max_sql_connections",
+    "listen.sql",
+    "listen.flight",
+    "sql.tls_cert",
+    "sql.tls_key",
+    "sql.allow_plaintext",
     "audit.segment_bytes",
     "audit.checkpoint_every",
     "audit.checkpoint_interval_ms",
@@ -752,7 +777,15 @@ impl Config {
             max_limit: v.u64("limits.max_limit", d.max_limit)?,
             drain_timeout_ms: v.u64("limits.drain_timeout_ms", d.drain_timeout_ms)?,
             query_memory_bytes: usize_of("limits.query_memory_bytes", d.query_memory_bytes)?,
+            query_timeout_ms: v.u64("limits.query_timeout_ms", d.query_timeout_ms)?,
+            max_sql_connections: usize_of("limits.max_sql_connections", d.max_sql_connections)?,
         };
+        if limits.query_timeout_ms == 0 {
+            return Err(err("limits.query_timeout_ms", "must be at least 1"));
+        }
+        if limits.max_sql_connections == 0 {
+            return Err(err("limits.max_sql_connections", "must be at least 1"));
+        }
         if limits.query_memory_bytes < 1024 * 1024 {
             return Err(err(
                 "limits.query_memory_bytes",
@@ -898,6 +931,11 @@ impl Config {
                 "must differ from `listen.data` and `listen.control`: metrics have their own listener",
             ));
         }
+        let sql = sql_ports(
+            &v,
+            base,
+            &[Some(listen_data), listen_control, listen_metrics],
+        )?;
         if engine.is_some() && listen_control.is_none() {
             return Err(err(
                 "listen.control",
@@ -914,6 +952,7 @@ impl Config {
             listen_data,
             listen_control,
             listen_metrics,
+            sql,
             metrics_budget_series,
             engine,
             upstream,
@@ -924,6 +963,80 @@ impl Config {
             ledger,
         })
     }
+}
+
+/// The SQL ports: where they listen and their TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SqlPorts {
+    /// The PostgreSQL wire protocol (`listen.sql`).
+    pub postgres: Option<SocketAddr>,
+    /// Arrow Flight SQL (`listen.flight`).
+    pub flight: Option<SocketAddr>,
+    /// The certificate chain and key (PEM); `None` only when plaintext is
+    /// allowed, on loopback addresses.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// `listen.sql`, `listen.flight` and `[sql]`. The password on these
+/// ports is the consumer's token, so TLS is required unless both listen
+/// on loopback and `sql.allow_plaintext` is set.
+fn sql_ports(
+    v: &Values,
+    base: &Path,
+    taken: &[Option<SocketAddr>],
+) -> Result<SqlPorts, ConfigError> {
+    let postgres = v.addr("listen.sql")?;
+    let flight = v.addr("listen.flight")?;
+    for (key, addr) in [("listen.sql", postgres), ("listen.flight", flight)] {
+        if let Some(a) = addr
+            && a.port() != 0
+            && taken.contains(&Some(a))
+        {
+            return Err(err(key, "must differ from the other listeners"));
+        }
+    }
+    if postgres.is_some_and(|p| p.port() != 0 && Some(p) == flight) {
+        return Err(err("listen.flight", "must differ from `listen.sql`"));
+    }
+    let tls = match (v.str("sql.tls_cert")?, v.str("sql.tls_key")?) {
+        (Some(c), Some(k)) => Some((resolve(base, &c), resolve(base, &k))),
+        (None, None) => None,
+        (Some(_), None) => return Err(err("sql.tls_key", "missing; `sql.tls_cert` needs its key")),
+        (None, Some(_)) => {
+            return Err(err(
+                "sql.tls_cert",
+                "missing; `sql.tls_key` needs its certificate",
+            ));
+        }
+    };
+    let plaintext = v.bool("sql.allow_plaintext", false)?;
+    if tls.is_none() {
+        for (key, addr) in [("listen.sql", postgres), ("listen.flight", flight)] {
+            if let Some(a) = addr {
+                if !plaintext {
+                    return Err(err(
+                        "sql.tls_cert",
+                        format!(
+                            "missing; `{key}` needs TLS (`sql.tls_cert` and `sql.tls_key`): its password is the consumer's token"
+                        ),
+                    ));
+                }
+                if !a.ip().is_loopback() {
+                    return Err(err(
+                        "sql.allow_plaintext",
+                        format!(
+                            "plaintext is allowed on a loopback address only, and `{key}` is {a}; set `sql.tls_cert` and `sql.tls_key`"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(SqlPorts {
+        postgres,
+        flight,
+        tls,
+    })
 }
 
 /// An `http://` URL without a trailing `/`.

@@ -29,6 +29,8 @@ pub enum LaunchError {
         "config key `engine.instance_id`: `{0}` may hold only ASCII letters, digits and `-_.@:` (at most 128)"
     )]
     InstanceId(String),
+    #[error("config key `sql.tls_cert`: {0}")]
+    Tls(String),
 }
 
 impl LaunchError {
@@ -36,7 +38,9 @@ impl LaunchError {
     pub fn exit_code(&self) -> u8 {
         match self {
             LaunchError::Bind { .. } => 70,
-            LaunchError::InstanceId(_) => crate::config::EXIT_BAD_CONFIG as u8,
+            LaunchError::InstanceId(_) | LaunchError::Tls(_) => {
+                crate::config::EXIT_BAD_CONFIG as u8
+            }
         }
     }
 }
@@ -109,6 +113,10 @@ pub struct Running {
     pub control_addr: Option<SocketAddr>,
     /// Where `GET /metrics` is served, when configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the PostgreSQL wire protocol is served, when configured.
+    pub sql_addr: Option<SocketAddr>,
+    /// Where Arrow Flight SQL is served, when configured.
+    pub flight_addr: Option<SocketAddr>,
     app: Arc<App>,
     /// The config it runs with (the `[auth]` of the last reload).
     cfg: Config,
@@ -190,6 +198,42 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
             stopped(),
         )));
     }
+    let drain = Duration::from_millis(app.limits.drain_timeout_ms);
+    let tls = match &cfg.sql.tls {
+        Some((cert, key)) if cfg.sql.postgres.is_some() || cfg.sql.flight.is_some() => Some((
+            meshgov_wire::tls::server_config(cert, key, &[]).map_err(LaunchError::Tls)?,
+            meshgov_wire::tls::server_config(cert, key, &[b"h2"]).map_err(LaunchError::Tls)?,
+        )),
+        _ => None,
+    };
+    let mut sql_addr = None;
+    if let Some(addr) = cfg.sql.postgres {
+        let listener = bind(addr, "listen.sql").await?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        sql_addr = Some(addr);
+        tracing::info!(%addr, tls = tls.is_some(), "SQL port listening (PostgreSQL wire protocol)");
+        tasks.push(tokio::spawn(crate::sql::pg::serve(
+            Arc::clone(&app),
+            listener,
+            tls.as_ref().map(|t| Arc::clone(&t.0)),
+            stopped(),
+            drain,
+        )));
+    }
+    let mut flight_addr = None;
+    if let Some(addr) = cfg.sql.flight {
+        let listener = bind(addr, "listen.flight").await?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        flight_addr = Some(addr);
+        tracing::info!(%addr, tls = tls.is_some(), "Flight SQL port listening");
+        tasks.push(tokio::spawn(crate::sql::flight::serve(
+            Arc::clone(&app),
+            listener,
+            tls.as_ref().map(|t| Arc::clone(&t.1)),
+            stopped(),
+            drain,
+        )));
+    }
     tasks.extend(app.auth.spawn_key_refresh(&stop.subscribe()));
     tasks.push(tokio::spawn(control::watch_expiry(
         Arc::clone(&app),
@@ -201,6 +245,8 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
         data_addr,
         control_addr,
         metrics_addr,
+        sql_addr,
+        flight_addr,
         app,
         cfg: cfg.clone(),
         stop,

@@ -23,6 +23,7 @@
 //! - [`engine_link`]: registration with the engine and the long poll;
 //! - [`metrics`]: Prometheus counters and `GET /metrics` on `listen.metrics`;
 //! - [`telemetry`]: typed events (a privacy spend) for the audit event, the log and metrics;
+//! - [`sql`]: the SQL ports (PostgreSQL wire protocol, Arrow Flight SQL) over one core;
 //! - [`audit_feed`]: `GET /control/v1/audit?after=SEQ`, the audit stream for
 //!   collection (events, then checkpoints, as NDJSON).
 //!
@@ -67,6 +68,7 @@ pub mod respond;
 pub mod scan;
 pub mod server;
 pub mod shape;
+pub mod sql;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;

@@ -45,7 +45,7 @@ use meshgov_columnar::query::{
 };
 use meshgov_columnar::rows::RowBatcher;
 use meshgov_columnar::schema::port_schema;
-use meshgov_columnar::source::{BATCH_ROWS, parquet_table, session};
+use meshgov_columnar::source::{BATCH_ROWS, Bucket, parquet_table, session};
 use meshgov_columnar::view::consumer_view;
 use meshgov_core::descriptor::PortInfo;
 use meshgov_core::records::Rules;
@@ -74,12 +74,22 @@ impl Source {
         port_name: &str,
         port: &PortInfo,
     ) -> Result<DataFrame, DataFusionError> {
+        let (table, bucket) = self.table(app, port_name, port)?;
+        let ctx = session(app.limits.query_memory_bytes, bucket.as_ref())?;
+        ctx.read_table(table)
+    }
+
+    /// The port's table (its declared fields), and the bucket a session
+    /// must know to read it.
+    pub(crate) fn table(
+        self,
+        app: &Arc<App>,
+        port_name: &str,
+        port: &PortInfo,
+    ) -> Result<(Arc<dyn TableProvider>, Option<Bucket>), DataFusionError> {
         let schema = port_schema(port);
-        let (ctx, table) = match self {
-            Source::Parquet(files) => (
-                session(app.limits.query_memory_bytes, files.bucket.as_ref())?,
-                parquet_table(&files.files, schema)?,
-            ),
+        Ok(match self {
+            Source::Parquet(files) => (parquet_table(&files.files, schema)?, files.bucket),
             Source::Records(reader) => {
                 let rows = Rows {
                     reader,
@@ -89,13 +99,9 @@ impl Source {
                     malformed: 0,
                     done: false,
                 };
-                (
-                    session(app.limits.query_memory_bytes, None)?,
-                    rows.table(schema)?,
-                )
+                (rows.table(schema)?, None)
             }
-        };
-        ctx.read_table(table)
+        })
     }
 }
 

@@ -120,6 +120,11 @@ pub struct Event {
     /// The shape of a read's filter, every value replaced by `?`
     /// (`country eq ? and age ge ?`): no field value enters the log.
     pub filter: Option<String>,
+    /// A SQL query's shape: its normalized text with every literal
+    /// replaced by `?`, so that no value enters the log.
+    pub query: Option<String>,
+    /// The protocol a SQL query came in by (`postgres`, `flight-sql`).
+    pub protocol: Option<String>,
     /// Completion: records and bytes handed to the connection.
     pub records: Option<u64>,
     pub bytes: Option<u64>,
@@ -160,6 +165,8 @@ impl Event {
             format: None,
             projection: Vec::new(),
             filter: None,
+            query: None,
+            protocol: None,
             records: None,
             bytes: None,
             outcome: None,
@@ -237,7 +244,9 @@ fn encode_body(ev: &Event, seq: u64, prev: &Hash, out: &mut Vec<u8>) {
     w.out.push(b'"');
     w.opt_f64("privacy_cost", ev.privacy_cost);
     w.list("projection", &ev.projection);
+    w.opt_str("protocol", ev.protocol.as_deref());
     w.opt_str("purpose", ev.purpose.as_deref());
+    w.opt_str("query", ev.query.as_deref());
     w.opt_u64("records", ev.records);
     w.opt_str("request_id", ev.request_id.as_deref());
     w.list("segments", &ev.segments);
@@ -476,6 +485,10 @@ pub struct StoredEvent {
     pub projection: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,9 +26,26 @@ pub const BATCH_ROWS: usize = 4096;
 /// `memory_limit` bytes between them; one that needs more fails the query
 /// rather than grow the process.
 pub fn session(memory_limit: usize, store: Option<&Bucket>) -> Result<SessionContext> {
+    let ctx = session_with(memory_limit, query_config())?;
+    if let Some(bucket) = store {
+        ctx.register_object_store(&bucket.url, Arc::clone(&bucket.store));
+    }
+    Ok(ctx)
+}
+
+/// A session with `config` (see [`query_config`]) whose operators may hold
+/// at most `memory_limit` bytes between them.
+pub fn session_with(memory_limit: usize, config: SessionConfig) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(memory_limit, 1.0)
         .build_arc()?;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// How every query over a port's data is run: batches of [`BATCH_ROWS`],
+/// one partition, strings as the table types them, and Parquet filters
+/// evaluated while decoding.
+pub fn query_config() -> SessionConfig {
     let mut config = SessionConfig::new()
         .with_batch_size(BATCH_ROWS)
         .with_target_partitions(1);
@@ -41,11 +58,7 @@ pub fn session(memory_limit: usize, store: Option<&Bucket>) -> Result<SessionCon
     // Row filters on raw values are evaluated while decoding, and row
     // groups and pages are pruned by their statistics.
     config.options_mut().execution.parquet.pushdown_filters = true;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    if let Some(bucket) = store {
-        ctx.register_object_store(&bucket.url, Arc::clone(&bucket.store));
-    }
-    Ok(ctx)
+    config
 }
 
 /// A bucket of S3-compatible object storage.

@@ -21,7 +21,8 @@
 //!
 //! The types are plain serde structs and enums: no runtime, no I/O. The
 //! `client` feature adds `client::HttpClient`, the bounded
-//! send-with-timeout HTTP client both sides call each other with.
+//! send-with-timeout HTTP client both sides call each other with; the
+//! `tls` feature, the certificate loading of the TLS listeners.
 
 #![warn(missing_docs)]
 
@@ -34,6 +35,8 @@ mod outcome;
 mod poll;
 mod registration;
 mod status;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use audit_feed::{
     AUDIT_HEAD_HEADER, AuditFeedQuery, AuditQueryError, FeedLine, MAX_FEED_LINE_BYTES,

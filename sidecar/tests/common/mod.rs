@@ -183,6 +183,9 @@ pub struct Sidecar {
     pub app: Arc<App>,
     pub dir: tempfile::TempDir,
     pub gov: meshgov_bundle::SigningKey,
+    /// The SQL ports, when `Options::sql` asked for them.
+    pub sql: Option<SocketAddr>,
+    pub flight: Option<SocketAddr>,
     running: Running,
 }
 
@@ -209,6 +212,9 @@ pub struct Options {
     /// A policy repository other than `policies/`: the descriptor is
     /// `<repo>/products/<product>.yaml` and the bundle is built from it.
     pub repo: Option<PathBuf>,
+    /// Also serve both SQL ports on loopback, with this `[sql]` table body
+    /// (`allow_plaintext = true`, or a certificate and key).
+    pub sql: Option<String>,
 }
 
 impl Default for Options {
@@ -223,6 +229,7 @@ impl Default for Options {
             control: false,
             auth: None,
             repo: None,
+            sql: None,
         }
     }
 }
@@ -269,6 +276,13 @@ pub async fn start(keys: &Keys, opts: Options) -> Sidecar {
     } else {
         ""
     };
+    let (sql_listen, sql) = match &opts.sql {
+        Some(body) => (
+            "sql = \"127.0.0.1:0\"\nflight = \"127.0.0.1:0\"".to_string(),
+            format!("[sql]\n{body}"),
+        ),
+        None => (String::new(), String::new()),
+    };
     let cfg = format!(
         r#"
 mesh = "media-mesh"
@@ -279,6 +293,8 @@ descriptor = {descriptor:?}
 [listen]
 data = "127.0.0.1:0"
 {control}
+{sql_listen}
+{sql}
 [upstream]
 {upstream}
 {auth}
@@ -321,6 +337,8 @@ pem_file = {rsa:?}"#,
     Sidecar {
         addr: running.data_addr,
         control: running.control_addr,
+        sql: running.sql_addr,
+        flight: running.flight_addr,
         app: Arc::clone(running.app()),
         dir,
         gov,

@@ -1,0 +1,300 @@
+//! A consumer's catalog: the database is the product, its `public`
+//! schema holds one table per port the bundle lets the consumer read, and
+//! `information_schema` and `pg_catalog` describe only those tables.
+//!
+//! Each table is the consumer's view of its port ([`GovernedTable`]): its
+//! columns are the fields they may see, typed as they come out of their
+//! treatments; a withheld or redacted field is not a column, and a port
+//! they may not read is not a table. Planning a query over it opens
+//! nothing: the port's upstream is opened when the plan is built for
+//! execution, and each table a query scans is noted for its audit event.
+
+use super::SqlError;
+use crate::app::App;
+use crate::auth::Identity;
+use crate::scan::Source;
+use crate::state::ActiveBundle;
+use crate::upstream::Window;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::empty::EmptyTable;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Column;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::provider_as_source;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use meshgov_columnar::datafusion;
+use meshgov_columnar::query::visible_fields;
+use meshgov_columnar::schema::port_schema;
+use meshgov_columnar::source::{query_config, session_with};
+use meshgov_columnar::view::consumer_view;
+use meshgov_core::decision::Asker;
+use meshgov_core::descriptor::PortInfo;
+use meshgov_core::enforce::ReadError;
+use meshgov_core::records::Rules;
+use std::sync::{Arc, Mutex};
+
+/// The schema every port's table is in.
+pub const SCHEMA: &str = "public";
+
+/// The database a product's SQL ports serve: the product's name, its id
+/// without the domain (`users/user-profiles` is `user-profiles`).
+pub(crate) fn database_name(product_id: &str) -> &str {
+    product_id.rsplit('/').next().unwrap_or(product_id)
+}
+
+/// A consumer's catalog under one bundle.
+pub(crate) struct Catalog {
+    pub bundle: Arc<ActiveBundle>,
+    pub ctx: SessionContext,
+}
+
+/// What the tables a query scanned recorded, for its decision event.
+#[derive(Debug, Default)]
+pub(crate) struct QueryLog {
+    inner: Mutex<Scanned>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Scanned {
+    /// The ports scanned, in the order first scanned.
+    pub ports: Vec<String>,
+    /// `port.column` → treatment, for every column a scan read.
+    pub transforms: Vec<(String, String)>,
+    pub policies: Vec<String>,
+}
+
+impl QueryLog {
+    fn note(&self, port: &str, columns: &[(String, String)], policies: &[String]) {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !s.ports.iter().any(|p| p == port) {
+            s.ports.push(port.to_string());
+        }
+        for (c, t) in columns {
+            let key = format!("{port}.{c}");
+            if !s.transforms.iter().any(|(k, _)| *k == key) {
+                s.transforms.push((key, t.clone()));
+            }
+        }
+        for p in policies {
+            if !s.policies.contains(p) {
+                s.policies.push(p.clone());
+            }
+        }
+    }
+
+    pub fn scanned(&self) -> Scanned {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Catalog {
+    /// The catalog of `who` under `bundle` at `now_unix`.
+    pub fn build(
+        app: &Arc<App>,
+        who: &Identity,
+        bundle: Arc<ActiveBundle>,
+        now_unix: i64,
+    ) -> Result<Catalog, SqlError> {
+        let product = database_name(&bundle.view().info.id).to_string();
+        let config = query_config()
+            .with_default_catalog_and_schema(&product, SCHEMA)
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(true);
+        let ctx = session_with(app.limits.query_memory_bytes, config).map_err(|e| {
+            tracing::error!("cannot start a SQL session: {e}");
+            SqlError::plan_failed()
+        })?;
+        let asker = Asker {
+            principal: &who.principal,
+            purpose: &who.purpose,
+            now_unix,
+        };
+        for port in &bundle.view().info.ports {
+            let read = match bundle.enforcer.read(&port.name, asker) {
+                Ok(read) => read,
+                // A principal or purpose the policy engine cannot express:
+                // no table.
+                Err(ReadError::Plan(_)) => continue,
+                Err(ReadError::Program(e)) => {
+                    // The enforcer proved at load that every rule compiles;
+                    // if one does not, the port is not served at all.
+                    tracing::error!(port = %port.name, "cannot build the read program: {e}");
+                    continue;
+                }
+            };
+            let Some(rules) = read.rules.clone().filter(|_| read.access().allowed) else {
+                continue;
+            };
+            let table = GovernedTable::new(
+                app,
+                &ctx,
+                port,
+                rules,
+                read.labels(),
+                read.access().policies.clone(),
+            )?;
+            ctx.register_table(port.name.as_str(), Arc::new(table))
+                .map_err(|e| {
+                    tracing::error!(port = %port.name, "cannot register the port's table: {e}");
+                    SqlError::plan_failed()
+                })?;
+        }
+        setup_pg_catalog(&ctx, &product, EmptyContextProvider).map_err(|e| {
+            tracing::error!("cannot set up pg_catalog: {e}");
+            SqlError::plan_failed()
+        })?;
+        Ok(Catalog { bundle, ctx })
+    }
+}
+
+/// A port as a table: the consumer's view of it, with the fields they
+/// may see. Scanning it opens the port's upstream and plans the view.
+#[derive(Debug)]
+pub(crate) struct GovernedTable {
+    app: Arc<App>,
+    port: PortInfo,
+    rules: Arc<Rules>,
+    /// The columns, as the consumer sees them.
+    schema: SchemaRef,
+    /// Each field's treatment label.
+    labels: Vec<(String, String)>,
+    policies: Vec<String>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+fn column(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
+}
+
+impl GovernedTable {
+    fn new(
+        app: &Arc<App>,
+        ctx: &SessionContext,
+        port: &PortInfo,
+        rules: Arc<Rules>,
+        labels: Vec<(String, String)>,
+        policies: Vec<String>,
+    ) -> Result<GovernedTable, SqlError> {
+        // The view over an empty table of the port: its output schema.
+        let empty = ctx
+            .read_table(Arc::new(EmptyTable::new(port_schema(port))))
+            .and_then(|t| {
+                let view = consumer_view(t, port, &rules, &Window::default())
+                    .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+                visible(view, &rules, None)
+            })
+            .map_err(|e| {
+                tracing::error!(port = %port.name, "cannot plan the consumer's view: {e}");
+                SqlError::plan_failed()
+            })?;
+        let schema: Schema = empty.schema().as_arrow().clone();
+        Ok(GovernedTable {
+            app: Arc::clone(app),
+            port: port.clone(),
+            rules,
+            schema: Arc::new(schema),
+            labels,
+            policies,
+        })
+    }
+}
+
+/// `view` narrowed to the fields the consumer may see, or to `only` of
+/// them (by position among the visible fields).
+fn visible(
+    view: DataFrame,
+    rules: &Rules,
+    only: Option<&[usize]>,
+) -> Result<DataFrame, DataFusionError> {
+    let names = visible_fields(rules);
+    let columns: Vec<Expr> = match only {
+        None => names.iter().map(|n| column(n)).collect(),
+        Some(ix) => ix
+            .iter()
+            .filter_map(|i| names.get(*i))
+            .map(|n| column(n))
+            .collect(),
+    };
+    view.select(columns)
+}
+
+#[async_trait]
+impl TableProvider for GovernedTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        let state = state
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .ok_or_else(|| DataFusionError::Internal("not a SQL port's session".into()))?;
+        let columns: Vec<(String, String)> = {
+            let names = visible_fields(&self.rules);
+            let read: Vec<&str> = match projection {
+                None => names,
+                Some(ix) => ix.iter().filter_map(|i| names.get(*i).copied()).collect(),
+            };
+            self.labels
+                .iter()
+                .filter(|(f, _)| read.contains(&f.as_str()))
+                .cloned()
+                .collect()
+        };
+        if let Some(log) = state.config().get_extension::<QueryLog>() {
+            log.note(&self.port.name, &columns, &self.policies);
+        }
+        let opened = self
+            .app
+            .open_port(
+                &self.port.name,
+                &self.port.fields,
+                Window::default(),
+                "the product's upstream could not be read",
+            )
+            .await
+            .map_err(|e| {
+                DataFusionError::External(Box::new(SqlError::new(
+                    "58030",
+                    e.code,
+                    format!("{}; nothing was served", e.reason),
+                )))
+            })?;
+        let (table, bucket) = Source::from(opened).table(&self.app, &self.port.name, &self.port)?;
+        if let Some(b) = bucket {
+            state
+                .runtime_env()
+                .register_object_store(&b.url, Arc::clone(&b.store));
+        }
+        let scan =
+            LogicalPlanBuilder::scan(self.port.name.as_str(), provider_as_source(table), None)?
+                .build()?;
+        let table = DataFrame::new(state.clone(), scan);
+        let view = consumer_view(table, &self.port, &self.rules, &Window::default())
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let view = visible(view, &self.rules, projection.map(Vec::as_slice))?;
+        view.create_physical_plan().await
+    }
+}

@@ -1,0 +1,631 @@
+//! `listen.sql`: the PostgreSQL wire protocol (pgwire), over TLS.
+//!
+//! - **Connect.** The server asks for a cleartext password, which is the
+//!   consumer's JWT; TLS keeps it private (plaintext is allowed on a
+//!   loopback address only, and only when `sql.allow_plaintext` says so).
+//!   The user name must be the token's subject, and the database the
+//!   product's id (or left out). A refused connect is audited.
+//! - **Queries**, simple and extended (prepared statements and portals),
+//!   go through the shared core ([`super::query`]); a prepared statement
+//!   is planned again when it runs, under the bundle then in force.
+//! - **Cancel.** A cancel request with the connection's key stops its
+//!   running query (`57014`).
+//! - **Limits.** At most `limits.max_sql_connections` connections
+//!   (`53300` beyond), and a statement timeout (`limits.query_timeout_ms`,
+//!   or the client's `statement_timeout` when lower).
+
+use super::SqlError;
+use super::gate::{Gate, gate, shape};
+use super::query::{Running, SqlSession, refuse_statement};
+use crate::app::App;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::QueryHook;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
+use datafusion_postgres::arrow_pg::datatypes::{
+    arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
+};
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::hooks::set_show::SetShowHook;
+use datafusion_postgres::hooks::transactions::TransactionStatementHook;
+use datafusion_postgres::pgwire;
+use futures::{Sink, SinkExt as _, StreamExt as _};
+use meshgov_columnar::datafusion;
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::cancel::CancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, METADATA_DATABASE, METADATA_USER, PgWireConnectionState,
+    PgWireServerHandlers, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::{Authentication, SecretKey};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::types::format::FormatOptions;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// A statement as stored for the extended protocol: its text, and the
+/// parsed statement with its plan at `Parse` time (used to describe it).
+type Prepared = (String, Option<(Statement, LogicalPlan)>);
+
+impl From<SqlError> for PgWireError {
+    fn from(e: SqlError) -> PgWireError {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            e.code.into(),
+            e.message,
+        )))
+    }
+}
+
+fn fatal(e: SqlError) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        e.code.into(),
+        e.message,
+    )))
+}
+
+/// The running connections' cancel keys.
+#[derive(Default)]
+struct Cancels(Mutex<HashMap<(i32, Vec<u8>), Arc<Notify>>>);
+
+/// A connection's entry in [`Cancels`], removed when it closes.
+struct CancelEntry {
+    cancels: Arc<Cancels>,
+    key: (i32, Vec<u8>),
+}
+
+impl Drop for CancelEntry {
+    fn drop(&mut self) {
+        let mut map = self.cancels.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&self.key);
+    }
+}
+
+/// Serves the PostgreSQL protocol on `listener` until `shutdown`, then
+/// lets open connections finish their statement for at most `drain`.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let limit = app.limits.max_sql_connections;
+    let slots = Arc::new(Semaphore::new(limit));
+    let cancels = Arc::new(Cancels::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((socket, _peer)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let handlers = Arc::new(Handlers {
+                    app: Arc::clone(&app),
+                    permit: Arc::clone(&slots).try_acquire_owned().ok(),
+                    limit,
+                    cancels: Arc::clone(&cancels),
+                    parser: Arc::new(Parser { compat: PostgresCompatibilityParser::new() }),
+                });
+                let acceptor = acceptor.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
+                        tracing::debug!("SQL connection ended: {e}");
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let drained =
+        tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = tasks.len(),
+            "SQL connections cut at the end of the drain"
+        );
+        tasks.abort_all();
+    }
+}
+
+/// One connection's handlers.
+struct Handlers {
+    app: Arc<App>,
+    /// `None` when the connection limit was reached: the connection is
+    /// refused at startup (`53300`).
+    permit: Option<OwnedSemaphorePermit>,
+    limit: usize,
+    cancels: Arc<Cancels>,
+    parser: Arc<Parser>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(Queries {
+            parser: Arc::clone(&self.parser),
+        })
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(Queries {
+            parser: Arc::clone(&self.parser),
+        })
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(Startup {
+            app: Arc::clone(&self.app),
+            full: self.permit.is_none(),
+            limit: self.limit,
+            cancels: Arc::clone(&self.cancels),
+        })
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(Canceller(Arc::clone(&self.cancels)))
+    }
+}
+
+struct Canceller(Arc<Cancels>);
+
+#[async_trait]
+impl CancelHandler for Canceller {
+    async fn on_cancel_request(&self, req: CancelRequest) {
+        let key = (req.pid, req.secret_key.to_bytes().to_vec());
+        let found = {
+            let map = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&key).cloned()
+        };
+        if let Some(cancel) = found {
+            cancel.notify_waiters();
+        }
+    }
+}
+
+struct Startup {
+    app: Arc<App>,
+    full: bool,
+    limit: usize,
+    cancels: Arc<Cancels>,
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(startup) => {
+                if self.full {
+                    return Err(fatal(SqlError::too_many_connections(self.limit)));
+                }
+                protocol_negotiation(client, &startup).await?;
+                save_startup_parameters_to_metadata(client, &startup);
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::CleartextPassword,
+                    ))
+                    .await?;
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
+                let token = pwd.into_password()?.password;
+                let session = SqlSession::connect(&self.app, &token, "postgres")
+                    .await
+                    .map_err(fatal)?;
+                let id = self.app.descriptor.product_id();
+                let product = super::catalog::database_name(&id).to_string();
+                let user = client
+                    .metadata()
+                    .get(METADATA_USER)
+                    .cloned()
+                    .unwrap_or_default();
+                if user != session.who.principal.id {
+                    return Err(fatal(SqlError::new(
+                        "28000",
+                        "unauthorized",
+                        format!(
+                            "the user name must be your token's subject, `{}`",
+                            session.who.principal.id
+                        ),
+                    )));
+                }
+                if let Some(db) = client.metadata().get(METADATA_DATABASE)
+                    && *db != product
+                    && *db != id
+                    && *db != user
+                {
+                    return Err(fatal(SqlError::new(
+                        "3D000",
+                        "unknown_database",
+                        format!(
+                            "database \"{db}\" does not exist; this sidecar serves `{product}`"
+                        ),
+                    )));
+                }
+                let (pid, secret) = new_cancel_key();
+                let secret = SecretKey::I32(secret);
+                client.set_pid_and_secret_key(pid, secret.clone());
+                let secret = secret.to_bytes().to_vec();
+                {
+                    let mut map = self.cancels.0.lock().unwrap_or_else(|p| p.into_inner());
+                    map.insert((pid, secret.clone()), Arc::clone(&session.cancel));
+                }
+                client.session_extensions().insert(CancelEntry {
+                    cancels: Arc::clone(&self.cancels),
+                    key: (pid, secret),
+                });
+                client.session_extensions().insert(session);
+                let params = DefaultServerParameterProvider::default();
+                finish_authentication(client, &params).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A random process id and secret for cancel requests.
+fn new_cancel_key() -> (i32, i32) {
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let [p0, p1, p2, p3, s0, s1, s2, s3] = b;
+    (
+        i32::from_be_bytes([p0 & 0x7f, p1, p2, p3]).max(1),
+        i32::from_be_bytes([s0, s1, s2, s3]),
+    )
+}
+
+fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SqlSession>> {
+    client
+        .session_extensions()
+        .get::<SqlSession>()
+        .ok_or_else(|| fatal(SqlError::bad_token("the connection is not authenticated")))
+}
+
+/// The client's `statement_timeout`, in milliseconds.
+fn client_timeout<C: ClientInfo>(client: &C) -> Option<u64> {
+    client
+        .metadata()
+        .get("statement_timeout_ms")
+        .and_then(|s| s.parse().ok())
+}
+
+struct Parser {
+    compat: PostgresCompatibilityParser,
+}
+
+impl Parser {
+    fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
+        self.compat
+            .parse(sql)
+            .map_err(|e| SqlError::new("42601", "bad_query", format!("syntax error: {e}")))
+    }
+}
+
+fn hooks() -> [Arc<dyn QueryHook>; 2] {
+    [Arc::new(SetShowHook), Arc::new(TransactionStatementHook)]
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let session = session_of(client)?;
+        let mut statements = match self.parse(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                refuse_statement(&session, session.event(shape(sql)), &e).await;
+                return Err(e.into());
+            }
+        };
+        if statements.is_empty() {
+            return Ok(None);
+        }
+        if statements.len() > 1 {
+            let e = SqlError::new(
+                "42601",
+                "bad_query",
+                "a prepared statement holds one statement",
+            );
+            refuse_statement(&session, session.event(shape(sql)), &e).await;
+            return Err(e.into());
+        }
+        let statement = statements.remove(0);
+        let mut ev = session.event(shape(&statement.to_string()));
+        let plan = match gate(&statement) {
+            Err(e) => {
+                refuse_statement(&session, ev, &e).await;
+                return Err(e.into());
+            }
+            Ok(Gate::Session) => {
+                let catalog = session.session_catalog()?;
+                let mut found = None;
+                for hook in hooks() {
+                    if let Some(plan) = hook
+                        .handle_extended_parse_query(&statement, &catalog.ctx, client)
+                        .await
+                    {
+                        found = Some(plan?);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| SqlError::not_supported("this statement"))?
+            }
+            Ok(Gate::Query) => session.plan(&statement, &mut ev).await?.1,
+        };
+        Ok(Some((sql.to_string(), Some((statement, plan)))))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        let Some((_, plan)) = &stmt.1 else {
+            return Ok(Vec::new());
+        };
+        parameter_types(plan)?
+            .iter()
+            .map(|t| t.as_ref().map_or(Ok(Type::UNKNOWN), into_pg_type))
+            .collect()
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.1 {
+            Some((Statement::Query(_), plan)) => arrow_schema_to_pg_fields(
+                plan.schema().as_arrow(),
+                column_format.unwrap_or(&Format::UnifiedText),
+                None,
+            ),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The plan's parameters (`$1`, `$2`, …) in order, each with the type
+/// DataFusion inferred for it.
+fn parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<DataType>>> {
+    let types = plan
+        .get_parameter_types()
+        .map_err(|e| PgWireError::from(super::query::from_datafusion(&e)))?;
+    let mut numbered: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .filter_map(|(name, ty)| Some((name.strip_prefix('$')?.parse().ok()?, ty)))
+        .collect();
+    numbered.sort_by_key(|(n, _)| *n);
+    Ok(numbered.into_iter().map(|(_, t)| t).collect())
+}
+
+struct Queries {
+    parser: Arc<Parser>,
+}
+
+impl Queries {
+    /// Runs one query statement and answers with its rows.
+    async fn query<C: ClientInfo>(
+        &self,
+        client: &C,
+        session: &SqlSession,
+        statement: &Statement,
+        params: Option<&datafusion::common::ParamValues>,
+        format: &Format,
+    ) -> PgWireResult<Response> {
+        let mut ev = session.event(shape(&statement.to_string()));
+        let (catalog, plan) = session.plan(statement, &mut ev).await?;
+        let plan = match params {
+            Some(values) => match plan.replace_params_with_values(values) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let e = super::query::from_datafusion(&e);
+                    refuse_statement(session, ev, &e).await;
+                    return Err(e.into());
+                }
+            },
+            None => plan,
+        };
+        let running = session
+            .execute(&catalog, plan, ev, client_timeout(client))
+            .await?;
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        let fields = Arc::new(arrow_schema_to_pg_fields(
+            running.schema.as_ref(),
+            format,
+            Some(options),
+        )?);
+        Ok(Response::Query(QueryResponse::new(
+            Arc::clone(&fields),
+            rows(running, fields),
+        )))
+    }
+
+    /// Answers a session statement through the client-setting hooks.
+    async fn session_statement<C>(
+        &self,
+        client: &mut C,
+        session: &SqlSession,
+        statement: &Statement,
+        plan: Option<(&LogicalPlan, &datafusion::common::ParamValues)>,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let catalog = session.session_catalog()?;
+        for hook in hooks() {
+            let answered = match plan {
+                None => {
+                    hook.handle_simple_query(statement, &catalog.ctx, client)
+                        .await
+                }
+                Some((plan, params)) => {
+                    hook.handle_extended_query(statement, plan, params, &catalog.ctx, client)
+                        .await
+                }
+            };
+            if let Some(answer) = answered {
+                return answer;
+            }
+        }
+        Err(SqlError::not_supported("this statement").into())
+    }
+}
+
+/// The query's rows as PostgreSQL data rows, counted into its completion.
+fn rows(
+    running: Running,
+    fields: Arc<Vec<FieldInfo>>,
+) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
+    futures::stream::unfold(Some(running), move |state| {
+        let fields = Arc::clone(&fields);
+        async move {
+            let mut running = state?;
+            match running.next().await {
+                None => None,
+                Some(Err(e)) => Some((vec![Err(PgWireError::from(e))], None)),
+                Some(Ok(batch)) => {
+                    let rows: Vec<_> = encode_recordbatch(fields, batch).collect();
+                    running.completion.bytes += rows
+                        .iter()
+                        .map(|r| r.as_ref().map_or(0, |r| r.data.len() as u64 + 7))
+                        .sum::<u64>();
+                    Some((rows, Some(running)))
+                }
+            }
+        }
+    })
+    .flat_map(futures::stream::iter)
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        let statements = match self.parser.parse(query) {
+            Ok(s) => s,
+            Err(e) => {
+                refuse_statement(&session, session.event(shape(query)), &e).await;
+                return Err(e.into());
+            }
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut out = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            match gate(statement) {
+                Err(e) => {
+                    refuse_statement(&session, session.event(shape(&statement.to_string())), &e)
+                        .await;
+                    return Err(e.into());
+                }
+                Ok(Gate::Session) => {
+                    out.push(
+                        self.session_statement(client, &session, statement, None)
+                            .await?,
+                    );
+                }
+                Ok(Gate::Query) => {
+                    out.push(
+                        self.query(client, &session, statement, None, &Format::UnifiedText)
+                            .await?,
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        let Some((statement, plan)) = &portal.statement.statement.1 else {
+            return Ok(Response::EmptyQuery);
+        };
+        let types = parameter_types(plan)?;
+        let refs: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();
+        let params = deserialize_parameters(portal, &refs)?;
+        match gate(statement)? {
+            Gate::Session => {
+                self.session_statement(client, &session, statement, Some((plan, &params)))
+                    .await
+            }
+            Gate::Query => {
+                self.query(
+                    client,
+                    &session,
+                    statement,
+                    Some(&params),
+                    &portal.result_column_format,
+                )
+                .await
+            }
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! One SQL connection and its statements: authentication, the catalog of
+//! the bundle in force, planning, the audit events and the running query
+//! (cancel, timeout, completion).
+
+use super::SqlError;
+use super::catalog::{Catalog, QueryLog};
+use super::gate::plan_is_query;
+use crate::app::App;
+use crate::auth::Identity;
+use crate::clock;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use futures::{Stream, StreamExt as _};
+use meshgov_anonymize::PluginFailure;
+use meshgov_audit::{AuditLog, Decision, Event, Kind};
+use meshgov_columnar::datafusion;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::Notify;
+use zeroize::Zeroizing;
+
+/// An authenticated SQL connection.
+pub(crate) struct SqlSession {
+    pub app: Arc<App>,
+    /// `Bearer <token>`, checked again before every statement.
+    authorization: Zeroizing<Vec<u8>>,
+    pub who: Identity,
+    /// `postgres` or `flight-sql`.
+    pub protocol: &'static str,
+    /// The catalog of the last bundle a statement ran under.
+    catalog: Mutex<Option<Arc<Catalog>>>,
+    /// Woken by a cancel request: the running query stops.
+    pub cancel: Arc<Notify>,
+}
+
+impl SqlSession {
+    /// Authenticates `token` as the data port does. A refusal is audited.
+    pub async fn connect(
+        app: &Arc<App>,
+        token: &str,
+        protocol: &'static str,
+    ) -> Result<SqlSession, SqlError> {
+        let authorization = Zeroizing::new(format!("Bearer {token}").into_bytes());
+        match app.auth.authenticate(Some(authorization.as_slice())).await {
+            Ok(who) => Ok(SqlSession {
+                app: Arc::clone(app),
+                authorization,
+                who,
+                protocol,
+                catalog: Mutex::new(None),
+                cancel: Arc::new(Notify::new()),
+            }),
+            Err(e) => {
+                let err = SqlError::bad_token(e);
+                let mut ev = Event::new(Kind::Decision, clock::now_ms());
+                ev.request_id = Some(crate::respond::request_id());
+                ev.action = Some("connect".into());
+                ev.protocol = Some(protocol.into());
+                refuse(app, &mut ev, &err).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// A statement's decision event, with who asks.
+    pub fn event(&self, shape: String) -> Event {
+        let mut ev = Event::new(Kind::Decision, clock::now_ms());
+        ev.request_id = Some(crate::respond::request_id());
+        ev.consumer = Some(self.who.principal.id.clone());
+        ev.groups = self.who.principal.groups.clone();
+        ev.purpose = Some(self.who.purpose.clone());
+        ev.action = Some("query".into());
+        ev.protocol = Some(self.protocol.into());
+        ev.query = Some(shape);
+        ev
+    }
+
+    /// Checks the token again (it may have expired since the connect) and
+    /// returns the consumer's catalog under the bundle in force.
+    fn catalog(&self, ev: &mut Event) -> Result<Arc<Catalog>, SqlError> {
+        let now = clock::now_unix();
+        self.app
+            .auth
+            .authenticate_at(Some(self.authorization.as_slice()), now)
+            .map_err(SqlError::bad_token)?;
+        let bundle = self
+            .app
+            .bundle
+            .valid_at(now)
+            .map_err(|u| SqlError::unavailable(u.reason()))?;
+        ev.bundle_revision = Some(bundle.meta.revision);
+        ev.bundle_digest = Some(bundle.meta.digest.clone());
+        let mut slot = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref()
+            && Arc::ptr_eq(&c.bundle, &bundle)
+        {
+            return Ok(Arc::clone(c));
+        }
+        let catalog = Arc::new(Catalog::build(&self.app, &self.who, bundle, now)?);
+        *slot = Some(Arc::clone(&catalog));
+        Ok(catalog)
+    }
+
+    /// The catalog for a session statement (`SET`, `SHOW`): the token and
+    /// the bundle are checked as for a query.
+    pub fn session_catalog(&self) -> Result<Arc<Catalog>, SqlError> {
+        let mut ev = self.event(String::new());
+        self.catalog(&mut ev)
+    }
+
+    /// Plans `statement` (a query the gate let through) in the consumer's
+    /// catalog. A refusal is audited with `ev`.
+    pub async fn plan(
+        &self,
+        statement: &Statement,
+        ev: &mut Event,
+    ) -> Result<(Arc<Catalog>, LogicalPlan), SqlError> {
+        let planned = async {
+            let catalog = self.catalog(ev)?;
+            let plan = catalog
+                .ctx
+                .state()
+                .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+                .await
+                .map_err(|e| from_datafusion(&e))?;
+            plan_is_query(&plan)?;
+            Ok((catalog, plan))
+        }
+        .await;
+        if let Err(e) = &planned {
+            refuse(&self.app, ev, e).await;
+        }
+        planned
+    }
+
+    /// Runs a planned query: builds it for execution (which opens the
+    /// ports' upstreams), makes the decision event durable, and starts
+    /// it. A refusal is audited with `ev`.
+    pub async fn execute(
+        &self,
+        catalog: &Catalog,
+        plan: LogicalPlan,
+        mut ev: Event,
+        timeout_ms: Option<u64>,
+    ) -> Result<Running, SqlError> {
+        let limit = self.timeout(timeout_ms);
+        let deadline = Box::pin(tokio::time::sleep(limit));
+        let cancelled = Box::pin(Arc::clone(&self.cancel).notified_owned());
+        let started = self.start(catalog, plan, &mut ev);
+        let started = tokio::select! {
+            r = started => r,
+            () = cancelled => Err(SqlError::cancelled()),
+            () = tokio::time::sleep(limit) => Err(SqlError::timed_out(limit.as_millis() as u64)),
+        };
+        let stream = match started {
+            Ok(stream) => stream,
+            Err(e) => {
+                refuse(&self.app, &mut ev, &e).await;
+                return Err(e);
+            }
+        };
+        ev.decision = Some(Decision::Allow);
+        let mut completion = Event::new(Kind::Completion, 0);
+        completion.request_id = ev.request_id.clone();
+        completion.consumer = ev.consumer.clone();
+        completion.port = ev.port.clone();
+        completion.protocol = ev.protocol.clone();
+        if let Err(e) = self.app.audit.submit(ev).await {
+            tracing::error!("cannot audit the query, refusing: {e}");
+            return Err(SqlError::audit_unavailable());
+        }
+        Ok(Running {
+            schema: stream.schema(),
+            stream,
+            cancelled: Box::pin(Arc::clone(&self.cancel).notified_owned()),
+            deadline,
+            limit,
+            completion: Completion {
+                audit: Arc::clone(&self.app.audit),
+                event: Some(completion),
+                rows: 0,
+                bytes: 0,
+                outcome: None,
+            },
+            done: false,
+        })
+    }
+
+    /// The statement timeout: the client's (`SET statement_timeout`), at
+    /// most `limits.query_timeout_ms`.
+    fn timeout(&self, client_ms: Option<u64>) -> Duration {
+        let cap = self.app.limits.query_timeout_ms;
+        Duration::from_millis(client_ms.filter(|&ms| ms > 0).map_or(cap, |ms| ms.min(cap)))
+    }
+
+    async fn start(
+        &self,
+        catalog: &Catalog,
+        plan: LogicalPlan,
+        ev: &mut Event,
+    ) -> Result<SendableRecordBatchStream, SqlError> {
+        let log = Arc::new(QueryLog::default());
+        let mut state = catalog.ctx.state();
+        state.config_mut().set_extension(Arc::clone(&log));
+        let physical = state.create_physical_plan(&plan).await;
+        let scanned = log.scanned();
+        if let [port] = scanned.ports.as_slice() {
+            ev.port = Some(port.clone());
+        }
+        ev.transforms = scanned.transforms;
+        ev.policies = scanned.policies;
+        let physical = physical.map_err(|e| from_datafusion(&e))?;
+        datafusion::physical_plan::execute_stream(physical, state.task_ctx())
+            .map_err(|e| from_datafusion(&e))
+    }
+}
+
+/// Records a refusal in `ev` and makes it durable (a refusal that cannot
+/// be audited is still a refusal).
+async fn refuse(app: &App, ev: &mut Event, e: &SqlError) {
+    ev.decision = Some(if e.code == "42501" {
+        Decision::Deny
+    } else {
+        Decision::Error
+    });
+    ev.error = Some(e.audit.into());
+    if let Err(err) = app.audit.submit(ev.clone()).await {
+        tracing::error!("cannot audit a refused query: {err}");
+    }
+}
+
+/// A refusal that happened before a statement could be planned (it did
+/// not parse, or the gate refused it), audited with `ev`.
+pub(crate) async fn refuse_statement(session: &SqlSession, mut ev: Event, e: &SqlError) {
+    refuse(&session.app, &mut ev, e).await;
+}
+
+/// What a DataFusion error means for the client.
+pub(crate) fn from_datafusion(e: &DataFusionError) -> SqlError {
+    let root = e.find_root();
+    match root {
+        DataFusionError::External(inner) => {
+            if let Some(sql) = inner.downcast_ref::<SqlError>() {
+                return sql.clone();
+            }
+            if let Some(failure) = inner.downcast_ref::<PluginFailure>() {
+                tracing::error!(plugin = %failure.plugin, kind = failure.kind.label(), "{failure}");
+                return SqlError::new(
+                    "XX000",
+                    "plugin_failed",
+                    "a policy plugin failed on this data; nothing more was served",
+                );
+            }
+            if inner.is::<crate::upstream::UpstreamError>() {
+                tracing::error!("the port's upstream could not be read: {e}");
+                return SqlError::new(
+                    "58030",
+                    "upstream_failed",
+                    "the product's upstream could not be read",
+                );
+            }
+            tracing::error!("query failed: {e}");
+            SqlError::plan_failed()
+        }
+        DataFusionError::SchemaError(inner, _) => {
+            let text = inner.to_string();
+            if text.contains("not found") || text.contains("No field named") {
+                SqlError::new(
+                    "42703",
+                    "unknown_column",
+                    format!("{text}; `\\d <table>` lists the columns you can see"),
+                )
+            } else {
+                SqlError::new("42P01", "bad_query", text)
+            }
+        }
+        DataFusionError::Plan(text) if text.contains("not found") && text.contains("table") => {
+            SqlError::new(
+                "42P01",
+                "unknown_table",
+                format!("{text}; `\\dt` lists the tables (ports) you can read"),
+            )
+        }
+        DataFusionError::Plan(text) => SqlError::new("42601", "bad_query", text.clone()),
+        DataFusionError::SQL(err, _) => SqlError::new("42601", "bad_query", err.to_string()),
+        DataFusionError::NotImplemented(text) => {
+            SqlError::new("0A000", "not_supported", text.clone())
+        }
+        DataFusionError::ResourcesExhausted(_) => SqlError::new(
+            "53200",
+            "out_of_memory",
+            "the query needs more memory than this sidecar allows one query (`limits.query_memory_bytes`); narrow it",
+        ),
+        DataFusionError::ParquetError(_)
+        | DataFusionError::ObjectStore(_)
+        | DataFusionError::IoError(_) => {
+            tracing::error!("the port's upstream could not be read: {e}");
+            SqlError::new(
+                "58030",
+                "upstream_failed",
+                "the product's upstream could not be read",
+            )
+        }
+        _ => {
+            tracing::error!("query failed: {e}");
+            SqlError::plan_failed()
+        }
+    }
+}
+
+/// A query's completion event: rows and bytes sent, and how it ended
+/// (`complete`, `cancelled`, `timed_out`, `failed`, `client_gone`).
+/// Submitted when the query is over or dropped.
+pub(crate) struct Completion {
+    audit: Arc<AuditLog>,
+    event: Option<Event>,
+    pub rows: u64,
+    pub bytes: u64,
+    outcome: Option<&'static str>,
+}
+
+impl Completion {
+    pub fn end(&mut self, outcome: &'static str) {
+        self.outcome.get_or_insert(outcome);
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(mut ev) = self.event.take() {
+            ev.records = Some(self.rows);
+            ev.bytes = Some(self.bytes);
+            ev.outcome = Some(self.outcome.unwrap_or("client_gone").into());
+            ev.time_ms = clock::now_ms();
+            if let Err(e) = self.audit.submit_detached(ev) {
+                tracing::error!("cannot audit a query's completion: {e}");
+            }
+        }
+    }
+}
+
+/// A running query: its batches, until it ends, fails, is cancelled or
+/// runs out of time.
+pub(crate) struct Running {
+    pub schema: SchemaRef,
+    stream: SendableRecordBatchStream,
+    cancelled: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    pub completion: Completion,
+    done: bool,
+}
+
+impl Stream for Running {
+    type Item = Result<RecordBatch, SqlError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let stop = if this.cancelled.as_mut().poll(cx).is_ready() {
+            Some(("cancelled", SqlError::cancelled()))
+        } else if this.deadline.as_mut().poll(cx).is_ready() {
+            Some((
+                "timed_out",
+                SqlError::timed_out(this.limit.as_millis() as u64),
+            ))
+        } else {
+            None
+        };
+        if let Some((outcome, e)) = stop {
+            this.done = true;
+            this.completion.end(outcome);
+            return Poll::Ready(Some(Err(e)));
+        }
+        match this.stream.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(batch))) => {
+                this.completion.rows += batch.num_rows() as u64;
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                this.completion.end("failed");
+                Poll::Ready(Some(Err(from_datafusion(&e))))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                this.completion.end("complete");
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+use std::future::Future as _;

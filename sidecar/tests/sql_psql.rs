@@ -1,0 +1,185 @@
+//! The PostgreSQL port with psql, the client analysts type into: the
+//! catalog a consumer sees (`\dt`, `\d`), masked values, filters on
+//! treated values, refused writes, wrong tokens, and TLS.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+
+const PROFILES: &str = concat!(
+    r#"{"user_id":"u-1","email":"alice@example.com","name":"Alice","birth_date":"1990-04-12","country":"NL","postcode":"1012AB","signed_up_at":"2026-03-01T10:00:00Z"}"#,
+    "\n",
+    r#"{"user_id":"u-2","email":"bob@example.org","name":"Bob","birth_date":"1985-11-30","country":"DE","postcode":"10115","signed_up_at":"2026-03-01T11:00:00Z"}"#,
+    "\n",
+    r#"{"user_id":"u-3","email":"anna@example.net","name":"Anna","birth_date":"2001-01-01","country":"NL","postcode":"75001","signed_up_at":"2026-03-01T12:00:00Z"}"#,
+    "\n",
+);
+
+fn psql_found() -> bool {
+    let found = Command::new("psql")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "psql is missing; `.ci/setup` installs it"
+    );
+    if !found {
+        eprintln!("skipped: psql not found (run .ci/setup)");
+    }
+    found
+}
+
+/// Runs psql against `addr` as `user` with `password`, one `-c` per
+/// command, unaligned and tuples only unless `-c` is a meta-command.
+async fn psql(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    sslmode: &str,
+    cmds: &[&str],
+) -> Output {
+    let mut c = Command::new("psql");
+    c.arg(format!(
+        "host={} port={} user={user} dbname=user-profiles sslmode={sslmode} connect_timeout=10",
+        addr.ip(),
+        addr.port()
+    ))
+    .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+    .env("PGPASSWORD", password)
+    .env_remove("PGSERVICE");
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    assert!(!o.status.success(), "psql should have failed");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn sidecar(keys: &Keys, sql: &str) -> Sidecar {
+    let s = start(
+        keys,
+        Options {
+            sql: Some(sql.into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", PROFILES);
+    s
+}
+
+#[tokio::test]
+async fn psql_sees_the_consumers_view_and_nothing_else() {
+    if !psql_found() {
+        return;
+    }
+    let keys = Keys::generate();
+    let s = sidecar(&keys, "allow_plaintext = true").await;
+    let addr = s.sql.unwrap();
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+
+    // The catalog: one table, the port; `name` (redacted) is no column.
+    let out = stdout(&psql(addr, "mia", &mia, "disable", &["\\dt"]).await);
+    assert!(out.contains("public|profiles|"), "{out}");
+    let out = stdout(&psql(addr, "mia", &mia, "disable", &["\\d profiles"]).await);
+    assert!(out.contains("email"), "{out}");
+    assert!(
+        !out.contains("name|"),
+        "a redacted field is no column: {out}"
+    );
+
+    // Masked values; a filter sees the masked email, not the raw one.
+    let out = stdout(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SELECT email, country FROM profiles ORDER BY email"],
+        )
+        .await,
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "a************.com|NL",
+            "a***********.net|NL",
+            "b**********.org|DE"
+        ]
+    );
+    let out = stdout(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SELECT count(*) FROM profiles WHERE email LIKE 'alice%'"],
+        )
+        .await,
+    );
+    assert_eq!(out.trim(), "0", "the raw email is never matched");
+    let out = stdout(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SELECT country, count(*) FROM profiles GROUP BY country ORDER BY country"],
+        )
+        .await,
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["DE|1", "NL|2"]);
+
+    // A withheld column does not exist; writes are refused.
+    let err = stderr(&psql(addr, "mia", &mia, "disable", &["SELECT name FROM profiles"]).await);
+    assert!(err.contains("name"), "{err}");
+    let err = stderr(&psql(addr, "mia", &mia, "disable", &["DELETE FROM profiles"]).await);
+    assert!(err.contains("read only"), "{err}");
+    let err = stderr(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SET datafusion.execution.batch_size = 1"],
+        )
+        .await,
+    );
+    assert!(err.contains("cannot be changed"), "{err}");
+
+    // A consumer with no read grant sees no table.
+    let eve = token(&keys, "eve", &["outsiders"], "campaign-analytics");
+    let out = stdout(&psql(addr, "eve", &eve, "disable", &["\\dt"]).await);
+    assert!(!out.contains("profiles"), "{out}");
+    let err = stderr(&psql(addr, "eve", &eve, "disable", &["SELECT * FROM profiles"]).await);
+    assert!(err.contains("profiles"), "{err}");
+
+    // Wrong token, wrong user.
+    let err = stderr(&psql(addr, "mia", "not-a-token", "disable", &["SELECT 1"]).await);
+    assert!(err.contains("JWT"), "{err}");
+    let err = stderr(&psql(addr, "someone", &mia, "disable", &["SELECT 1"]).await);
+    assert!(err.contains("subject"), "{err}");
+    s.stop().await;
+}
