@@ -16,15 +16,20 @@ use crate::scan::Source;
 use crate::state::ActiveBundle;
 use crate::upstream::Window;
 use async_trait::async_trait;
+use datafusion::arrow::array::{AsArray as _, Int32Array};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::empty::EmptyTable;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Column;
+use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::{Expr, LogicalPlanBuilder, TableType};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlanBuilder, ScalarUDF, TableType, Volatility, create_udf,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
@@ -150,9 +155,89 @@ impl Catalog {
             tracing::error!("cannot set up pg_catalog: {e}");
             SqlError::plan_failed()
         })?;
+        ctx.register_udf(version());
+        ctx.register_udf(to_regtype());
         Ok(Catalog { bundle, ctx })
     }
 }
+
+/// `version()`, in the form PostgreSQL clients parse (SQLAlchemy reads
+/// the server's major version from it).
+fn version() -> ScalarUDF {
+    let text = format!(
+        "PostgreSQL {PG_VERSION} on meshgov sidecar {} (Apache DataFusion {})",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION
+    );
+    create_udf(
+        "version",
+        Vec::new(),
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
+    )
+}
+
+/// `to_regtype(name)`: the oid of a built-in type, or null for any other
+/// name (psycopg looks extension types such as `hstore` up with it; none
+/// exist here).
+fn to_regtype() -> ScalarUDF {
+    const TYPES: &[(&str, i32)] = &[
+        ("bool", 16),
+        ("boolean", 16),
+        ("bytea", 17),
+        ("int8", 20),
+        ("bigint", 20),
+        ("int2", 21),
+        ("smallint", 21),
+        ("int4", 23),
+        ("integer", 23),
+        ("text", 25),
+        ("json", 114),
+        ("float4", 700),
+        ("real", 700),
+        ("float8", 701),
+        ("double precision", 701),
+        ("varchar", 1043),
+        ("character varying", 1043),
+        ("date", 1082),
+        ("timestamp", 1114),
+        ("timestamp without time zone", 1114),
+        ("timestamptz", 1184),
+        ("timestamp with time zone", 1184),
+        ("numeric", 1700),
+        ("uuid", 2950),
+        ("jsonb", 3802),
+    ];
+    create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let names = ColumnarValue::values_to_arrays(args)?;
+            let oids: Int32Array = names
+                .first()
+                .map(|a| {
+                    a.as_string::<i32>()
+                        .iter()
+                        .map(|n| {
+                            let n = n?
+                                .trim()
+                                .trim_start_matches("pg_catalog.")
+                                .to_ascii_lowercase();
+                            TYPES.iter().find(|(t, _)| *t == n).map(|(_, oid)| *oid)
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(|| Int32Array::from(Vec::<i32>::new()));
+            Ok(ColumnarValue::Array(Arc::new(oids)))
+        }),
+    )
+}
+
+/// The PostgreSQL version the SQL port presents itself as.
+pub(crate) const PG_VERSION: &str = "16.6";
 
 /// A port as a table: the consumer's view of it, with the fields they
 /// may see. Scanning it opens the port's upstream and plans the view.

@@ -4,10 +4,10 @@
 //!   catalog.
 //! - Client session statements are answered without touching data:
 //!   `SET` of a client setting (`DateStyle`, `TimeZone`,
-//!   `application_name`, `statement_timeout`, …), `SHOW`, and the
-//!   transaction statements clients send around every query (`BEGIN`,
-//!   `COMMIT`, `ROLLBACK`). There is nothing to commit: every port is read
-//!   only.
+//!   `application_name`, `statement_timeout`, …), `SHOW`, `DISCARD`,
+//!   and the transaction statements clients send around every query
+//!   (`BEGIN`, `COMMIT`, `ROLLBACK`, savepoints). There is nothing to
+//!   commit: every port is read only.
 //! - Everything else is refused: statements that write or define
 //!   (`INSERT`, `UPDATE`, `DELETE`, `MERGE`, `COPY`, `CREATE`, `DROP`,
 //!   `ALTER`, `TRUNCATE`, `GRANT`, …) with `25006` (read only), a `SET` of
@@ -52,7 +52,10 @@ pub(crate) fn gate(statement: &Statement) -> Result<Gate, SqlError> {
         Statement::ShowVariable { .. }
         | Statement::StartTransaction { .. }
         | Statement::Commit { .. }
-        | Statement::Rollback { .. } => Ok(Gate::Session),
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Discard { .. } => Ok(Gate::Session),
         other => {
             let text = other.to_string();
             let first = text
@@ -206,6 +209,10 @@ mod tests {
             "BEGIN",
             "COMMIT",
             "ROLLBACK",
+            "SAVEPOINT sa_1",
+            "RELEASE SAVEPOINT sa_1",
+            "ROLLBACK TO SAVEPOINT sa_1",
+            "DISCARD ALL",
         ] {
             assert_eq!(gate_of(s).unwrap(), Gate::Session, "{s}");
         }

@@ -20,7 +20,10 @@ use super::query::{Running, SqlSession, refuse_statement};
 use crate::app::App;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{DFSchema, ParamValues};
+use datafusion::logical_expr::EmptyRelation;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
@@ -28,6 +31,7 @@ use datafusion_postgres::arrow_pg::datatypes::{
     arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
 };
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
 use datafusion_postgres::pgwire;
@@ -40,7 +44,7 @@ use pgwire::api::auth::{
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -54,6 +58,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -286,7 +291,10 @@ impl StartupHandler for Startup {
                     key: (pid, secret),
                 });
                 client.session_extensions().insert(session);
-                let params = DefaultServerParameterProvider::default();
+                let mut params = DefaultServerParameterProvider::default();
+                params.server_version = super::catalog::PG_VERSION.into();
+                params.is_superuser = false;
+                params.default_transaction_read_only = true;
                 finish_authentication(client, &params).await?;
             }
             _ => {}
@@ -333,8 +341,66 @@ impl Parser {
     }
 }
 
-fn hooks() -> [Arc<dyn QueryHook>; 2] {
-    [Arc::new(SetShowHook), Arc::new(TransactionStatementHook)]
+fn hooks() -> [Arc<dyn QueryHook>; 3] {
+    [
+        Arc::new(Savepoints),
+        Arc::new(SetShowHook),
+        Arc::new(TransactionStatementHook),
+    ]
+}
+
+/// Savepoints and `DISCARD`, which clients and pools send around
+/// queries: acknowledged, with nothing to do on read-only ports.
+struct Savepoints;
+
+impl Savepoints {
+    fn tag(statement: &Statement) -> Option<&'static str> {
+        match statement {
+            Statement::Savepoint { .. } => Some("SAVEPOINT"),
+            Statement::ReleaseSavepoint { .. } => Some("RELEASE"),
+            Statement::Rollback {
+                savepoint: Some(_), ..
+            } => Some("ROLLBACK"),
+            Statement::Discard { .. } => Some("DISCARD ALL"),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl QueryHook for Savepoints {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Self::tag(statement).map(|t| Ok(Response::Execution(Tag::new(t))))
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        Self::tag(statement)?;
+        Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::new(DFSchema::empty()),
+        })))
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _plan: &LogicalPlan,
+        _params: &ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Self::tag(statement).map(|t| Ok(Response::Execution(Tag::new(t))))
+    }
 }
 
 #[async_trait]
@@ -525,10 +591,11 @@ fn rows(
                 Some(Err(e)) => Some((vec![Err(PgWireError::from(e))], None)),
                 Some(Ok(batch)) => {
                     let rows: Vec<_> = encode_recordbatch(fields, batch).collect();
-                    running.completion.bytes += rows
+                    let bytes = rows
                         .iter()
                         .map(|r| r.as_ref().map_or(0, |r| r.data.len() as u64 + 7))
                         .sum::<u64>();
+                    running.completion.bytes.fetch_add(bytes, Ordering::Relaxed);
                     Some((rows, Some(running)))
                 }
             }

@@ -19,7 +19,9 @@ use futures::{Stream, StreamExt as _};
 use meshgov_anonymize::PluginFailure;
 use meshgov_audit::{AuditLog, Decision, Event, Kind};
 use meshgov_columnar::datafusion;
+use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -151,13 +153,13 @@ impl SqlSession {
         timeout_ms: Option<u64>,
     ) -> Result<Running, SqlError> {
         let limit = self.timeout(timeout_ms);
-        let deadline = Box::pin(tokio::time::sleep(limit));
-        let cancelled = Box::pin(Arc::clone(&self.cancel).notified_owned());
+        let mut deadline = Box::pin(tokio::time::sleep(limit));
+        let cancelled = Arc::clone(&self.cancel).notified_owned();
         let started = self.start(catalog, plan, &mut ev);
         let started = tokio::select! {
             r = started => r,
             () = cancelled => Err(SqlError::cancelled()),
-            () = tokio::time::sleep(limit) => Err(SqlError::timed_out(limit.as_millis() as u64)),
+            () = deadline.as_mut() => Err(SqlError::timed_out(millis(limit))),
         };
         let stream = match started {
             Ok(stream) => stream,
@@ -186,7 +188,7 @@ impl SqlSession {
                 audit: Arc::clone(&self.app.audit),
                 event: Some(completion),
                 rows: 0,
-                bytes: 0,
+                bytes: Arc::new(AtomicU64::new(0)),
                 outcome: None,
             },
             done: false,
@@ -321,8 +323,9 @@ pub(crate) fn from_datafusion(e: &DataFusionError) -> SqlError {
 pub(crate) struct Completion {
     audit: Arc<AuditLog>,
     event: Option<Event>,
-    pub rows: u64,
-    pub bytes: u64,
+    rows: u64,
+    /// Bytes the protocol put on the wire for the query's rows.
+    pub bytes: Arc<AtomicU64>,
     outcome: Option<&'static str>,
 }
 
@@ -336,7 +339,7 @@ impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(mut ev) = self.event.take() {
             ev.records = Some(self.rows);
-            ev.bytes = Some(self.bytes);
+            ev.bytes = Some(self.bytes.load(Ordering::Relaxed));
             ev.outcome = Some(self.outcome.unwrap_or("client_gone").into());
             ev.time_ms = clock::now_ms();
             if let Err(e) = self.audit.submit_detached(ev) {
@@ -369,10 +372,7 @@ impl Stream for Running {
         let stop = if this.cancelled.as_mut().poll(cx).is_ready() {
             Some(("cancelled", SqlError::cancelled()))
         } else if this.deadline.as_mut().poll(cx).is_ready() {
-            Some((
-                "timed_out",
-                SqlError::timed_out(this.limit.as_millis() as u64),
-            ))
+            Some(("timed_out", SqlError::timed_out(millis(this.limit))))
         } else {
             None
         };
@@ -401,4 +401,6 @@ impl Stream for Running {
     }
 }
 
-use std::future::Future as _;
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

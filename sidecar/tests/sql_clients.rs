@@ -1,0 +1,249 @@
+//! The SQL ports with the clients analysts and data scientists use:
+//! psycopg 3 (simple and prepared statements) with pandas and SQLAlchemy
+//! reflection over the PostgreSQL port, and ADBC's Flight SQL driver with
+//! pyarrow and polars over the Flight SQL port; over TLS, with the
+//! consumer's token as the password or bearer.
+//!
+//! The clients live in the virtualenv `.ci/setup` makes
+//! (`/opt/meshgov/pyclients`, or `MESHGOV_PYTHON`); outside CI the test is
+//! skipped when it is missing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PROFILES: &str = concat!(
+    r#"{"user_id":"u-1","email":"alice@example.com","name":"Alice","birth_date":"1990-04-12","country":"NL","postcode":"1012AB","signed_up_at":"2026-03-01T10:00:00Z"}"#,
+    "\n",
+    r#"{"user_id":"u-2","email":"bob@example.org","name":"Bob","birth_date":"1985-11-30","country":"DE","postcode":"10115","signed_up_at":"2026-03-01T11:00:00Z"}"#,
+    "\n",
+    r#"{"user_id":"u-3","email":"anna@example.net","name":"Anna","birth_date":"2001-01-01","country":"NL","postcode":"75001","signed_up_at":"2026-03-01T12:00:00Z"}"#,
+    "\n",
+);
+
+fn python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("MESHGOV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/meshgov/pyclients/bin/python"));
+    let found = Command::new(&candidate)
+        .args([
+            "-c",
+            "import psycopg, pandas, sqlalchemy, adbc_driver_flightsql, polars",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(candidate);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the Python SQL clients are missing; `.ci/setup` installs them"
+    );
+    eprintln!("skipped: psycopg, SQLAlchemy or ADBC not found (run .ci/setup)");
+    None
+}
+
+/// Runs `script` with `args` off the runtime's thread and returns its
+/// standard output, parsed as JSON.
+async fn run(py: &Path, script: &str, args: Vec<String>) -> serde_json::Value {
+    let py = py.to_path_buf();
+    let script = script.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, in `dir`.
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join("sql.crt"), dir.join("sql.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (crt, key)
+}
+
+const PG: &str = r#"
+import json, sys, psycopg, pandas, sqlalchemy, warnings
+host, port, user, token = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dsn = f"host={host} port={port} user={user} password={token} dbname=user-profiles sslmode=require"
+out = {}
+with psycopg.connect(dsn, autocommit=True) as conn:
+    # A server-side prepared statement with a parameter (extended protocol).
+    rows = conn.execute("SELECT email, country FROM profiles WHERE country = %s ORDER BY email", ("NL",), prepare=True).fetchall()
+    out["prepared"] = [list(r) for r in rows]
+    out["simple"] = conn.execute("SELECT count(*) FROM profiles").fetchone()[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame = pandas.read_sql("SELECT user_id, email, postcode FROM profiles ORDER BY email", conn)
+    out["pandas_columns"] = list(frame.columns)
+    out["pandas_postcodes"] = frame["postcode"].tolist()
+    for sql, key in [("DELETE FROM profiles", "delete"), ("SELECT name FROM profiles", "withheld"), ("SELECT * FROM nowhere", "unknown")]:
+        try:
+            conn.execute(sql)
+            out[key] = None
+        except psycopg.Error as e:
+            out[key] = e.sqlstate
+engine = sqlalchemy.create_engine(f"postgresql+psycopg://{user}:{token}@{host}:{port}/user-profiles?sslmode=require")
+inspector = sqlalchemy.inspect(engine)
+out["reflected_tables"] = inspector.get_table_names()
+out["reflected_columns"] = [c["name"] for c in inspector.get_columns("profiles")]
+print(json.dumps(out))
+"#;
+
+const FLIGHT: &str = r#"
+import json, sys, adbc_driver_flightsql.dbapi as flight, adbc_driver_manager, polars
+uri, token = sys.argv[1], sys.argv[2]
+out = {}
+with flight.connect(uri, db_kwargs={
+    "adbc.flight.sql.authorization_header": "Bearer " + token,
+    "adbc.flight.sql.client_option.tls_skip_verify": "true",
+}) as conn:
+    with conn.cursor() as cur:
+        cur.execute("SELECT email, country FROM profiles ORDER BY email")
+        table = cur.fetch_arrow_table()
+        out["columns"] = table.column_names
+        out["emails"] = table.column("email").to_pylist()
+        frame = polars.from_arrow(table)
+        out["polars_rows"] = frame.height
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        out["tables"] = sorted(t["table_name"] for c in objects for s in c["catalog_db_schemas"] for t in s["db_schema_tables"])
+        schema = conn.adbc_get_table_schema("profiles", db_schema_filter="public")
+        out["table_columns"] = schema.names
+        try:
+            cur.execute("DELETE FROM profiles")
+            cur.fetchall()
+            out["delete"] = None
+        except adbc_driver_manager.Error as e:
+            out["delete"] = str(e)
+print(json.dumps(out))
+"#;
+
+#[tokio::test]
+async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
+    let Some(py) = python() else {
+        return;
+    };
+    let keys = Keys::generate();
+    let scratch = tempfile::tempdir().unwrap();
+    let (crt, key) = certificate(scratch.path());
+    let s = start(
+        &keys,
+        Options {
+            sql: Some(format!("tls_cert = {crt:?}\ntls_key = {key:?}")),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", PROFILES);
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let sql = s.sql.unwrap();
+
+    let got = run(
+        &py,
+        PG,
+        vec![
+            sql.ip().to_string(),
+            sql.port().to_string(),
+            "mia".into(),
+            mia.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        got["prepared"],
+        serde_json::json!([["a************.com", "NL"], ["a***********.net", "NL"]])
+    );
+    assert_eq!(got["simple"], 3);
+    assert_eq!(
+        got["pandas_columns"],
+        serde_json::json!(["user_id", "email", "postcode"])
+    );
+    // Postcodes generalized to their first three characters.
+    assert_eq!(
+        got["pandas_postcodes"],
+        serde_json::json!(["101", "750", "101"])
+    );
+    assert_eq!(got["delete"], "25006");
+    assert_eq!(got["withheld"], "42703");
+    assert_eq!(got["unknown"], "42P01");
+    assert_eq!(got["reflected_tables"], serde_json::json!(["profiles"]));
+    assert_eq!(
+        got["reflected_columns"],
+        serde_json::json!([
+            "user_id",
+            "email",
+            "birth_date",
+            "country",
+            "postcode",
+            "signed_up_at"
+        ])
+    );
+
+    let flight = s.flight.unwrap();
+    let got = run(
+        &py,
+        FLIGHT,
+        vec![format!("grpc+tls://{flight}"), mia.clone()],
+    )
+    .await;
+    assert_eq!(got["columns"], serde_json::json!(["email", "country"]));
+    assert_eq!(
+        got["emails"],
+        serde_json::json!(["a************.com", "a***********.net", "b**********.org"])
+    );
+    assert_eq!(got["polars_rows"], 3);
+    assert_eq!(got["tables"], serde_json::json!(["profiles"]));
+    assert_eq!(
+        got["table_columns"],
+        serde_json::json!([
+            "user_id",
+            "email",
+            "birth_date",
+            "country",
+            "postcode",
+            "signed_up_at"
+        ])
+    );
+    let refused = got["delete"].as_str().unwrap();
+    assert!(refused.contains("25006"), "{refused}");
+    s.stop().await;
+}
