@@ -183,3 +183,210 @@ async fn psql_sees_the_consumers_view_and_nothing_else() {
     assert!(err.contains("subject"), "{err}");
     s.stop().await;
 }
+
+fn events(s: &Sidecar) -> Vec<meshgov_audit::event::StoredEvent> {
+    meshgov_audit::show::read_filtered(
+        &s.dir.path().join("state/audit"),
+        &meshgov_audit::show::Filter::default(),
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(e, _)| e)
+    .collect()
+}
+
+#[tokio::test]
+async fn every_query_is_audited_with_its_shape_columns_and_outcome() {
+    if !psql_found() {
+        return;
+    }
+    let keys = Keys::generate();
+    let s = sidecar(&keys, "allow_plaintext = true").await;
+    let addr = s.sql.unwrap();
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    stdout(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SELECT email FROM profiles WHERE country = 'NL' AND email LIKE 'a%'"],
+        )
+        .await,
+    );
+    stderr(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["DELETE FROM profiles WHERE country = 'NL'"],
+        )
+        .await,
+    );
+    stderr(&psql(addr, "mia", "bad-token", "disable", &["SELECT 1"]).await);
+
+    // The completion event is written when the query's stream is dropped.
+    let mut evs = events(&s);
+    for _ in 0..100 {
+        if evs
+            .iter()
+            .any(|e| e.kind == meshgov_audit::Kind::Completion)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        evs = events(&s);
+    }
+    let read = evs
+        .iter()
+        .find(|e| {
+            e.query
+                .as_deref()
+                .is_some_and(|q| q.starts_with("SELECT email"))
+        })
+        .expect("the query's decision event");
+    assert_eq!(read.decision, Some(meshgov_audit::Decision::Allow));
+    assert_eq!(read.protocol.as_deref(), Some("postgres"));
+    assert_eq!(read.consumer.as_deref(), Some("mia"));
+    assert_eq!(read.purpose.as_deref(), Some("campaign-analytics"));
+    assert_eq!(read.port.as_deref(), Some("profiles"));
+    // No literal enters the log.
+    assert_eq!(
+        read.query.as_deref(),
+        Some("SELECT email FROM profiles WHERE country = ? AND email LIKE ?")
+    );
+    // The columns the scan read, each with its treatment.
+    assert_eq!(
+        read.transforms.get("profiles.email").map(String::as_str),
+        Some("mask")
+    );
+    assert_eq!(
+        read.transforms.get("profiles.country").map(String::as_str),
+        Some("clear")
+    );
+    assert!(!read.transforms.contains_key("profiles.name"));
+    assert!(
+        read.policies.contains(&"users.marketing-read".to_string()),
+        "{:?}",
+        read.policies
+    );
+    let done = evs
+        .iter()
+        .find(|e| e.kind == meshgov_audit::Kind::Completion && e.request_id == read.request_id)
+        .expect("the query's completion event");
+    assert_eq!(done.records, Some(2));
+    assert_eq!(done.outcome.as_deref(), Some("complete"));
+    assert!(done.bytes.unwrap() > 0);
+
+    let refused = evs
+        .iter()
+        .find(|e| e.query.as_deref().is_some_and(|q| q.starts_with("DELETE")))
+        .expect("the refused statement's event");
+    assert_eq!(refused.error.as_deref(), Some("read_only"));
+    assert_eq!(
+        refused.query.as_deref(),
+        Some("DELETE FROM profiles WHERE country = ?")
+    );
+    assert!(
+        evs.iter().any(|e| e.action.as_deref() == Some("connect")
+            && e.error.as_deref() == Some("unauthorized")),
+        "a refused connect is audited"
+    );
+    s.stop().await;
+}
+
+/// A query long enough to cancel: DataFusion counts a long series.
+const LONG: &str = "SELECT count(*) FROM generate_series(1, 20000000000)";
+
+#[tokio::test]
+async fn a_cancel_request_and_the_statement_timeout_stop_a_query() {
+    if !psql_found() {
+        return;
+    }
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            sql: Some("allow_plaintext = true".into()),
+            extra_config: "[limits]\nquery_timeout_ms = 3000".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let addr = s.sql.unwrap();
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+
+    // psql sends a cancel request on SIGINT.
+    let mut c = Command::new("psql");
+    c.arg(format!(
+        "host={} port={} user=mia dbname=user-profiles sslmode=disable",
+        addr.ip(),
+        addr.port()
+    ))
+    .args(["-X", "-v", "VERBOSITY=verbose", "-c", LONG])
+    .env("PGPASSWORD", &mia)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("57014") && err.contains("user request"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+
+    // The sidecar's own limit, and a client's lower one.
+    let err = stderr(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["\\set VERBOSITY verbose", LONG],
+        )
+        .await,
+    );
+    assert!(err.contains("57014") && err.contains("3000 ms"), "{err}");
+    let err = stderr(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &[
+                "\\set VERBOSITY verbose",
+                "SET statement_timeout = 500",
+                LONG,
+            ],
+        )
+        .await,
+    );
+    assert!(err.contains("57014") && err.contains("500 ms"), "{err}");
+
+    let mut outcomes = Vec::new();
+    for _ in 0..100 {
+        outcomes = events(&s)
+            .into_iter()
+            .filter(|e| e.kind == meshgov_audit::Kind::Completion)
+            .filter_map(|e| e.outcome)
+            .collect();
+        if outcomes.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    outcomes.sort();
+    assert_eq!(outcomes, ["cancelled", "timed_out", "timed_out"]);
+    s.stop().await;
+}

@@ -16,7 +16,7 @@ use crate::scan::Source;
 use crate::state::ActiveBundle;
 use crate::upstream::Window;
 use async_trait::async_trait;
-use datafusion::arrow::array::{AsArray as _, Int32Array};
+use datafusion::arrow::array::{AsArray as _, BooleanArray, Int32Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::empty::EmptyTable;
@@ -157,6 +157,7 @@ impl Catalog {
         })?;
         ctx.register_udf(version());
         ctx.register_udf(to_regtype());
+        ctx.register_udf(type_is_visible());
         Ok(Catalog { bundle, ctx })
     }
 }
@@ -232,6 +233,26 @@ fn to_regtype() -> ScalarUDF {
                 })
                 .unwrap_or_else(|| Int32Array::from(Vec::<i32>::new()));
             Ok(ColumnarValue::Array(Arc::new(oids)))
+        }),
+    )
+}
+
+/// `pg_type_is_visible(oid)`: every type is (there is one schema).
+fn type_is_visible() -> ScalarUDF {
+    create_udf(
+        "pg_type_is_visible",
+        vec![DataType::Int32],
+        DataType::Boolean,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let n = match args.first() {
+                Some(ColumnarValue::Array(a)) => a.len(),
+                _ => 1,
+            };
+            Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(vec![
+                true;
+                n
+            ]))))
         }),
     )
 }

@@ -25,6 +25,7 @@
 //! a SQLSTATE ([`SqlError`]); never answered from raw data.
 
 pub(crate) mod catalog;
+pub(crate) mod compat;
 pub(crate) mod flight;
 pub(crate) mod gate;
 pub(crate) mod pg;

@@ -335,9 +335,12 @@ struct Parser {
 
 impl Parser {
     fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
-        self.compat
+        let mut statements = self
+            .compat
             .parse(sql)
-            .map_err(|e| SqlError::new("42601", "bad_query", format!("syntax error: {e}")))
+            .map_err(|e| SqlError::new("42601", "bad_query", format!("syntax error: {e}")))?;
+        statements.iter_mut().for_each(super::compat::rewrite);
+        Ok(statements)
     }
 }
 
