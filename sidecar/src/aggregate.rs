@@ -21,6 +21,7 @@
 //! is durable before the answer leaves.
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::body::Body;
 use crate::clock;
 use crate::error::ApiError;
@@ -127,6 +128,21 @@ where
     .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?
     .to_bytes();
     let request = query::parse(&body).map_err(|e| ApiError::bad_request(e.0))?;
+    let (status, doc) = answer(app, &who, &request, port, rid, ev).await?;
+    Ok(json(status, rid, &doc))
+}
+
+/// Answers `request` for `who` (steps 2 to 8): the answer document, with
+/// 200, or 429 when the budget does not cover it. The HTTP port and the
+/// SQL ports ask through this one function.
+pub(crate) async fn answer(
+    app: &Arc<App>,
+    who: &Identity,
+    request: &query::AggregateRequest,
+    port: &str,
+    rid: &str,
+    ev: &mut Event,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
     // 2. load
     let now = clock::now_unix();
     let bundle = app.bundle_for_request(now, ev)?;
@@ -174,7 +190,7 @@ where
         max_epsilon_per_query: Some(bundle.policies().mesh.privacy.max_epsilon_per_query),
         max_delta: Some(bundle.policies().mesh.privacy.max_delta),
     };
-    let plan = query::validate(&request, &rule, &port_info, caps, now)
+    let plan = query::validate(request, &rule, &port_info, caps, now)
         .map_err(|e| ApiError::bad_request(e.0))?;
     let Some(ledger) = app.ledger.clone() else {
         return Err(ApiError::new(
@@ -287,10 +303,9 @@ where
             } else {
                 "this product (all consumers together)"
             };
-            return Ok(json(
+            return Ok((
                 StatusCode::TOO_MANY_REQUESTS,
-                rid,
-                &serde_json::json!({
+                serde_json::json!({
                     "request_id": rid,
                     "error": "budget_exhausted",
                     "reason": format!(
@@ -322,7 +337,7 @@ where
                 serde_json::json!({"epsilon": 0.0, "delta": 0.0}),
             );
             set(&mut doc, "budget", budget_doc(&accounts, remaining, window));
-            return Ok(json(StatusCode::OK, rid, &doc));
+            return Ok((StatusCode::OK, doc));
         }
         Reserved::Granted { remaining } => event(ev, "granted", remaining),
     }
@@ -424,5 +439,5 @@ where
         "budget",
         budget_doc(&accounts, &remaining, window),
     );
-    Ok(json(StatusCode::OK, rid, &doc))
+    Ok((StatusCode::OK, doc))
 }

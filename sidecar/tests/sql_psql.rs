@@ -390,3 +390,133 @@ async fn a_cancel_request_and_the_statement_timeout_stop_a_query() {
     assert_eq!(outcomes, ["cancelled", "timed_out", "timed_out"]);
     s.stop().await;
 }
+
+/// 300 users in DE and 100 in SE, two plays each, today.
+fn plays() -> String {
+    let day = time::OffsetDateTime::now_utc().date();
+    let mut s = String::new();
+    for u in 0..400 {
+        let country = if u < 300 { "DE" } else { "SE" };
+        for p in 0..2 {
+            s.push_str(&serde_json::json!({"event_id": format!("e{u}-{p}"), "user_id": format!("u{u}"), "song_id": "s", "artist_id": "a",
+                "played_at": format!("{day}T00:00:01Z"), "duration_ms": 1000 * (p + 1), "country": country, "device": "phone"}).to_string());
+            s.push('\n');
+        }
+    }
+    s
+}
+
+#[tokio::test]
+async fn an_aggregate_only_consumer_gets_differentially_private_answers() {
+    if !psql_found() {
+        return;
+    }
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            product: "play-events",
+            sql: Some("allow_plaintext = true".into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "plays", "today.ndjson", &plays());
+    let addr = s.sql.unwrap();
+    // Marketing may aggregate plays for campaign analytics, not read them.
+    let ann = token(&keys, "ann", &["marketing"], "campaign-analytics");
+    let psql_db = |cmds: Vec<String>| {
+        let ann = ann.clone();
+        async move {
+            let mut c = Command::new("psql");
+            c.arg(format!(
+                "host={} port={} user=ann dbname=play-events sslmode=disable",
+                addr.ip(),
+                addr.port()
+            ))
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                "VERBOSITY=verbose",
+            ])
+            .env("PGPASSWORD", &ann);
+            for cmd in cmds {
+                c.args(["-c", &cmd]);
+            }
+            tokio::task::spawn_blocking(move || c.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let by_country = "SELECT country, COUNT(*) AS plays, AVG(duration_ms) FROM plays GROUP BY country ORDER BY country";
+    // ORDER BY is not part of the shape: refused, with what is allowed.
+    let err = stderr(&psql_db(vec![by_country.into()]).await);
+    assert!(
+        err.contains("0A000") && err.contains("SELECT <group fields>"),
+        "{err}"
+    );
+    let by_country =
+        "SELECT country, COUNT(*) AS plays, AVG(duration_ms) FROM plays GROUP BY country";
+    let out = psql_db(vec!["SET dp_epsilon = 1.0".into(), by_country.into()]).await;
+    let rows = stdout(&out);
+    let notice = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        notice.contains("NOTICE") && notice.contains("epsilon 1.0 spent"),
+        "{notice}"
+    );
+    assert!(notice.contains("95% of answers within"), "{notice}");
+    let de = rows
+        .lines()
+        .find(|l| l.starts_with("DE|"))
+        .unwrap_or_else(|| panic!("{rows}"));
+    let count: f64 = de.split('|').nth(1).unwrap().parse().unwrap();
+    assert!((count - 600.0).abs() < 150.0, "{de}");
+
+    // Raw rows, MIN/MAX and a restricted group are refused.
+    for (sql, says) in [
+        ("SELECT * FROM plays", "raw row"),
+        ("SELECT MAX(duration_ms) FROM plays", "MIN/MAX"),
+        (
+            "SELECT user_id, COUNT(*) FROM plays GROUP BY user_id",
+            "restricted field",
+        ),
+    ] {
+        let err = stderr(&psql_db(vec![sql.into()]).await);
+        assert!(err.contains(says), "{sql}: {err}");
+    }
+
+    // The same query again costs nothing; another spends the rest; then
+    // the budget (2.0 for this purpose) is spent and nothing is charged.
+    let out = psql_db(vec!["SET dp_epsilon = 1.0".into(), by_country.into()]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("epsilon 0.0 spent (a repeat"));
+    stdout(
+        &psql_db(vec![
+            "SET dp_epsilon = 1.0".into(),
+            "SELECT COUNT(*) FROM plays".into(),
+        ])
+        .await,
+    );
+    let err = stderr(
+        &psql_db(vec![
+            "SET dp_epsilon = 0.5".into(),
+            "SELECT SUM(duration_ms) FROM plays".into(),
+        ])
+        .await,
+    );
+    assert!(err.contains("53400") && err.contains("budget"), "{err}");
+
+    let spends: Vec<_> = events(&s)
+        .into_iter()
+        .filter(|e| e.action.as_deref() == Some("aggregate"))
+        .map(|e| (e.protocol, e.privacy_cost, e.error))
+        .collect();
+    assert_eq!(spends.len(), 4, "{spends:?}");
+    assert_eq!(spends[0], (Some("postgres".into()), Some(1.0), None));
+    assert_eq!(spends[1].1, Some(0.0));
+    assert_eq!(spends[3].2.as_deref(), Some("budget_exhausted"));
+    s.stop().await;
+}

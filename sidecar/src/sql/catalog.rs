@@ -10,6 +10,7 @@
 //! execution, and each table a query scans is noted for its audit event.
 
 use super::SqlError;
+use super::dp::{DpPort, DpTable};
 use crate::app::App;
 use crate::auth::Identity;
 use crate::scan::Source;
@@ -42,7 +43,9 @@ use meshgov_columnar::view::consumer_view;
 use meshgov_core::decision::Asker;
 use meshgov_core::descriptor::PortInfo;
 use meshgov_core::enforce::ReadError;
+use meshgov_core::privacy::rule_for;
 use meshgov_core::records::Rules;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The schema every port's table is in.
@@ -58,6 +61,8 @@ pub(crate) fn database_name(product_id: &str) -> &str {
 pub(crate) struct Catalog {
     pub bundle: Arc<ActiveBundle>,
     pub ctx: SessionContext,
+    /// The ports the consumer may only aggregate, by table name.
+    pub dp: HashMap<String, DpPort>,
 }
 
 /// What the tables a query scanned recorded, for its decision event.
@@ -121,6 +126,7 @@ impl Catalog {
             purpose: &who.purpose,
             now_unix,
         };
+        let mut dp_ports = HashMap::new();
         for port in &bundle.view().info.ports {
             let read = match bundle.enforcer.read(&port.name, asker) {
                 Ok(read) => read,
@@ -135,6 +141,14 @@ impl Catalog {
                 }
             };
             let Some(rules) = read.rules.clone().filter(|_| read.access().allowed) else {
+                if let Some(dp) = aggregate_only(&bundle, port, asker) {
+                    ctx.register_table(port.name.as_str(), Arc::new(DpTable(dp.clone())))
+                        .map_err(|e| {
+                            tracing::error!(port = %port.name, "cannot register the port's table: {e}");
+                            SqlError::plan_failed()
+                        })?;
+                    dp_ports.insert(port.name.clone(), dp);
+                }
                 continue;
             };
             let table = GovernedTable::new(
@@ -158,8 +172,35 @@ impl Catalog {
         ctx.register_udf(version());
         ctx.register_udf(to_regtype());
         ctx.register_udf(type_is_visible());
-        Ok(Catalog { bundle, ctx })
+        Ok(Catalog {
+            bundle,
+            ctx,
+            dp: dp_ports,
+        })
     }
+}
+
+/// The port and its privacy rule, when the consumer may aggregate it (and
+/// the rule offers aggregates) though not read it.
+fn aggregate_only(bundle: &ActiveBundle, port: &PortInfo, asker: Asker<'_>) -> Option<DpPort> {
+    let allowed = bundle
+        .policies()
+        .decide(bundle.view(), "aggregate", &port.name, None, asker)
+        .is_ok_and(|d| d.allowed);
+    if !allowed {
+        return None;
+    }
+    let info = &bundle.view().info;
+    let rule = rule_for(
+        &bundle.policies().privacy,
+        &info.domain,
+        &info.id,
+        &port.name,
+    )?;
+    Some(DpPort {
+        port: port.clone(),
+        rule: rule.clone(),
+    })
 }
 
 /// `version()`, in the form PostgreSQL clients parse (SQLAlchemy reads

@@ -333,13 +333,9 @@ impl Flight {
             ))
         })?;
         let statement = self.statement(&session, sql).await?;
-        let mut ev = session.event(shape(&statement.to_string()));
-        let (catalog, plan) = session
-            .plan(&statement, &mut ev)
-            .await
-            .map_err(|e| status(&e))?;
-        let running = session
-            .execute(&catalog, plan, ev, None)
+        let ev = session.event(shape(&statement.to_string()));
+        let (running, _notice) = session
+            .run(&statement, None, ev, None, super::dp::DEFAULT_EPSILON)
             .await
             .map_err(|e| status(&e))?;
         let schema = Arc::clone(&running.schema);

@@ -26,6 +26,7 @@
 
 pub(crate) mod catalog;
 pub(crate) mod compat;
+pub(crate) mod dp;
 pub(crate) mod flight;
 pub(crate) mod gate;
 pub(crate) mod pg;
@@ -57,14 +58,6 @@ impl SqlError {
             "28P01",
             "unauthorized",
             format!("{why}; connect with your JWT as the password"),
-        )
-    }
-
-    pub(crate) fn denied() -> Self {
-        SqlError::new(
-            "42501",
-            "forbidden",
-            "permission denied: the policy does not let you read this for your purpose",
         )
     }
 

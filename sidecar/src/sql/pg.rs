@@ -24,7 +24,7 @@ use datafusion::common::{DFSchema, ParamValues};
 use datafusion::logical_expr::EmptyRelation;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{
@@ -321,6 +321,19 @@ fn session_of<C: ClientInfo>(client: &C) -> PgWireResult<Arc<SqlSession>> {
         .ok_or_else(|| fatal(SqlError::bad_token("the connection is not authenticated")))
 }
 
+/// The ε a differentially private query spends: the session's
+/// `SET dp_epsilon`, else the default.
+fn epsilon<C: ClientInfo>(client: &C) -> f64 {
+    client
+        .metadata()
+        .get(DP_EPSILON)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(super::dp::DEFAULT_EPSILON)
+}
+
+/// The session setting that holds the ε of differentially private queries.
+const DP_EPSILON: &str = "dp_epsilon";
+
 /// The client's `statement_timeout`, in milliseconds.
 fn client_timeout<C: ClientInfo>(client: &C) -> Option<u64> {
     client
@@ -353,8 +366,35 @@ fn hooks() -> [Arc<dyn QueryHook>; 3] {
 }
 
 /// Savepoints and `DISCARD`, which clients and pools send around
-/// queries: acknowledged, with nothing to do on read-only ports.
+/// queries: acknowledged, with nothing to do on read-only ports; and
+/// `SET dp_epsilon = <ε>`, the ε of the session's differentially private
+/// queries.
 struct Savepoints;
+
+/// The ε a `SET dp_epsilon = …` sets, or why it cannot.
+fn set_epsilon(statement: &Statement) -> Option<Result<String, SqlError>> {
+    let Statement::Set(Set::SingleAssignment {
+        variable, values, ..
+    }) = statement
+    else {
+        return None;
+    };
+    if !variable.to_string().eq_ignore_ascii_case(DP_EPSILON) {
+        return None;
+    }
+    let text = values
+        .first()
+        .map(|v| v.to_string().trim_matches('\'').to_string())
+        .unwrap_or_default();
+    Some(match text.parse::<f64>() {
+        Ok(e) if e.is_finite() && e > 0.0 => Ok(text),
+        _ => Err(SqlError::new(
+            "22023",
+            "bad_query",
+            format!("`dp_epsilon` must be a positive number, got `{text}`"),
+        )),
+    })
+}
 
 impl Savepoints {
     fn tag(statement: &Statement) -> Option<&'static str> {
@@ -376,8 +416,17 @@ impl QueryHook for Savepoints {
         &self,
         statement: &Statement,
         _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
+        if let Some(set) = set_epsilon(statement) {
+            return Some(match set {
+                Ok(v) => {
+                    client.metadata_mut().insert(DP_EPSILON.into(), v);
+                    Ok(Response::Execution(Tag::new("SET")))
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
         Self::tag(statement).map(|t| Ok(Response::Execution(Tag::new(t))))
     }
 
@@ -387,7 +436,9 @@ impl QueryHook for Savepoints {
         _ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        Self::tag(statement)?;
+        if set_epsilon(statement).is_none() {
+            Self::tag(statement)?;
+        }
         Some(Ok(LogicalPlan::EmptyRelation(EmptyRelation {
             produce_one_row: false,
             schema: Arc::new(DFSchema::empty()),
@@ -399,10 +450,10 @@ impl QueryHook for Savepoints {
         statement: &Statement,
         _plan: &LogicalPlan,
         _params: &ParamValues,
-        _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        Self::tag(statement).map(|t| Ok(Response::Execution(Tag::new(t))))
+        self.handle_simple_query(statement, ctx, client).await
     }
 }
 
@@ -510,31 +561,36 @@ struct Queries {
 }
 
 impl Queries {
-    /// Runs one query statement and answers with its rows.
-    async fn query<C: ClientInfo>(
+    /// Runs one query statement and answers with its rows; a
+    /// differentially private answer's notice is sent first.
+    async fn query<C>(
         &self,
-        client: &C,
+        client: &mut C,
         session: &SqlSession,
         statement: &Statement,
-        params: Option<&datafusion::common::ParamValues>,
+        params: Option<&ParamValues>,
         format: &Format,
-    ) -> PgWireResult<Response> {
-        let mut ev = session.event(shape(&statement.to_string()));
-        let (catalog, plan) = session.plan(statement, &mut ev).await?;
-        let plan = match params {
-            Some(values) => match plan.replace_params_with_values(values) {
-                Ok(plan) => plan,
-                Err(e) => {
-                    let e = super::query::from_datafusion(&e);
-                    refuse_statement(session, ev, &e).await;
-                    return Err(e.into());
-                }
-            },
-            None => plan,
-        };
-        let running = session
-            .execute(&catalog, plan, ev, client_timeout(client))
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let ev = session.event(shape(&statement.to_string()));
+        let (running, notice) = session
+            .run(
+                statement,
+                params,
+                ev,
+                client_timeout(client),
+                epsilon(client),
+            )
             .await?;
+        if let Some(text) = notice {
+            let info = ErrorInfo::new("NOTICE".into(), "00000".into(), text);
+            client
+                .send(PgWireBackendMessage::NoticeResponse(info.into()))
+                .await?;
+        }
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
         let fields = Arc::new(arrow_schema_to_pg_fields(
             running.schema.as_ref(),

@@ -10,9 +10,11 @@ use crate::auth::Identity;
 use crate::clock;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use futures::{Stream, StreamExt as _};
@@ -142,10 +144,74 @@ impl SqlSession {
         planned
     }
 
+    /// Plans and runs a query statement (bound to `params`, for a prepared
+    /// statement): through the privacy engine when it aggregates a port
+    /// the consumer may only aggregate (with the notice to show), else as
+    /// planned. Refusals are audited with `ev`.
+    pub async fn run(
+        &self,
+        statement: &Statement,
+        params: Option<&ParamValues>,
+        mut ev: Event,
+        timeout_ms: Option<u64>,
+        epsilon: f64,
+    ) -> Result<(Running, Option<String>), SqlError> {
+        // A query over a port the consumer may only aggregate is refused
+        // for its shape before it is planned, with what is allowed.
+        let shape = self.catalog(&mut ev).and_then(|c| {
+            match super::dp::recognize(statement, &c.dp, epsilon) {
+                Some(Err(e)) => Err(e),
+                _ => Ok(()),
+            }
+        });
+        if let Err(e) = shape {
+            refuse(&self.app, &mut ev, &e).await;
+            return Err(e);
+        }
+        let (catalog, plan) = self.plan(statement, &mut ev).await?;
+        let plan = match params {
+            Some(values) => match plan.replace_params_with_values(values) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let e = from_datafusion(&e);
+                    refuse(&self.app, &mut ev, &e).await;
+                    return Err(e);
+                }
+            },
+            None => plan,
+        };
+        let Some(dq) = super::dp::recognize(statement, &catalog.dp, epsilon) else {
+            let running = self.execute(&catalog, plan, ev, timeout_ms).await?;
+            return Ok((running, None));
+        };
+        let answered = match dq {
+            Ok(dq) => {
+                super::dp::answer(&self.app, &self.who, &dq, plan.schema().as_arrow(), &mut ev)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let (batch, notice) = match answered {
+            Ok(a) => a,
+            Err(e) => {
+                refuse(&self.app, &mut ev, &e).await;
+                return Err(e);
+            }
+        };
+        ev.decision.get_or_insert(Decision::Allow);
+        let schema = batch.schema();
+        let stream = Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&schema),
+            futures::stream::iter([Ok(batch)]),
+        ));
+        let running = self.running(stream, ev, self.timeout(timeout_ms)).await?;
+        Ok((running, Some(notice)))
+    }
+
     /// Runs a planned query: builds it for execution (which opens the
     /// ports' upstreams), makes the decision event durable, and starts
     /// it. A refusal is audited with `ev`.
-    pub async fn execute(
+    async fn execute(
         &self,
         catalog: &Catalog,
         plan: LogicalPlan,
@@ -169,6 +235,19 @@ impl SqlSession {
             }
         };
         ev.decision = Some(Decision::Allow);
+        let mut running = self.running(stream, ev, limit).await?;
+        running.deadline = deadline;
+        Ok(running)
+    }
+
+    /// Makes the decision event `ev` durable, then lets `stream` run, for
+    /// at most `limit`.
+    async fn running(
+        &self,
+        stream: SendableRecordBatchStream,
+        ev: Event,
+        limit: Duration,
+    ) -> Result<Running, SqlError> {
         let mut completion = Event::new(Kind::Completion, 0);
         completion.request_id = ev.request_id.clone();
         completion.consumer = ev.consumer.clone();
@@ -182,7 +261,7 @@ impl SqlSession {
             schema: stream.schema(),
             stream,
             cancelled: Box::pin(Arc::clone(&self.cancel).notified_owned()),
-            deadline,
+            deadline: Box::pin(tokio::time::sleep(limit)),
             limit,
             completion: Completion {
                 audit: Arc::clone(&self.app.audit),
