@@ -55,6 +55,16 @@ pub struct App {
     pub audit: Arc<AuditLog>,
     /// The privacy-budget ledger; `None` refuses aggregates (503).
     pub ledger: Option<Arc<dyn meshgov_privacy::ledger::Ledger>>,
+    /// Where the SQL ports listen, once bound (for discovery).
+    pub sql_ports: std::sync::OnceLock<SqlPorts>,
+}
+
+/// The bound SQL ports, as discovery shows them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqlPorts {
+    pub postgres: Option<std::net::SocketAddr>,
+    pub flight: Option<std::net::SocketAddr>,
+    pub tls: bool,
 }
 
 impl App {
@@ -123,6 +133,7 @@ impl App {
             audit: Arc::new(audit),
             ledger: open_ledger(&c.ledger, Some(c.state_dir.as_path()))
                 .map_err(|(key, reason)| bad(&key, reason))?,
+            sql_ports: std::sync::OnceLock::new(),
         })
     }
 }

@@ -290,6 +290,41 @@ fn discovery(app: &App, rid: &str) -> Response<Body> {
                 "token": "JWT",
                 "issuers": app.auth.describe(),
             },
+            "sql": sql_doc(app),
         }),
     )
+}
+
+/// The SQL ports and how to connect to them; `null` when neither listens.
+fn sql_doc(app: &App) -> serde_json::Value {
+    let Some(ports) = app
+        .sql_ports
+        .get()
+        .filter(|p| p.postgres.is_some() || p.flight.is_some())
+    else {
+        return serde_json::Value::Null;
+    };
+    let id = app.descriptor.product_id();
+    let db = crate::sql::catalog::database_name(&id);
+    let postgres = ports.postgres.map(|a| {
+        let sslmode = if ports.tls { "require" } else { "disable" };
+        serde_json::json!({
+            "address": a.to_string(),
+            "database": db,
+            "tls": ports.tls,
+            "user": "your token's subject (`sub`)",
+            "password": "your JWT",
+            "connect": format!("psql \"host={} port={} dbname={db} user=<sub> sslmode={sslmode}\" (with PGPASSWORD=<JWT>)", a.ip(), a.port()),
+        })
+    });
+    let flight = ports.flight.map(|a| {
+        let scheme = if ports.tls { "grpc+tls" } else { "grpc" };
+        serde_json::json!({
+            "address": a.to_string(),
+            "uri": format!("{scheme}://{a}"),
+            "tls": ports.tls,
+            "authentication": "authorization: Bearer <JWT> on every call, or a handshake with Basic <sub>:<JWT>",
+        })
+    });
+    serde_json::json!({"postgres": postgres, "flight_sql": flight})
 }

@@ -234,6 +234,11 @@ pub async fn start(cfg: &Config, app: Arc<App>) -> Result<Running, LaunchError> 
             drain,
         )));
     }
+    let _ = app.sql_ports.set(crate::app::SqlPorts {
+        postgres: sql_addr,
+        flight: flight_addr,
+        tls: tls.is_some(),
+    });
     tasks.extend(app.auth.spawn_key_refresh(&stop.subscribe()));
     tasks.push(tokio::spawn(control::watch_expiry(
         Arc::clone(&app),

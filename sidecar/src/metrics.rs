@@ -164,7 +164,17 @@ pub struct Metrics {
     bundle_refusals: Mutex<BTreeMap<String, u64>>,
     spends: [Counter; 4],
     budgets: Mutex<Budgets>,
+    /// SQL statements, by protocol, port and decision.
+    sql_queries: Box<[Counter]>,
+    /// SQL rows and bytes sent, by protocol.
+    sql_rows: [Counter; SQL_PROTOCOLS.len()],
+    sql_bytes: [Counter; SQL_PROTOCOLS.len()],
+    /// Open SQL connections, by protocol.
+    sql_connections: [Gauge; SQL_PROTOCOLS.len()],
 }
+
+/// The SQL ports' protocols, as labels.
+pub const SQL_PROTOCOLS: [&str; 2] = ["postgres", "flight-sql"];
 
 /// One ledger outcome, as the budget metrics see it (from
 /// [`crate::telemetry::SpendEvent::emit`]).
@@ -256,7 +266,35 @@ impl Metrics {
                 consumers: HashMap::new(),
                 products: HashMap::new(),
             }),
+            sql_queries: table(SQL_PROTOCOLS.len() * p * DECISIONS.len(), Counter::default),
+            sql_rows: Default::default(),
+            sql_bytes: Default::default(),
+            sql_connections: Default::default(),
         }
+    }
+
+    /// Counts one SQL statement over `protocol` (a [`SQL_PROTOCOLS`] name)
+    /// on `port`, with its decision (0 allow, 1 deny, 2 error).
+    pub fn sql_query(&self, protocol: &str, port: PortIx, decision: usize) {
+        let p = self.ports.len() + 2;
+        let ix = (index_of(&SQL_PROTOCOLS, protocol) * p + port.0) * DECISIONS.len() + decision;
+        if let Some(c) = self.sql_queries.get(ix) {
+            c.inc();
+        }
+    }
+
+    /// Counts what a SQL query sent.
+    pub fn sql_sent(&self, protocol: &str, rows: u64, bytes: u64) {
+        let i = index_of(&SQL_PROTOCOLS, protocol);
+        if let (Some(r), Some(b)) = (self.sql_rows.get(i), self.sql_bytes.get(i)) {
+            r.add(rows);
+            b.add(bytes);
+        }
+    }
+
+    /// The open connections' gauge of `protocol`.
+    pub fn sql_connections(&self, protocol: &str) -> Option<&Gauge> {
+        self.sql_connections.get(index_of(&SQL_PROTOCOLS, protocol))
     }
 
     /// The index of a port label: `None` is a request without a port.
@@ -459,6 +497,7 @@ impl Metrics {
         render_bundle(&mut e, bundle, now_unix);
         self.render_bundle_events(&mut e);
         self.render_privacy(&mut e, now_unix);
+        self.render_sql(&mut e);
         render_audit(&mut e, audit);
         e.family(
             "meshgov_sidecar_plugin_failures_total",
@@ -547,6 +586,57 @@ impl Metrics {
             "How long requests waited for their decision event to be durable in the audit log.",
         )
         .histogram(&[], &self.audit_wait.snapshot());
+    }
+
+    fn render_sql(&self, e: &mut Encoder) {
+        let p = self.ports.len() + 2;
+        e.family(
+            "meshgov_sidecar_sql_queries_total",
+            Type::Counter,
+            "SQL statements over the SQL ports (session statements excluded), by protocol, port (`` for none or several) and decision.",
+        );
+        for (i, protocol) in SQL_PROTOCOLS.iter().enumerate() {
+            for port in 0..p {
+                for (d, decision) in DECISIONS.iter().enumerate() {
+                    let c = self.sql_queries.get((i * p + port) * DECISIONS.len() + d);
+                    if let Some(c) = c.filter(|c| c.get() > 0) {
+                        e.sample(
+                            &[
+                                ("protocol", protocol),
+                                ("port", self.port_label(port)),
+                                ("decision", decision),
+                            ],
+                            c.get(),
+                        );
+                    }
+                }
+            }
+        }
+        for (name, help, t) in [
+            (
+                "meshgov_sidecar_sql_rows_out_total",
+                "Rows the SQL ports sent, by protocol.",
+                &self.sql_rows,
+            ),
+            (
+                "meshgov_sidecar_sql_bytes_out_total",
+                "Bytes of rows the SQL ports sent (PostgreSQL data rows, Arrow Flight data), by protocol.",
+                &self.sql_bytes,
+            ),
+        ] {
+            e.family(name, Type::Counter, help);
+            for (protocol, c) in SQL_PROTOCOLS.iter().zip(t) {
+                e.sample(&[("protocol", protocol)], c.get());
+            }
+        }
+        e.family(
+            "meshgov_sidecar_sql_connections",
+            Type::Gauge,
+            "Open connections to the SQL ports, by protocol.",
+        );
+        for (protocol, g) in SQL_PROTOCOLS.iter().zip(&self.sql_connections) {
+            e.sample(&[("protocol", protocol)], g.get());
+        }
     }
 
     fn render_streams(&self, e: &mut Encoder) {

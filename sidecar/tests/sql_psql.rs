@@ -520,3 +520,130 @@ async fn an_aggregate_only_consumer_gets_differentially_private_answers() {
     assert_eq!(spends[3].2.as_deref(), Some("budget_exhausted"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn discovery_names_the_sql_ports_and_refusals_carry_their_sqlstates() {
+    if !psql_found() {
+        return;
+    }
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            sql: Some("allow_plaintext = true".into()),
+            extra_config: "[limits]\nmax_sql_connections = 1".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", PROFILES);
+    let addr = s.sql.unwrap();
+    let doc = get(s.addr, "/", &[]).await.json();
+    assert_eq!(doc["sql"]["postgres"]["address"], addr.to_string());
+    assert_eq!(doc["sql"]["postgres"]["database"], "user-profiles");
+    assert_eq!(
+        doc["sql"]["flight_sql"]["uri"],
+        format!("grpc://{}", s.flight.unwrap())
+    );
+
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    // One connection is the limit: a second is refused with 53300.
+    let mut c = Command::new("psql");
+    c.arg(format!(
+        "host={} port={} user=mia dbname=user-profiles sslmode=disable",
+        addr.ip(),
+        addr.port()
+    ))
+    .args([
+        "-X",
+        "-c",
+        "SELECT count(*) FROM generate_series(1, 20000000000)",
+    ])
+    .env("PGPASSWORD", &mia)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut first = c.spawn().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let err = stderr(&psql(addr, "mia", &mia, "disable", &["SELECT 1"]).await);
+    assert!(err.contains("too many clients"), "{err}");
+    // Cancelled, its connection closes and frees the slot.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let _ = tokio::task::spawn_blocking(move || first.wait()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // An expired token is refused at connect.
+    let mut claims = claims("mia", &["marketing"], "campaign-analytics");
+    claims["exp"] = serde_json::json!(now() - 60);
+    let expired = sign(&keys, jsonwebtoken::Algorithm::EdDSA, &claims);
+    let err = stderr(&psql(addr, "mia", &expired, "disable", &["SELECT 1"]).await);
+    assert!(err.contains("expired"), "{err}");
+    // A database other than the product.
+    let mut c = Command::new("psql");
+    c.arg(format!(
+        "host={} port={} user=mia dbname=other sslmode=disable",
+        addr.ip(),
+        addr.port()
+    ))
+    .args(["-X", "-c", "SELECT 1"])
+    .env("PGPASSWORD", &mia);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serves `user-profiles`"));
+
+    // The metrics count statements by protocol, port and decision.
+    stdout(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SELECT count(*) FROM profiles"],
+        )
+        .await,
+    );
+    let text = s
+        .app
+        .metrics
+        .render(&s.app.bundle, &s.app.audit, &s.app.auth, now());
+    assert!(
+        text.contains(r#"meshgov_sidecar_sql_queries_total{protocol="postgres",port="profiles",decision="allow"} 1"#),
+        "{text}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_valid_bundle_every_query_is_refused() {
+    if !psql_found() {
+        return;
+    }
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            sql: Some("allow_plaintext = true".into()),
+            install_bundle: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let addr = s.sql.unwrap();
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let err = stderr(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["\\set VERBOSITY verbose", "SELECT * FROM profiles"],
+        )
+        .await,
+    );
+    assert!(err.contains("57P03") && err.contains("bundle"), "{err}");
+    s.stop().await;
+}

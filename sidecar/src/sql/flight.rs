@@ -23,6 +23,7 @@
 use super::SqlError;
 use super::catalog::{SCHEMA, database_name};
 use super::gate::{Gate, gate, shape};
+use super::pg::OpenConnection;
 use super::query::{SqlSession, refuse_statement};
 use crate::app::App;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -107,6 +108,7 @@ pub async fn serve(
     drain: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(app.limits.max_sql_connections));
+    let app_for_gauge = Arc::clone(&app);
     let service = FlightServiceServer::new(Flight {
         app,
         parser: PostgresCompatibilityParser::new(),
@@ -115,6 +117,7 @@ pub async fn serve(
     });
     let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(64);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let counted = Arc::clone(&app_for_gauge);
     let accept = async move {
         loop {
             let Ok((socket, _)) = listener.accept().await else {
@@ -123,9 +126,15 @@ pub async fn serve(
             };
             let _ = socket.set_nodelay(true);
             let tx = tx.clone();
+            let open = OpenConnection::new(&counted, "flight-sql");
             match &acceptor {
                 None => {
-                    let _ = tx.send(Conn::Plain(socket)).await;
+                    let _ = tx
+                        .send(Conn {
+                            io: Io::Plain(socket),
+                            _open: open,
+                        })
+                        .await;
                 }
                 Some(acceptor) => {
                     let acceptor = acceptor.clone();
@@ -133,7 +142,12 @@ pub async fn serve(
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await
                         {
                             Ok(Ok(tls)) => {
-                                let _ = tx.send(Conn::Tls(Box::new(tls))).await;
+                                let _ = tx
+                                    .send(Conn {
+                                        io: Io::Tls(Box::new(tls)),
+                                        _open: open,
+                                    })
+                                    .await;
                             }
                             Ok(Err(e)) => tracing::debug!("Flight SQL TLS handshake failed: {e}"),
                             Err(_) => tracing::debug!("Flight SQL TLS handshake timed out"),
@@ -172,7 +186,12 @@ pub async fn serve(
 }
 
 /// A Flight SQL connection: plain TCP on loopback, or TLS.
-enum Conn {
+struct Conn {
+    io: Io,
+    _open: OpenConnection,
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
@@ -188,9 +207,9 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -201,23 +220,23 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

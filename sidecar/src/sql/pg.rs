@@ -134,7 +134,9 @@ pub async fn serve(
                     parser: Arc::new(Parser { compat: PostgresCompatibilityParser::new() }),
                 });
                 let acceptor = acceptor.clone();
+                let open = OpenConnection::new(&app, "postgres");
                 tasks.spawn(async move {
+                    let _open = open;
                     if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                         tracing::debug!("SQL connection ended: {e}");
                     }
@@ -153,6 +155,27 @@ pub async fn serve(
             "SQL connections cut at the end of the drain"
         );
         tasks.abort_all();
+    }
+}
+
+/// An open connection, counted in `meshgov_sidecar_sql_connections`
+/// while it lives.
+pub(crate) struct OpenConnection(Arc<crate::metrics::Metrics>, &'static str);
+
+impl OpenConnection {
+    pub(crate) fn new(app: &App, protocol: &'static str) -> OpenConnection {
+        if let Some(g) = app.metrics.sql_connections(protocol) {
+            g.inc();
+        }
+        OpenConnection(Arc::clone(&app.metrics), protocol)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.sql_connections(self.1) {
+            g.dec();
+        }
     }
 }
 

@@ -253,6 +253,7 @@ impl SqlSession {
         completion.consumer = ev.consumer.clone();
         completion.port = ev.port.clone();
         completion.protocol = ev.protocol.clone();
+        count(&self.app, &ev);
         if let Err(e) = self.app.audit.submit(ev).await {
             tracing::error!("cannot audit the query, refusing: {e}");
             return Err(SqlError::audit_unavailable());
@@ -265,6 +266,7 @@ impl SqlSession {
             limit,
             completion: Completion {
                 audit: Arc::clone(&self.app.audit),
+                metrics: Arc::clone(&self.app.metrics),
                 event: Some(completion),
                 rows: 0,
                 bytes: Arc::new(AtomicU64::new(0)),
@@ -306,14 +308,23 @@ impl SqlSession {
 /// Records a refusal in `ev` and makes it durable (a refusal that cannot
 /// be audited is still a refusal).
 async fn refuse(app: &App, ev: &mut Event, e: &SqlError) {
-    ev.decision = Some(if e.code == "42501" {
-        Decision::Deny
-    } else {
-        Decision::Error
+    ev.decision = Some(match (e.code, ev.decision) {
+        ("42501", _) | (_, Some(Decision::Deny)) => Decision::Deny,
+        _ => Decision::Error,
     });
     ev.error = Some(e.audit.into());
+    count(app, ev);
     if let Err(err) = app.audit.submit(ev.clone()).await {
         tracing::error!("cannot audit a refused query: {err}");
+    }
+}
+
+/// Counts a statement's decision in the SQL ports' metrics.
+fn count(app: &App, ev: &Event) {
+    if let Some(protocol) = ev.protocol.as_deref() {
+        let port = app.metrics.port(ev.port.as_deref());
+        let decision = ev.decision.map_or(2, |d| d as usize);
+        app.metrics.sql_query(protocol, port, decision);
     }
 }
 
@@ -401,6 +412,7 @@ pub(crate) fn from_datafusion(e: &DataFusionError) -> SqlError {
 /// Submitted when the query is over or dropped.
 pub(crate) struct Completion {
     audit: Arc<AuditLog>,
+    metrics: Arc<crate::metrics::Metrics>,
     event: Option<Event>,
     rows: u64,
     /// Bytes the protocol put on the wire for the query's rows.
@@ -417,8 +429,12 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(mut ev) = self.event.take() {
+            let bytes = self.bytes.load(Ordering::Relaxed);
+            if let Some(protocol) = ev.protocol.as_deref() {
+                self.metrics.sql_sent(protocol, self.rows, bytes);
+            }
             ev.records = Some(self.rows);
-            ev.bytes = Some(self.bytes.load(Ordering::Relaxed));
+            ev.bytes = Some(bytes);
             ev.outcome = Some(self.outcome.unwrap_or("client_gone").into());
             ev.time_ms = clock::now_ms();
             if let Err(e) = self.audit.submit_detached(ev) {
