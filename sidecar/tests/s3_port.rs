@@ -97,11 +97,37 @@ async fn a_bucket_port_is_listed_pruned_and_served_treated() {
             upstream: Some(format!(
                 "kind = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"lake\"\nendpoint = \"{url}\"\nallow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\""
             )),
+            sql: Some("allow_plaintext = true".into()),
             ..Options::default()
         },
     )
     .await;
     let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    // The SQL port reads the bucket through the same view.
+    let sql = s.sql.unwrap();
+    let (t2, q) = (
+        t.clone(),
+        "SELECT country, email FROM profiles ORDER BY country",
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("psql")
+            .arg(format!(
+                "host={} port={} user=mia dbname=user-profiles sslmode=disable",
+                sql.ip(),
+                sql.port()
+            ))
+            .args(["-X", "-A", "-t", "-c", q])
+            .env("PGPASSWORD", t2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().lines().collect::<Vec<_>>(),
+        ["DE|b**********.org", "FR|c************.net", "NL|a************.com"]
+    );
     let r = get_as(s.addr, "/v1/ports/profiles/records?order_by=country", &t).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let recs = r.lines();
