@@ -278,6 +278,20 @@ fn print_urls(m: &Mesh) {
             "then",
             s.data_url()
         );
+        if let Some(a) = s.running.sql_addr {
+            outln!(
+                "{:<24} PGPASSWORD=$TOKEN psql \"host={} port={} dbname=user-profiles user=mia sslmode=disable\"",
+                "or SQL",
+                a.ip(),
+                a.port()
+            );
+        }
+        if let Some(a) = s.running.flight_addr {
+            outln!(
+                "{:<24} grpc://{a} with `authorization: Bearer $TOKEN` (ADBC's Flight SQL driver)",
+                "or Flight SQL"
+            );
+        }
     }
     outln!(
         "{:<24} meshgov audit show {}/state/user-profiles/audit",
@@ -342,6 +356,10 @@ trusted_bundle_keys = ["{guild_public}"]
 data = "127.0.0.1:0"
 control = "127.0.0.1:0"
 metrics = "127.0.0.1:0"
+sql = "127.0.0.1:0"
+flight = "127.0.0.1:0"
+[sql]
+allow_plaintext = true
 [engine]
 url = "{engine_url}"
 instance_id = "{file}-0"
