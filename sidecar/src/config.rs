@@ -81,6 +81,7 @@
 //! query_memory_bytes = 268435456            # what one columnar read or SQL query may hold
 //! query_timeout_ms = 300000                 # the longest a SQL query may run
 //! max_sql_connections = 100                 # per SQL port
+//! sql_idle_timeout_ms = 600000              # a PostgreSQL connection idle this long is closed
 //!
 //! [audit]                                   # the log lives in <state_dir>/audit
 //! segment_bytes = 67108864                  # rotate segments past this size
@@ -308,6 +309,9 @@ pub struct Limits {
     pub query_timeout_ms: u64,
     /// Open connections per SQL port; one more is refused (`53300`).
     pub max_sql_connections: usize,
+    /// A PostgreSQL connection with no statement at work this long is
+    /// closed, freeing its slot.
+    pub sql_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -325,6 +329,7 @@ impl Default for Limits {
             query_memory_bytes: 256 * 1024 * 1024,
             query_timeout_ms: 300_000,
             max_sql_connections: 100,
+            sql_idle_timeout_ms: 600_000,
         }
     }
 }
@@ -479,6 +484,7 @@ pub const SCALAR_KEYS: &[&str] = &[
     "limits.query_memory_bytes",
     "limits.query_timeout_ms",
     "limits.max_sql_connections",
+    "limits.sql_idle_timeout_ms",
     "listen.sql",
     "listen.flight",
     "sql.tls_cert",
@@ -779,7 +785,11 @@ impl Config {
             query_memory_bytes: usize_of("limits.query_memory_bytes", d.query_memory_bytes)?,
             query_timeout_ms: v.u64("limits.query_timeout_ms", d.query_timeout_ms)?,
             max_sql_connections: usize_of("limits.max_sql_connections", d.max_sql_connections)?,
+            sql_idle_timeout_ms: v.u64("limits.sql_idle_timeout_ms", d.sql_idle_timeout_ms)?,
         };
+        if limits.sql_idle_timeout_ms == 0 {
+            return Err(err("limits.sql_idle_timeout_ms", "must be at least 1"));
+        }
         if limits.query_timeout_ms == 0 {
             return Err(err("limits.query_timeout_ms", "must be at least 1"));
         }

@@ -647,3 +647,48 @@ async fn without_a_valid_bundle_every_query_is_refused() {
     assert!(err.contains("57P03") && err.contains("bundle"), "{err}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+    if !psql_found() {
+        return;
+    }
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            sql: Some("allow_plaintext = true".into()),
+            extra_config: "[limits]\nsql_idle_timeout_ms = 400".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", PROFILES);
+    let addr = s.sql.unwrap();
+    let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    // A query that runs longer than the idle limit is not cut.
+    let out = stdout(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SELECT count(*) FROM generate_series(1, 30000000)"],
+        )
+        .await,
+    );
+    assert_eq!(out.trim(), "30000000");
+    // Idle past the limit between two statements: the server is gone.
+    let err = stderr(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SELECT 1", "\\! sleep 1.5", "SELECT 2"],
+        )
+        .await,
+    );
+    assert!(err.contains("closed the connection"), "{err}");
+    s.stop().await;
+}

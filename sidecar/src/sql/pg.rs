@@ -11,8 +11,9 @@
 //! - **Cancel.** A cancel request with the connection's key stops its
 //!   running query (`57014`).
 //! - **Limits.** At most `limits.max_sql_connections` connections
-//!   (`53300` beyond), and a statement timeout (`limits.query_timeout_ms`,
-//!   or the client's `statement_timeout` when lower).
+//!   (`53300` beyond), a statement timeout (`limits.query_timeout_ms`, or
+//!   the client's `statement_timeout` when lower), and a connection with
+//!   no statement at work for `limits.sql_idle_timeout_ms` is closed.
 
 use super::SqlError;
 use super::gate::{Gate, gate, shape};
@@ -58,7 +59,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -114,6 +115,7 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let limit = app.limits.max_sql_connections;
+    let idle = Duration::from_millis(app.limits.sql_idle_timeout_ms);
     let slots = Arc::new(Semaphore::new(limit));
     let cancels = Arc::new(Cancels::default());
     let mut tasks = tokio::task::JoinSet::new();
@@ -126,19 +128,29 @@ pub async fn serve(
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
+                let activity = Arc::new(Activity::default());
+                activity.touch();
                 let handlers = Arc::new(Handlers {
                     app: Arc::clone(&app),
                     permit: Arc::clone(&slots).try_acquire_owned().ok(),
                     limit,
                     cancels: Arc::clone(&cancels),
                     parser: Arc::new(Parser { compat: PostgresCompatibilityParser::new() }),
+                    activity: Arc::clone(&activity),
                 });
                 let acceptor = acceptor.clone();
                 let open = OpenConnection::new(&app, "postgres");
                 tasks.spawn(async move {
                     let _open = open;
-                    if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
-                        tracing::debug!("SQL connection ended: {e}");
+                    tokio::select! {
+                        served = pgwire::tokio::process_socket(socket, acceptor, handlers) => {
+                            if let Err(e) = served {
+                                tracing::debug!("SQL connection ended: {e}");
+                            }
+                        }
+                        () = activity.idle(idle) => {
+                            tracing::debug!(idle_ms = idle.as_millis() as u64, "SQL connection closed: idle");
+                        }
                     }
                 });
                 while tasks.try_join_next().is_some() {}
@@ -155,6 +167,53 @@ pub async fn serve(
             "SQL connections cut at the end of the drain"
         );
         tasks.abort_all();
+    }
+}
+
+/// When a connection last did something, and how many of its statements
+/// are running: a connection with none running for
+/// `limits.sql_idle_timeout_ms` is closed.
+#[derive(Default)]
+struct Activity {
+    last_ms: AtomicI64,
+    busy: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has been idle for `limit`.
+    async fn idle(&self, limit: Duration) {
+        let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+        let step = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(step).await;
+            let quiet = crate::clock::now_ms() - self.last_ms.load(Ordering::Relaxed);
+            if self.busy.load(Ordering::Relaxed) == 0 && quiet >= limit_ms {
+                return;
+            }
+        }
+    }
+}
+
+/// A statement at work on a connection (planning, or its rows streaming).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: &Arc<Activity>) -> Busy {
+        a.busy.fetch_add(1, Ordering::Relaxed);
+        a.touch();
+        Busy(Arc::clone(a))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -188,18 +247,21 @@ struct Handlers {
     limit: usize,
     cancels: Arc<Cancels>,
     parser: Arc<Parser>,
+    activity: Arc<Activity>,
 }
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         Arc::new(Queries {
             parser: Arc::clone(&self.parser),
+            activity: Arc::clone(&self.activity),
         })
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
         Arc::new(Queries {
             parser: Arc::clone(&self.parser),
+            activity: Arc::clone(&self.activity),
         })
     }
 
@@ -581,6 +643,7 @@ fn parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<DataType>>> {
 
 struct Queries {
     parser: Arc<Parser>,
+    activity: Arc<Activity>,
 }
 
 impl Queries {
@@ -622,7 +685,7 @@ impl Queries {
         )?);
         Ok(Response::Query(QueryResponse::new(
             Arc::clone(&fields),
-            rows(running, fields),
+            rows(running, fields, Busy::new(&self.activity)),
         )))
     }
 
@@ -663,11 +726,12 @@ impl Queries {
 fn rows(
     running: Running,
     fields: Arc<Vec<FieldInfo>>,
+    busy: Busy,
 ) -> impl futures::Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
-    futures::stream::unfold(Some(running), move |state| {
+    futures::stream::unfold(Some((running, busy)), move |state| {
         let fields = Arc::clone(&fields);
         async move {
-            let mut running = state?;
+            let (mut running, busy) = state?;
             match running.next().await {
                 None => None,
                 Some(Err(e)) => Some((vec![Err(PgWireError::from(e))], None)),
@@ -678,7 +742,7 @@ fn rows(
                         .map(|r| r.as_ref().map_or(0, |r| r.data.len() as u64 + 7))
                         .sum::<u64>();
                     running.completion.bytes.fetch_add(bytes, Ordering::Relaxed);
-                    Some((rows, Some(running)))
+                    Some((rows, Some((running, busy))))
                 }
             }
         }
@@ -695,6 +759,7 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let _busy = Busy::new(&self.activity);
         let session = session_of(client)?;
         let statements = match self.parser.parse(query) {
             Ok(s) => s,
@@ -753,6 +818,7 @@ impl ExtendedQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let _busy = Busy::new(&self.activity);
         let session = session_of(client)?;
         let Some((statement, plan)) = &portal.statement.statement.1 else {
             return Ok(Response::EmptyQuery);
