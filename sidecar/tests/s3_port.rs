@@ -123,10 +123,21 @@ async fn a_bucket_port_is_listed_pruned_and_served_treated() {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
-        String::from_utf8(out.stdout).unwrap().lines().collect::<Vec<_>>(),
-        ["DE|b**********.org", "FR|c************.net", "NL|a************.com"]
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "DE|b**********.org",
+            "FR|c************.net",
+            "NL|a************.com"
+        ]
     );
     let r = get_as(s.addr, "/v1/ports/profiles/records?order_by=country", &t).await;
     assert_eq!(r.status, 200, "{}", r.text());
