@@ -36,10 +36,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use meshgov_columnar::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use meshgov_columnar::datafusion::arrow::ipc::reader::StreamReader;
-use meshgov_columnar::datafusion::parquet::arrow::ArrowWriter;
-use meshgov_columnar::datafusion::parquet::file::properties::WriterProperties;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -54,84 +51,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn letters(rng: &mut Rng, n: usize) -> String {
-    (0..n)
-        .map(|_| char::from(b'a' + rng.below(26) as u8))
-        .collect()
-}
-
-/// Writes `n` profile rows of about 1 KB as one Parquet file.
-fn generate(dir: &Path, n: usize) -> u64 {
-    let port = dir.join(PORT);
-    std::fs::create_dir_all(&port).unwrap();
-    let path = port.join("2026-03-01.parquet");
-    let props = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(65_536))
-        .build();
-    let mut rng = Rng(0x6d65_7368_676f_7621);
-    let countries = ["NL", "DE", "FR", "BE", "GB", "IE", "ES", "IT"];
-    let mut w: Option<ArrowWriter<std::fs::File>> = None;
-    for start in (0..n).step_by(8192) {
-        let rows = start..(start + 8192).min(n);
-        let mut col = |f: &mut dyn FnMut(usize, &mut Rng) -> String| -> ArrayRef {
-            Arc::new(
-                rows.clone()
-                    .map(|i| Some(f(i, &mut rng)))
-                    .collect::<StringArray>(),
-            )
-        };
-        let batch = RecordBatch::try_from_iter([
-            ("user_id", col(&mut |i, _| format!("u-{i}"))),
-            (
-                "email",
-                col(&mut |_, r| {
-                    let len = 820 + r.below(120) as usize;
-                    format!("{}@example.com", letters(r, len))
-                }),
-            ),
-            (
-                "name",
-                col(&mut |_, r| format!("{} {}", letters(r, 7), letters(r, 9))),
-            ),
-            (
-                "birth_date",
-                col(&mut |_, r| {
-                    format!(
-                        "{}-{:02}-{:02}",
-                        1940 + r.below(70),
-                        1 + r.below(12),
-                        1 + r.below(28)
-                    )
-                }),
-            ),
-            (
-                "country",
-                col(&mut |_, r| countries[r.below(8) as usize].to_string()),
-            ),
-            (
-                "postcode",
-                col(&mut |_, r| format!("{}{}", 1000 + r.below(9000), letters(r, 2))),
-            ),
-            (
-                "signed_up_at",
-                col(&mut |_, r| format!("2026-03-01T{:02}:{:02}:00Z", r.below(24), r.below(60))),
-            ),
-        ])
-        .unwrap();
-        let writer = w.get_or_insert_with(|| {
-            ArrowWriter::try_new(
-                std::fs::File::create(&path).unwrap(),
-                batch.schema(),
-                Some(props.clone()),
-            )
-            .unwrap()
-        });
-        writer.write(&batch).unwrap();
-    }
-    w.unwrap().close().unwrap();
-    std::fs::metadata(&path).unwrap().len()
 }
 
 /// One whole-port Arrow read; returns the answer's bytes, kept when `keep`.
@@ -193,7 +112,7 @@ fn main() {
     let reads = env_or("ARROWBENCH_READS", 6);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let file_bytes = generate(&data, rows);
+    let file_bytes = write_profiles(&data.join(PORT), rows, 820..940);
     let addr = free_addr();
     let (config, bearer) = sidecar_setup(tmp.path(), &data, addr, "");
     let sc = spawn_sidecar("sidecar", &config, addr);

@@ -366,7 +366,7 @@ pub(crate) async fn answer(
         .await
         .map_err(refusal)?;
     if status == StatusCode::TOO_MANY_REQUESTS {
-        let reason = doc["reason"]
+        let reason = at(&doc, "/reason")
             .as_str()
             .unwrap_or("the privacy budget is spent");
         return Err(SqlError::new(
@@ -374,21 +374,21 @@ pub(crate) async fn answer(
             "budget_exhausted",
             format!(
                 "{reason}; the budget renews at the end of the window ({})",
-                doc["budget"]["window"]["end"].as_str().unwrap_or("?")
+                at(&doc, "/budget/window/end").as_str().unwrap_or("?")
             ),
         ));
     }
-    let groups = doc["groups"].as_array().cloned().unwrap_or_default();
+    let groups = at(&doc, "/groups").as_array().cloned().unwrap_or_default();
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(dq.columns.len());
     for (out, field) in dq.columns.iter().zip(planned.fields()) {
         let raw: ArrayRef = match out {
-            Out::Key(k) => Arc::new(StringArray::from_iter(
-                groups
-                    .iter()
-                    .map(|g| g["key"][k].as_str().map(str::to_string)),
-            )),
+            Out::Key(k) => {
+                Arc::new(StringArray::from_iter(groups.iter().map(|g| {
+                    at(g, &format!("/key/{k}")).as_str().map(str::to_string)
+                })))
+            }
             Out::Stat(s) => Arc::new(Float64Array::from_iter(
-                groups.iter().map(|g| g[s].as_f64()),
+                groups.iter().map(|g| g.get(s).and_then(Json::as_f64)),
             )),
         };
         let typed = match (out, field.data_type()) {
@@ -410,13 +410,16 @@ pub(crate) async fn answer(
     }
     let notice = notice(&doc);
     let metadata: HashMap<String, String> = [
-        ("meshgov.epsilon_spent", doc["cost"]["epsilon"].to_string()),
+        (
+            "meshgov.epsilon_spent",
+            at(&doc, "/cost/epsilon").to_string(),
+        ),
         (
             "meshgov.budget_remaining",
-            doc["budget"]["consumer"]["epsilon_remaining"].to_string(),
+            at(&doc, "/budget/consumer/epsilon_remaining").to_string(),
         ),
-        ("meshgov.statistics", doc["statistics"].to_string()),
-        ("meshgov.cached", doc["cached"].to_string()),
+        ("meshgov.statistics", at(&doc, "/statistics").to_string()),
+        ("meshgov.cached", at(&doc, "/cached").to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -429,32 +432,37 @@ pub(crate) async fn answer(
     Ok((batch, notice))
 }
 
+/// The value at `pointer` in `v`, or null.
+fn at<'a>(v: &'a Json, pointer: &str) -> &'a Json {
+    v.pointer(pointer).unwrap_or(&Json::Null)
+}
+
 /// The notice of an answer: ε spent, budget left, and each statistic's
 /// noise and 95% interval.
 fn notice(doc: &Json) -> String {
     let mut parts = vec![format!(
         "differentially private answer: epsilon {} spent{}; epsilon {} left for you and this purpose in this window",
-        doc["cost"]["epsilon"],
-        if doc["cached"] == true {
+        at(doc, "/cost/epsilon"),
+        if at(doc, "/cached") == true {
             " (a repeat: the stored answer)"
         } else {
             ""
         },
-        doc["budget"]["consumer"]["epsilon_remaining"],
+        at(doc, "/budget/consumer/epsilon_remaining"),
     )];
-    for s in doc["statistics"].as_array().into_iter().flatten() {
+    for s in at(doc, "/statistics").as_array().into_iter().flatten() {
         let mut p = format!(
             "{}: {} noise of scale {}",
-            s["statistic"].as_str().unwrap_or("?"),
-            s["mechanism"].as_str().unwrap_or("?"),
-            s["scale"]
+            at(s, "/statistic").as_str().unwrap_or("?"),
+            at(s, "/mechanism").as_str().unwrap_or("?"),
+            at(s, "/scale")
         );
-        if let Some(ci) = s["ci95"].as_f64() {
+        if let Some(ci) = at(s, "/ci95").as_f64() {
             p.push_str(&format!(
                 ", 95% of answers within ±{ci:.3} of the true value"
             ));
         }
-        if let Some(t) = s["threshold"].as_f64() {
+        if let Some(t) = at(s, "/threshold").as_f64() {
             p.push_str(&format!(", groups below a noisy count of {t:.1} withheld"));
         }
         parts.push(p);

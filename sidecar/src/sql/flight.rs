@@ -568,7 +568,7 @@ impl FlightSqlService for Flight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.session(request.metadata()).await?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         let info = info(
             &schema,
             query.as_any().encode_to_vec(),
@@ -649,7 +649,7 @@ impl FlightSqlService for Flight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.session(request.metadata()).await?;
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         let info = info(
             &schema,
             query.as_any().encode_to_vec(),

@@ -87,14 +87,17 @@ fn fatal(e: SqlError) -> PgWireError {
     )))
 }
 
+/// A connection's cancel key: its process id and secret.
+type CancelKey = (i32, Vec<u8>);
+
 /// The running connections' cancel keys.
 #[derive(Default)]
-struct Cancels(Mutex<HashMap<(i32, Vec<u8>), Arc<Notify>>>);
+struct Cancels(Mutex<HashMap<CancelKey, Arc<Notify>>>);
 
 /// A connection's entry in [`Cancels`], removed when it closes.
 struct CancelEntry {
     cancels: Arc<Cancels>,
-    key: (i32, Vec<u8>),
+    key: CancelKey,
 }
 
 impl Drop for CancelEntry {
