@@ -14,29 +14,7 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
-
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("MESHGOV_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/meshgov/pyclients/bin/python"));
-    let found = Command::new(&candidate)
-        .args(["-c", "import pyarrow, polars, duckdb"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the Python clients are missing; `.ci/setup` installs them"
-    );
-    eprintln!(
-        "skipped: pyarrow, polars or duckdb not found (run .ci/setup, or set MESHGOV_PYTHON)"
-    );
-    None
-}
 
 /// Runs `script` with `args` off the runtime's thread (the sidecar serves
 /// on it) and returns its standard output.
@@ -104,7 +82,7 @@ print(json.dumps({
 
 #[tokio::test]
 async fn pyarrow_polars_and_duckdb_read_governed_answers() {
-    let Some(py) = python() else {
+    let Some(py) = python_with("pyarrow, polars, duckdb") else {
         return;
     };
     let keys = Keys::generate();

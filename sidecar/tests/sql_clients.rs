@@ -28,28 +28,6 @@ const PROFILES: &str = concat!(
     "\n",
 );
 
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("MESHGOV_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/meshgov/pyclients/bin/python"));
-    let found = Command::new(&candidate)
-        .args([
-            "-c",
-            "import psycopg, pandas, sqlalchemy, adbc_driver_flightsql, polars",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the Python SQL clients are missing; `.ci/setup` installs them"
-    );
-    eprintln!("skipped: psycopg, SQLAlchemy or ADBC not found (run .ci/setup)");
-    None
-}
-
 /// Runs `script` with `args` off the runtime's thread and returns its
 /// standard output, parsed as JSON.
 async fn run(py: &Path, script: &str, args: Vec<String>) -> serde_json::Value {
@@ -159,7 +137,7 @@ print(json.dumps(out))
 
 #[tokio::test]
 async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
-    let Some(py) = python() else {
+    let Some(py) = python_with("psycopg, pandas, sqlalchemy, adbc_driver_flightsql, polars") else {
         return;
     };
     let keys = Keys::generate();

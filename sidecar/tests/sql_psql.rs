@@ -77,11 +77,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-async fn sidecar(keys: &Keys, sql: &str) -> Sidecar {
+/// A sidecar with its SQL ports in plaintext on loopback, `extra` config
+/// (a `[limits]` table) and the profiles above.
+async fn sidecar(keys: &Keys, extra: &str) -> Sidecar {
     let s = start(
         keys,
         Options {
-            sql: Some(sql.into()),
+            sql: Some("allow_plaintext = true".into()),
+            extra_config: extra.into(),
             ..Options::default()
         },
     )
@@ -96,7 +99,7 @@ async fn psql_sees_the_consumers_view_and_nothing_else() {
         return;
     }
     let keys = Keys::generate();
-    let s = sidecar(&keys, "allow_plaintext = true").await;
+    let s = sidecar(&keys, "").await;
     let addr = s.sql.unwrap();
     let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
 
@@ -201,7 +204,7 @@ async fn every_query_is_audited_with_its_shape_columns_and_outcome() {
         return;
     }
     let keys = Keys::generate();
-    let s = sidecar(&keys, "allow_plaintext = true").await;
+    let s = sidecar(&keys, "").await;
     let addr = s.sql.unwrap();
     let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
     stdout(
@@ -305,15 +308,7 @@ async fn a_cancel_request_and_the_statement_timeout_stop_a_query() {
         return;
     }
     let keys = Keys::generate();
-    let s = start(
-        &keys,
-        Options {
-            sql: Some("allow_plaintext = true".into()),
-            extra_config: "[limits]\nquery_timeout_ms = 3000".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let s = sidecar(&keys, "[limits]\nquery_timeout_ms = 3000").await;
     let addr = s.sql.unwrap();
     let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
 
@@ -527,16 +522,7 @@ async fn discovery_names_the_sql_ports_and_refusals_carry_their_sqlstates() {
         return;
     }
     let keys = Keys::generate();
-    let s = start(
-        &keys,
-        Options {
-            sql: Some("allow_plaintext = true".into()),
-            extra_config: "[limits]\nmax_sql_connections = 1".into(),
-            ..Options::default()
-        },
-    )
-    .await;
-    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", PROFILES);
+    let s = sidecar(&keys, "[limits]\nmax_sql_connections = 1").await;
     let addr = s.sql.unwrap();
     let doc = get(s.addr, "/", &[]).await.json();
     assert_eq!(doc["sql"]["postgres"]["address"], addr.to_string());
@@ -654,16 +640,7 @@ async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
         return;
     }
     let keys = Keys::generate();
-    let s = start(
-        &keys,
-        Options {
-            sql: Some("allow_plaintext = true".into()),
-            extra_config: "[limits]\nsql_idle_timeout_ms = 400".into(),
-            ..Options::default()
-        },
-    )
-    .await;
-    write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", PROFILES);
+    let s = sidecar(&keys, "[limits]\nsql_idle_timeout_ms = 400").await;
     let addr = s.sql.unwrap();
     let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
     // A query that runs longer than the idle limit is not cut.

@@ -400,6 +400,20 @@ impl Flight {
     }
 }
 
+impl Flight {
+    /// The flight info of a catalog listing: its schema, and a ticket that
+    /// fetches it (for the caller's session).
+    async fn listing(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: &Schema,
+        ticket: Vec<u8>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.session(request.metadata()).await?;
+        Ok(Response::new(info(schema, ticket, request.into_inner())?))
+    }
+}
+
 fn info(
     schema: &Schema,
     ticket: Vec<u8>,
@@ -567,14 +581,9 @@ impl FlightSqlService for Flight {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata()).await?;
         let schema = query.into_builder().schema();
-        let info = info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_catalogs(
@@ -593,14 +602,9 @@ impl FlightSqlService for Flight {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata()).await?;
         let schema = query.clone().into_builder().schema();
-        let info = info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_schemas(
@@ -619,14 +623,9 @@ impl FlightSqlService for Flight {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata()).await?;
         let schema = query.clone().into_builder().schema();
-        let info = info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_tables(
@@ -648,14 +647,9 @@ impl FlightSqlService for Flight {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata()).await?;
         let schema = query.into_builder().schema();
-        let info = info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_table_types(
@@ -674,17 +668,12 @@ impl FlightSqlService for Flight {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.session(request.metadata()).await?;
         let data = SQL_INFO
             .as_ref()
             .ok_or_else(|| Status::internal("the server's SQL info could not be built"))?;
         let schema = query.clone().into_builder(data).schema();
-        let info = info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing(request, &schema, query.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_sql_info(

@@ -501,3 +501,27 @@ pub async fn get_with(addr: SocketAddr, path: &str, token: &str, accept: &str) -
     )
     .await
 }
+
+/// The Python of the real-client tests (`/opt/meshgov/pyclients`, which
+/// `.ci/setup` makes, or `MESHGOV_PYTHON`) when it can import `modules`
+/// (`"pyarrow, polars"`). Outside CI a test skips when it cannot; in CI
+/// that is a failure.
+#[allow(dead_code)]
+pub fn python_with(modules: &str) -> Option<PathBuf> {
+    let candidate = std::env::var_os("MESHGOV_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/meshgov/pyclients/bin/python"));
+    let found = std::process::Command::new(&candidate)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(candidate);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the Python clients ({modules}) are missing; `.ci/setup` installs them"
+    );
+    eprintln!("skipped: cannot import {modules} (run .ci/setup, or set MESHGOV_PYTHON)");
+    None
+}
