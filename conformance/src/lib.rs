@@ -5,7 +5,7 @@
 //! - [`check`]: `meshgov conformance check`: reads the descriptor and the
 //!   policies (a repository, or a verified bundle) and runs [`rules`].
 //! - [`live`]: `meshgov conformance run`, the black-box suite against a
-//!   running sidecar, over HTTP.
+//!   running sidecar, over HTTP and, when it has one, its PostgreSQL port.
 //! - [`report`]: the reports both commands print (text, JSON, JUnit XML,
 //!   SARIF 2.1.0, GitHub workflow annotations).
 //! - [`token`]: consumer JWTs, as the live suite reads with them (and

@@ -9,6 +9,12 @@
 //! pulls the audit stream and checks that every request it made is there
 //! and that the chain verifies. The checks are [`LIVE_RULES`].
 //!
+//! When the sidecar's discovery document (`GET /`) names a PostgreSQL
+//! port, the suite also connects to it ([`sql`]): bad passwords and user
+//! names are refused, every consumer's tables hold what their HTTP reads
+//! hold, an aggregate-only consumer gets no rows, and the budget holds
+//! over SQL too (`--skip-sql` leaves all of that out).
+//!
 //! It changes the sidecar's state only in ways a sidecar must shrug off
 //! (refused pushes) or that are scoped to its own throwaway consumer (the
 //! budget check, which also spends from a product-wide budget if the rule
@@ -39,6 +45,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// that the budget is not enforced.
 const MAX_BUDGET_QUERIES: usize = 500;
 
+mod sql;
+
 pub struct RunArgs<'a> {
     /// The data port, e.g. `http://127.0.0.1:8080`.
     pub sidecar: &'a str,
@@ -57,6 +65,14 @@ pub struct RunArgs<'a> {
     pub consumers: &'a [String],
     pub limit: usize,
     pub skip_budget: bool,
+    /// Leave out the SQL checks (LIVE-012 to LIVE-015).
+    pub skip_sql: bool,
+    /// Connect to the PostgreSQL port here instead of the address the
+    /// discovery document gives (a port forward, a load balancer).
+    pub sql_address: Option<&'a str>,
+    /// A PEM file of CA certificates to trust for a TLS SQL port, besides
+    /// the platform's roots.
+    pub sql_ca: Option<&'a Path>,
 }
 
 /// A consumer the suite reads as.
@@ -148,6 +164,16 @@ struct Suite<'a> {
     n: u32,
     now: i64,
     sent: Vec<Sent>,
+    /// The SQL statements of the run, for the audit check.
+    sql_sent: Vec<sql::SqlSent>,
+    /// Connects to the SQL port refused for a bad token: each must be
+    /// an audited `connect` decision.
+    sql_refused_connects: usize,
+    /// When the run started, in milliseconds since the epoch.
+    started_ms: i64,
+    /// Every HTTP read of `check_reads`, by port: the reference for the
+    /// same reads over SQL.
+    reads: BTreeMap<String, Vec<Read>>,
     findings: Vec<Finding>,
     skipped: BTreeMap<&'static str, String>,
     /// What the run did, for the report.
@@ -189,7 +215,9 @@ impl<'a> Suite<'a> {
         let desc = Descriptor::parse(&path, &text).map_err(|d| Failure::usage(d.to_string()))?;
         let idp_pem = std::fs::read_to_string(a.issuer_key)
             .map_err(|e| io_failure(&a.issuer_key.display().to_string(), e))?;
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let started = time::OffsetDateTime::now_utc();
+        let now = started.unix_timestamp();
+        let started_ms = i64::try_from(started.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let control_token = match (a.control_token, a.governance_key) {
             (Some(t), _) => t.trim().to_string(),
             (None, Some(k)) => {
@@ -216,6 +244,10 @@ impl<'a> Suite<'a> {
             n: 0,
             now,
             sent: Vec::new(),
+            sql_sent: Vec::new(),
+            sql_refused_connects: 0,
+            started_ms,
+            reads: BTreeMap::new(),
             findings: Vec::new(),
             skipped: BTreeMap::new(),
             summary: String::new(),
@@ -249,11 +281,25 @@ impl<'a> Suite<'a> {
         self.check_authentication(&policies, &view, &candidates)
             .await?;
         self.check_reads(&policies, &view, &candidates).await?;
+        let mut pg = self.sql_port().await?;
+        if let Some(p) = &pg
+            && !self.check_sql(p, &policies, &view, &candidates).await?
+        {
+            pg = None;
+        }
         if self.a.skip_budget {
             self.skipped
                 .insert("LIVE-005", "--skip-budget was given".into());
+            if pg.is_some() {
+                self.skipped
+                    .insert("LIVE-015", "--skip-budget was given".into());
+            }
         } else {
             self.check_budget(&policies, &view, &candidates).await?;
+            if let Some(pg) = &pg {
+                self.check_sql_budget(pg, &policies, &view, &candidates)
+                    .await?;
+            }
         }
         self.check_bundles(&envelope, &manifest, &components)
             .await?;
@@ -473,6 +519,27 @@ impl<'a> Suite<'a> {
         token::mint_pem(&self.idp_pem, &args).map(|m| m.token)
     }
 
+    /// A token for `who` signed by a key generated for the run, which no
+    /// sidecar trusts.
+    fn stranger_token(&self, who: &Consumer) -> Result<String, Failure> {
+        let pem = SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new())
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        let args = TokenArgs {
+            key: Path::new("(a key generated for this run)"),
+            sub: &who.sub,
+            groups: &who.groups,
+            purpose: &who.purpose,
+            // The key generated here is Ed25519.
+            issuer: &Issuer {
+                alg: "EdDSA".into(),
+                ..self.a.issuer.clone()
+            },
+            ttl: 600,
+            now_unix: self.now,
+        };
+        Ok(token::mint_pem(&pem, &args)?.token)
+    }
+
     fn plan(
         &self,
         policies: &Policies,
@@ -525,24 +592,7 @@ impl<'a> Suite<'a> {
                 .insert("LIVE-001", "the mesh declares no purposes".into());
             return Ok(());
         };
-        let stranger = {
-            let pem = SigningKey::generate_pkcs8_pem(&ring::rand::SystemRandom::new())
-                .map_err(|e| Failure::usage(e.to_string()))?;
-            let args = TokenArgs {
-                key: Path::new("(a key generated for this run)"),
-                sub: &who.sub,
-                groups: &who.groups,
-                purpose: &who.purpose,
-                // The key generated here is Ed25519.
-                issuer: &Issuer {
-                    alg: "EdDSA".into(),
-                    ..self.a.issuer.clone()
-                },
-                ttl: 600,
-                now_unix: self.now,
-            };
-            token::mint_pem(&pem, &args)?.token
-        };
+        let stranger = self.stranger_token(&who)?;
         let cases = [
             ("no token", None),
             ("a malformed token", Some("not-a-jwt".to_string())),
@@ -615,6 +665,7 @@ impl<'a> Suite<'a> {
                 reads.push(read);
             }
             self.check_treatments(port, &reads);
+            self.reads.insert(port.clone(), reads);
         }
         if !any_allowed {
             let why = "the bundle in force allows none of the consumers tried to read; add one with --consumer";
@@ -1162,13 +1213,17 @@ impl<'a> Suite<'a> {
                 0
             }
         };
-        let events = meshgov_audit::show::read_filtered(store.path(), &Default::default())
-            .map_err(|e| io_failure("cannot read the scratch audit store", e))?;
-        let decided: BTreeMap<String, Option<u16>> = events
+        let events: Vec<_> = meshgov_audit::show::read_filtered(store.path(), &Default::default())
+            .map_err(|e| io_failure("cannot read the scratch audit store", e))?
             .into_iter()
-            .filter(|(e, _)| e.kind == meshgov_audit::Kind::Decision)
-            .filter_map(|(e, _)| e.client_request_id.map(|r| (r, e.status)))
+            .map(|(e, _)| e)
+            .filter(|e| e.kind == meshgov_audit::Kind::Decision)
             .collect();
+        let decided: BTreeMap<String, Option<u16>> = events
+            .iter()
+            .filter_map(|e| e.client_request_id.clone().map(|r| (r, e.status)))
+            .collect();
+        self.check_sql_audit(&events);
         let sent = std::mem::take(&mut self.sent);
         for s in &sent {
             match decided.get(&s.rid) {

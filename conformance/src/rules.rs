@@ -185,6 +185,22 @@ pub const LIVE_RULES: &[Rule] = &[
         id: "LIVE-011",
         summary: "the audit chain verifies: hash links, sequence and signed checkpoints",
     },
+    Rule {
+        id: "LIVE-012",
+        summary: "connects to the SQL port without a valid token are refused with SQLSTATE 28P01 (empty, malformed, an unknown signing key, expired, another audience, another issuer), and a user name other than the token's subject with 28000",
+    },
+    Rule {
+        id: "LIVE-013",
+        summary: "over SQL, each consumer's tables hold what their HTTP reads hold: the columns they may see (no withheld or redacted one) with the same treated values and never a raw one, and a port they may not read or aggregate is no table (42P01)",
+    },
+    Rule {
+        id: "LIVE-014",
+        summary: "a consumer who may aggregate a port but not read it gets no rows from it over SQL: `SELECT *` is refused with 0A000, and so are raw columns, MIN/MAX, subqueries and filters",
+    },
+    Rule {
+        id: "LIVE-015",
+        summary: "the privacy budget is enforced over SQL: each differentially private query's NOTICE shows its cost spent, and one that does not fit is refused with SQLSTATE 53400 and charges nothing",
+    },
 ];
 
 /// Rules a waiver may never silence.

@@ -328,7 +328,10 @@ enum ConformanceCommand {
     /// tries bad tokens, spends a throwaway consumer's privacy budget, pushes
     /// tampered, untrusted, rolled-back and expired bundles, and checks that
     /// every request is in the audit stream and that the chain verifies.
-    /// Run it against a staging sidecar: the budget check spends budget.
+    /// When the sidecar has a PostgreSQL port, it does the same over SQL:
+    /// bad passwords, every consumer's tables against their HTTP reads,
+    /// aggregate-only consumers and the budget (--skip-sql leaves it out).
+    /// Run it against a staging sidecar: the budget checks spend budget.
     ///
     /// Exit codes: 0 pass, 1 findings at or above --fail-on, 2 usage or I/O error.
     ///
@@ -367,9 +370,20 @@ enum ConformanceCommand {
         /// Records per read.
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        /// Leave out the privacy-budget check (it spends budget).
+        /// Leave out the privacy-budget checks (they spend budget), over HTTP and SQL.
         #[arg(long)]
         skip_budget: bool,
+        /// Leave out the SQL checks (LIVE-012 to LIVE-015), which run when the
+        /// sidecar's discovery document names a PostgreSQL port.
+        #[arg(long)]
+        skip_sql: bool,
+        /// Connect to the PostgreSQL port at HOST:PORT instead of the address
+        /// discovery gives (a port forward, a load balancer).
+        #[arg(long, value_name = "HOST:PORT")]
+        sql_address: Option<String>,
+        /// CA certificates (PEM) to trust for a TLS SQL port, besides the platform's roots.
+        #[arg(long, value_name = "PEM")]
+        sql_ca: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "text")]
         format: meshgov_conformance::report::Format,
         /// The lowest severity that fails the run.
@@ -563,6 +577,9 @@ fn main() -> ExitCode {
                     consumer,
                     limit,
                     skip_budget,
+                    skip_sql,
+                    sql_address,
+                    sql_ca,
                     format,
                     fail_on,
                     help_base_url,
@@ -580,6 +597,9 @@ fn main() -> ExitCode {
                 consumers: &consumer,
                 limit,
                 skip_budget,
+                skip_sql,
+                sql_address: sql_address.as_deref(),
+                sql_ca: sql_ca.as_deref(),
             },
             format,
             fail_on,
