@@ -109,7 +109,7 @@ print(json.dumps(out))
 
 const FLIGHT: &str = r#"
 import json, sys, adbc_driver_flightsql.dbapi as flight, adbc_driver_manager, polars
-uri, token = sys.argv[1], sys.argv[2]
+uri, token, sub = sys.argv[1], sys.argv[2], sys.argv[3]
 out = {}
 with flight.connect(uri, db_kwargs={
     "adbc.flight.sql.authorization_header": "Bearer " + token,
@@ -132,6 +132,26 @@ with flight.connect(uri, db_kwargs={
             out["delete"] = None
         except adbc_driver_manager.Error as e:
             out["delete"] = str(e)
+# The Flight handshake: Basic credentials whose password is the token.
+with flight.connect(uri, db_kwargs={
+    "username": sub, "password": token,
+    "adbc.flight.sql.client_option.tls_skip_verify": "true",
+}) as conn:
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM profiles")
+        out["handshake_count"] = cur.fetch_arrow_table().column("n").to_pylist()[0]
+# A wrong token is refused.
+try:
+    with flight.connect(uri, db_kwargs={
+        "adbc.flight.sql.authorization_header": "Bearer not-a-token",
+        "adbc.flight.sql.client_option.tls_skip_verify": "true",
+    }) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+    out["wrong_token"] = None
+except adbc_driver_manager.Error as e:
+    out["wrong_token"] = str(e)
 print(json.dumps(out))
 "#;
 
@@ -200,7 +220,7 @@ async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
     let got = run(
         &py,
         FLIGHT,
-        vec![format!("grpc+tls://{flight}"), mia.clone()],
+        vec![format!("grpc+tls://{flight}"), mia.clone(), "mia".into()],
     )
     .await;
     assert_eq!(got["columns"], serde_json::json!(["email", "country"]));
@@ -223,5 +243,55 @@ async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
     );
     let refused = got["delete"].as_str().unwrap();
     assert!(refused.contains("25006"), "{refused}");
+    assert_eq!(got["handshake_count"], 3);
+    let wrong = got["wrong_token"].as_str().unwrap();
+    assert!(wrong.contains("28P01") || wrong.contains("JWT"), "{wrong}");
+    s.stop().await;
+}
+
+const DP: &str = r#"
+import json, sys, adbc_driver_flightsql.dbapi as flight
+uri, token = sys.argv[1], sys.argv[2]
+with flight.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bearer " + token}) as conn:
+    with conn.cursor() as cur:
+        cur.execute("SELECT country, COUNT(*) AS plays FROM plays GROUP BY country")
+        table = cur.fetch_arrow_table()
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        print(json.dumps({"rows": table.to_pylist(), "meta": meta, "schema": str(table.schema), "fields": [str(f.metadata) for f in table.schema]}))
+"#;
+
+#[tokio::test]
+async fn adbc_gets_a_differentially_private_aggregate_with_its_cost_in_the_schema() {
+    let Some(py) = python_with("adbc_driver_flightsql") else {
+        return;
+    };
+    let keys = Keys::generate();
+    let s = start(
+        &keys,
+        Options {
+            product: "play-events",
+            sql: Some("allow_plaintext = true".into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    write_upstream(s.dir.path(), "plays", "today.ndjson", &plays_today());
+    let ann = token(&keys, "ann", &["marketing"], "campaign-analytics");
+    let got = run(&py, DP, vec![format!("grpc://{}", s.flight.unwrap()), ann]).await;
+    let de = got["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["country"] == "DE")
+        .unwrap();
+    assert!(
+        (de["plays"].as_f64().unwrap() - 600.0).abs() < 250.0,
+        "{de}"
+    );
+    // The default epsilon (0.1) was spent, and the noise is described.
+    assert_eq!(got["meta"]["meshgov.epsilon_spent"], "0.1", "{got}");
+    let stats: serde_json::Value =
+        serde_json::from_str(got["meta"]["meshgov.statistics"].as_str().unwrap()).unwrap();
+    assert_eq!(stats[0]["mechanism"], "discrete_laplace");
     s.stop().await;
 }

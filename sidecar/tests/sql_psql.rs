@@ -154,6 +154,18 @@ async fn psql_sees_the_consumers_view_and_nothing_else() {
         .await,
     );
     assert_eq!(out.lines().collect::<Vec<_>>(), ["DE|1", "NL|2"]);
+    // A join scans the port twice, each through the view.
+    let out = stdout(
+        &psql(
+            addr,
+            "mia",
+            &mia,
+            "disable",
+            &["SELECT count(*), min(a.email) FROM profiles a JOIN profiles b ON a.country = b.country"],
+        )
+        .await,
+    );
+    assert_eq!(out.trim(), "5|a************.com");
 
     // A withheld column does not exist; writes are refused.
     let err = stderr(&psql(addr, "mia", &mia, "disable", &["SELECT name FROM profiles"]).await);
@@ -228,6 +240,7 @@ async fn every_query_is_audited_with_its_shape_columns_and_outcome() {
         .await,
     );
     stderr(&psql(addr, "mia", "bad-token", "disable", &["SELECT 1"]).await);
+    stderr(&psql(addr, "someone-else", &mia, "disable", &["SELECT 1"]).await);
 
     // The completion event is written when the query's stream is dropped.
     let mut evs = events(&s);
@@ -295,6 +308,12 @@ async fn every_query_is_audited_with_its_shape_columns_and_outcome() {
         evs.iter().any(|e| e.action.as_deref() == Some("connect")
             && e.error.as_deref() == Some("unauthorized")),
         "a refused connect is audited"
+    );
+    assert!(
+        evs.iter().any(|e| e.action.as_deref() == Some("connect")
+            && e.consumer.as_deref() == Some("mia")
+            && e.error.as_deref() == Some("unauthorized")),
+        "a connect refused for its user name is audited, with the token's subject"
     );
     s.stop().await;
 }
@@ -386,21 +405,6 @@ async fn a_cancel_request_and_the_statement_timeout_stop_a_query() {
     s.stop().await;
 }
 
-/// 300 users in DE and 100 in SE, two plays each, today.
-fn plays() -> String {
-    let day = time::OffsetDateTime::now_utc().date();
-    let mut s = String::new();
-    for u in 0..400 {
-        let country = if u < 300 { "DE" } else { "SE" };
-        for p in 0..2 {
-            s.push_str(&serde_json::json!({"event_id": format!("e{u}-{p}"), "user_id": format!("u{u}"), "song_id": "s", "artist_id": "a",
-                "played_at": format!("{day}T00:00:01Z"), "duration_ms": 1000 * (p + 1), "country": country, "device": "phone"}).to_string());
-            s.push('\n');
-        }
-    }
-    s
-}
-
 #[tokio::test]
 async fn an_aggregate_only_consumer_gets_differentially_private_answers() {
     if !psql_found() {
@@ -416,7 +420,7 @@ async fn an_aggregate_only_consumer_gets_differentially_private_answers() {
         },
     )
     .await;
-    write_upstream(s.dir.path(), "plays", "today.ndjson", &plays());
+    write_upstream(s.dir.path(), "plays", "today.ndjson", &plays_today());
     let addr = s.sql.unwrap();
     // Marketing may aggregate plays for campaign analytics, not read them.
     let ann = token(&keys, "ann", &["marketing"], "campaign-analytics");

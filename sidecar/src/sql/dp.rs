@@ -33,8 +33,8 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr as DfExpr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, SelectItem,
-    SetExpr, Statement, TableFactor, Value,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+    ObjectNamePart, SelectItem, SetExpr, Statement, TableFactor, Value,
 };
 use http::StatusCode;
 use meshgov_audit::Event;
@@ -181,10 +181,14 @@ pub(crate) fn recognize(
     let TableFactor::Table { name, .. } = &from.relation else {
         return None;
     };
-    let table = name.0.last()?.to_string();
-    let port = dp
-        .get(&table)
-        .or_else(|| dp.get(&table.to_ascii_lowercase()))?;
+    // The table's name as the planner resolves it: a quoted name as
+    // written, an unquoted one folded to lower case.
+    let table = match name.0.last()? {
+        ObjectNamePart::Identifier(i) if i.quote_style.is_some() => i.value.clone(),
+        ObjectNamePart::Identifier(i) => i.value.to_ascii_lowercase(),
+        ObjectNamePart::Function(_) => return None,
+    };
+    let port = dp.get(&table)?;
     Some(translate(q, select, from.joins.is_empty(), port, epsilon))
 }
 
@@ -531,6 +535,9 @@ duration_ms = [0, 600000]
             ]
         );
         assert!(recognized("SELECT * FROM profiles").is_none());
+        // Unquoted names fold to lower case; quoted ones are as written.
+        assert!(recognized("SELECT COUNT(*) FROM PLAYS").is_some());
+        assert!(recognized("SELECT COUNT(*) FROM \"PLAYS\"").is_none());
     }
 
     #[test]

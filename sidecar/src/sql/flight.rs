@@ -10,7 +10,10 @@
 //!   info is asked for (a refusal is audited there), and run when their
 //!   ticket is fetched: the ticket holds the SQL, so the query is planned
 //!   again under the bundle then in force, audited, and streamed as Arrow
-//!   record batches.
+//!   record batches. A differentially private query is answered when its
+//!   flight info is asked for, so that the info's schema carries the ε
+//!   spent, the budget left and the noise in its metadata; its ticket
+//!   fetches that answer, once, within a minute, for the same token.
 //! - **Catalog.** `GetCatalogs`, `GetDbSchemas`, `GetTables` (with the
 //!   tables' schemas) and `GetTableTypes` describe the consumer's catalog;
 //!   `GetSqlInfo` says the server is read only.
@@ -114,6 +117,7 @@ pub async fn serve(
         parser: PostgresCompatibilityParser::new(),
         sessions: Mutex::new(HashMap::new()),
         slots,
+        answers: Mutex::new(HashMap::new()),
     });
     let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(64);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -248,9 +252,33 @@ struct Flight {
     sessions: Mutex<HashMap<[u8; 32], Arc<SqlSession>>>,
     /// One permit per result streaming.
     slots: Arc<Semaphore>,
+    /// Differentially private answers computed for a flight info, waiting
+    /// for their ticket, by ticket id.
+    answers: Mutex<HashMap<[u8; 16], Answer>>,
 }
 
+/// A differentially private answer waiting for its ticket: computed when
+/// the flight info was asked for, so that the info's schema carries the
+/// cost and the noise in its metadata.
+struct Answer {
+    /// The SHA-256 of the token that asked; only it may fetch the answer.
+    token: [u8; 32],
+    running: super::query::Running,
+    at: std::time::Instant,
+}
+
+/// How long a computed answer waits for its ticket.
+const ANSWER_TTL: Duration = Duration::from_secs(60);
+/// The first byte of a ticket that fetches a computed answer; a SQL
+/// ticket holds the query's text.
+const ANSWER_TICKET: u8 = 0;
+
 type DoGetStream = <Flight as FlightService>::DoGetStream;
+
+/// The key a token is known by: its SHA-256.
+fn token_key(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
 
 /// The bearer token of a call.
 fn bearer(metadata: &MetadataMap) -> Result<String, SqlError> {
@@ -268,7 +296,7 @@ impl Flight {
     /// The session of the call's token: one per token, kept while recent.
     async fn session(&self, metadata: &MetadataMap) -> Result<Arc<SqlSession>, Status> {
         let token = bearer(metadata).map_err(|e| status(&e))?;
-        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let key = token_key(&token);
         if let Some(s) = self
             .sessions
             .lock()
@@ -339,6 +367,15 @@ impl Flight {
         Ok(Arc::new(plan.schema().as_arrow().clone()))
     }
 
+    /// A permit to stream a result, or `53300`.
+    fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
+            status(&SqlError::too_many_connections(
+                self.app.limits.max_sql_connections,
+            ))
+        })
+    }
+
     /// Runs `sql` and streams its batches as Flight data.
     async fn run(
         &self,
@@ -346,36 +383,87 @@ impl Flight {
         sql: &str,
     ) -> Result<Response<DoGetStream>, Status> {
         let session = self.session(metadata).await?;
-        let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
-            status(&SqlError::too_many_connections(
-                self.app.limits.max_sql_connections,
-            ))
-        })?;
+        let permit = self.slot()?;
         let statement = self.statement(&session, sql).await?;
         let ev = session.event(shape(&statement.to_string()));
         let (running, _notice) = session
             .run(&statement, None, ev, None, super::dp::DEFAULT_EPSILON)
             .await
             .map_err(|e| status(&e))?;
+        Ok(stream(running, permit))
+    }
+
+    /// The flight info of `sql`: its schema and a ticket (`ticket`, which
+    /// plans and runs it when fetched). A differentially private query is
+    /// answered now instead, so that the schema's metadata carries its
+    /// cost and noise; its ticket fetches that answer.
+    async fn flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        sql: &str,
+        ticket: Vec<u8>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let session = self.session(request.metadata()).await?;
+        let statement = self.statement(&session, sql).await?;
+        let private = session
+            .session_catalog()
+            .is_ok_and(|c| super::dp::recognize(&statement, &c.dp, 0.0).is_some());
+        if !private {
+            let schema = self.describe(&session, sql).await?;
+            return Ok(Response::new(info(&schema, ticket, request.into_inner())?));
+        }
+        let ev = session.event(shape(&statement.to_string()));
+        let (running, _notice) = session
+            .run(&statement, None, ev, None, super::dp::DEFAULT_EPSILON)
+            .await
+            .map_err(|e| status(&e))?;
         let schema = Arc::clone(&running.schema);
-        let bytes = Arc::clone(&running.completion.bytes);
-        let batches = running
-            .map(|r| r.map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(status(&e)))));
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map(move |d| {
-                let _permit = &permit;
-                match d {
-                    Ok(d) => {
-                        let n = d.data_body.len() + d.data_header.len();
-                        bytes.fetch_add(n as u64, Ordering::Relaxed);
-                        Ok(d)
-                    }
-                    Err(e) => Err(Status::from(e)),
-                }
-            });
-        Ok(Response::new(Box::pin(stream)))
+        let mut id = [0u8; 16];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        let token = bearer(request.metadata()).map_err(|e| status(&e))?;
+        {
+            let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+            answers.retain(|_, a| a.at.elapsed() < ANSWER_TTL);
+            answers.insert(
+                id,
+                Answer {
+                    token: token_key(&token),
+                    running,
+                    at: std::time::Instant::now(),
+                },
+            );
+        }
+        let handle: Vec<u8> = std::iter::once(ANSWER_TICKET).chain(id).collect();
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into(),
+        };
+        let info = info(
+            &schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    /// Streams the answer a ticket names, to the token that asked for it.
+    fn fetch(&self, metadata: &MetadataMap, id: &[u8]) -> Result<Response<DoGetStream>, Status> {
+        let token = bearer(metadata).map_err(|e| status(&e))?;
+        let gone = || {
+            Status::not_found(
+                "this ticket's answer was fetched already or has expired; ask for the flight info again",
+            )
+        };
+        let id: [u8; 16] = id.try_into().map_err(|_| gone())?;
+        let answer = {
+            let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+            match answers.get(&id) {
+                Some(a) if a.token == token_key(&token) => answers.remove(&id),
+                _ => None,
+            }
+        }
+        .filter(|a| a.at.elapsed() < ANSWER_TTL)
+        .ok_or_else(gone)?;
+        Ok(stream(answer.running, self.slot()?))
     }
 
     /// The consumer's tables: their names and the schemas they see.
@@ -398,6 +486,33 @@ impl Flight {
         }
         Ok((db, out))
     }
+}
+
+/// The running query's batches as Flight data, counted into its
+/// completion; `permit` is held until the stream ends.
+fn stream(
+    running: super::query::Running,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response<DoGetStream> {
+    let schema = Arc::clone(&running.schema);
+    let bytes = Arc::clone(&running.completion.bytes);
+    let batches = running
+        .map(|r| r.map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(status(&e)))));
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map(move |d| {
+            let _permit = &permit;
+            match d {
+                Ok(d) => {
+                    let n = d.data_body.len() + d.data_header.len();
+                    bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    Ok(d)
+                }
+                Err(e) => Err(Status::from(e)),
+            }
+        });
+    Response::new(Box::pin(stream))
 }
 
 impl Flight {
@@ -508,17 +623,11 @@ impl FlightSqlService for Flight {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let session = self.session(request.metadata()).await?;
-        let schema = self.describe(&session, &query.query).await?;
         let ticket = TicketStatementQuery {
-            statement_handle: query.query.into_bytes().into(),
+            statement_handle: query.query.clone().into_bytes().into(),
         };
-        let info = info(
-            &schema,
-            ticket.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.flight_info(request, &query.query, ticket.as_any().encode_to_vec())
+            .await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -526,11 +635,9 @@ impl FlightSqlService for Flight {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let session = self.session(request.metadata()).await?;
         let sql = handle_sql(&cmd.prepared_statement_handle)?;
-        let schema = self.describe(&session, &sql).await?;
-        let info = info(&schema, cmd.as_any().encode_to_vec(), request.into_inner())?;
-        Ok(Response::new(info))
+        self.flight_info(request, &sql, cmd.as_any().encode_to_vec())
+            .await
     }
 
     async fn do_get_statement(
@@ -538,6 +645,9 @@ impl FlightSqlService for Flight {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        if let Some((&ANSWER_TICKET, id)) = ticket.statement_handle.split_first() {
+            return self.fetch(request.metadata(), id);
+        }
         let sql = handle_sql(&ticket.statement_handle)?;
         self.run(request.metadata(), &sql).await
     }

@@ -344,27 +344,31 @@ impl StartupHandler for Startup {
                     .cloned()
                     .unwrap_or_default();
                 if user != session.who.principal.id {
-                    return Err(fatal(SqlError::new(
+                    let e = SqlError::new(
                         "28000",
                         "unauthorized",
                         format!(
                             "the user name must be your token's subject, `{}`",
                             session.who.principal.id
                         ),
-                    )));
+                    );
+                    session.refuse_connect(&e).await;
+                    return Err(fatal(e));
                 }
                 if let Some(db) = client.metadata().get(METADATA_DATABASE)
                     && *db != product
                     && *db != id
                     && *db != user
                 {
-                    return Err(fatal(SqlError::new(
+                    let e = SqlError::new(
                         "3D000",
                         "unknown_database",
                         format!(
                             "database \"{db}\" does not exist; this sidecar serves `{product}`"
                         ),
-                    )));
+                    );
+                    session.refuse_connect(&e).await;
+                    return Err(fatal(e));
                 }
                 let (pid, secret) = new_cancel_key();
                 let secret = SecretKey::I32(secret);

@@ -73,6 +73,16 @@ impl SqlSession {
         }
     }
 
+    /// Refuses the connection after its token verified (the user name or
+    /// the database is wrong): audited as a refused connect by this
+    /// consumer.
+    pub async fn refuse_connect(&self, e: &SqlError) {
+        let mut ev = self.event(String::new());
+        ev.query = None;
+        ev.action = Some("connect".into());
+        refuse(&self.app, &mut ev, e).await;
+    }
+
     /// A statement's decision event, with who asks.
     pub fn event(&self, shape: String) -> Event {
         let mut ev = Event::new(Kind::Decision, clock::now_ms());

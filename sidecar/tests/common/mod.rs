@@ -525,3 +525,19 @@ pub fn python_with(modules: &str) -> Option<PathBuf> {
     eprintln!("skipped: cannot import {modules} (run .ci/setup, or set MESHGOV_PYTHON)");
     None
 }
+
+/// 300 users in DE and 100 in SE, two plays each, today.
+#[allow(dead_code)]
+pub fn plays_today() -> String {
+    let day = time::OffsetDateTime::now_utc().date();
+    let mut s = String::new();
+    for u in 0..400 {
+        let country = if u < 300 { "DE" } else { "SE" };
+        for p in 0..2 {
+            s.push_str(&serde_json::json!({"event_id": format!("e{u}-{p}"), "user_id": format!("u{u}"), "song_id": "s", "artist_id": "a",
+                "played_at": format!("{day}T00:00:01Z"), "duration_ms": 1000 * (p + 1), "country": country, "device": "phone"}).to_string());
+            s.push('\n');
+        }
+    }
+    s
+}
