@@ -81,7 +81,7 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
 
 const PG: &str = r#"
 import json, sys, psycopg, pandas, sqlalchemy, warnings
-host, port, user, token = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+host, port, user, token, fay, eve = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 dsn = f"host={host} port={port} user={user} password={token} dbname=user-profiles sslmode=require"
 out = {}
 with psycopg.connect(dsn, autocommit=True) as conn:
@@ -100,6 +100,31 @@ with psycopg.connect(dsn, autocommit=True) as conn:
             out[key] = None
         except psycopg.Error as e:
             out[key] = e.sqlstate
+# Another consumer and purpose: fraud investigators see emails in the clear.
+with psycopg.connect(dsn.replace(f"user={user} password={token}", f"user=fay password={fay}"), autocommit=True) as conn:
+    out["fraud_emails"] = [r[0] for r in conn.execute("SELECT email FROM profiles ORDER BY email").fetchall()]
+# A consumer the policy does not let read: no table.
+with psycopg.connect(dsn.replace(f"user={user} password={token}", f"user=eve password={eve}"), autocommit=True) as conn:
+    try:
+        conn.execute("SELECT * FROM profiles")
+        out["denied"] = None
+    except psycopg.Error as e:
+        out["denied"] = e.sqlstate
+# A wrong token is refused at connect.
+try:
+    psycopg.connect(dsn.replace(f"password={token}", "password=not-a-token"))
+    out["wrong_token"] = None
+except psycopg.OperationalError as e:
+    out["wrong_token"] = str(e)
+# A long query, cancelled from another thread.
+import threading, time
+with psycopg.connect(dsn, autocommit=True) as conn:
+    threading.Thread(target=lambda: (time.sleep(0.5), conn.cancel())).start()
+    try:
+        conn.execute("SELECT count(*) FROM generate_series(1, 20000000000)")
+        out["cancelled"] = None
+    except psycopg.Error as e:
+        out["cancelled"] = e.sqlstate
 engine = sqlalchemy.create_engine(f"postgresql+psycopg://{user}:{token}@{host}:{port}/user-profiles?sslmode=require")
 inspector = sqlalchemy.inspect(engine)
 out["reflected_tables"] = inspector.get_table_names()
@@ -109,7 +134,7 @@ print(json.dumps(out))
 
 const FLIGHT: &str = r#"
 import json, sys, adbc_driver_flightsql.dbapi as flight, adbc_driver_manager, polars
-uri, token, sub = sys.argv[1], sys.argv[2], sys.argv[3]
+uri, token, sub, fay, eve = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 out = {}
 with flight.connect(uri, db_kwargs={
     "adbc.flight.sql.authorization_header": "Bearer " + token,
@@ -140,6 +165,33 @@ with flight.connect(uri, db_kwargs={
     with conn.cursor() as cur:
         cur.execute("SELECT count(*) AS n FROM profiles")
         out["handshake_count"] = cur.fetch_arrow_table().column("n").to_pylist()[0]
+# Another consumer and purpose sees clear emails; one who may not read
+# has no table; a long query is cancelled.
+with flight.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bearer " + fay,
+                                   "adbc.flight.sql.client_option.tls_skip_verify": "true"}) as conn:
+    with conn.cursor() as cur:
+        cur.execute("SELECT email FROM profiles ORDER BY email")
+        out["fraud_emails"] = cur.fetch_arrow_table().column("email").to_pylist()
+with flight.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bearer " + eve,
+                                   "adbc.flight.sql.client_option.tls_skip_verify": "true"}) as conn:
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SELECT * FROM profiles")
+            cur.fetchall()
+            out["denied"] = None
+        except adbc_driver_manager.Error as e:
+            out["denied"] = str(e)
+import threading, time
+with flight.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bearer " + token,
+                                   "adbc.flight.sql.client_option.tls_skip_verify": "true"}) as conn:
+    with conn.cursor() as cur:
+        threading.Thread(target=lambda: (time.sleep(0.5), cur.adbc_cancel())).start()
+        try:
+            cur.execute("SELECT count(*) FROM generate_series(1, 20000000000)")
+            cur.fetchall()
+            out["cancelled"] = None
+        except adbc_driver_manager.Error as e:
+            out["cancelled"] = str(e)
 # A wrong token is refused.
 try:
     with flight.connect(uri, db_kwargs={
@@ -173,6 +225,8 @@ async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
     .await;
     write_upstream(s.dir.path(), "profiles", "2026-03-01.ndjson", PROFILES);
     let mia = token(&keys, "mia", &["marketing"], "campaign-analytics");
+    let fay = token(&keys, "fay", &["fraud"], "fraud-investigation");
+    let eve = token(&keys, "eve", &["outsiders"], "campaign-analytics");
     let sql = s.sql.unwrap();
 
     let got = run(
@@ -183,6 +237,8 @@ async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
             sql.port().to_string(),
             "mia".into(),
             mia.clone(),
+            fay.clone(),
+            eve.clone(),
         ],
     )
     .await;
@@ -201,6 +257,16 @@ async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
         serde_json::json!(["101", "750", "101"])
     );
     assert_eq!(got["delete"], "25006");
+    assert_eq!(
+        got["fraud_emails"],
+        serde_json::json!(["alice@example.com", "anna@example.net", "bob@example.org"])
+    );
+    assert_eq!(got["denied"], "42P01");
+    assert!(
+        got["wrong_token"].as_str().unwrap().contains("JWT"),
+        "{got}"
+    );
+    assert_eq!(got["cancelled"], "57014");
     assert_eq!(got["withheld"], "42703");
     assert_eq!(got["unknown"], "42P01");
     assert_eq!(got["reflected_tables"], serde_json::json!(["profiles"]));
@@ -220,7 +286,13 @@ async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
     let got = run(
         &py,
         FLIGHT,
-        vec![format!("grpc+tls://{flight}"), mia.clone(), "mia".into()],
+        vec![
+            format!("grpc+tls://{flight}"),
+            mia.clone(),
+            "mia".into(),
+            fay,
+            eve,
+        ],
     )
     .await;
     assert_eq!(got["columns"], serde_json::json!(["email", "country"]));
@@ -244,6 +316,16 @@ async fn psycopg_pandas_sqlalchemy_and_adbc_read_the_consumers_view_over_tls() {
     let refused = got["delete"].as_str().unwrap();
     assert!(refused.contains("25006"), "{refused}");
     assert_eq!(got["handshake_count"], 3);
+    assert_eq!(
+        got["fraud_emails"],
+        serde_json::json!(["alice@example.com", "anna@example.net", "bob@example.org"])
+    );
+    let denied = got["denied"].as_str().unwrap();
+    assert!(denied.contains("42P01"), "{denied}");
+    assert!(
+        got["cancelled"].is_string(),
+        "the cancelled query fails: {got}"
+    );
     let wrong = got["wrong_token"].as_str().unwrap();
     assert!(wrong.contains("28P01") || wrong.contains("JWT"), "{wrong}");
     s.stop().await;
@@ -260,9 +342,44 @@ with flight.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bea
         print(json.dumps({"rows": table.to_pylist(), "meta": meta, "schema": str(table.schema), "fields": [str(f.metadata) for f in table.schema]}))
 "#;
 
+const DP_PSYCOPG: &str = r#"
+import json, sys, psycopg
+host, port, token = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {"notices": []}
+with psycopg.connect(f"host={host} port={port} user=ann password={token} dbname=play-events", autocommit=True) as conn:
+    conn.add_notice_handler(lambda d: out["notices"].append(d.message_primary))
+    conn.execute("SET dp_epsilon = 1.0")
+    out["rows"] = [list(r) for r in conn.execute("SELECT country, COUNT(*) FROM plays GROUP BY country").fetchall()]
+    try:
+        conn.execute("SELECT COUNT(*) FROM plays")
+        out["exhausted"] = None
+    except psycopg.Error as e:
+        out["exhausted"] = e.sqlstate
+print(json.dumps(out))
+"#;
+
+const DP_ADBC_BUDGET: &str = r#"
+import datetime, json, sys, adbc_driver_flightsql.dbapi as flight, adbc_driver_manager
+uri, token = sys.argv[1], sys.argv[2]
+out = {"answered": 0, "refused": None}
+start = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+with flight.connect(uri, db_kwargs={"adbc.flight.sql.authorization_header": "Bearer " + token}) as conn:
+    for day in range(1, 29):
+        with conn.cursor() as cur:
+            try:
+                since = (start - datetime.timedelta(hours=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                cur.execute(f"SELECT COUNT(*) FROM plays WHERE played_at >= '{since}'")
+                cur.fetchall()
+                out["answered"] += 1
+            except adbc_driver_manager.Error as e:
+                out["refused"] = str(e)
+                break
+print(json.dumps(out))
+"#;
+
 #[tokio::test]
 async fn adbc_gets_a_differentially_private_aggregate_with_its_cost_in_the_schema() {
-    let Some(py) = python_with("adbc_driver_flightsql") else {
+    let Some(py) = python_with("adbc_driver_flightsql, psycopg") else {
         return;
     };
     let keys = Keys::generate();
@@ -277,7 +394,12 @@ async fn adbc_gets_a_differentially_private_aggregate_with_its_cost_in_the_schem
     .await;
     write_upstream(s.dir.path(), "plays", "today.ndjson", &plays_today());
     let ann = token(&keys, "ann", &["marketing"], "campaign-analytics");
-    let got = run(&py, DP, vec![format!("grpc://{}", s.flight.unwrap()), ann]).await;
+    let got = run(
+        &py,
+        DP,
+        vec![format!("grpc://{}", s.flight.unwrap()), ann.clone()],
+    )
+    .await;
     let de = got["rows"]
         .as_array()
         .unwrap()
@@ -293,5 +415,28 @@ async fn adbc_gets_a_differentially_private_aggregate_with_its_cost_in_the_schem
     let stats: serde_json::Value =
         serde_json::from_str(got["meta"]["meshgov.statistics"].as_str().unwrap()).unwrap();
     assert_eq!(stats[0]["mechanism"], "discrete_laplace");
+
+    // psycopg: the notice, then the budget (2.0 for this purpose) runs out.
+    let sql = s.sql.unwrap();
+    let got = run(
+        &py,
+        DP_PSYCOPG,
+        vec![sql.ip().to_string(), sql.port().to_string(), ann.clone()],
+    )
+    .await;
+    let notice = got["notices"][0].as_str().unwrap();
+    assert!(notice.contains("epsilon 1.0 spent"), "{notice}");
+    assert_eq!(got["rows"].as_array().unwrap().len(), 7, "{got}");
+    assert_eq!(got["exhausted"], "53400");
+    // ADBC: 0.1 per query spends the last 0.9, then the budget is out.
+    let got = run(
+        &py,
+        DP_ADBC_BUDGET,
+        vec![format!("grpc://{}", s.flight.unwrap()), ann],
+    )
+    .await;
+    let refused = got["refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("53400"), "{got}");
+    assert!(got["answered"].as_u64().unwrap() <= 9, "{got}");
     s.stop().await;
 }
