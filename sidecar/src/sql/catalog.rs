@@ -34,11 +34,17 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
+    PgCatalogSchemaProvider, PgCatalogStaticTables, setup_pg_catalog,
+};
 use meshgov_columnar::datafusion;
 use meshgov_columnar::query::visible_fields;
 use meshgov_columnar::schema::port_schema;
-use meshgov_columnar::source::{query_config, session_with};
+use datafusion::catalog::MemoryCatalogProviderList;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::SessionConfig;
+use meshgov_columnar::source::query_config;
 use meshgov_columnar::view::consumer_view;
 use meshgov_core::decision::Asker;
 use meshgov_core::descriptor::PortInfo;
@@ -46,7 +52,7 @@ use meshgov_core::enforce::ReadError;
 use meshgov_core::privacy::rule_for;
 use meshgov_core::records::Rules;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// The schema every port's table is in.
 pub const SCHEMA: &str = "public";
@@ -113,14 +119,21 @@ impl Catalog {
         now_unix: i64,
     ) -> Result<Catalog, SqlError> {
         let product = database_name(&bundle.view().info.id).to_string();
-        let config = query_config()
-            .with_default_catalog_and_schema(&product, SCHEMA)
-            .with_information_schema(true)
-            .with_create_default_catalog_and_schema(true);
-        let ctx = session_with(app.limits.query_memory_bytes, config).map_err(|e| {
-            tracing::error!("cannot start a SQL session: {e}");
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::error!("cannot {what}: {e}");
             SqlError::plan_failed()
-        })?;
+        };
+        let shared = shared(&product)?;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(app.limits.query_memory_bytes, 1.0)
+            .build_arc()
+            .map_err(|e| fail("start a SQL session", &e))?;
+        let state = SessionStateBuilder::new_from_existing(shared.template.clone())
+            .with_config(session_config(&product))
+            .with_runtime_env(runtime)
+            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let asker = Asker {
             principal: &who.principal,
             purpose: &who.purpose,
@@ -165,19 +178,65 @@ impl Catalog {
                     SqlError::plan_failed()
                 })?;
         }
-        setup_pg_catalog(&ctx, &product, EmptyContextProvider).map_err(|e| {
-            tracing::error!("cannot set up pg_catalog: {e}");
-            SqlError::plan_failed()
-        })?;
-        ctx.register_udf(version());
-        ctx.register_udf(to_regtype());
-        ctx.register_udf(type_is_visible());
+        let pg_catalog = PgCatalogSchemaProvider::try_new(
+            ctx.state().catalog_list().clone(),
+            Arc::clone(&shared.statics),
+            EmptyContextProvider,
+        )
+        .map_err(|e| fail("set up pg_catalog", &e))?;
+        ctx.catalog(&product)
+            .ok_or_else(|| fail("set up pg_catalog", &"no default catalog"))?
+            .register_schema("pg_catalog", Arc::new(pg_catalog))
+            .map_err(|e| fail("set up pg_catalog", &e))?;
         Ok(Catalog {
             bundle,
             ctx,
             dp: dp_ports,
         })
     }
+}
+
+/// The configuration of a SQL session over database `db`.
+fn session_config(db: &str) -> SessionConfig {
+    query_config()
+        .with_default_catalog_and_schema(db, SCHEMA)
+        .with_information_schema(true)
+        .with_create_default_catalog_and_schema(true)
+}
+
+/// What every SQL session over one database shares: a template session
+/// with the functions and type planners PostgreSQL clients need
+/// (`pg_catalog`'s, `version()`, `to_regtype()`, …), and `pg_catalog`'s
+/// static tables. Built once per database, so that a connection holds only
+/// its own catalog.
+struct Shared {
+    template: SessionState,
+    statics: Arc<PgCatalogStaticTables>,
+}
+
+/// The shared parts of `db`'s sessions, built on first use.
+fn shared(db: &str) -> Result<Arc<Shared>, SqlError> {
+    static SHARED: LazyLock<Mutex<HashMap<String, Arc<Shared>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let mut all = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = all.get(db) {
+        return Ok(Arc::clone(s));
+    }
+    let fail = |e: &dyn std::fmt::Display| {
+        tracing::error!("cannot set up pg_catalog: {e}");
+        SqlError::plan_failed()
+    };
+    let template = SessionContext::new_with_config(session_config(db));
+    setup_pg_catalog(&template, db, EmptyContextProvider).map_err(|e| fail(&e))?;
+    template.register_udf(version());
+    template.register_udf(to_regtype());
+    template.register_udf(type_is_visible());
+    let shared = Arc::new(Shared {
+        template: template.state(),
+        statics: Arc::new(PgCatalogStaticTables::try_new().map_err(|e| fail(&e))?),
+    });
+    all.insert(db.to_string(), Arc::clone(&shared));
+    Ok(shared)
 }
 
 /// The port and its privacy rule, when the consumer may aggregate it (and
