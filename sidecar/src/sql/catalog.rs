@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{AsArray as _, BooleanArray, Int32Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::catalog::empty::EmptyTable;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Column;
@@ -28,10 +29,13 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlanBuilder, ScalarUDF, TableType, Volatility, create_udf,
 };
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
@@ -40,10 +44,6 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
 use meshgov_columnar::datafusion;
 use meshgov_columnar::query::visible_fields;
 use meshgov_columnar::schema::port_schema;
-use datafusion::catalog::MemoryCatalogProviderList;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::prelude::SessionConfig;
 use meshgov_columnar::source::query_config;
 use meshgov_columnar::view::consumer_view;
 use meshgov_core::decision::Asker;
