@@ -497,12 +497,7 @@ fn the_webhook_answers_what_it_cannot_inject() {
             .0,
         60
     );
-    assert!(
-        engine
-            .process
-            .stderr()
-            .contains("webhook certificate reloaded")
-    );
+    assert!(engine.process.stderr().contains("TLS certificate reloaded"));
 
     engine.process.signal(Signal::SIGTERM).unwrap();
     assert_eq!(
