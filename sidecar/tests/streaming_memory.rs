@@ -1,5 +1,5 @@
 //! Streaming proof: the sidecar binary, as a child process, serves a file far
-//! larger than the memory ceiling asserted on its peak RSS (`VmHWM`).
+//! larger than the memory its peak RSS (`VmHWM`) may grow by over idle.
 //! Its own process, so no other test inflates the figure.
 #![allow(
     clippy::unwrap_used,
@@ -14,8 +14,9 @@ use std::io::{BufWriter, Read, Write};
 
 /// The upstream file size.
 const FILE_BYTES: usize = 256 * 1024 * 1024;
-/// The peak RSS the sidecar may reach while serving it.
-const CEILING_KB: u64 = 64 * 1024;
+/// How far the sidecar's peak RSS may grow over its idle RSS while serving
+/// it (the idle figure is mostly the binary's own pages).
+const CEILING_KB: u64 = 24 * 1024;
 
 fn vm_hwm_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -119,7 +120,7 @@ async fn a_file_much_larger_than_the_memory_ceiling_streams_through() {
     drop(w);
     let (received, idle_kb, peak_kb) = read_whole_port(&port, "", "application/x-ndjson").await;
     eprintln!(
-        "streamed {} MB of {} records from a {} MB file; sidecar VmHWM idle {} KB, peak {} KB (ceiling {} KB)",
+        "streamed {} MB of {} records from a {} MB file; sidecar VmHWM idle {} KB, peak {} KB (growth ceiling {} KB)",
         received / 1_000_000,
         n,
         FILE_BYTES / 1_000_000,
@@ -132,8 +133,8 @@ async fn a_file_much_larger_than_the_memory_ceiling_streams_through() {
         "only {received} bytes arrived"
     );
     assert!(
-        peak_kb < CEILING_KB,
-        "peak RSS {peak_kb} KB is over {CEILING_KB} KB"
+        peak_kb.saturating_sub(idle_kb) < CEILING_KB,
+        "peak RSS {peak_kb} KB grew more than {CEILING_KB} KB over idle {idle_kb} KB"
     );
 }
 
