@@ -1,14 +1,7 @@
 //! `POST /v1/ports/{port}/aggregate` over real sockets, with the example
 //! mesh's play-events product and its privacy rule (`policies/privacy/`).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const PATH: &str = "/v1/ports/plays/aggregate";

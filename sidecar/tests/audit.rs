@@ -2,15 +2,8 @@
 //! durable before the response, completions count what was sent (also when
 //! the client goes away), audit failure refuses, and the feed and collector
 //! move a verified copy over loopback HTTP, resuming without gaps.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshgov_audit::show::{Filter, read_filtered};
 use meshgov_audit::{Decision, Kind, StoredEvent, verify_path};
 use std::io::{Read, Write};

@@ -1,10 +1,4 @@
 //! The `meshgov-sidecar` binary's contract: bad config exits 64 naming the key.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::process::Command;
 

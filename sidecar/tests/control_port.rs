@@ -1,14 +1,8 @@
 //! The control port over real sockets: signed pushes with ACK/NACK,
 //! persistence and restart (a real process), engine-only auth, expiry, and
 //! swaps under load.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 use base64::Engine as _;
 use common::*;
 use serde_json::json;

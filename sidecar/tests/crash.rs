@@ -3,15 +3,8 @@
 //! then restarted. After every restart, each request whose client received
 //! any byte of a body has its decision event in the log, and the chain
 //! (with the torn tail the kill left, cut and recorded) verifies.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshgov_audit::show::{Filter, read_filtered};
 use meshgov_audit::{Kind, verify_path};
 use std::collections::HashSet;

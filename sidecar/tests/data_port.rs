@@ -1,14 +1,7 @@
 //! The data port over real sockets, with the example mesh, a bundle built
 //! from `policies/`, and tokens signed here.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 

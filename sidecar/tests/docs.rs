@@ -1,6 +1,5 @@
 //! `docs/operations.md` documents every sidecar config key, with the
 //! names `config.rs` reads.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 #[test]
 fn every_config_key_is_in_the_operations_guide() {

@@ -10,15 +10,8 @@
 //! Random kill moments come from a seeded generator; the seed is printed,
 //! and `MESHGOV_FAULT_SEED=N` replays a run. (The audit log's own crash test
 //! is `crash.rs`.)
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshgov_audit::show::{Filter, read_filtered};
 use meshgov_audit::{Decision, Kind, StoredEvent, verify_path};
 use std::collections::{BTreeMap, HashMap, HashSet};

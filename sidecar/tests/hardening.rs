@@ -2,15 +2,8 @@
 //! clients that drip headers or bodies (slowloris), upstreams that stall
 //! mid-body, oversized bodies, what a client can make the sidecar echo,
 //! and ambiguous credentials.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

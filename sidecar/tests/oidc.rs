@@ -4,15 +4,8 @@
 //! dropped key refused, the last good keys kept through an outage, and
 //! Keycloak-shaped claims mapped. Skipped when the provider is not
 //! installed, unless `CI` is set.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshgov_e2e::OidcProvider;
 use std::time::{Duration, Instant};
 

@@ -2,15 +2,8 @@
 //! `/metrics` on `listen.metrics`, JSON logs carrying the request id, and
 //! graceful shutdown on SIGTERM (drain, audit flushed, exit 0; a second
 //! signal exits at once).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshgov_audit::show::{Filter, read_filtered};
 use meshgov_audit::{Kind, verify_path};
 use meshgov_e2e::Signal::{SIGINT, SIGTERM};

@@ -4,15 +4,8 @@
 //! path, in every answer format, with undeclared columns left inside and
 //! unknown formats refused; and a property test that the record path and
 //! the columnar plane serve random consumers the same records.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshgov_columnar::datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use meshgov_columnar::datafusion::arrow::datatypes::{DataType, Field, Schema};
 use meshgov_columnar::datafusion::arrow::ipc::reader::StreamReader;

@@ -2,15 +2,8 @@
 //! example plugins (built from source) → check → signed bundle → sidecar →
 //! a read over real sockets. Hostile plugins fail their read closed, and
 //! the sidecar keeps serving.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const LISTENER_RECORDS: &str = concat!(
     r#"{"listener_id":"l-1","phone":"+44 20 7946 0958","age":37,"artist_id":"urn:mesh:artist:a-1"}"#,

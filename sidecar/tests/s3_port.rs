@@ -2,15 +2,8 @@
 //! on loopback, which `.ci/run` starts; its URL is `MESHGOV_TEST_S3`):
 //! listed, pruned by Hive partitions and date-named objects, read through
 //! the columnar plane with the bundle's treatments, aggregated on.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use meshgov_columnar::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use meshgov_columnar::datafusion::parquet::arrow::ArrowWriter;
 use object_store::ObjectStoreExt as _;

@@ -6,15 +6,8 @@
 //! values, the bearer tokens, the pseudonym key and the private key
 //! material. Key files it creates are private (0600). A purpose holding
 //! a newline cannot forge a log line.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;

@@ -4,14 +4,8 @@
 //! Arrow answer (the columnar plane), the PostgreSQL port and the Flight
 //! SQL port return the same rows with the same treated values, and the
 //! SQL ports' columns are exactly the fields the consumer may see.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
+use crate::common;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use common::*;
 use futures::TryStreamExt as _;

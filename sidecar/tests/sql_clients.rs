@@ -7,15 +7,8 @@
 //! The clients live in the virtualenv `.ci/setup` makes
 //! (`/opt/meshgov/pyclients`, or `MESHGOV_PYTHON`); outside CI the test is
 //! skipped when it is missing.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,15 +1,8 @@
 //! The PostgreSQL port with psql, the client analysts type into: the
 //! catalog a consumer sees (`\dt`, `\d`), masked values, filters on
 //! treated values, refused writes, wrong tokens, and TLS.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 

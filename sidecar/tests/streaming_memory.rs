@@ -1,15 +1,8 @@
 //! Streaming proof: the sidecar binary, as a child process, serves a file far
 //! larger than the memory its peak RSS (`VmHWM`) may grow by over idle.
 //! Its own process, so no other test inflates the figure.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::{BufWriter, Read, Write};
 
 /// The upstream file size.

@@ -1,10 +1,4 @@
 //! The CLI as a user runs it: the real binary, real files, real signatures.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

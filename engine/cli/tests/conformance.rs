@@ -1,11 +1,5 @@
 //! `meshgov conformance check` as a product team's CI runs it: the real
 //! binary, every output format, and the exit codes.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

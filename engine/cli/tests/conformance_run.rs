@@ -2,12 +2,6 @@
 //! PostgreSQL port: a sound one passes every check, and one behind a proxy
 //! that swaps in a privileged token (over HTTP, or as the SQL password)
 //! fails the checks that catch it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};

@@ -1,11 +1,5 @@
 //! `meshgov demo` as a user runs it: the real binary, the whole mesh on
 //! loopback, driven without a terminal.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};

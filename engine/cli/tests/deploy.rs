@@ -3,20 +3,14 @@
 //! installed by `.ci/setup`; see `k8s/mod.rs`), and checked to fit
 //! together: the webhook reaches the engine's webhook listener, the
 //! Secrets and ConfigMaps the engine mounts are the ones the flags name,
-//! the NetworkPolicies name ports that exist, and every flag exists.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+//! the NetworkPolicies name ports that exist, and every flag exists.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod k8s;
+use crate::k8s;
 
 fn deploy_dir(rel: &str) -> PathBuf {
     meshgov_e2e::repo_root().join("deploy").join(rel)

@@ -1,10 +1,4 @@
 //! `meshgov diff` on real repositories: directories and git revisions.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::path::Path;
 use std::process::{Command, Output};

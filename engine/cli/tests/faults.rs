@@ -3,12 +3,6 @@
 //! data ports, control ports and engine links on loopback) follow it. The
 //! kill moments come from a seeded generator; the seed is printed, and
 //! `MESHGOV_FAULT_SEED=N` replays a run.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use meshgov_e2e::*;
 use std::net::SocketAddr;

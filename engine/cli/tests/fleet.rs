@@ -1,11 +1,5 @@
 //! `serve`, `status`, `push` and `control-token` as a user runs them: the
 //! real binary, a real sidecar control port on loopback.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -5,21 +5,15 @@
 //!
 //! The injected manifests are also checked against the Kubernetes API
 //! schemas with `kubernetes-validate` (see `k8s/mod.rs`), here and over
-//! the corpus of public manifests in `tests/fixtures/k8s-corpus`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+//! the corpus of public manifests in `tests/fixtures/k8s-corpus`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-mod k8s;
+use crate::k8s;
 
 const ENGINE: &str = "http://meshgov-engine.governance:7600";
 const IMAGE: &str = "ghcr.io/meshgov/sidecar:0.1.0-test";

@@ -5,12 +5,6 @@
 //! OpenSSL (`openssl`) and Python's `cryptography` are external tools: a test
 //! that needs one skips when it is missing, and fails instead when `CI` is
 //! set (`.ci/setup` installs both).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

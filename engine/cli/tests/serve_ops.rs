@@ -1,12 +1,6 @@
 //! Operating `meshgov serve` as a real process: JSON logs, `/metrics`,
 //! graceful shutdown on SIGTERM (long polls end, exit 0) and a second
 //! signal exiting at once; and `docs/operations.md` listing every flag.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use meshgov_e2e::Signal::{SIGINT, SIGTERM};
 use meshgov_e2e::{Process, REGISTRATION_TOKEN, Signal, copy_dir, free_addr, repo_root};

@@ -5,14 +5,8 @@
 //! template of the corpus of public manifests.
 //!
 //! `openssl` and `curl` are Debian packages `.ci/setup` installs; without
-//! them the test is skipped with a message, except in CI (`CI` set).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+//! them the test is skipped with a message, except in CI (`CI` set).
 
 use base64::Engine as _;
 use meshgov_e2e::{Process, Signal, copy_dir, free_addrs, repo_root};
@@ -22,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-mod k8s;
+use crate::k8s;
 
 const IMAGE: &str = "ghcr.io/meshgov/sidecar:0.1.0-test";
 const ENGINE: &str = "http://meshgov-engine.meshgov-system.svc:7600";

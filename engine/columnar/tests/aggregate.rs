@@ -2,14 +2,8 @@
 //! exactly what the record-by-record accumulator gathers: the same rows
 //! count for each privacy unit, the same groups, the same clamped sums.
 //! Random rules, queries and data go through both; the totals before
-//! noise are compared.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+//! noise are compared.
 
 use datafusion::prelude::SessionContext;
 use meshgov_columnar::aggregate::{accumulate, bounded_totals};

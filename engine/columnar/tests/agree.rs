@@ -2,14 +2,8 @@
 //! filters, windows and data go through both, and the consumer gets the
 //! same records, whether the columnar path scans typed columns (a port
 //! kept as Parquet) or the record lines turned into batches (a port kept
-//! as NDJSON or CSV, shaped by the consumer).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+//! as NDJSON or CSV, shaped by the consumer).
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,

@@ -1,11 +1,5 @@
 //! A consumer's filter on a treated field is evaluated on the treated
 //! value, after the treatment, however the plan is optimized and scanned.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};

@@ -1,10 +1,4 @@
 //! The engine's API against slow and oversized clients, over real sockets.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use meshgov_e2e::*;
 use std::time::{Duration, Instant};

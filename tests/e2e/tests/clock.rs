@@ -8,12 +8,6 @@
 //! control URL is a closed loopback port, so the engine's pushes fail.
 //! Every time the engine reads is the manual clock's; the test sets it and
 //! never waits on the wall clock for it.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use meshgov_bundle::clock::{Clock, ManualClock, rfc3339};
 use meshgov_bundle::{Expect, SigningKey, TrustStore};

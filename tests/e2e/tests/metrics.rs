@@ -1,12 +1,6 @@
 //! The engine's `GET /metrics`, scraped over loopback after real builds,
 //! pushes and a failed build, and read with an independent Prometheus text
 //! parser.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use meshgov_e2e::*;
 use prometheus_parse::{LineInfo, Scrape, Value};

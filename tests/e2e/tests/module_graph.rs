@@ -21,12 +21,6 @@
 //! The graph of those edges must be acyclic; a cycle fails the test with
 //! its path (`a -> b -> a`) and every edge. The reader itself is tested on
 //! small inputs below.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,12 +1,6 @@
 //! The engine and sidecars together over loopback: registration, pushes on
 //! commit, refused changes, long-poll recovery, canaries, renewal, expiry
 //! with the engine down, and the fleet page in headless Chromium.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use meshgov_e2e::*;
 use meshgov_server::Canary;

@@ -1,0 +1,15 @@
+//! The crate's integration tests, one module per file, built as one test
+//! binary: one link and one copy of the dependencies on disk, not one per
+
+//! file. `cargo test -p meshgov-columnar --test columnar <module>::` runs one file's.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod aggregate;
+mod agree;
+mod query_plan;
