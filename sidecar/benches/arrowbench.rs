@@ -46,13 +46,6 @@ use std::time::Instant;
 const PORT: &str = "profiles";
 const ARROW: &str = "application/vnd.apache.arrow.stream";
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// One whole-port Arrow read; returns the answer's bytes, kept when `keep`.
 async fn read(addr: SocketAddr, bearer: &str, keep: bool) -> (u64, Vec<u8>) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -108,13 +101,13 @@ fn duckdb(file: &Path, rounds: usize) -> Option<(f64, u64, u64)> {
 }
 
 fn main() {
-    let rows = env_or("ARROWBENCH_ROWS", 300_000);
-    let reads = env_or("ARROWBENCH_READS", 6);
+    let rows = knob("ARROWBENCH_ROWS", 300_000, 2_000);
+    let reads = knob("ARROWBENCH_READS", 6, 1);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let file_bytes = write_profiles(&data.join(PORT), rows, 820..940);
     let addr = free_addr();
-    let (config, bearer) = sidecar_setup(tmp.path(), &data, addr, "");
+    let (config, bearer) = sidecar_setup(tmp.path(), &data, addr, "", "");
     let sc = spawn_sidecar("sidecar", &config, addr);
     let (pid, addr) = (sc.child.id(), sc.addr);
     let idle_kb = proc_status_kb(pid, "VmRSS:");

@@ -5,8 +5,8 @@
 //! ```
 //!
 //! In one run, on loopback, over the same seeded NDJSON directory of ~1 KB
-//! records, it measures three servers, each its own process (this binary
-//! re-executed, or the release sidecar binary):
+//! records, it measures five servers, each its own process (this binary
+//! re-executed, nginx, or the release sidecar binary):
 //!
 //! - **(a) direct**: a minimal hyper server streaming the port's files (the
 //!   direct upstream read);
@@ -19,11 +19,16 @@
 //! - **(d) sidecar, audit buffered**: the same with `audit.durability =
 //!   "buffered"` (events written, not synced), the baseline for what the
 //!   durability wait adds. Both sidecars serve the small reads in the same
-//!   interleaved rounds.
+//!   interleaved rounds;
+//! - **(e) nginx**: Debian's `nginx-light` as a plain reverse proxy in
+//!   front of (a), the added hop people actually run, when installed.
 //!
-//! The sidecar reports its durability wait per response in `Server-Timing:
-//! audit;dur=<ms>`, so (c)'s latency is split into the wait and everything
-//! else; the read-path targets are judged on everything else.
+//! The read-path targets are judged on (d) against (a), directly. The
+//! sidecar reports its durability wait per response in `Server-Timing:
+//! audit;dur=<ms>`, so (c)'s latency is also split into the wait and
+//! everything else, as an explanation. Then (c) and (d) serve small reads
+//! again at four times the concurrency, and (c)'s `GET /metrics` before and
+//! after gives its group commit: fdatasyncs per second and events per batch.
 //!
 //! Small reads (`limit=10`) at a fixed concurrency give latency p50/p99,
 //! interleaved in rounds so drift on a shared host hits every target alike;
@@ -37,7 +42,8 @@
 //!
 //! Knobs (environment): `LOADBENCH_RECORDS` (50000), `LOADBENCH_CONCURRENCY`
 //! (4), `LOADBENCH_SMALL` (small requests per target, 6000),
-//! `LOADBENCH_LARGE` (full reads per target, 8).
+//! `LOADBENCH_LARGE` (full reads per target, 8), `LOADBENCH_WARMUP` (300).
+//! Under `cargo test --benches` each defaults to a few, for a quick check.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -74,14 +80,6 @@ use tokio::sync::mpsc;
 const PORT: &str = "profiles";
 const SMALL_LIMIT: u64 = 10;
 const ROUNDS: usize = 3;
-const WARMUP: usize = 300;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -391,6 +389,48 @@ async fn small_reads(t: &Target, n: usize, conc: usize) -> Vec<(f64, f64)> {
     all
 }
 
+/// The audit log's group-commit counters, from a sidecar's `GET /metrics`.
+#[derive(Clone, Copy)]
+struct AuditCounters {
+    fsyncs: f64,
+    events: f64,
+}
+
+struct Commits {
+    fsyncs_per_second: f64,
+    events_per_batch: f64,
+}
+
+impl AuditCounters {
+    fn since(self, before: AuditCounters, took: Duration) -> Commits {
+        let fsyncs = self.fsyncs - before.fsyncs;
+        Commits {
+            fsyncs_per_second: fsyncs / took.as_secs_f64(),
+            events_per_batch: (self.events - before.events) / fsyncs.max(1.0),
+        }
+    }
+}
+
+async fn audit_counters(metrics: SocketAddr) -> AuditCounters {
+    let mut sender = connect(metrics).await;
+    sender.ready().await.unwrap();
+    let req = Request::get("/metrics")
+        .header(http::header::HOST, "bench")
+        .body(Empty::new())
+        .unwrap();
+    let body = sender.send_request(req).await.unwrap().into_body();
+    let text = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no `{name}` in the sidecar's metrics"))
+    };
+    AuditCounters {
+        fsyncs: sample("meshgov_sidecar_audit_fsync_seconds_count"),
+        events: sample("meshgov_sidecar_audit_head_sequence"),
+    }
+}
+
 struct Throughput {
     records: u64,
     bytes: u64,
@@ -475,10 +515,11 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 fn bench() {
-    let n_records = env_or("LOADBENCH_RECORDS", 50_000);
-    let conc = env_or("LOADBENCH_CONCURRENCY", 4);
-    let n_small = env_or("LOADBENCH_SMALL", 6_000);
-    let n_large = env_or("LOADBENCH_LARGE", 8);
+    let n_records = knob("LOADBENCH_RECORDS", 50_000, 500);
+    let conc = knob("LOADBENCH_CONCURRENCY", 4, 2);
+    let n_small = knob("LOADBENCH_SMALL", 6_000, 30);
+    let n_large = knob("LOADBENCH_LARGE", 8, 1);
+    let warmup = knob("LOADBENCH_WARMUP", 300, 10);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let total = generate(&data, n_records);
@@ -492,7 +533,14 @@ fn bench() {
         &["serve-proxy", "127.0.0.1:0", &format!("http://{}", up.addr)],
     );
     let sc_addr = free_addr();
-    let (config, bearer) = sidecar_setup(tmp.path(), &data, sc_addr, "");
+    let sc_metrics = free_addr();
+    let (config, bearer) = sidecar_setup(
+        tmp.path(),
+        &data,
+        sc_addr,
+        &format!("metrics = \"{sc_metrics}\""),
+        "",
+    );
     let sc = spawn_sidecar("(c) sidecar", &config, sc_addr);
     let sc_pid = sc.child.id();
     let buffered_dir = tmp.path().join("buffered");
@@ -502,9 +550,11 @@ fn bench() {
         &buffered_dir,
         &data,
         bf_addr,
+        "",
         "[audit]\ndurability = \"buffered\"",
     );
     let bf = spawn_sidecar("(d) sidecar, audit buffered", &bf_config, bf_addr);
+    let nginx = spawn_nginx(tmp.path(), up.addr);
     std::thread::sleep(Duration::from_millis(300));
     let idle_kb = proc_status_kb(sc_pid, "VmRSS:");
 
@@ -521,7 +571,7 @@ fn bench() {
         })
     };
 
-    let targets = [
+    let mut targets = vec![
         Target {
             name: up.name,
             addr: up.addr,
@@ -551,15 +601,32 @@ fn bench() {
             pids: vec![bf.child.id()],
         },
     ];
+    if let Some(n) = &nginx {
+        targets.push(Target {
+            name: n.name,
+            addr: n.addr,
+            path: format!("/{PORT}"),
+            auth: None,
+            pids: vec![n.child.id(), up.child.id()],
+        });
+    }
+
+    // Full-port reads: (d) differs from (c) only in the audit's durability.
+    let thr_targets: Vec<&Target> = targets
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, t)| t)
+        .collect();
 
     // The load generator: one thread, so it takes at most one CPU.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (lat, thr) = rt.block_on(async {
+    let (lat, heavy, commits, thr) = rt.block_on(async {
         for t in &targets {
-            small_reads(t, WARMUP, conc).await;
+            small_reads(t, warmup, conc).await;
         }
         let mut lat: Vec<Vec<(f64, f64)>> = vec![vec![]; targets.len()];
         for _ in 0..ROUNDS {
@@ -567,11 +634,24 @@ fn bench() {
                 lat[i].extend(small_reads(t, n_small / ROUNDS, conc).await);
             }
         }
+        // Durability under 4x the concurrency: (c) and (d) interleaved,
+        // with (c)'s group commits counted from its metrics.
+        let mut heavy: Vec<Vec<(f64, f64)>> = vec![vec![]; 2];
+        let before = audit_counters(sc_metrics).await;
+        let started = Instant::now();
+        for _ in 0..ROUNDS {
+            for (i, t) in targets[2..4].iter().enumerate() {
+                heavy[i].extend(small_reads(t, n_small / ROUNDS, conc * 4).await);
+            }
+        }
+        let commits = audit_counters(sc_metrics)
+            .await
+            .since(before, started.elapsed());
         let mut thr = Vec::new();
-        for t in &targets[..3] {
+        for t in &thr_targets {
             thr.push(large_reads(t, n_large).await);
         }
-        (lat, thr)
+        (lat, heavy, commits, thr)
     });
     sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
@@ -586,7 +666,7 @@ fn bench() {
         total as f64 / 1e6
     );
     println!(
-        "small reads: limit={SMALL_LIMIT}, concurrency {conc}, {ROUNDS} interleaved rounds, {} requests per target (after {WARMUP} warm-up)",
+        "small reads: limit={SMALL_LIMIT}, concurrency {conc}, {ROUNDS} interleaved rounds, {} requests per target (after {warmup} warm-up)",
         n_small / ROUNDS * ROUNDS
     );
     println!(
@@ -641,25 +721,63 @@ fn bench() {
         r50 - a.0,
         r99 - a.1
     );
-    // The read-path targets are judged without the durability wait.
+    // The read-path targets are judged on (d), the same sidecar without the
+    // durability wait, against (a) directly; (c)'s split explains it.
     let (b50, b99) = (b.0 - a.0, b.1 - a.1);
-    let (c50, c99) = (r50 - a.0, r99 - a.1);
+    let (c50, c99) = (d.0 - a.0, d.1 - a.1);
     println!(
-        "read path (without the durability wait), added over (a): (b) p50 {b50:+.0} µs, p99 {b99:+.0} µs; (c) p50 {c50:+.0} µs, p99 {c99:+.0} µs"
+        "read path, added over (a): (b) p50 {b50:+.0} µs, p99 {b99:+.0} µs; (d) p50 {c50:+.0} µs, p99 {c99:+.0} µs; (c) without its durability wait p50 {:+.0} µs, p99 {:+.0} µs",
+        r50 - a.0,
+        r99 - a.1
     );
     println!(
-        "  sidecar p50 added {c50:+.0} µs (target <= +150): {}",
+        "  sidecar (d) p50 added {c50:+.0} µs (target <= +150): {}",
         verdict(c50 <= 150.0)
     );
     println!(
-        "  sidecar p99 added {c99:+.0} µs (target <= +500): {}",
+        "  sidecar (d) p99 added {c99:+.0} µs (target <= +500): {}",
         verdict(c99 <= 500.0)
     );
+    if let Some(e) = p.get(4) {
+        let (e50, e99) = (e.0 - a.0, e.1 - a.1);
+        let (r50, r99) = (c50 / e50.max(1.0), c99 / e99.max(1.0));
+        println!(
+            "  (e) nginx added p50 {e50:+.0} µs, p99 {e99:+.0} µs; (d) added / (e) added: p50 {r50:.2}x, p99 {r99:.2}x (target <= 1.0x): {}",
+            verdict(r50 <= 1.0 && r99 <= 1.0)
+        );
+    }
     let r50 = c50 / b50.max(1.0);
     let r99 = c99 / b99.max(1.0);
     println!(
         "  (c) added / (b) added: p50 {r50:.2}x, p99 {r99:.2}x (target <= 1.5x): {}",
         verdict(r50 <= 1.5 && r99 <= 1.5)
+    );
+
+    let heavy: Vec<(f64, f64)> = heavy
+        .into_iter()
+        .map(|l| {
+            let l = sorted(l.into_iter().map(|(l, _)| l).collect());
+            (pct(&l, 0.50), pct(&l, 0.99))
+        })
+        .collect();
+    let (hc, hd) = (heavy[0], heavy[1]);
+    println!(
+        "audit durability at 4x the concurrency ({}), (c) vs (d), same rounds: p50 {:.0} vs {:.0} µs, p99 {:.0} vs {:.0} µs",
+        conc * 4,
+        hc.0,
+        hd.0,
+        hc.1,
+        hd.1
+    );
+    println!(
+        "  added by waiting for durability: p50 {:+.0} µs, p99 {:+.0} µs (target p99 <= +5000): {}",
+        hc.0 - hd.0,
+        hc.1 - hd.1,
+        verdict(hc.1 - hd.1 <= 5000.0)
+    );
+    println!(
+        "  (c)'s group commit: {:.0} fdatasyncs/s, {:.1} events per batch on average",
+        commits.fsyncs_per_second, commits.events_per_batch
     );
 
     println!("large reads: the whole port, 2 connections, {n_large} reads per target");
@@ -668,7 +786,7 @@ fn bench() {
         "target", "records/s", "MB/s", "server CPU s", "records/CPU-s"
     );
     let mut per_cpu = Vec::new();
-    for (t, r) in targets.iter().zip(&thr) {
+    for (t, r) in thr_targets.iter().zip(&thr) {
         let cpu: f64 = r.cpu.first().copied().unwrap_or(0.0);
         let rps = r.records as f64 / r.secs;
         println!(
@@ -696,6 +814,13 @@ fn bench() {
         "  throughput (c)/(b): wall {wall:.2}x, per core {core:.2}x vs the proxy alone, {core_path:.2}x vs proxy+upstream (target >= 0.5x): {}",
         verdict(core >= 0.5)
     );
+    if let Some(e) = per_cpu.get(3) {
+        let vs = per_cpu[2].1 / e.1;
+        println!(
+            "  throughput per core, (c) vs (e) nginx alone: {vs:.2}x (target >= 0.5x): {}",
+            verdict(vs >= 0.5)
+        );
+    }
     println!(
         "sidecar RSS: idle {:.1} MB (target <= 20): {}; under load max {:.1} MB (target <= 30): {}; idle after load {:.1} MB; VmHWM {:.1} MB",
         idle_kb as f64 / 1024.0,
@@ -707,6 +832,92 @@ fn bench() {
     );
     drop(sc);
     drop(bf);
+    drop(nginx);
     drop(px);
     drop(up);
+}
+
+/// nginx (Debian's `nginx-light`) as a plain reverse proxy in front of
+/// `upstream`, as people run it: keep-alive to the upstream, no buffering,
+/// no access log, one process (`master_process off`, so its CPU is one
+/// pid's). `None`, said, when there is no nginx; in CI (`CI` set) that
+/// fails instead.
+fn spawn_nginx(dir: &Path, upstream: SocketAddr) -> Option<Server> {
+    let Some(bin) = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no nginx (Debian's nginx-light; .ci/setup installs it)"
+        );
+        println!("(e) nginx: not measured (no nginx; install Debian's nginx-light)");
+        return None;
+    };
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(&d).unwrap();
+    let addr = free_addr();
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream up {{
+        server {upstream};
+        keepalive 32;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let child = Process::spawn_unlogged(
+        Command::new(bin)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-p")
+            .arg(&d)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not listen on {addr}: {}",
+            std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Server {
+        name: "(e) nginx pass-through",
+        child,
+        addr,
+    })
 }

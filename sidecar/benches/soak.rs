@@ -38,6 +38,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+use meshgov_e2e::bench::knob;
 
 use bytes::Bytes;
 use common::*;
@@ -56,13 +57,6 @@ const EPSILON: f64 = 0.01;
 const QUERIES_PER_SUBJECT: u64 = 150;
 const PUSH_EVERY: Duration = Duration::from_secs(10);
 const WARMUP: Duration = Duration::from_secs(30);
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -231,8 +225,8 @@ impl World {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is read from argv.
-    let seconds = env_or("SOAK_SECONDS", 600);
-    let concurrency = env_or("SOAK_CONCURRENCY", 4) as usize;
+    let seconds = knob("SOAK_SECONDS", 600, 12) as u64;
+    let concurrency = knob("SOAK_CONCURRENCY", 4, 2);
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let keys = Keys::generate();

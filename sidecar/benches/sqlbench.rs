@@ -68,13 +68,6 @@ use std::time::{Duration, Instant};
 
 const PORT: &str = "profiles";
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn python() -> PathBuf {
     std::env::var_os("MESHGOV_PYTHON")
         .map(PathBuf::from)
@@ -332,10 +325,10 @@ sys.stdin.read()
 }
 
 fn main() {
-    let rows = env_or("SQLBENCH_ROWS", 10_000);
-    let queries = env_or("SQLBENCH_QUERIES", 2_000);
-    let bulk_rows = env_or("SQLBENCH_BULK_ROWS", 10_000_000);
-    let connections = env_or("SQLBENCH_CONNECTIONS", 100);
+    let rows = knob("SQLBENCH_ROWS", 10_000, 100);
+    let queries = knob("SQLBENCH_QUERIES", 2_000, 20);
+    let bulk_rows = knob("SQLBENCH_BULK_ROWS", 10_000_000, 20_000);
+    let connections = knob("SQLBENCH_CONNECTIONS", 100, 5);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let port_dir = data.join(PORT);
@@ -346,14 +339,9 @@ fn main() {
         tmp.path(),
         &data,
         addr,
+        &format!("sql = \"{sql}\"\nflight = \"{flight}\""),
         "[sql]\nallow_plaintext = true\n[limits]\nmax_sql_connections = 1000",
     );
-    // The listeners: the setup wrote `data`; add the SQL ports.
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        &format!("data = \"{addr}\""),
-        &format!("data = \"{addr}\"\nsql = \"{sql}\"\nflight = \"{flight}\""),
-    );
-    std::fs::write(&config, text).unwrap();
     let sc = spawn_sidecar("sidecar", &config, addr);
     let (pid, addr) = (sc.child.id(), sc.addr);
     let token = bearer.trim_start_matches("Bearer ").to_string();

@@ -7,7 +7,9 @@
 //! Then the read path under swaps: p50/p99/max latency of small reads
 //! (`limit=10`) through the real data port, first with no swaps, then while
 //! a new revision of the 1,000-policy bundle (one policy changed) is
-//! swapped in every 20 ms, measured in the same run.
+//! swapped in every 20 ms, measured in the same run. Knobs: `SWAP_READS`
+//! (2000 reads each way) and `SWAP_REVISIONS` (200 revisions signed up
+//! front, swapped in until the reads end).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,6 +20,7 @@
 use criterion::{BatchSize, Criterion};
 use meshgov_core::descriptor::{Descriptor, ProductInfo};
 use meshgov_core::source::{SourceFile, SourceSet};
+use meshgov_e2e::bench::knob;
 use meshgov_sidecar::config::Strings;
 use meshgov_sidecar::{App, Config, clock, launch};
 use std::collections::BTreeMap;
@@ -305,8 +308,9 @@ fn us(d: Duration) -> String {
 
 /// Small reads with and without swaps of the 1,000-policy bundle.
 fn reads_under_swaps(f: &Fixture, big: &meshgov_core::Policies) {
-    const READS: usize = 2000;
-    let swaps: Vec<Vec<u8>> = (2..200)
+    let reads = knob("SWAP_READS", 2000, 20);
+    let revisions = knob("SWAP_REVISIONS", 200, 4) as u64;
+    let swaps: Vec<Vec<u8>> = (2..revisions)
         .map(|r| sign_components(f, with_one_change(big, r), None, r))
         .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -331,10 +335,10 @@ fn reads_under_swaps(f: &Fixture, big: &meshgov_core::Policies) {
         token(f)
     )
     .into_bytes();
-    for _ in 0..200 {
+    for _ in 0..reads / 10 {
         read_once(addr, &req);
     }
-    let quiet: Vec<Duration> = (0..READS).map(|_| read_once(addr, &req)).collect();
+    let quiet: Vec<Duration> = (0..reads).map(|_| read_once(addr, &req)).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
         let (app, stop) = (Arc::clone(&app), Arc::clone(&stop));
@@ -354,13 +358,13 @@ fn reads_under_swaps(f: &Fixture, big: &meshgov_core::Policies) {
             (n, worst)
         })
     };
-    let busy: Vec<Duration> = (0..READS).map(|_| read_once(addr, &req)).collect();
+    let busy: Vec<Duration> = (0..reads).map(|_| read_once(addr, &req)).collect();
     stop.store(true, Ordering::Relaxed);
     let (n, worst_swap) = swapper.join().unwrap();
     rt.block_on(running.stop());
     let (q50, q99, qmax) = summary(quiet);
     let (b50, b99, bmax) = summary(busy);
-    println!("reads (limit=10), {READS} each:");
+    println!("reads (limit=10), {reads} each:");
     println!(
         "  no swaps:                      p50 {}  p99 {}  max {}",
         us(q50),

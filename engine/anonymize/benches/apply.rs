@@ -6,6 +6,15 @@
 //!   Target: at least 0.5x A's throughput.
 //! - `records/C_project`: the CSV path, for reference.
 //! - `transforms/*`: single transforms over 10k values, in values/s.
+//!
+//! Then the same records through Presidio's anonymizer (PyPI
+//! `presidio-anonymizer`, `presidio_apply.py` beside this file) in a Python
+//! process of its own, with the same treatments field by field (a salted
+//! SHA-256 for the HMAC pseudonym, as Presidio has no keyed one), and
+//! records per CPU-second of both printed with the ratio (target: at least
+//! 100x). The Python is `MESHGOV_PRESIDIO_PYTHON`, by default
+//! `/opt/meshgov/presidio/bin/python` (`.ci/setup` installs it); without it
+//! the comparison is skipped and said, except in CI (`CI` set).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,9 +22,14 @@
     clippy::indexing_slicing
 )]
 
+// How the bench was started (measure, or run once): shared with the
+// other crates' benches.
+#[path = "../../../tests/e2e/src/bench.rs"]
+mod bench;
+
 use serde_json::json;
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meshgov_anonymize::{DatePart, FieldRule, RawValue, RecordProgram, RowPredicate, Transform};
@@ -198,7 +212,7 @@ fn bench_records(c: &mut Criterion) {
     // stated in, from interleaved passes so both see the same machine load.
     let mut a_times = Vec::new();
     let mut b_times = Vec::new();
-    for _ in 0..15 {
+    for _ in 0..bench::knob("APPLY_PASSES", 15, 1) {
         let start = Instant::now();
         out.clear();
         for line in &lines {
@@ -222,6 +236,7 @@ fn bench_records(c: &mut Criterion) {
         "interleaved medians: A {a:.2?}, B {b:.2?}; B/A throughput = {:.2} (target >= 0.5)",
         a.as_secs_f64() / b.as_secs_f64()
     );
+    presidio(&lines, b);
 
     let mut group = c.benchmark_group("records");
     group.throughput(Throughput::Bytes(bytes as u64));
@@ -259,6 +274,59 @@ fn bench_records(c: &mut Criterion) {
         });
     });
     group.finish();
+}
+
+/// The same records through Presidio's anonymizer, against meshgov's
+/// `apply_json` time for all of them (`ours`).
+fn presidio(lines: &[String], ours: Duration) {
+    let python = std::env::var("MESHGOV_PRESIDIO_PYTHON")
+        .unwrap_or_else(|_| "/opt/meshgov/presidio/bin/python".into());
+    if !std::path::Path::new(&python).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no Python with presidio-anonymizer at {python} (.ci/setup installs it)"
+        );
+        eprintln!("presidio: not measured (no {python}; set MESHGOV_PRESIDIO_PYTHON)");
+        return;
+    }
+    let n = bench::knob("PRESIDIO_RECORDS", RECORDS, 100).min(lines.len());
+    let dir = std::env::temp_dir().join(format!("meshgov-presidio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("records.ndjson");
+    std::fs::write(&input, lines[..n].join("\n")).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/presidio_apply.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&input)
+        .arg(bench::knob("PRESIDIO_PASSES", 3, 1).to_string())
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        out.status.success(),
+        "presidio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut rows = text.lines();
+    let cpu: f64 = rows
+        .next()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    // The same treatment of the first record's email as meshgov's mask.
+    let first: serde_json::Value = serde_json::from_str(rows.next().unwrap()).unwrap();
+    let mut ours_first = Vec::new();
+    plan()
+        .apply_json(lines[0].as_bytes(), &mut ours_first)
+        .unwrap();
+    let ours_first: serde_json::Value = serde_json::from_slice(&ours_first).unwrap();
+    assert_eq!(first["email"], ours_first["email"], "the same mask");
+    let theirs_rps = n as f64 / cpu.max(1e-9);
+    let ours_rps = lines.len() as f64 / ours.as_secs_f64();
+    eprintln!(
+        "presidio-anonymizer ({n} records, CPU time, median of its passes): {theirs_rps:.0} records/s; meshgov apply_json {ours_rps:.0} records/s; meshgov/presidio = {:.0}x (target >= 100x)",
+        ours_rps / theirs_rps
+    );
 }
 
 fn bench_transforms(c: &mut Criterion) {

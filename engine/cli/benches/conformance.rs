@@ -10,8 +10,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const RUNS: usize = 30;
-
 fn time_runs(mut cmd: impl FnMut() -> Command, runs: usize) -> Option<Vec<Duration>> {
     let mut out = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -35,6 +33,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 fn main() {
+    let runs = meshgov_e2e::bench::knob("CONFORMANCE_RUNS", 30, 3);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let policies = root.join("policies");
     let descriptor = policies.join("products/play-events.yaml");
@@ -49,14 +48,14 @@ fn main() {
                 .arg(&policies);
             c
         },
-        RUNS,
+        runs,
     ) else {
         eprintln!("cannot run {bin}");
         std::process::exit(2);
     };
     let (p50, p90) = (quantile(&ours, 0.5), quantile(&ours, 0.9));
     println!(
-        "meshgov conformance check (process, {RUNS} runs): median {:.1} ms, p90 {:.1} ms (target <= 20 ms)",
+        "meshgov conformance check (process, {runs} runs): median {:.1} ms, p90 {:.1} ms (target <= 20 ms)",
         ms(p50),
         ms(p90)
     );

@@ -45,12 +45,11 @@ use std::time::{Duration, Instant};
 const COUNTRIES: [&str; 7] = ["DE", "DK", "FI", "GB", "NO", "SE", "US"];
 const BATCH: usize = 4096;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+// How the bench was started (measure, or run once): shared with the
+// other crates' benches.
+#[path = "../../../tests/e2e/src/bench.rs"]
+mod bench;
+use bench::knob;
 
 fn port() -> PortInfo {
     let f = |name: &str, ty: &str| FieldInfo {
@@ -176,8 +175,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let rows = env("DP_ROWS", 1_000_000);
-    let rounds = env("DP_ROUNDS", 15);
+    let rows = knob("DP_ROWS", 1_000_000, 5_000);
+    let rounds = knob("DP_ROUNDS", 15, 1);
     let data = batches(rows);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plays.parquet");

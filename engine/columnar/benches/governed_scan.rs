@@ -43,12 +43,11 @@ use std::time::{Duration, Instant};
 const COUNTRIES: [&str; 8] = ["DE", "DK", "FI", "GB", "NO", "SE", "US", "NL"];
 const KEPT: [&str; 5] = ["DE", "DK", "FI", "GB", "NO"];
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+// How the bench was started (measure, or run once): shared with the
+// other crates' benches.
+#[path = "../../../tests/e2e/src/bench.rs"]
+mod bench;
+use bench::knob;
 
 fn port() -> PortInfo {
     let field = |name: &str, t: &str| FieldInfo {
@@ -224,8 +223,8 @@ fn duckdb(file: &str, rounds: usize) -> Option<Duration> {
 }
 
 fn main() {
-    let rows = env("COLUMNAR_ROWS", 10_000_000);
-    let rounds = env("COLUMNAR_ROUNDS", 5);
+    let rows = knob("COLUMNAR_ROWS", 10_000_000, 5_000);
+    let rounds = knob("COLUMNAR_ROUNDS", 5, 1);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plays.parquet");
     let t = Instant::now();

@@ -40,6 +40,9 @@ pub struct Access {
     /// action hierarchy, so `action in Action::"group"` matches the members.
     schema: Schema,
     authorizer: std::sync::Arc<Authorizer>,
+    /// Some policy may tell two consumers apart by who they are, not only
+    /// by their groups and attributes (see [`Access::names_consumers`]).
+    names_consumers: bool,
 }
 
 fn action_index(action: &str) -> Option<usize> {
@@ -255,6 +258,7 @@ impl Access {
                 }
             }
         }
+        let names_consumers = set.policies().any(names_a_consumer);
         Ok(Access {
             schema_text,
             texts,
@@ -262,6 +266,7 @@ impl Access {
             by_action,
             schema,
             authorizer: std::sync::Arc::new(Authorizer::new()),
+            names_consumers,
         })
     }
 
@@ -328,6 +333,17 @@ impl Access {
     /// Conservative: any mention of `time` counts.
     pub fn time_dependent(&self) -> bool {
         self.texts.iter().any(|(_, text)| text.contains("time"))
+    }
+
+    /// True when some policy may decide differently for two consumers with
+    /// the same groups and attributes: it names a consumer
+    /// (`Consumer::"mia"`, in its scope or its conditions), reads
+    /// `principal.sub`, or uses `principal` other than as `principal in …`,
+    /// `principal is …` or `principal.<attribute>`. When false, a decision
+    /// depends on the consumer only through their groups and attributes
+    /// (and the purpose, the time and the resource).
+    pub fn names_consumers(&self) -> bool {
+        self.names_consumers
     }
 
     /// `(id, text)` of every policy, sorted by id.
@@ -438,6 +454,58 @@ impl Access {
             policies,
             errors,
         }
+    }
+}
+
+/// See [`Access::names_consumers`]; judged on the policy's JSON form, and
+/// true when that form cannot be had.
+fn names_a_consumer(p: &Policy) -> bool {
+    let Ok(est) = p.to_json() else {
+        return true;
+    };
+    let scope_is_eq = est
+        .get("principal")
+        .and_then(|s| s.get("op"))
+        .is_some_and(|op| op == "==");
+    scope_is_eq
+        || ["principal", "conditions"]
+            .iter()
+            .filter_map(|k| est.get(*k))
+            .any(subject_in_expr)
+}
+
+/// Walks a policy's JSON form (scope or condition expressions).
+fn subject_in_expr(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let is_principal = |e: Option<&Value>| {
+        e.and_then(|e| e.get("Var"))
+            .is_some_and(|v| v == "principal")
+    };
+    match v {
+        Value::Array(items) => items.iter().any(subject_in_expr),
+        Value::Object(m) => {
+            // An entity literal (`{"type": "Consumer", "id": …}`, bare in a
+            // scope or under `__entity` in an expression).
+            if m.get("type").is_some_and(|t| t == "Consumer") {
+                return true;
+            }
+            if m.get("Var").is_some_and(|v| v == "principal") {
+                return true;
+            }
+            for (op, inner) in m {
+                if !is_principal(inner.get("left")) {
+                    continue;
+                }
+                match op.as_str() {
+                    "." | "has" => return inner.get("attr").is_none_or(|a| a == "sub"),
+                    "in" => return inner.get("right").is_some_and(subject_in_expr),
+                    "is" => return inner.get("in").is_some_and(subject_in_expr),
+                    _ => {}
+                }
+            }
+            m.values().any(subject_in_expr)
+        }
+        _ => false,
     }
 }
 
@@ -677,4 +745,38 @@ pub fn context(purpose: &str, now_unix: i64) -> Option<Context> {
         ("time".to_string(), RestrictedExpression::new_long(now_unix)),
     ])
     .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(text: &str) -> bool {
+        names_a_consumer(&Policy::parse(None, text).unwrap())
+    }
+
+    #[test]
+    fn policies_that_name_a_consumer_are_told_apart_from_those_that_do_not() {
+        for text in [
+            r#"permit (principal == Consumer::"mia", action, resource);"#,
+            r#"permit (principal in Consumer::"mia", action, resource);"#,
+            r#"permit (principal, action, resource) when { principal.sub == "mia" };"#,
+            r#"permit (principal, action, resource) when { principal has sub };"#,
+            r#"permit (principal, action, resource) when { principal == Consumer::"mia" };"#,
+            r#"permit (principal, action, resource) when { [principal].contains(Consumer::"x") };"#,
+            r#"forbid (principal, action, resource) unless { principal in [Group::"a", Consumer::"b"] };"#,
+            r#"permit (principal, action, resource) when { context.purpose == "x" && principal.dept == "a" || principal == principal };"#,
+        ] {
+            assert!(names(text), "{text}");
+        }
+        for text in [
+            r#"permit (principal, action, resource);"#,
+            r#"permit (principal in Group::"fraud", action == Action::"reveal", resource) when { resource.classification == "pii" };"#,
+            r#"permit (principal is Consumer in Group::"a", action, resource);"#,
+            r#"forbid (principal, action, resource) when { principal.dept == "x" && principal has region && context.purpose like "fraud-*" };"#,
+            r#"permit (principal, action, resource) when { principal in Group::"a" || resource in DataProduct::"users/user-profiles" };"#,
+        ] {
+            assert!(!names(text), "{text}");
+        }
+    }
 }

@@ -11,7 +11,8 @@
 //! has, instead of failing reads later.
 //!
 //! Reads are compiled once per (consumer, groups, attributes, purpose,
-//! port) and cached for the bundle's life: the access decision with its
+//! port), or once per (groups, attributes, purpose, port) when no policy
+//! names a consumer, and cached for the bundle's life: the access decision with its
 //! policy ids, each field's treatment, the row predicate, the validators,
 //! and the per-record program built from them.
 
@@ -223,16 +224,25 @@ fn check_enforceable(
     Ok(())
 }
 
-/// Compiled reads remembered per consumer, purpose and port, for one bundle.
+/// Compiled reads remembered per consumer class, purpose and port, for one
+/// bundle.
 ///
 /// A read depends only on the bundle, the product, the consumer (id,
 /// groups, attributes), the purpose and the port, plus the request time
 /// when a policy reads it. Consumers repeat the same reads, so an enforcer
 /// keeps one cache and drops it with the bundle. When any policy mentions
 /// the time, nothing is cached.
+///
+/// When no policy names a consumer ([`crate::access::Access::names_consumers`]),
+/// consumers with the same groups and attributes get the same read, so it
+/// is kept once for all of them: a consumer's first read costs a lookup
+/// when another of their class read before. A read whose decision carries
+/// evaluation errors is kept for its consumer alone, since the errors may
+/// name them.
 #[derive(Debug)]
 struct ReadCache {
     enabled: bool,
+    by_class: bool,
     capacity: usize,
     reads: Mutex<HashMap<ReadKey, Arc<CompiledRead>>>,
 }
@@ -240,7 +250,8 @@ struct ReadCache {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ReadKey {
     product: String,
-    principal: String,
+    /// `None` for a read kept for the consumer's whole class.
+    principal: Option<String>,
     groups: Vec<String>,
     attrs: String,
     purpose: String,
@@ -251,6 +262,7 @@ impl ReadCache {
     fn new(policies: &Policies, capacity: usize) -> ReadCache {
         ReadCache {
             enabled: capacity > 0 && !policies.access.time_dependent(),
+            by_class: !policies.access.names_consumers(),
             capacity,
             reads: Mutex::default(),
         }
@@ -268,18 +280,31 @@ impl ReadCache {
         }
         let mut groups = who.principal.groups.clone();
         groups.sort();
-        let key = ReadKey {
+        let mut key = ReadKey {
             product: view.info.id.clone(),
-            principal: who.principal.id.clone(),
+            principal: None,
             groups,
             attrs: serde_json::to_string(&who.principal.attrs).unwrap_or_default(),
             purpose: who.purpose.to_string(),
             port: port.to_string(),
         };
-        if let Some(read) = self.reads.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        let own = Some(who.principal.id.clone());
+        if !self.by_class {
+            key.principal.clone_from(&own);
+        }
+        if let Some(read) = self.lookup(&key) {
             return Ok(read);
         }
+        if self.by_class {
+            key.principal.clone_from(&own);
+            if let Some(read) = self.lookup(&key) {
+                return Ok(read);
+            }
+        }
         let read = Arc::new(compile()?);
+        if self.by_class && read.decision.decision.errors.is_empty() {
+            key.principal = None;
+        }
         if let Ok(mut m) = self.reads.lock() {
             // A full cache starts over rather than tracking recency: cheap,
             // and a working set larger than the cache only costs recompiling.
@@ -289,6 +314,10 @@ impl ReadCache {
             m.insert(key, Arc::clone(&read));
         }
         Ok(read)
+    }
+
+    fn lookup(&self, key: &ReadKey) -> Option<Arc<CompiledRead>> {
+        self.reads.lock().ok().and_then(|m| m.get(key).cloned())
     }
 }
 
@@ -376,6 +405,53 @@ mod tests {
         );
         let denied = enforcer.read("profiles", who(&marketing)).unwrap();
         assert!(!denied.access().allowed && denied.program.is_none());
+    }
+
+    #[test]
+    fn consumers_of_one_class_share_a_read_unless_a_policy_names_one() {
+        let fraud = |id: &str| Principal {
+            id: id.into(),
+            groups: vec!["fraud".into()],
+            ..Default::default()
+        };
+        let (frank, eve) = (fraud("frank"), fraud("eve"));
+        let who = |p| Asker {
+            principal: p,
+            purpose: "fraud-investigation",
+            now_unix: 0,
+        };
+        let (policies, view) = example("user-profiles");
+        assert!(!policies.access.names_consumers());
+        let enforcer = Enforcer::new(policies, view, keys(), Arc::new(NoPlugins)).unwrap();
+        let first = enforcer.read("profiles", who(&frank)).unwrap();
+        assert!(first.access().allowed);
+        assert!(Arc::ptr_eq(
+            &first,
+            &enforcer.read("profiles", who(&eve)).unwrap()
+        ));
+
+        // One forbid that names eve: she is told apart from frank, whoever
+        // reads first.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
+        let mut src = crate::SourceSet::read_dir(&root).unwrap();
+        src.access.push(crate::source::SourceFile::new(
+            "access/eve.cedar",
+            "@id(\"no-eve\")\nforbid (principal, action, resource) when { principal == Consumer::\"eve\" };\n",
+        ));
+        let policies = crate::check(&src).policies.unwrap();
+        assert!(policies.access.names_consumers());
+        let (_, view) = example("user-profiles");
+        let enforcer = Enforcer::new(policies, view, keys(), Arc::new(NoPlugins)).unwrap();
+        assert!(
+            enforcer
+                .read("profiles", who(&frank))
+                .unwrap()
+                .access()
+                .allowed
+        );
+        let denied = enforcer.read("profiles", who(&eve)).unwrap();
+        assert!(!denied.access().allowed);
+        assert_eq!(denied.access().policies, ["no-eve"]);
     }
 
     #[test]

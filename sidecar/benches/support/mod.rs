@@ -11,6 +11,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use meshgov_e2e::bench::knob;
+
 pub struct Server {
     pub name: &'static str,
     pub child: Process,
@@ -37,9 +39,17 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-/// Keys, a signed bundle of the example mesh and the sidecar's config;
-/// returns the config's path and a `marketing` consumer's bearer header.
-pub fn sidecar_setup(dir: &Path, data: &Path, addr: SocketAddr, extra: &str) -> (PathBuf, String) {
+/// Keys, a signed bundle of the example mesh and the sidecar's config
+/// (`extra_listen` goes into `[listen]` after the data port, `extra` after
+/// the common tables); returns the config's path and a `marketing`
+/// consumer's bearer header.
+pub fn sidecar_setup(
+    dir: &Path,
+    data: &Path,
+    addr: SocketAddr,
+    extra_listen: &str,
+    extra: &str,
+) -> (PathBuf, String) {
     let keys = Keys::generate();
     let gov = governance_key();
     let (descriptor_path, descriptor) = example_descriptor("user-profiles");
@@ -49,7 +59,7 @@ pub fn sidecar_setup(dir: &Path, data: &Path, addr: SocketAddr, extra: &str) -> 
     )
     .unwrap();
     let config = ProcessConfig {
-        listen: &format!("data = \"{addr}\""),
+        listen: &format!("data = \"{addr}\"\n{extra_listen}"),
         upstream: &format!("path = {:?}", data.display().to_string()),
         tables: extra,
         ..ProcessConfig::default()

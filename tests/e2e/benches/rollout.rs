@@ -142,12 +142,10 @@ fn build_step(rounds: usize) {
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not used here.
-    let sizes = env_list("ROLLOUT_SIDECARS", "100,1000");
-    let rounds = env_list("ROLLOUT_ROUNDS", "15")
-        .first()
-        .copied()
-        .unwrap_or(15)
-        .max(1);
+    // Under `cargo test --benches`: three sidecars, two rounds.
+    let quick = bench::quick();
+    let sizes = env_list("ROLLOUT_SIDECARS", if quick { "3" } else { "100,1000" });
+    let rounds = bench::knob("ROLLOUT_ROUNDS", 15, 2).max(1);
     build_step(rounds);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

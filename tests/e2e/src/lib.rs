@@ -11,6 +11,7 @@
 //! - [`oidc`]: a real OpenID provider (oidc-provider under Node.js) on
 //!   loopback: discovery, a JWKS, JWT access tokens with chosen claims,
 //!   key rotation by restart.
+//! - [`bench`]: whether a benchmark measures or only runs once (CI).
 //! - [`rng`]: the seeded generator for random fault moments and the seed a
 //!   run takes from `MESHGOV_FAULT_SEED` (printed, so a failure replays).
 //!
@@ -24,6 +25,7 @@
 //! Failures are returned as [`Error`]s naming what failed; tests unwrap
 //! them.
 
+pub mod bench;
 pub mod mesh;
 pub mod oidc;
 pub mod process;
