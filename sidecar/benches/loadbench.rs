@@ -510,6 +510,16 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// What waiting for durability adds: (c)'s (p50, p99) over (d)'s.
+fn durability_added(c: (f64, f64), d: (f64, f64)) {
+    println!(
+        "  added by waiting for durability: p50 {:+.0} µs, p99 {:+.0} µs (target p99 <= +5000): {}",
+        c.0 - d.0,
+        c.1 - d.1,
+        verdict(c.1 - d.1 <= 5000.0)
+    );
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "ok" } else { "MISS" }
 }
@@ -700,12 +710,7 @@ fn bench() {
     let (w50, w99) = (pct(&c_wait, 0.50), pct(&c_wait, 0.99));
     let (r50, r99) = (pct(&c_rest, 0.50), pct(&c_rest, 0.99));
     println!("audit durability, (c) fsync vs (d) buffered, same rounds:");
-    println!(
-        "  added by waiting for durability: p50 {:+.0} µs, p99 {:+.0} µs (target p99 <= +5000): {}",
-        c.0 - d.0,
-        c.1 - d.1,
-        verdict(c.1 - d.1 <= 5000.0)
-    );
+    durability_added(c, d);
     println!(
         "  (c) split: durability wait p50 {w50:.0} µs, p99 {w99:.0} µs; everything else p50 {r50:.0} µs, p99 {r99:.0} µs"
     );
@@ -769,12 +774,7 @@ fn bench() {
         hc.1,
         hd.1
     );
-    println!(
-        "  added by waiting for durability: p50 {:+.0} µs, p99 {:+.0} µs (target p99 <= +5000): {}",
-        hc.0 - hd.0,
-        hc.1 - hd.1,
-        verdict(hc.1 - hd.1 <= 5000.0)
-    );
+    durability_added(hc, hd);
     println!(
         "  (c)'s group commit: {:.0} fdatasyncs/s, {:.1} events per batch on average",
         commits.fsyncs_per_second, commits.events_per_batch
