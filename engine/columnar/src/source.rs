@@ -10,7 +10,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt as _;
 use object_store::aws::AmazonS3Builder;
@@ -36,10 +36,18 @@ pub fn session(memory_limit: usize, store: Option<&Bucket>) -> Result<SessionCon
 /// A session with `config` (see [`query_config`]) whose operators may hold
 /// at most `memory_limit` bytes between them.
 pub fn session_with(memory_limit: usize, config: SessionConfig) -> Result<SessionContext> {
-    let runtime = RuntimeEnvBuilder::new()
+    Ok(SessionContext::new_with_config_rt(
+        config,
+        runtime_with(memory_limit)?,
+    ))
+}
+
+/// A runtime whose operators may hold at most `memory_limit` bytes between
+/// them.
+pub fn runtime_with(memory_limit: usize) -> Result<Arc<RuntimeEnv>> {
+    RuntimeEnvBuilder::new()
         .with_memory_limit(memory_limit, 1.0)
-        .build_arc()?;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+        .build_arc()
 }
 
 /// How every query over a port's data is run: batches of [`BATCH_ROWS`],

@@ -288,15 +288,14 @@ impl ReadCache {
             purpose: who.purpose.to_string(),
             port: port.to_string(),
         };
-        let own = Some(who.principal.id.clone());
         if !self.by_class {
-            key.principal.clone_from(&own);
+            key.principal = Some(who.principal.id.clone());
         }
         if let Some(read) = self.lookup(&key) {
             return Ok(read);
         }
         if self.by_class {
-            key.principal.clone_from(&own);
+            key.principal = Some(who.principal.id.clone());
             if let Some(read) = self.lookup(&key) {
                 return Ok(read);
             }

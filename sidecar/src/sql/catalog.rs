@@ -29,7 +29,6 @@ use datafusion::dataframe::DataFrame;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlanBuilder, ScalarUDF, TableType, Volatility, create_udf,
@@ -44,7 +43,7 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
 use meshgov_columnar::datafusion;
 use meshgov_columnar::query::visible_fields;
 use meshgov_columnar::schema::port_schema;
-use meshgov_columnar::source::query_config;
+use meshgov_columnar::source::{query_config, runtime_with};
 use meshgov_columnar::view::consumer_view;
 use meshgov_core::decision::Asker;
 use meshgov_core::descriptor::PortInfo;
@@ -124,9 +123,7 @@ impl Catalog {
             SqlError::plan_failed()
         };
         let shared = shared(&product)?;
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(app.limits.query_memory_bytes, 1.0)
-            .build_arc()
+        let runtime = runtime_with(app.limits.query_memory_bytes)
             .map_err(|e| fail("start a SQL session", &e))?;
         let state = SessionStateBuilder::new_from_existing(shared.template.clone())
             .with_config(session_config(&product))
