@@ -634,14 +634,18 @@ fn bench() {
         .enable_all()
         .build()
         .unwrap();
-    let (lat, heavy, commits, thr) = rt.block_on(async {
+    let (lat, small_cpu, heavy, commits, thr) = rt.block_on(async {
         for t in &targets {
             small_reads(t, warmup, conc).await;
         }
         let mut lat: Vec<Vec<(f64, f64)>> = vec![vec![]; targets.len()];
+        // CPU seconds of each target's own process over its small reads.
+        let mut small_cpu = vec![0.0; targets.len()];
         for _ in 0..ROUNDS {
             for (i, t) in targets.iter().enumerate() {
+                let before = cpu_seconds(t.pids[0]);
                 lat[i].extend(small_reads(t, n_small / ROUNDS, conc).await);
+                small_cpu[i] += cpu_seconds(t.pids[0]) - before;
             }
         }
         // Durability under 4x the concurrency: (c) and (d) interleaved,
@@ -661,7 +665,7 @@ fn bench() {
         for t in &thr_targets {
             thr.push(large_reads(t, n_large).await);
         }
-        (lat, heavy, commits, thr)
+        (lat, small_cpu, heavy, commits, thr)
     });
     sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
@@ -756,6 +760,28 @@ fn bench() {
     println!(
         "  (c) added / (b) added: p50 {r50:.2}x, p99 {r99:.2}x (target <= 1.5x): {}",
         verdict(r50 <= 1.5 && r99 <= 1.5)
+    );
+
+    // CPU per small read, the serving process alone (for (b) and (e) the
+    // proxy, without (a) behind it).
+    let per_read: Vec<f64> = small_cpu
+        .iter()
+        .zip(&lat)
+        .map(|(cpu, l)| cpu * 1e6 / l.len().max(1) as f64)
+        .collect();
+    let named: Vec<String> = targets
+        .iter()
+        .zip(&per_read)
+        .map(|(t, us)| format!("{} {us:.0}", &t.name[..3]))
+        .collect();
+    println!(
+        "CPU per small read, µs of the serving process alone: {}",
+        named.join(", ")
+    );
+    println!(
+        "  sidecar (d) {:.0} µs of CPU per limit={SMALL_LIMIT} read (target <= 100): {}",
+        per_read[3],
+        verdict(per_read[3] <= 100.0)
     );
 
     let heavy: Vec<(f64, f64)> = heavy

@@ -23,6 +23,7 @@ use meshgov_core::descriptor::{Descriptor, FieldInfo};
 use meshgov_core::records::KeyRing;
 use meshgov_privacy::ledger::{FileLedger, Ledger, LedgerError};
 use meshgov_wire::{Ack, BundleStatus, ControlStatus, LinkStatus, NackCode, Refusal, ServingState};
+use sha2::{Digest as _, Sha256};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -434,6 +435,18 @@ impl App {
     ) -> Result<Ack, BundleError> {
         let product = self.descriptor.product_id();
         let current = self.bundle.current();
+        // The bytes already in force, offered again: they verified then,
+        // and only the time can have changed since.
+        if let Some(cur) = &current
+            && now_unix < cur.meta.expires_at_unix
+            && cur.meta.envelope_sha256 == <[u8; 32]>::from(Sha256::digest(envelope))
+        {
+            return Ok(Ack {
+                revision: cur.meta.revision,
+                digest: cur.meta.digest.clone(),
+                noop: true,
+            });
+        }
         let (policies, meta) = verify_bundle(
             envelope,
             &self.trust,

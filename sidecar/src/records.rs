@@ -51,7 +51,9 @@ use std::time::Duration;
 use tracing::Instrument as _;
 
 /// Responses are flushed to the client in chunks of about this size.
-const FLUSH_BYTES: usize = 32 * 1024;
+const FLUSH_BYTES: usize = 128 * 1024;
+/// The first response buffer's capacity.
+const FIRST_BUFFER: usize = 16 * 1024;
 /// Chunks in flight between the shaping task and the connection.
 const CHANNEL_CHUNKS: usize = 4;
 /// Records per plugin batch: one sandbox call per plugin per batch.
@@ -323,7 +325,9 @@ impl StreamJob {
     }
 
     async fn run(mut self, tx: ChunkSender) {
-        let mut buf = Vec::with_capacity(FLUSH_BYTES + 4096);
+        // Small to begin with: a small read's whole answer fits, and a
+        // large one grows it once before its first flush.
+        let mut buf = Vec::with_capacity(FIRST_BUFFER);
         self.shaper.write_preamble(&mut buf);
         let (mut out, mut skipped, mut failed, mut gone) = (0u64, 0u64, false, false);
         let batched = self.shaper.uses_plugins();

@@ -8,6 +8,7 @@ use meshgov_core::policies::{ComponentError, Policies};
 use meshgov_core::records::KeyRing;
 use meshgov_core::{Enforcer, ProductView, Unenforceable};
 use meshgov_wire::NackCode;
+use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
 /// What the manifest of the enforced bundle says about itself.
@@ -18,6 +19,10 @@ pub struct BundleMeta {
     pub digest: String,
     pub created_at_unix: i64,
     pub expires_at_unix: i64,
+    /// SHA-256 of the signed envelope as received: the same bytes offered
+    /// again (a release arrives by push and by long poll) need no second
+    /// verification.
+    pub envelope_sha256: [u8; 32],
 }
 
 /// One loaded bundle, ready to serve.
@@ -244,6 +249,7 @@ pub fn verify_bundle(
             digest,
             created_at_unix: unix(&manifest.created_at)?,
             expires_at_unix: unix(&manifest.expires_at)?,
+            envelope_sha256: Sha256::digest(envelope).into(),
         },
     ))
 }

@@ -77,7 +77,12 @@ pub enum Upstream {
     },
 }
 
-const CHUNK: usize = 64 * 1024;
+/// The first chunk read from a file: a small read (`limit=10`)
+/// copies little more than it needs.
+const FIRST_CHUNK: usize = 16 * 1024;
+/// Chunks from a file double up to this size, so a whole-port read makes
+/// few trips to the blocking pool.
+const CHUNK: usize = 256 * 1024;
 const HTTP_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
@@ -147,6 +152,7 @@ impl Upstream {
                     let mut cursor = FileCursor {
                         files: record_files(objects, window).into(),
                         current: None,
+                        chunk: FIRST_CHUNK,
                     };
                     // A first file that cannot be read is a 502, not a
                     // truncated 200.
@@ -386,6 +392,8 @@ fn record_files(objects: Vec<(String, PathBuf)>, window: Window) -> Vec<(PathBuf
 struct FileCursor {
     files: VecDeque<(PathBuf, FileFormat)>,
     current: Option<std::fs::File>,
+    /// The next chunk's size: [`FIRST_CHUNK`], doubling to [`CHUNK`].
+    chunk: usize,
 }
 
 /// What one [`FileCursor::step`] produced.
@@ -417,15 +425,15 @@ impl FileCursor {
                 self.current.insert(f)
             }
         };
-        let mut buf = vec![0u8; CHUNK];
-        let n = loop {
-            match file.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r.map_err(|e| UpstreamError(format!("read failed: {e}")))?,
-            }
-        };
+        // Read into spare capacity: nothing is zeroed first.
+        let mut buf = Vec::with_capacity(self.chunk);
+        let n = file
+            .by_ref()
+            .take(self.chunk as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| UpstreamError(format!("read failed: {e}")))?;
+        self.chunk = (self.chunk * 2).min(CHUNK);
         let chunk = if n > 0 {
-            buf.truncate(n);
             Chunk::Data(Bytes::from(buf))
         } else {
             self.current = None;
@@ -999,7 +1007,8 @@ mod tests {
             text.push_str(&format!("{i},\"{}\"\r\n", note.replace('"', "\"\"")));
             expected.push(serde_json::json!({"id": i, "note": note}));
         }
-        assert!(text.len() > 3 * CHUNK);
+        // At least three chunk edges: 16 + 32 + 64 KiB.
+        assert!(text.len() > 7 * FIRST_CHUNK);
         std::fs::write(port.join("a.csv"), text).unwrap();
         std::fs::write(port.join("b.ndjson"), "{\"id\":-1}\n").unwrap();
         expected.push(serde_json::json!({"id": -1}));
@@ -1043,7 +1052,8 @@ mod tests {
             text.push_str(if i % 3 == 0 { "\r\n" } else { "\n" });
             expected.push(line);
         }
-        assert!(text.len() > 3 * CHUNK);
+        // At least three chunk edges: 16 + 32 + 64 KiB.
+        assert!(text.len() > 7 * FIRST_CHUNK);
         std::fs::write(port.join("a.ndjson"), text).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -343,10 +343,15 @@ async fn an_expired_bundle_fails_closed_and_says_why() {
     let keys = Keys::generate();
     let s = sidecar(&keys, false).await;
     let t = token(&keys, "mia", &["marketing"], "campaign-analytics");
-    let r = push(&s, &signed_bundle(&s.gov, &s.app.descriptor, 8, 2)).await;
+    let bundle = signed_bundle(&s.gov, &s.app.descriptor, 8, 2);
+    let r = push(&s, &bundle).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get_as(s.addr, RECORDS, &t).await.status, 200);
     tokio::time::sleep(Duration::from_millis(2600)).await;
+    // The same bytes again are verified again, not taken as a no-op.
+    let r = push(&s, &bundle).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["code"], "expired", "{}", r.text());
     let r = get_as(s.addr, RECORDS, &t).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.error_code(), "no_valid_bundle");

@@ -120,7 +120,7 @@ pub(crate) fn classify(raw: &RawValue) -> RawKind<'_> {
                 .unwrap_or_default();
             RawKind::String(RawStr {
                 inner,
-                escaped: inner.as_bytes().contains(&b'\\'),
+                escaped: memchr::memchr(b'\\', inner.as_bytes()).is_some(),
             })
         }
         Some(b'[' | b'{') => RawKind::Compound,
@@ -183,7 +183,7 @@ pub fn check_readable(raw: &RawValue) -> Result<(), Unreadable> {
 }
 
 fn check_escapes(bytes: &[u8]) -> Result<(), Unreadable> {
-    if bytes.contains(&b'\\') && !escapes_are_scalar(bytes) {
+    if memchr::memchr(b'\\', bytes).is_some() && !escapes_are_scalar(bytes) {
         Err(Unreadable::Escape)
     } else {
         Ok(())

@@ -6,7 +6,8 @@
 //! commits a change to a git copy of the example policies and times until
 //! the engine has recorded every sidecar's ACK of the new revision.
 //!
-//! Prints p50/p99/max per fleet size, with the sidecars' state directories
+//! Prints p50/p99/max per fleet size and where the time goes (commit to
+//! release, release to the first ACK, first to last ACK), with the sidecars' state directories
 //! on disk and on tmpfs (see `main`), the cost of one persist on this disk,
 //! and the build step alone (check, test, slice, sign), all in the same run. Knobs: `ROLLOUT_SIDECARS`
 //! (comma-separated fleet sizes, default `100,1000`), `ROLLOUT_ROUNDS`
@@ -40,7 +41,8 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn all_acked(e: &EngineHandle, n: usize) -> Option<u64> {
+/// The released revision and how many of the `n` sidecars have ACKed it.
+fn acks(e: &EngineHandle, n: usize) -> Option<(u64, usize)> {
     let f = e.engine.fleet();
     let r = f.released.as_ref()?.revision;
     let acked = f
@@ -48,7 +50,21 @@ async fn all_acked(e: &EngineHandle, n: usize) -> Option<u64> {
         .iter()
         .filter(|s| s.acked_revision == Some(r))
         .count();
-    (f.sidecars.len() == n && acked == n).then_some(r)
+    (f.sidecars.len() == n).then_some((r, acked))
+}
+
+async fn all_acked(e: &EngineHandle, n: usize) -> Option<u64> {
+    acks(e, n).and_then(|(r, acked)| (acked == n).then_some(r))
+}
+
+/// One rollout's stages, from the commit.
+struct Stages {
+    /// The engine released the new revision: watch, check, test, slice, sign.
+    released: Duration,
+    /// The first sidecar ACKed it.
+    first_ack: Duration,
+    /// The last sidecar ACKed it.
+    last_ack: Duration,
 }
 
 async fn run(n: usize, rounds: usize, state_base: Option<&std::path::Path>) {
@@ -79,35 +95,73 @@ async fn run(n: usize, rounds: usize, state_base: Option<&std::path::Path>) {
         "{n} sidecars registered and in sync after {}",
         ms(start.elapsed())
     );
-    let mut times = Vec::new();
+    let mut stages = Vec::new();
     for _ in 0..rounds {
         let before = e.released();
         repo.commit_change().unwrap();
         let t0 = Instant::now();
+        let (mut released, mut first_ack) = (None, None);
         loop {
-            if let Some(r) = all_acked(&e, n).await
+            // Each look walks the whole fleet under the engine's lock, so
+            // it is not done more often than this.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if let Some((r, acked)) = acks(&e, n)
                 && Some(r) > before
             {
-                break;
+                released.get_or_insert(t0.elapsed());
+                if acked > 0 {
+                    first_ack.get_or_insert(t0.elapsed());
+                }
+                if acked == n {
+                    break;
+                }
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(120),
                 "rollout did not finish"
             );
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        times.push(t0.elapsed());
+        let last_ack = t0.elapsed();
+        stages.push(Stages {
+            released: released.unwrap_or(last_ack),
+            first_ack: first_ack.unwrap_or(last_ack),
+            last_ack,
+        });
     }
-    times.sort();
     let storage = match state_base {
         None => "state on disk".to_string(),
         Some(b) => format!("state on {}", b.display()),
     };
+    let sorted = |f: &dyn Fn(&Stages) -> Duration| {
+        let mut v: Vec<Duration> = stages.iter().map(f).collect();
+        v.sort();
+        v
+    };
+    let times = sorted(&|s| s.last_ack);
     println!(
         "rollout {n:>5} sidecars ({storage}), {rounds} commits: commit -> last ACK p50 {}  p99 {}  max {}",
         ms(pct(&times, 0.5)),
         ms(pct(&times, 0.99)),
         ms(*times.last().unwrap())
+    );
+    // Where the time goes, each stage's p50 and p99 (sampled every 5 ms).
+    let stage = |name: &str, v: Vec<Duration>| {
+        format!("{name} p50 {} p99 {}", ms(pct(&v, 0.5)), ms(pct(&v, 0.99)))
+    };
+    println!(
+        "  stages: {}; {}; {}",
+        stage(
+            "commit -> released (watch, build, sign)",
+            sorted(&|s| s.released)
+        ),
+        stage(
+            "released -> first ACK",
+            sorted(&|s| s.first_ack.saturating_sub(s.released))
+        ),
+        stage(
+            "first -> last ACK (fan-out)",
+            sorted(&|s| s.last_ack.saturating_sub(s.first_ack))
+        ),
     );
     for s in sidecars {
         s.stop().await;
