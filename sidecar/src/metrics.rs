@@ -21,9 +21,9 @@
 //! **Cost.** Every per-request series lives in a table indexed by (port,
 //! action, decision, status), built when the sidecar starts: recording is a
 //! relaxed atomic add, with no lock and no allocation. Records and bytes
-//! are added once per flushed chunk (about 32 KiB), never per record. Only
-//! the budget gauges (updated once per aggregate query) and bundle refusals
-//! take a lock.
+//! are added once per flushed chunk (up to about 128 KiB), never per
+//! record. Only the budget gauges (updated once per aggregate query) and
+//! bundle refusals take a lock.
 
 use crate::state::BundleSlot;
 use meshgov_anonymize::FailureKind;
