@@ -437,9 +437,10 @@ impl App {
         let current = self.bundle.current();
         // The bytes already in force, offered again: they verified then,
         // and only the time can have changed since.
+        let envelope_sha256: [u8; 32] = Sha256::digest(envelope).into();
         if let Some(cur) = &current
             && now_unix < cur.meta.expires_at_unix
-            && cur.meta.envelope_sha256 == <[u8; 32]>::from(Sha256::digest(envelope))
+            && cur.meta.envelope_sha256 == envelope_sha256
         {
             return Ok(Ack {
                 revision: cur.meta.revision,
@@ -449,6 +450,7 @@ impl App {
         }
         let (policies, meta) = verify_bundle(
             envelope,
+            envelope_sha256,
             &self.trust,
             &self.mesh,
             &product,

@@ -8,7 +8,6 @@ use meshgov_core::policies::{ComponentError, Policies};
 use meshgov_core::records::KeyRing;
 use meshgov_core::{Enforcer, ProductView, Unenforceable};
 use meshgov_wire::NackCode;
-use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
 /// What the manifest of the enforced bundle says about itself.
@@ -207,9 +206,11 @@ impl BundleSlot {
 /// Verifies a signed bundle envelope (DSSE, Ed25519; see `meshgov-bundle`)
 /// for this sidecar's mesh and product at `now_unix`, and compiles its
 /// components, reusing the Cedar policies of `previous` that did not change.
-/// Any failure is a refusal; nothing unverified is returned.
+/// `envelope_sha256` is the envelope's SHA-256, which the caller has already
+/// taken. Any failure is a refusal; nothing unverified is returned.
 pub fn verify_bundle(
     envelope: &[u8],
+    envelope_sha256: [u8; 32],
     trust: &meshgov_bundle::TrustStore,
     mesh: &str,
     product: &str,
@@ -249,7 +250,7 @@ pub fn verify_bundle(
             digest,
             created_at_unix: unix(&manifest.created_at)?,
             expires_at_unix: unix(&manifest.expires_at)?,
-            envelope_sha256: Sha256::digest(envelope).into(),
+            envelope_sha256,
         },
     ))
 }

@@ -7,9 +7,10 @@
 //! the engine has recorded every sidecar's ACK of the new revision.
 //!
 //! Prints p50/p99/max per fleet size and where the time goes (commit to
-//! release, release to the first ACK, first to last ACK), with the sidecars' state directories
-//! on disk and on tmpfs (see `main`), the cost of one persist on this disk,
-//! and the build step alone (check, test, slice, sign), all in the same run. Knobs: `ROLLOUT_SIDECARS`
+//! release, release to the first ACK, first to last ACK), with the
+//! sidecars' state directories on disk and on tmpfs (see `main`), the cost
+//! of one persist on this disk, and the build step alone (check, test,
+//! slice, sign), all in the same run. Knobs: `ROLLOUT_SIDECARS`
 //! (comma-separated fleet sizes, default `100,1000`), `ROLLOUT_ROUNDS`
 //! (default 15).
 #![allow(
@@ -53,10 +54,6 @@ fn acks(e: &EngineHandle, n: usize) -> Option<(u64, usize)> {
     (f.sidecars.len() == n).then_some((r, acked))
 }
 
-async fn all_acked(e: &EngineHandle, n: usize) -> Option<u64> {
-    acks(e, n).and_then(|(r, acked)| (acked == n).then_some(r))
-}
-
 /// One rollout's stages, from the commit.
 struct Stages {
     /// The engine released the new revision: watch, check, test, slice, sign.
@@ -84,7 +81,7 @@ async fn run(n: usize, rounds: usize, state_base: Option<&std::path::Path>) {
         o.dir = state_base.map(|b| tempfile::tempdir_in(b).unwrap());
         sidecars.push(start_sidecar(repo.path(), o).await.unwrap());
     }
-    while all_acked(&e, n).await.is_none() {
+    while !acks(&e, n).is_some_and(|(_, acked)| acked == n) {
         assert!(
             start.elapsed() < Duration::from_secs(300),
             "the fleet never converged"
