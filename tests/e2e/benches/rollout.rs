@@ -81,7 +81,7 @@ async fn run(n: usize, rounds: usize, state_base: Option<&std::path::Path>) {
         o.dir = state_base.map(|b| tempfile::tempdir_in(b).unwrap());
         sidecars.push(start_sidecar(repo.path(), o).await.unwrap());
     }
-    while !acks(&e, n).is_some_and(|(_, acked)| acked == n) {
+    while acks(&e, n).is_none_or(|(_, acked)| acked != n) {
         assert!(
             start.elapsed() < Duration::from_secs(300),
             "the fleet never converged"
